@@ -1,0 +1,168 @@
+"""The config schema (every key, its default and meaning) and its validation.
+
+Config files in ``configs/`` start from :func:`default_config` and override what they need, so every config has
+every key. :func:`validate` checks the composed config before any work and raises :class:`UserError` naming
+the first bad key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from codex_jax.errors import UserError
+from codex_jax.models.transformer import ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES
+
+# key -> (default, meaning). The README's config reference is checked against this table by a test.
+SCHEMA: dict[str, tuple[Any, str]] = {
+    "seed": (0, "Seed for parameter init, dropout and data order."),
+    "data.source": (
+        "stdlib",
+        "'stdlib' (Python standard library source), a glob ('/src/**/*.py'), 'jsonl:PATH:FIELD' or "
+        "'csv:PATH:COLUMN'.",
+    ),
+    "data.seq_len": (256, "Tokens per training sequence."),
+    "data.batch_size": (16, "Global sequences per micro-step (all devices, all processes)."),
+    "data.eval_fraction": (0.05, "Fraction of files held out for evaluation (hash of the path)."),
+    "data.max_files": (0, "Use at most this many files of the source (0: all); for quick runs."),
+    "data.tokenizer": ("", "Path of a SentencePiece model to use; '' trains one into workdir/tokenizer."),
+    "data.tokenizer_train_bytes": (
+        20_000_000,
+        "At most this many bytes of training text are used to train the tokenizer.",
+    ),
+    "data.num_workers": (0, "grain worker processes (0: read in the main process)."),
+    "model.family": ("gpt2", "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU)."),
+    "model.num_layers": (4, "Transformer blocks."),
+    "model.num_heads": (4, "Query heads."),
+    "model.num_kv_heads": (4, "Key/value heads (grouped-query attention when < num_heads)."),
+    "model.d_model": (256, "Residual stream width."),
+    "model.d_ff": (1024, "MLP hidden width."),
+    "model.vocab_size": (4096, "Vocabulary size (the trained tokenizer gets exactly this many pieces)."),
+    "model.dropout": (0.0, "Dropout rate on embeddings, attention and MLP outputs."),
+    "model.dtype": ("float32", "Compute dtype ('float32' or 'bfloat16'); logits and loss stay float32."),
+    "model.param_dtype": ("float32", "Parameter (and optimizer state) dtype."),
+    "model.attention_impl": ("xla", "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'."),
+    "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
+    "model.rope_theta": (10000.0, "RoPE base (llama)."),
+    "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
+    "model.tie_embeddings": (True, "Share the input embedding with the output projection."),
+    "train.steps": (300, "Optimizer steps to train for."),
+    "train.grad_accum_steps": (1, "Micro-steps accumulated per optimizer step (optax.MultiSteps)."),
+    "train.learning_rate": (3e-3, "Peak learning rate."),
+    "train.warmup_steps": (30, "Linear warmup, in optimizer steps."),
+    "train.min_lr_ratio": (0.1, "Cosine decay ends at learning_rate * min_lr_ratio at train.steps."),
+    "train.weight_decay": (0.1, "AdamW weight decay (not applied to norms, biases and embeddings)."),
+    "train.beta1": (0.9, "AdamW beta1."),
+    "train.beta2": (0.95, "AdamW beta2."),
+    "train.grad_clip": (1.0, "Global-norm gradient clipping (0: off)."),
+    "train.log_every": (10, "Log train metrics every this many optimizer steps."),
+    "train.eval_every": (100, "Evaluate every this many optimizer steps (and at step 0 and the end)."),
+    "eval.num_batches": (8, "Held-out batches per evaluation."),
+    "eval.step": ("latest", "Checkpoint step that --mode=eval restores: 'latest' or a number."),
+    "checkpoint.every_steps": (100, "Save a checkpoint every this many optimizer steps (and at the end)."),
+    "checkpoint.max_to_keep": (3, "Checkpoints kept (oldest deleted first)."),
+    "checkpoint.async_save": (True, "Save in the background while training continues."),
+    "parallel.mode": ("jit", "'jit' (jax.jit over a device mesh) or 'pmap'."),
+    "logging.writers": ("tensorboard,ndjson,console", "Comma-separated metric writers."),
+    "logging.progress": (True, "Show a progress bar."),
+    "generate.prompt": ("def fibonacci(n):", "Prompt for --mode=generate and the sample after training."),
+    "generate.max_new_tokens": (64, "Tokens to generate."),
+    "generate.temperature": (0.0, "Sampling temperature (0: greedy)."),
+    "generate.top_k": (0, "Keep only the k most likely tokens (0: off)."),
+    "generate.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A ConfigDict holding every key of :data:`SCHEMA` at its default."""
+    root: dict[str, Any] = {}
+    for key, (default, _) in SCHEMA.items():
+        node = root
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = default
+    return ml_collections.ConfigDict(root)
+
+
+def flatten(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """``{'train.steps': 300, ...}`` from a nested config."""
+    out: dict[str, Any] = {}
+    items = cfg.items() if isinstance(cfg, dict) else cfg.to_dict().items()
+    for k, v in items:
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check(ok: bool, key: str, reason: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}': {reason} (got {value!r})")
+
+
+_CHOICES = {
+    "model.family": FAMILIES,
+    "model.attention_impl": ATTENTION_IMPLS,
+    "model.remat": REMAT_POLICIES,
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "parallel.mode": ("jit", "pmap"),
+}
+_POSITIVE = (
+    "data.seq_len", "data.batch_size", "train.steps", "train.grad_accum_steps", "train.log_every",
+    "train.eval_every", "eval.num_batches", "checkpoint.every_steps", "checkpoint.max_to_keep",
+    "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.d_model", "model.d_ff",
+    "model.vocab_size",
+)
+_NON_NEGATIVE = (
+    "train.warmup_steps", "train.weight_decay", "train.grad_clip", "data.max_files", "data.num_workers",
+    "generate.max_new_tokens", "generate.top_k", "generate.temperature", "seed",
+)
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes: int = 1) -> None:
+    """Raises UserError naming the first invalid key of ``cfg``; returns None when all is well."""
+    flat = flatten(cfg)
+    for key in flat:
+        if key not in SCHEMA:
+            raise UserError(f"config key '{key}': unknown key (see the config reference in README.md)")
+    for key, (default, _) in SCHEMA.items():
+        _check(key in flat, key, "missing", None)
+        value = flat[key]
+        expected = type(default)
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+        _check(ok and not (expected is not bool and isinstance(value, bool)), key,
+               f"must be of type {expected.__name__}", value)
+    for key, choices in _CHOICES.items():
+        _check(flat[key] in choices, key, f"must be one of {', '.join(choices)}", flat[key])
+    for key in _POSITIVE:
+        _check(flat[key] > 0, key, "must be > 0", flat[key])
+    for key in _NON_NEGATIVE:
+        _check(flat[key] >= 0, key, "must be >= 0", flat[key])
+    _check(0 < flat["data.eval_fraction"] < 1, "data.eval_fraction", "must be in (0, 1)",
+           flat["data.eval_fraction"])
+    _check(0 <= flat["model.dropout"] < 1, "model.dropout", "must be in [0, 1)", flat["model.dropout"])
+    _check(0 < flat["train.learning_rate"] < 1, "train.learning_rate", "must be in (0, 1)",
+           flat["train.learning_rate"])
+    _check(0 <= flat["train.min_lr_ratio"] <= 1, "train.min_lr_ratio", "must be in [0, 1]",
+           flat["train.min_lr_ratio"])
+    _check(0 < flat["generate.top_p"] <= 1, "generate.top_p", "must be in (0, 1]", flat["generate.top_p"])
+    _check(flat["model.num_heads"] % flat["model.num_kv_heads"] == 0, "model.num_kv_heads",
+           f"must divide model.num_heads={flat['model.num_heads']}", flat["model.num_kv_heads"])
+    _check(flat["model.d_model"] % flat["model.num_heads"] == 0, "model.num_heads",
+           f"must divide model.d_model={flat['model.d_model']}", flat["model.num_heads"])
+    _check(flat["train.warmup_steps"] <= flat["train.steps"], "train.warmup_steps",
+           f"must be <= train.steps={flat['train.steps']}", flat["train.warmup_steps"])
+    step = flat["eval.step"]
+    _check(step in ("latest",) or step.isdigit(), "eval.step", "must be 'latest' or a step number", step)
+    _check(flat["data.batch_size"] % num_devices == 0, "data.batch_size",
+           f"must be divisible by the {num_devices} devices in use", flat["data.batch_size"])
+    _check(flat["data.batch_size"] % num_processes == 0, "data.batch_size",
+           f"must be divisible by the {num_processes} processes", flat["data.batch_size"])
+    writers = [w.strip() for w in flat["logging.writers"].split(",") if w.strip()]
+    for w in writers:
+        _check(w in ("tensorboard", "ndjson", "console"), "logging.writers",
+               "each writer must be one of tensorboard, ndjson, console", w)

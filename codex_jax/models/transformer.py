@@ -1,0 +1,308 @@
+"""Decoder-only transformer in Flax Linen: GPT-2 and Llama families behind one module.
+
+Parameter names follow the Hugging Face Llama layout (``q_proj``, ``gate_proj``, ...) for both families, so
+LoRA target regexes and Hugging Face conversion read the same everywhere:
+
+    embed, pos_embed (gpt2), layers_{i}/{attn_norm, attn/{q,k,v,o}_proj, mlp_norm, mlp/...}, final_norm, lm_head
+
+Training calls ``model.apply({'params': p}, tokens_BxT)`` and gets float32 logits ``[B, T, V]``. Generation
+passes a KV cache (see ``init_cache``) and an explicit attention mask, and gets ``(logits, new_cache)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+FAMILIES = ("gpt2", "llama")
+ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static description of a model; hashable so it can sit inside jitted closures."""
+
+    family: str = "gpt2"
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    d_model: int = 128
+    d_ff: int = 512
+    vocab_size: int = 1024
+    max_seq_len: int = 1024
+    head_dim: int = 0  # 0: d_model // num_heads
+    dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"
+    remat: str = "none"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attention_bias: bool = False  # q/k/v biases (Qwen2); gpt2 always has biases
+    rope_theta: float = 10000.0
+    # Llama 3 style scaling: (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings);
+    # empty tuple for none.
+    rope_llama3_scaling: tuple = ()
+    rope_linear_factor: float = 1.0
+
+    @property
+    def dims_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weights_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Builds a ModelConfig from a mapping, ignoring keys that are not model fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        for key in ("rope_llama3_scaling",):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def _init_normal(std: float = 0.02):
+    return nn.initializers.normal(stddev=std)
+
+
+class Norm(nn.Module):
+    """LayerNorm (gpt2) or RMSNorm (llama), computed in float32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        x32 = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), cfg.weights_dtype)
+        if cfg.family == "gpt2":
+            bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), cfg.weights_dtype)
+            mean = x32.mean(-1, keepdims=True)
+            var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias
+        else:
+            ms = jnp.square(x32).mean(-1, keepdims=True)
+            y = x32 * jax.lax.rsqrt(ms + cfg.norm_eps) * scale
+        return y.astype(cfg.compute_dtype)
+
+
+def _dense(cfg: ModelConfig, features: int, name: str, *, bias: bool, std: float = 0.02):
+    return nn.Dense(
+        features,
+        use_bias=bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weights_dtype,
+        kernel_init=_init_normal(std),
+        name=name,
+    )
+
+
+def rope_frequencies(cfg: ModelConfig):
+    """Inverse frequencies ``[head_dim // 2]`` with Llama 3 or linear scaling applied."""
+    dim = cfg.dims_per_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if cfg.rope_llama3_scaling:
+        factor, low_ff, high_ff, original_len = cfg.rope_llama3_scaling
+        low_wavelen = original_len / low_ff
+        high_wavelen = original_len / high_ff
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original_len / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = jnp.where(is_medium, smoothed, scaled)
+    return inv_freq / cfg.rope_linear_factor
+
+
+def apply_rope(x_BxTxNxH, positions_BxT, inv_freq):
+    """Rotary embedding in the Hugging Face (rotate-half) convention."""
+    angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angles_BxTxH2)[:, :, None, :]
+    sin = jnp.sin(angles_BxTxH2)[:, :, None, :]
+    x32 = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention through ``jax.nn.dot_product_attention``."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+        cfg = self.cfg
+        B, T, _ = x_BxTxD.shape
+        H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
+        qkv_bias = cfg.family == "gpt2" or cfg.attention_bias
+        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        q_BxTxNxH = _dense(cfg, N * H, "q_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, N, H)
+        k_BxTxKxH = _dense(cfg, K * H, "k_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, K, H)
+        v_BxTxKxH = _dense(cfg, K * H, "v_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, K, H)
+        if cfg.family == "llama":
+            inv_freq = rope_frequencies(cfg)
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
+            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+
+        new_cache = None
+        if kv_cache is None:
+            out_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=cfg.attention_impl
+            )
+        else:
+            k_all = jax.lax.dynamic_update_slice_in_dim(
+                kv_cache["k"], k_BxTxKxH.astype(kv_cache["k"].dtype), cache_index, axis=1
+            )
+            v_all = jax.lax.dynamic_update_slice_in_dim(
+                kv_cache["v"], v_BxTxKxH.astype(kv_cache["v"].dtype), cache_index, axis=1
+            )
+            new_cache = {"k": k_all, "v": v_all}
+            out_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH, k_all.astype(q_BxTxNxH.dtype), v_all.astype(q_BxTxNxH.dtype), mask=mask
+            )
+        out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)
+        y = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.family == "gpt2", std=out_std)(out_BxTxD)
+        y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+        return y, new_cache
+
+
+class Mlp(nn.Module):
+    """GELU MLP (gpt2) or SwiGLU (llama)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, deterministic):
+        cfg = self.cfg
+        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        if cfg.family == "gpt2":
+            h = _dense(cfg, cfg.d_ff, "fc_in", bias=True)(x_BxTxD)
+            h = nn.gelu(h, approximate=True)
+            y = _dense(cfg, cfg.d_model, "fc_out", bias=True, std=out_std)(h)
+        else:
+            gate = _dense(cfg, cfg.d_ff, "gate_proj", bias=False)(x_BxTxD)
+            up = _dense(cfg, cfg.d_ff, "up_proj", bias=False)(x_BxTxD)
+            y = _dense(cfg, cfg.d_model, "down_proj", bias=False, std=out_std)(nn.silu(gate) * up)
+        return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+        attn_out, new_cache = Attention(self.cfg, name="attn")(
+            Norm(self.cfg, name="attn_norm")(x), positions_BxT, deterministic, kv_cache, cache_index, mask
+        )
+        x = x + attn_out
+        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
+        return x, new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+    """The language model. See the module docstring for the call conventions."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BxT,
+        *,
+        positions_BxT=None,
+        deterministic: bool = True,
+        kv_cache=None,
+        cache_index=None,
+        mask_BxTxS=None,
+    ):
+        cfg = self.cfg
+        B, T = tokens_BxT.shape
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.d_model, embedding_init=_init_normal(), param_dtype=cfg.weights_dtype,
+            dtype=cfg.compute_dtype, name="embed",
+        )
+        x = embed(tokens_BxT)
+        if cfg.family == "gpt2":
+            pos = nn.Embed(
+                cfg.max_seq_len, cfg.d_model, embedding_init=_init_normal(0.01),
+                param_dtype=cfg.weights_dtype, dtype=cfg.compute_dtype, name="pos_embed",
+            )
+            x = x + pos(positions_BxT)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+        block_cls = Block
+        if cfg.remat != "none" and kv_cache is None:
+            block_cls = nn.remat(Block, static_argnums=(3,), policy=_REMAT_POLICIES[cfg.remat])
+        mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+        new_cache = {}
+        for i in range(cfg.num_layers):
+            layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
+            x, layer_new = block_cls(cfg, name=f"layers_{i}")(
+                x, positions_BxT, deterministic, layer_cache, cache_index, mask
+            )
+            new_cache[f"layers_{i}"] = layer_new
+        x = Norm(cfg, name="final_norm")(x)
+
+        if cfg.tie_embeddings:
+            head_VxD = embed.embedding.astype(cfg.compute_dtype)
+        else:
+            head_VxD = self.param(
+                "lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype
+            ).astype(cfg.compute_dtype)
+        logits_BxTxV = jnp.einsum(
+            "btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32
+        )
+        if kv_cache is None:
+            return logits_BxTxV
+        return logits_BxTxV, new_cache
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
+    """A zeroed KV cache: ``{'layers_i': {'k': [B, S, K, H], 'v': [B, S, K, H]}}``."""
+    dtype = dtype or cfg.compute_dtype
+    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.dims_per_head)
+    return {
+        f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        for i in range(cfg.num_layers)
+    }
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8):
+    """Randomly initialised parameters for ``cfg``."""
+    tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
+    return Transformer(cfg).init({"params": rng}, tokens)["params"]
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter tree."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's estimate, N without position embeddings)."""
+    n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.family == "gpt2" else 0)
+    return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len
