@@ -58,12 +58,18 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.grad_clip": (1.0, "Global-norm gradient clipping (0: off)."),
     "train.log_every": (10, "Log train metrics every this many optimizer steps."),
     "train.eval_every": (100, "Evaluate every this many optimizer steps (and at step 0 and the end)."),
+    "train.stop_after": (0, "Stop (and checkpoint) after this step without changing the schedule (0: train.steps)."),
+    "train.on_nan": ("raise", "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update."),
+    "train.profile_steps": ("", "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none."),
     "eval.num_batches": (8, "Held-out batches per evaluation."),
     "eval.step": ("latest", "Checkpoint step that --mode=eval restores: 'latest' or a number."),
     "checkpoint.every_steps": (100, "Save a checkpoint every this many optimizer steps (and at the end)."),
     "checkpoint.max_to_keep": (3, "Checkpoints kept (oldest deleted first)."),
     "checkpoint.async_save": (True, "Save in the background while training continues."),
     "parallel.mode": ("jit", "'jit' (jax.jit over a device mesh) or 'pmap'."),
+    "parallel.mesh.data": (-1, "Data-parallel axis size (-1: the devices left after fsdp)."),
+    "parallel.mesh.fsdp": (1, "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest)."),
+    "parallel.fsdp_min_size": (65536, "Arrays with fewer elements than this stay replicated under FSDP."),
     "logging.writers": ("tensorboard,ndjson,console", "Comma-separated metric writers."),
     "logging.progress": (True, "Show a progress bar."),
     "generate.prompt": ("def fibonacci(n):", "Prompt for --mode=generate and the sample after training."),
@@ -110,6 +116,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "parallel.mode": ("jit", "pmap"),
+    "train.on_nan": ("raise", "skip"),
 }
 _POSITIVE = (
     "data.seq_len", "data.batch_size", "train.steps", "train.grad_accum_steps", "train.log_every",
@@ -118,7 +125,7 @@ _POSITIVE = (
     "model.vocab_size",
 )
 _NON_NEGATIVE = (
-    "train.warmup_steps", "train.weight_decay", "train.grad_clip", "data.max_files", "data.num_workers",
+    "train.warmup_steps", "train.stop_after", "train.weight_decay", "train.grad_clip", "data.max_files", "data.num_workers",
     "generate.max_new_tokens", "generate.top_k", "generate.temperature", "seed",
 )
 
@@ -166,3 +173,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
     for w in writers:
         _check(w in ("tensorboard", "ndjson", "console"), "logging.writers",
                "each writer must be one of tensorboard, ndjson, console", w)
+
+
+def reference_table() -> str:
+    """The README's config reference: a markdown table of every key, its default and meaning."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, (default, meaning) in SCHEMA.items():
+        rows.append(f"| `{key}` | `{default!r}` | {meaning} |")
+    return "\n".join(rows)

@@ -1,23 +1,30 @@
 """Decoder-only transformer in Flax Linen: GPT-2 and Llama families behind one module.
 
-Parameter names follow the Hugging Face Llama layout (``q_proj``, ``gate_proj``, ...) for both families, so
-LoRA target regexes and Hugging Face conversion read the same everywhere:
+Parameter names follow the Hugging Face Llama layout (``q_proj``, ``gate_proj``, ...) for both
+families, so LoRA target regexes and Hugging Face conversion read the same everywhere:
 
-    embed, pos_embed (gpt2), layers_{i}/{attn_norm, attn/{q,k,v,o}_proj, mlp_norm, mlp/...}, final_norm, lm_head
+    embed, pos_embed (gpt2), final_norm, lm_head (untied),
+    layers_{i}/{attn_norm, attn/{q,k,v,o}_proj, mlp_norm, mlp/...}
 
-Training calls ``model.apply({'params': p}, tokens_BxT)`` and gets float32 logits ``[B, T, V]``. Generation
-passes a KV cache (see ``init_cache``) and an explicit attention mask, and gets ``(logits, new_cache)``.
+Training calls ``model.apply({'params': p}, tokens_BxT)`` and gets float32 logits ``[B, T, V]``.
+Generation passes a KV cache (see ``init_cache``), a ``cache_index`` (the cache column of the first
+token) and per-row ``positions_BxT``, and gets ``(logits, new_cache)``. Attention is always causal
+in cache columns (and limited to ``sliding_window`` columns when set); an optional boolean
+``mask_BxTxS`` (True: may attend) restricts it further, e.g. to hide the left padding of prompts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from codex_jax.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -46,10 +53,33 @@ class ModelConfig:
     tie_embeddings: bool = True
     attention_bias: bool = False  # q/k/v biases (Qwen2); gpt2 always has biases
     rope_theta: float = 10000.0
-    # Llama 3 style scaling: (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings);
-    # empty tuple for none.
+    # Llama 3 style scaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings); empty tuple for none.
     rope_llama3_scaling: tuple = ()
     rope_linear_factor: float = 1.0
+    # Mistral: each token attends to at most this many most recent tokens (0: unlimited).
+    sliding_window: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "rope_llama3_scaling", tuple(self.rope_llama3_scaling))
+        checks = (
+            (self.family in FAMILIES, "family", FAMILIES),
+            (self.attention_impl in ATTENTION_IMPLS, "attention_impl", ATTENTION_IMPLS),
+            (self.remat in REMAT_POLICIES, "remat", REMAT_POLICIES),
+        )
+        for ok, name, allowed in checks:
+            if not ok:
+                raise UserError(f"model {name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+            raise UserError(
+                f"model num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        if self.rope_llama3_scaling and len(self.rope_llama3_scaling) != 4:
+            raise UserError(
+                "model rope_llama3_scaling must be (factor, low_freq_factor, high_freq_factor, "
+                f"original_max_position_embeddings), got {self.rope_llama3_scaling!r}"
+            )
 
     @property
     def dims_per_head(self) -> int:
@@ -72,6 +102,16 @@ class ModelConfig:
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly mapping of every field (tuples become lists)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
 
 def _init_normal(std: float = 0.02):
@@ -138,13 +178,29 @@ def apply_rope(x_BxTxNxH, positions_BxT, inv_freq):
     return rotated.astype(x_BxTxNxH.dtype)
 
 
+def attention_mask(T: int, S: int, first_column, sliding_window: int = 0, mask_BxTxS=None):
+    """Boolean mask ``[B|1, 1, T, S]``: causal in cache columns, maybe windowed, maybe restricted.
+
+    Query ``t`` sits in cache column ``first_column + t``; key ``s`` in column ``s``.
+    """
+    q_T = first_column + jnp.arange(T, dtype=jnp.int32)
+    k_S = jnp.arange(S, dtype=jnp.int32)
+    allowed_TxS = k_S[None, :] <= q_T[:, None]
+    if sliding_window:
+        allowed_TxS &= q_T[:, None] - k_S[None, :] < sliding_window
+    allowed_BxTxS = allowed_TxS[None] if mask_BxTxS is None else allowed_TxS[None] & mask_BxTxS
+    return allowed_BxTxS[:, None]
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query attention through ``jax.nn.dot_product_attention``."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+    def __call__(
+        self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None
+    ):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
         H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
@@ -159,21 +215,29 @@ class Attention(nn.Module):
             k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
 
         new_cache = None
-        if kv_cache is None:
+        k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH  # S == T without a cache
+        if kv_cache is not None:
+
+            def write(cache, new):
+                return jax.lax.dynamic_update_slice_in_dim(
+                    cache, new.astype(cache.dtype), cache_index, 1
+                )
+
+            new_cache = {"k": write(kv_cache["k"], k_BxTxKxH), "v": write(kv_cache["v"], v_BxTxKxH)}
+            k_BxSxKxH = new_cache["k"].astype(q_BxTxNxH.dtype)
+            v_BxSxKxH = new_cache["v"].astype(q_BxTxNxH.dtype)
+        if mask is None:
+            window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
             out_BxTxNxH = jax.nn.dot_product_attention(
-                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=cfg.attention_impl
+                q_BxTxNxH,
+                k_BxSxKxH,
+                v_BxSxKxH,
+                is_causal=True,
+                local_window_size=window,
+                implementation=cfg.attention_impl,
             )
         else:
-            k_all = jax.lax.dynamic_update_slice_in_dim(
-                kv_cache["k"], k_BxTxKxH.astype(kv_cache["k"].dtype), cache_index, axis=1
-            )
-            v_all = jax.lax.dynamic_update_slice_in_dim(
-                kv_cache["v"], v_BxTxKxH.astype(kv_cache["v"].dtype), cache_index, axis=1
-            )
-            new_cache = {"k": k_all, "v": v_all}
-            out_BxTxNxH = jax.nn.dot_product_attention(
-                q_BxTxNxH, k_all.astype(q_BxTxNxH.dtype), v_all.astype(q_BxTxNxH.dtype), mask=mask
-            )
+            out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask)
         out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)
         y = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.family == "gpt2", std=out_std)(out_BxTxD)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -208,7 +272,12 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
         attn_out, new_cache = Attention(self.cfg, name="attn")(
-            Norm(self.cfg, name="attn_norm")(x), positions_BxT, deterministic, kv_cache, cache_index, mask
+            Norm(self.cfg, name="attn_norm")(x),
+            positions_BxT,
+            deterministic,
+            kv_cache,
+            cache_index,
+            mask,
         )
         x = x + attn_out
         x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
@@ -242,14 +311,22 @@ class Transformer(nn.Module):
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         embed = nn.Embed(
-            cfg.vocab_size, cfg.d_model, embedding_init=_init_normal(), param_dtype=cfg.weights_dtype,
-            dtype=cfg.compute_dtype, name="embed",
+            cfg.vocab_size,
+            cfg.d_model,
+            embedding_init=_init_normal(),
+            param_dtype=cfg.weights_dtype,
+            dtype=cfg.compute_dtype,
+            name="embed",
         )
         x = embed(tokens_BxT)
         if cfg.family == "gpt2":
             pos = nn.Embed(
-                cfg.max_seq_len, cfg.d_model, embedding_init=_init_normal(0.01),
-                param_dtype=cfg.weights_dtype, dtype=cfg.compute_dtype, name="pos_embed",
+                cfg.max_seq_len,
+                cfg.d_model,
+                embedding_init=_init_normal(0.01),
+                param_dtype=cfg.weights_dtype,
+                dtype=cfg.compute_dtype,
+                name="pos_embed",
             )
             x = x + pos(positions_BxT)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
@@ -257,7 +334,11 @@ class Transformer(nn.Module):
         block_cls = Block
         if cfg.remat != "none" and kv_cache is None:
             block_cls = nn.remat(Block, static_argnums=(3,), policy=_REMAT_POLICIES[cfg.remat])
-        mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+        mask = None
+        if kv_cache is not None or mask_BxTxS is not None:
+            cache_index = 0 if cache_index is None else cache_index
+            S = T if kv_cache is None else kv_cache["layers_0"]["k"].shape[1]
+            mask = attention_mask(T, S, cache_index, cfg.sliding_window, mask_BxTxS)
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
@@ -273,9 +354,7 @@ class Transformer(nn.Module):
             head_VxD = self.param(
                 "lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype
             ).astype(cfg.compute_dtype)
-        logits_BxTxV = jnp.einsum(
-            "btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32
-        )
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32)
         if kv_cache is None:
             return logits_BxTxV
         return logits_BxTxV, new_cache
@@ -291,8 +370,9 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
     }
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "seq_len"))
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8):
-    """Randomly initialised parameters for ``cfg``."""
+    """Randomly initialised parameters for ``cfg`` (jitted: one compiled call, not op-by-op)."""
     tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
     return Transformer(cfg).init({"params": rng}, tokens)["params"]
 
@@ -303,6 +383,6 @@ def count_params(params) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's estimate, N without position embeddings)."""
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings)."""
     n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.family == "gpt2" else 0)
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len

@@ -1,0 +1,37 @@
+"""The ``codex-jax`` console script: ``codex-jax train|eval|generate --config=... [--config.x=v]``.
+
+``codex-jax train ...`` is the same as ``python -m codex_jax.main --mode=train ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: codex-jax COMMAND [flags]
+
+commands:
+  train      train (or resume) a model:   codex-jax train --config=configs/base.py
+  eval       evaluate a checkpoint:        codex-jax eval --config=configs/base.py
+  generate   sample from a checkpoint:     codex-jax generate --config=configs/base.py
+
+Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. See README.md for every config key.
+"""
+
+RUN_MODES = ("train", "eval", "generate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatches to the subcommand named by the first argument."""
+    argv = list(sys.argv if argv is None else argv)
+    command = argv[1] if len(argv) > 1 else "--help"
+    if command in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if command in RUN_MODES:
+        from codex_jax import main as main_lib
+
+        sys.argv = [argv[0], f"--mode={command}", *argv[2:]]
+        main_lib.main()
+        return
+    print(f"error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    sys.exit(2)

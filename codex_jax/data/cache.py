@@ -1,0 +1,158 @@
+"""Packed token streams: tokenize documents, join them with EOS, keep them as memmaps on disk.
+
+``workdir/cache/`` holds ``{split}.tokens`` (raw uint16, or uint32 for vocabularies over 65,536)
+and ``key.json``. The key names the corpus manifest checksum, the tokenizer checksum and seq_len;
+a cache whose key differs is rebuilt, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from codex_jax.tokenizers.sentencepiece import SentencePieceTokenizer, write_bytes_atomic
+
+CACHE_VERSION = 1
+KEY_FILENAME = "key.json"
+_CHUNK_CHARS = 4_000_000
+_PROGRESS_MIN_CHARS = 8_000_000
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def cache_key(corpus_checksum: str, tokenizer: SentencePieceTokenizer, seq_len: int) -> dict:
+    """What a cache was built from; a cache is reused only when this matches exactly."""
+    return {
+        "version": CACHE_VERSION,
+        "corpus_checksum": corpus_checksum,
+        "tokenizer_checksum": tokenizer.checksum,
+        "seq_len": seq_len,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+    }
+
+
+def _chunks(texts: Sequence[str], max_chars: int) -> list[tuple[int, int, int]]:
+    """(start, stop, chars) ranges of consecutive texts of about ``max_chars`` characters each."""
+    chunks, start = [], 0
+    while start < len(texts):
+        stop, size = start, 0
+        while stop < len(texts) and (size < max_chars or stop == start):
+            size += len(texts[stop])
+            stop += 1
+        chunks.append((start, stop, size))
+        start = stop
+    return chunks
+
+
+def pack(
+    tokenizer: SentencePieceTokenizer, texts: Sequence[str], desc: str = "", progress: bool = True
+) -> np.ndarray:
+    """All texts tokenized (batch-encoded in chunks) into one stream, each followed by EOS.
+
+    A progress bar goes to stderr when ``progress`` and the texts are large.
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    eos = np.asarray([tokenizer.eos_id], dtype=dtype)
+    chunks = _chunks(texts, _CHUNK_CHARS)
+    total = sum(size for _, _, size in chunks)
+    show = progress and total >= _PROGRESS_MIN_CHARS
+    pieces = [np.zeros((0,), dtype)]
+    bar = tqdm.tqdm(
+        total=total,
+        unit="char",
+        unit_scale=True,
+        desc=f"tokenizing {desc}",
+        file=sys.stderr,
+        disable=not show,
+        leave=False,
+    )
+    with bar:
+        for start, stop, size in chunks:
+            for ids in tokenizer.encode_batch(texts[start:stop]):
+                pieces += [np.asarray(ids, dtype=dtype), eos]
+            bar.update(size)
+    return np.concatenate(pieces)
+
+
+def load(directory: Path, key: dict) -> dict[str, np.ndarray] | None:
+    """The cached streams (read-only memmaps) when ``directory`` holds them under ``key``."""
+    try:
+        stored = json.loads((directory / KEY_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if stored.get("key") != key:
+        return None
+    streams = {}
+    dtype = np.dtype(key["dtype"])
+    for split, length in stored.get("tokens", {}).items():
+        path = directory / f"{split}.tokens"
+        if not path.is_file() or path.stat().st_size != length * dtype.itemsize or not length:
+            return None
+        streams[split] = np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+    return streams
+
+
+def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Writes the streams and then their key (the old key goes first); returns them as memmaps."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / KEY_FILENAME).unlink(missing_ok=True)
+    for split, stream in streams.items():
+        tmp = directory / f".{split}.tokens.{os.getpid()}.tmp"
+        np.ascontiguousarray(stream).tofile(tmp)
+        os.replace(tmp, directory / f"{split}.tokens")
+    record: dict[str, Any] = {"key": key, "tokens": {s: int(len(a)) for s, a in streams.items()}}
+    write_bytes_atomic(directory / KEY_FILENAME, (json.dumps(record, indent=2) + "\n").encode())
+    loaded = load(directory, key)
+    assert loaded is not None, f"token cache in {directory} did not read back"
+    return loaded
+
+
+def load_or_build(
+    directory: Path,
+    key: dict,
+    tokenizer: SentencePieceTokenizer,
+    texts: dict[str, Sequence[str]],
+    write: bool = True,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """The token stream of every split in ``texts``: from the cache when its key matches, else
+    tokenized now (and cached when ``write``)."""
+    streams = load(directory, key)
+    if streams is not None and set(streams) == set(texts):
+        print(f"data: reusing token cache {directory}", file=sys.stderr, flush=True)
+        return streams
+    started = time.perf_counter()
+    streams = {split: pack(tokenizer, docs, split, progress) for split, docs in texts.items()}
+    seconds = time.perf_counter() - started
+    sizes = ", ".join(f"{s} {len(a):,}" for s, a in streams.items())
+    print(f"data: tokenized in {seconds:.1f} s ({sizes} tokens)", file=sys.stderr, flush=True)
+    return save(directory, key, streams) if write else streams
+
+
+def windows(stream: np.ndarray, window_len: int) -> np.ndarray:
+    """Non-overlapping ``[N, window_len]`` windows of ``stream``; the tail is dropped.
+
+    A memmap stream gives a memmap opened directly on its file (so worker processes can reopen
+    it by path instead of copying it).
+    """
+    count = len(stream) // window_len
+    if isinstance(stream, np.memmap) and stream.filename and count:
+        return np.memmap(
+            stream.filename,
+            dtype=stream.dtype,
+            mode="r",
+            offset=stream.offset,
+            shape=(count, window_len),
+        )
+    return np.asarray(stream[: count * window_len]).reshape(count, window_len)

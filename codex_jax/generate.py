@@ -1,0 +1,195 @@
+"""KV-cache sampling: a jitted prefill, then a jitted ``lax.while_loop`` of one-token decode steps.
+
+Ragged prompts use LEFT padding: row ``b`` holds its ``prompt_lengths[b]`` tokens in the last
+columns of ``prompts_BxT`` (Hugging Face's ``padding_side='left'``). Then every row's next token is
+written to the same cache column, the last prompt column always holds a real token, and only the
+positions (``column - padding``) and a key mask (hiding the padding) differ per row. Right-padded
+prompts are accepted with ``padding='right'`` and moved to the left first; :func:`left_pad` builds a
+batch from token lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from codex_jax.errors import UserError
+from codex_jax.models.transformer import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Next-token choice: greedy when ``temperature == 0``, else temperature/top-k/top-p draws."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def __call__(self, logits_BxV, rng):
+        if self.greedy:
+            return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
+        if 0 < self.top_k < logits_BxV.shape[-1]:
+            kth_Bx1 = jax.lax.top_k(logits_BxV, self.top_k)[0][:, -1:]
+            logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+        if self.top_p < 1.0:
+            sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+            probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+            mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+            kept_B = jnp.sum(
+                mass_before_BxV < self.top_p, axis=-1
+            )  # >= 1: the top token is always kept
+            threshold_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
+            logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
+        return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0):
+    """``(prompts_BxT, prompt_lengths_B)`` int32 numpy arrays, rows left-padded with ``pad_id``."""
+    T = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), T), pad_id, np.int32)
+    for row, p in enumerate(prompts):
+        tokens[row, T - len(p) :] = p
+    return tokens, np.array([len(p) for p in prompts], np.int32)
+
+
+def _right_to_left(prompts_BxT, lengths_B):
+    T = prompts_BxT.shape[1]
+    source_BxT = (jnp.arange(T)[None, :] - (T - lengths_B)[:, None]) % T
+    return jnp.take_along_axis(prompts_BxT, source_BxT, axis=1)
+
+
+def _split(sampler: Sampler, rng):
+    return (rng, rng) if sampler.greedy else tuple(jax.random.split(rng))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sampler", "max_new_tokens", "eos_id"))
+def _generate(model, sampler, max_new_tokens, eos_id, variables, prompts_BxT, lengths_B, rng):
+    B, T = prompts_BxT.shape
+    S = T + max_new_tokens - 1  # the last new token is never fed back
+    pad_id = 0 if eos_id is None else eos_id
+    padding_B = T - lengths_B
+    col_S = jnp.arange(S, dtype=jnp.int32)
+    valid_BxS = col_S[None, :] >= padding_B[:, None]
+    # Padding queries see only themselves (their outputs are never used; this keeps softmax finite).
+    diagonal_TxS = col_S[None, :] == jnp.arange(T, dtype=jnp.int32)[:, None]
+    prefill_mask_BxTxS = valid_BxS[:, None, :] | diagonal_TxS[None]
+    positions_BxT = jnp.maximum(jnp.arange(T, dtype=jnp.int32)[None, :] - padding_B[:, None], 0)
+
+    cache = init_cache(model.cfg, B, S)
+    logits_BxTxV, cache = model.apply(
+        variables,
+        prompts_BxT,
+        positions_BxT=positions_BxT,
+        kv_cache=cache,
+        cache_index=0,
+        mask_BxTxS=prefill_mask_BxTxS,
+    )
+    rng, step_rng = _split(sampler, rng)
+    token_B = sampler(logits_BxTxV[:, -1], step_rng)
+    out_BxN = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token_B)
+    done_B = jnp.zeros((B,), bool) if eos_id is None else token_B == eos_id
+
+    def cond(state):
+        i, _, _, _, done_B, _ = state
+        return (i < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(state):
+        i, token_B, cache, out_BxN, done_B, rng = state
+        logits_Bx1xV, cache = model.apply(
+            variables,
+            token_B[:, None],
+            positions_BxT=(lengths_B + i - 1)[:, None],
+            kv_cache=cache,
+            cache_index=T + i - 1,
+            mask_BxTxS=valid_BxS[:, None, :],
+        )
+        rng, step_rng = _split(sampler, rng)
+        token_B = jnp.where(done_B, pad_id, sampler(logits_Bx1xV[:, 0], step_rng))
+        out_BxN = jax.lax.dynamic_update_slice_in_dim(out_BxN, token_B[:, None], i, axis=1)
+        if eos_id is not None:
+            done_B = done_B | (token_B == eos_id)
+        return i + 1, token_B, cache, out_BxN, done_B, rng
+
+    state = (jnp.int32(1), token_B, cache, out_BxN, done_B, rng)
+    return jax.lax.while_loop(cond, body, state)[3]
+
+
+def generate(
+    model,
+    params,
+    prompts_BxT,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    rng=None,
+    prompt_lengths=None,
+    padding: str = "left",
+):
+    """New tokens ``[B, max_new_tokens]``; after ``eos_id`` a row holds ``eos_id``, else 0 when set.
+
+    ``prompts_BxT`` are left-padded when ``prompt_lengths`` (valid tokens per row) is given; pass
+    ``padding='right'`` for right-padded rows. ``params`` is the ``'params'`` tree, or a full
+    variables dict (e.g. ``{'params': p, 'lora': l}``). Compiles once per (shapes, settings).
+    """
+    prompts_BxT = jnp.asarray(prompts_BxT, jnp.int32)
+    B, T = prompts_BxT.shape
+    if max_new_tokens < 1 or T < 1:
+        raise UserError(
+            f"generate needs a non-empty prompt and max_new_tokens >= 1, got {T}, {max_new_tokens}"
+        )
+    if model.cfg.family == "gpt2" and T + max_new_tokens - 1 > model.cfg.max_seq_len:
+        raise UserError(
+            f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed the model's max_seq_len "
+            f"{model.cfg.max_seq_len}"
+        )
+    if padding not in ("left", "right"):
+        raise UserError(f"generate padding={padding!r}: expected 'left' or 'right'")
+    lengths_B = (
+        jnp.full((B,), T, jnp.int32)
+        if prompt_lengths is None
+        else jnp.asarray(prompt_lengths, jnp.int32)
+    )
+    if padding == "right":
+        prompts_BxT = _right_to_left(prompts_BxT, lengths_B)
+    variables = params if "params" in params else {"params": params}
+    rng = jax.random.key(0) if rng is None else rng
+    sampler = Sampler(float(temperature), int(top_k), float(top_p))
+    eos_id = None if eos_id is None or eos_id < 0 else int(eos_id)
+    return _generate(
+        model, sampler, int(max_new_tokens), eos_id, variables, prompts_BxT, lengths_B, rng
+    )
+
+
+def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
+    """The text after ``prompt`` (up to the tokenizer's EOS). ``sampling``: see :func:`generate`."""
+    ids = list(tokenizer.encode(prompt))
+    if not ids:
+        bos = getattr(tokenizer, "bos_id", None)
+        if bos is None or bos < 0:
+            raise UserError(
+                "complete: the prompt encodes to no tokens and the tokenizer has no bos_id"
+            )
+        ids = [bos]
+    if model.cfg.family == "gpt2":
+        ids = ids[
+            -max(1, model.cfg.max_seq_len - max_new_tokens + 1) :
+        ]  # keep the end of a long prompt
+    eos_id = getattr(tokenizer, "eos_id", None)
+    sampling.setdefault("eos_id", eos_id)
+    new = np.asarray(generate(model, params, [ids], max_new_tokens, **sampling))[0].tolist()
+    eos = sampling["eos_id"]
+    if eos is not None and eos in new:
+        new = new[: new.index(eos)]
+    return tokenizer.decode(new)

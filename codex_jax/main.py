@@ -1,0 +1,105 @@
+"""Command-line entry point: ``python -m codex_jax.main --config=configs/base.py [--mode=...]``.
+
+Modes: ``train`` (default; resumes from the workdir's latest checkpoint), ``eval`` (restores params only and
+prints one JSON line), ``generate`` (prints completions of ``generate.prompt``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from codex_jax.errors import EXIT_USER_ERROR, UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path of an ml_collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate"], "What to do.")
+
+
+def fail(message: str) -> None:
+    """Prints ``error: message`` as one line and exits with code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose failures (bad override, unknown key, bad file) are one ``error:`` line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(" ".join(str(e).split()))
+    except (KeyError, AttributeError) as e:
+        name = str(e).strip("\"'")
+        bad = [a for a in argv if a.startswith("--config.") and name in a.split("=")[0]]
+        fail(f"{bad[0] if bad else '--config'}: unknown config key '{name}' (see README.md)")
+    except (ValueError, TypeError, SyntaxError, OSError) as e:
+        fail(f"--config: {' '.join(str(e).split())}")
+    return []
+
+
+def load_config():
+    """The config named by ``--config`` (loaded lazily by ml_collections), or a one-line error."""
+    if not FLAGS["config"].present:
+        fail("--config is required (e.g. --config=configs/base.py)")
+    try:
+        cfg = FLAGS.config
+        cfg.get("seed")
+        return cfg
+    except Exception as e:  # noqa: BLE001 - any failure of the user's config file is reported the same way
+        cause = e.__cause__ or e
+        fail(f"--config={FLAGS['config'].config_filename}: cannot load ({' '.join(str(cause).split())})")
+
+
+def default_workdir(config_path: str) -> Path:
+    return Path("runs") / Path(config_path).stem
+
+
+def run(argv: list[str]) -> None:
+    """Validates the config, then dispatches on ``--mode``."""
+    del argv
+    cfg = load_config()
+    workdir = Path(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
+    try:
+        _dispatch(cfg, workdir, FLAGS.mode)
+    except UserError as e:
+        fail(str(e))
+
+
+def _dispatch(cfg, workdir: Path, mode: str) -> None:
+    import jax
+
+    from codex_jax.config import validate
+
+    num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
+    validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
+    if mode == "train":
+        from codex_jax.train.loop import train
+
+        final = train(cfg, workdir)
+        print(json.dumps(final))
+        print(f"workdir: {workdir.absolute()} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")
+    elif mode == "eval":
+        from codex_jax.restore import evaluate_workdir
+
+        print(json.dumps(evaluate_workdir(cfg, workdir)))
+    elif mode == "generate":
+        from codex_jax.restore import generate_from_workdir
+
+        for text in generate_from_workdir(cfg, workdir):
+            print(text)
+
+
+def main() -> None:
+    """Console entry (also used by ``python -m codex_jax.main``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(run, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    main()

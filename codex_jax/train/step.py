@@ -1,0 +1,79 @@
+"""Pure train and eval steps: ``(state, batch) -> (state, metrics)``; jitted or pmapped by the caller."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from codex_jax.train.state import TrainState
+
+
+def cross_entropy(logits_BxTxV, targets_BxT):
+    """Per-token float32 cross entropy and whether the argmax hit the target."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    loss_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return loss_BxT, correct_BxT
+
+
+def train_step(state: TrainState, batch_BxL, *, model, tx, axis_name=None, skip_nonfinite=False):
+    """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
+
+    ``batch_BxL`` holds ``seq_len + 1`` tokens per row: inputs are ``[:, :-1]``, targets ``[:, 1:]``. Under
+    ``optax.MultiSteps`` the optimizer step only advances on the last micro-step of each accumulation.
+    With ``skip_nonfinite`` a micro-step whose loss or gradients are not finite changes nothing but the
+    PRNG key (and, when accumulating, contributes a zero gradient), and ``metrics['finite']`` is False.
+    """
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    rng = jax.random.wrap_key_data(state.rng)
+    rng, dropout_rng = jax.random.split(rng)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        logits_BxTxV = model.apply(
+            {"params": params}, inputs_BxT, deterministic=False, rngs={"dropout": dropout_rng}
+        )
+        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
+        return loss_BxT.mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    if axis_name is not None:
+        loss = jax.lax.pmean(loss, axis_name)
+        grads = jax.lax.pmean(grads, axis_name)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    mini_step = getattr(opt_state, "mini_step", None)
+    if skip_nonfinite and mini_step is None:  # no accumulation: drop the whole update
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    did_update = jnp.bool_(True) if mini_step is None else mini_step == 0
+    new_state = state.replace(
+        step=state.step + did_update.astype(jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.random.key_data(rng),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
+
+
+def eval_step(params, batch_BxL, *, model, axis_name=None):
+    """Summed loss, correct predictions and token count of one held-out batch."""
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    logits_BxTxV = model.apply({"params": params}, inputs_BxT, deterministic=True)
+    loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
+    sums = {
+        "loss_sum": loss_BxT.sum(),
+        "correct": correct_BxT.sum(dtype=jnp.float32),
+        "tokens": jnp.float32(loss_BxT.size),
+    }
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums

@@ -1,0 +1,310 @@
+"""Throughput benchmark: prints ONE JSON line on stdout (everything else goes to stderr).
+
+    python tools/bench.py --config=configs/gpt2_small.py [--config.data.batch_size=64] [--steps 20]
+    python tools/bench.py --config=configs/tiny.py --what=data [--workdir=DIR]
+
+``--what=train`` builds the model, optimizer and runner exactly as the trainer does and times
+optimizer steps (each ``train.grad_accum_steps`` micro-steps) on random tokens: tokens/s, median
+step time, model TFLOP/s, MFU, peak device memory (GiB) and compile time. ``--compare_bare``
+(default on CPU) also times a bare jitted value_and_grad + AdamW step of the same model on the same
+batches, interleaved step by step with the trainer's, and reports ``overhead_ratio`` = step_ms /
+bare_step_ms.
+``--what=data`` times the data pipeline: batches drawn to host numpy from ``make_train_iterator``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+from codex_jax import main as cli  # defines --config and --workdir (its --mode is ignored here)
+from codex_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "train", ["train", "data"], "Time the train step or the data pipeline.")
+flags.DEFINE_integer("steps", 10, "Timed optimizer steps (--what=data: timed batches).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
+flags.DEFINE_bool("compare_bare", None, "Also time a bare jitted step (default: on CPU only).")
+flags.DEFINE_string("label", "", "Free text copied into the JSON line (to tell variants apart).")
+
+GIB = 2**30
+
+
+def _essentials(cfg) -> dict:
+    """The config keys that decide throughput, flat."""
+    m, d = cfg.model, cfg.data
+    return {
+        "family": m.family, "num_layers": m.num_layers, "d_model": m.d_model,
+        "num_heads": m.num_heads, "num_kv_heads": m.num_kv_heads, "d_ff": m.d_ff,
+        "vocab_size": m.vocab_size, "tie_embeddings": m.tie_embeddings,
+        "batch_size": d.batch_size, "seq_len": d.seq_len,
+        "grad_accum_steps": cfg.train.grad_accum_steps, "dtype": m.dtype,
+        "param_dtype": m.param_dtype, "attention_impl": m.attention_impl, "remat": m.remat,
+        "parallel_mode": cfg.parallel.mode,
+        "mesh": {"data": cfg.parallel.mesh.data, "fsdp": cfg.parallel.mesh.fsdp},
+        "lora_rank": _lora_rank(cfg),
+    }
+
+
+def _lora_rank(cfg) -> int:
+    lora = cfg.get("lora")
+    return int(lora.get("rank", 0) or 0) if lora is not None else 0
+
+
+def peak_memory_gib() -> float | None:
+    """Largest ``peak_bytes_in_use`` of the local devices in GiB; None when not reported (CPU)."""
+    import jax
+
+    peaks = []
+    for device in jax.local_devices():
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return round(max(peaks) / GIB, 3) if peaks else None
+
+
+def random_batches(cfg, count: int, per_process_batch: int) -> list[np.ndarray]:
+    """``count`` host int32 batches ``[per_process_batch, seq_len + 1]`` of random tokens."""
+    rng = np.random.default_rng(cfg.seed)
+    shape = (per_process_batch, cfg.data.seq_len + 1)
+    return [rng.integers(0, cfg.model.vocab_size, shape, dtype=np.int32) for _ in range(count)]
+
+
+def make_bare_step(model, train_cfg):
+    """The step to compare against: value_and_grad + optax.adamw, jit with donation, no mesh."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    tx = optax.adamw(train_cfg.learning_rate, b1=train_cfg.beta1, b2=train_cfg.beta2,
+                     weight_decay=train_cfg.weight_decay)
+
+    def step(params, opt_state, batch_BxL):
+        def loss_fn(p):
+            logits_BxTxV = model.apply({"params": p}, batch_BxL[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(
+                logits_BxTxV.astype(jnp.float32), batch_BxL[:, 1:]
+            ).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return tx, jax.jit(step, donate_argnums=(0, 1))
+
+
+class _Timed:
+    """Runs one optimizer step (``accum`` micro-steps) of a step function, blocking on its loss."""
+
+    def __init__(self, micro_step, carry, batches, accum):
+        self.micro_step, self.carry, self.batches, self.accum = micro_step, carry, batches, accum
+        self.count, self.times, self.loss = 0, [], None
+
+    def __call__(self, record: bool = True) -> float:
+        start = time.perf_counter()
+        for _ in range(self.accum):
+            batch = self.batches[self.count % len(self.batches)]
+            self.carry, loss = self.micro_step(self.carry, batch)
+            self.count += 1
+        loss.block_until_ready()
+        elapsed = time.perf_counter() - start
+        self.loss = loss
+        if record:
+            self.times.append(elapsed)
+        return elapsed
+
+
+def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict:
+    """Times the trainer's step (and optionally the bare one) on random batches (module doc)."""
+    import jax
+
+    from codex_jax.metrics import perf
+    from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
+    from codex_jax.train.loop import model_config
+    from codex_jax.train.optim import make_optimizer
+    from codex_jax.train.parallel import make_runner
+    from codex_jax.train.state import create_train_state
+
+    if _lora_rank(cfg):
+        # ---- LoRA (issue 6) hook ---------------------------------------------------------------
+        # Build the LoRA state here the way the trainer will (frozen 'params' + trainable 'lora'
+        # tree, optimizer over 'lora' only) and time its step below like the full fine-tune's.
+        # FLOPs per token for LoRA: ~4·N_frozen + 6·N_lora + attention (frozen weights get no
+        # weight gradients); num_params should then report both N_frozen and N_lora.
+        raise UserError("tools/bench.py: lora.rank > 0 is not benchmarked yet (issue 6)")
+
+    num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
+    model = Transformer(model_config(cfg))
+    tx = make_optimizer(cfg.train)
+    runner = make_runner(cfg.parallel, model, tx)
+
+    def make_state():
+        params = init_params(model.cfg, jax.random.key(cfg.seed), cfg.data.seq_len)
+        return create_train_state(params, tx, cfg.seed)
+
+    state = runner.init_state(make_state)
+    num_params = count_params(jax.eval_shape(make_state).params)
+    accum = cfg.train.grad_accum_steps
+    batches = random_batches(cfg, min(8, (steps + warmup + 1) * accum),
+                             cfg.data.batch_size // jax.process_count())
+
+    def trainer_micro(state, batch):
+        state, metrics = runner.train_step(state, runner.put_batch(batch))
+        return state, metrics["loss"]
+
+    trainer = _Timed(trainer_micro, state, batches, accum)
+    compile_s = trainer(record=False)
+    for _ in range(warmup):
+        trainer(record=False)
+    peak = peak_memory_gib()  # before the bare step exists
+
+    bare, bare_note = None, None
+    if compare_bare is None:
+        compare_bare = jax.default_backend() == "cpu"
+    if compare_bare and (jax.device_count() != 1 or cfg.parallel.mode == "pmap"):
+        bare_note = "skipped: the bare step runs on one device without a mesh"
+    elif compare_bare:
+        try:
+            bare_tx, bare_step = make_bare_step(model, cfg.train)
+            key = jax.random.key(cfg.seed)
+            params = jax.jit(lambda: init_params(model.cfg, key, cfg.data.seq_len))()
+
+            def bare_micro(carry, batch):
+                params, opt_state, loss = bare_step(*carry, jax.device_put(batch))
+                return (params, opt_state), loss
+
+            bare = _Timed(bare_micro, (params, bare_tx.init(params)), batches, accum)
+            for _ in range(warmup + 1):
+                bare(record=False)
+        except Exception as e:  # noqa: BLE001 - the comparison must not cost the main measurement
+            bare, bare_note = None, f"failed: {type(e).__name__}: {' '.join(str(e).split())[:500]}"
+
+    for _ in range(steps):  # interleaved, so both see the same machine load
+        trainer()
+        if bare is not None:
+            bare()
+
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
+    tps = tokens_per_step * len(trainer.times) / sum(trainer.times)
+    fpt = flops_per_token(model.cfg, num_params, cfg.data.seq_len)
+    device_kind = jax.devices()[0].device_kind
+    step_ms = statistics.median(trainer.times) * 1e3
+    result = {
+        "what": "train",
+        "tokens_per_second": round(tps, 1),
+        "step_ms": round(step_ms, 3),
+        "step_ms_min": round(min(trainer.times) * 1e3, 3),
+        "step_ms_max": round(max(trainer.times) * 1e3, 3),
+        "model_tflops_per_second": round(fpt * tps / 1e12, 4),
+        "mfu": _round(perf.mfu(fpt, tps, num_devices, device_kind), 4),
+        "peak_memory_gb": peak,
+        "compile_s": round(compile_s, 2),
+        "num_params": num_params,
+        "flops_per_token": fpt,
+        "tokens_per_step": tokens_per_step,
+        "loss": _round(float(trainer.loss), 4),
+        "bare_step_ms": None,
+        "overhead_ratio": None,
+    }
+    if bare is not None:
+        bare_ms = statistics.median(bare.times) * 1e3
+        result.update(bare_step_ms=round(bare_ms, 3), overhead_ratio=round(step_ms / bare_ms, 4),
+                      bare_loss=_round(float(bare.loss), 4))
+    if bare_note:
+        result["bare_note"] = bare_note
+    result.update(device_kind=device_kind, num_devices=num_devices, backend=jax.default_backend(),
+                  jax_version=jax.__version__, steps=steps, warmup=warmup)
+    return result
+
+
+def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
+    """Times ``prepare_data`` once and then ``steps`` batches drawn from the train iterator."""
+    from codex_jax.data.pipeline import make_train_iterator, prepare_data
+
+    start = time.perf_counter()
+    bundle = prepare_data(cfg, workdir)
+    prepare_s = time.perf_counter() - start
+    it = make_train_iterator(bundle.train_windows, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                             process_index=0, process_count=1, num_workers=cfg.data.num_workers)
+    start = time.perf_counter()
+    first = np.asarray(next(it))
+    first_batch_s = time.perf_counter() - start
+    for _ in range(warmup):
+        np.asarray(next(it))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = np.asarray(next(it))
+        times.append(time.perf_counter() - start)
+    expected = (cfg.data.batch_size, cfg.data.seq_len + 1)
+    if first.shape != expected or batch.shape != expected:
+        raise UserError(f"data pipeline gave batches of shape {batch.shape}, expected {expected}")
+    tokens = cfg.data.batch_size * cfg.data.seq_len * steps
+    return {
+        "what": "data",
+        "tokens_per_second": round(tokens / sum(times), 1),
+        "batches_per_second": round(steps / sum(times), 2),
+        "batch_ms": round(statistics.median(times) * 1e3, 4),
+        "prepare_s": round(prepare_s, 2),
+        "first_batch_s": round(first_batch_s, 4),
+        "train_windows": len(bundle.train_windows),
+        "num_workers": cfg.data.num_workers,
+        "batch_dtype": str(batch.dtype),
+        "steps": steps,
+        "warmup": warmup,
+    }
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def run(argv: list[str]) -> None:
+    """Loads and validates the config, runs the benchmark, prints its JSON line."""
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.steps < 1 or FLAGS.warmup < 0:
+        cli.fail(f"--steps must be >= 1 and --warmup >= 0 (got {FLAGS.steps}, {FLAGS.warmup})")
+    cfg = cli.load_config()
+    config_path = FLAGS["config"].config_filename
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
+            import jax
+
+            from codex_jax.config import validate
+
+            pmap = cfg.parallel.mode == "pmap"
+            num_devices = jax.local_device_count() if pmap else jax.device_count()
+            validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
+            if FLAGS.what == "data":
+                with contextlib.ExitStack() as stack:
+                    workdir = FLAGS.workdir or stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="bench-"))
+                    result = bench_data(cfg, Path(workdir), FLAGS.steps, FLAGS.warmup)
+            else:
+                result = bench_train(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.compare_bare)
+    except UserError as e:
+        cli.fail(str(e))
+    out = {"label": FLAGS.label, "config": config_path, **result, **_essentials(cfg)}
+    print(json.dumps(out), flush=True)
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(run, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Rewrites the config reference table in README.md from codex_jax.config.SCHEMA."""
+
+import re
+from pathlib import Path
+
+from codex_jax.config import reference_table
+
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def main() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    readme.write_text(pattern.sub(f"{START}\n{reference_table()}\n{END}", text))
+
+
+if __name__ == "__main__":
+    main()
