@@ -70,6 +70,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "parallel.mesh.data": (-1, "Data-parallel axis size (-1: the devices left after fsdp)."),
     "parallel.mesh.fsdp": (1, "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest)."),
     "parallel.fsdp_min_size": (65536, "Arrays with fewer elements than this stay replicated under FSDP."),
+    "dist.coordinator_address": ("", "host:port of process 0 for multi-host runs ('' : single process, or "
+                                 "auto-detection on SLURM / TPU pods)."),
+    "dist.num_processes": (0, "Number of processes (with dist.coordinator_address)."),
+    "dist.process_id": (-1, "This process's index (with dist.coordinator_address)."),
     "logging.writers": ("tensorboard,ndjson,console", "Comma-separated metric writers."),
     "logging.progress": (True, "Show a progress bar."),
     "generate.prompt": ("def fibonacci(n):", "Prompt for --mode=generate and the sample after training."),

@@ -74,8 +74,10 @@ def run(argv: list[str]) -> None:
 def _dispatch(cfg, workdir: Path, mode: str) -> None:
     import jax
 
+    from codex_jax import distributed
     from codex_jax.config import validate
 
+    distributed.initialize(cfg.dist)
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
     if mode == "train":

@@ -233,9 +233,10 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> list[np.ndarray]:
-    """The first ``num_batches`` global batches of the eval windows, in order; this process's rows.
+    """``num_batches`` global batches of eval windows spread evenly over the eval split; this process's rows.
 
-    Process p gets rows ``[p * batch_size, (p + 1) * batch_size)`` of every global batch, as in
+    The windows are taken at evenly spaced positions so every held-out file contributes in proportion to
+    its size. Process p gets rows ``[p * batch_size, (p + 1) * batch_size)`` of every global batch, as in
     :func:`make_train_iterator`. UserError when there are fewer than ``num_batches * batch_size *
     process_count`` windows.
     """
@@ -247,11 +248,10 @@ def eval_batches(
             f"{global_batch}) but the eval split has {len(windows)}; lower eval.num_batches or "
             "data.batch_size, or raise data.eval_fraction"
         )
+    picked = np.linspace(0, len(windows) - 1, needed).round().astype(np.int64)
     first = process_index * batch_size
     return [
-        np.asarray(
-            windows[k * global_batch + first : k * global_batch + first + batch_size],
-            dtype=np.int32,
-        )
+        np.asarray(windows[picked[k * global_batch + first : k * global_batch + first + batch_size]],
+                   dtype=np.int32)
         for k in range(num_batches)
     ]

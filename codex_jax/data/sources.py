@@ -22,7 +22,8 @@ from codex_jax.errors import UserError
 
 MAX_BAD_LOCATIONS = 5
 _BOM = b"\xef\xbb\xbf"
-_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+# pydoc_data holds one 750 KB generated string of documentation prose, not code.
+_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "pydoc_data"})
 
 
 @dataclasses.dataclass(frozen=True)
