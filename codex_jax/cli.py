@@ -1,4 +1,4 @@
-"""The ``codex-jax`` console script: ``codex-jax train|eval|generate --config=... [--config.x=v]``.
+"""The ``codex-jax`` console script: ``codex-jax train|eval|generate|export --config=... [--config.x=v]``.
 
 ``codex-jax train ...`` is the same as ``python -m codex_jax.main --mode=train ...``.
 """
@@ -13,11 +13,15 @@ commands:
   train      train (or resume) a model:   codex-jax train --config=configs/base.py
   eval       evaluate a checkpoint:        codex-jax eval --config=configs/base.py
   generate   sample from a checkpoint:     codex-jax generate --config=configs/base.py
+  export     write a checkpoint elsewhere: codex-jax export --config=configs/base.py --config.export.dir=DIR
+  tokenizer  train|encode|decode|inspect|export a tokenizer: codex-jax tokenizer --help
+  safety     find secrets in files:        codex-jax safety scan PATH... [--policy=FILE]
+  plugins    list installed plugins:       codex-jax plugins [--json]
 
 Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. See README.md for every config key.
 """
 
-RUN_MODES = ("train", "eval", "generate")
+RUN_MODES = ("train", "eval", "generate", "export")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if command == "tokenizer":
+        from codex_jax.tokenizers import cli as tokenizer_cli
+
+        sys.exit(tokenizer_cli.main(argv[2:]))
+    if command == "safety":
+        from codex_jax.safety import cli as safety_cli
+
+        sys.exit(safety_cli.main(argv[2:]))
+    if command == "plugins":
+        from codex_jax import plugins
+
+        sys.exit(plugins.main(argv[2:]))
     if command in RUN_MODES:
         from codex_jax import main as main_lib
 
@@ -35,3 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,11 +7,13 @@ the first bad key.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from codex_jax.errors import UserError
+from codex_jax.models.lora import DEFAULT_TARGETS
 from codex_jax.models.transformer import ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES
 
 # key -> (default, meaning). The README's config reference is checked against this table by a test.
@@ -20,18 +22,42 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "data.source": (
         "stdlib",
         "'stdlib' (Python standard library source), a glob ('/src/**/*.py'), 'jsonl:PATH:FIELD' or "
-        "'csv:PATH:COLUMN'.",
+        "'csv:PATH:COLUMN'; FIELD/COLUMN may be a template of fields "
+        "('jsonl:d/*.jsonl:{title}: {body}'; newline and tab escapes work).",
     ),
+    "data.include": ("", "Comma-separated globs relative to the source's root; only matching files "
+                     "are read ('': all). A glob without '/' matches file names at any depth."),
+    "data.exclude": ("", "Comma-separated globs relative to the source's root; matching files are "
+                     "skipped (e.g. 'test_*.py,tests/**')."),
+    "data.eval_source": ("", "A source (as data.source) holding the held-out split; '' holds out "
+                         "data.eval_fraction of data.source by a hash of each path."),
+    "data.on_bad_record": ("skip", "Bad records (invalid JSON, missing field, undecodable bytes, "
+                           "empty text): 'skip' (counted in data_manifest.json, warned on stderr) "
+                           "or 'error' (stop at the first, naming file:line)."),
     "data.seq_len": (256, "Tokens per training sequence."),
     "data.batch_size": (16, "Global sequences per micro-step (all devices, all processes)."),
-    "data.eval_fraction": (0.05, "Fraction of files held out for evaluation (hash of the path)."),
+    "data.eval_fraction": (0.05, "Fraction of files held out for evaluation (hash of the path) "
+                            "when data.eval_source is ''."),
     "data.max_files": (0, "Use at most this many files of the source (0: all); for quick runs."),
-    "data.tokenizer": ("", "Path of a SentencePiece model to use; '' trains one into workdir/tokenizer."),
+    "data.tokenizer": (
+        "",
+        "A SentencePiece model (file, or folder with spm.model) or a Hugging Face tokenizer folder "
+        "(tokenizer.json / tokenizer.model); '' uses model.init_from's, else trains one into "
+        "workdir/tokenizer.",
+    ),
     "data.tokenizer_train_bytes": (
         20_000_000,
         "At most this many bytes of training text are used to train the tokenizer.",
     ),
     "data.num_workers": (0, "grain worker processes (0: read in the main process)."),
+    "data.prefetch": (0, "Batches prepared ahead: by a background thread (num_workers=0) or by "
+                      "each worker process (0: none; batches are the same either way)."),
+    "data.safety_policy": (
+        "auto",
+        "Secret filter on training records (codex_jax.safety): 'default' (built-in rules), a "
+        "YAML policy file, '' (off) or 'auto' ('default' for the stdlib source, else off). "
+        "Counted in data_manifest.json.",
+    ),
     "model.family": ("gpt2", "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU)."),
     "model.num_layers": (4, "Transformer blocks."),
     "model.num_heads": (4, "Query heads."),
@@ -47,6 +73,36 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "model.rope_theta": (10000.0, "RoPE base (llama)."),
     "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
     "model.tie_embeddings": (True, "Share the input embedding with the output projection."),
+    "model.init_from": (
+        "",
+        "'hf:/path/to/folder': start from a local Hugging Face checkpoint (config.json + "
+        "safetensors); its config.json sets the architecture (the model.* shape keys are ignored) "
+        "and its tokenizer is used. 'workdir:/path/to/run': start from the params of another "
+        "run's latest checkpoint (its architecture and tokenizer likewise). '': random init.",
+    ),
+    "lora.rank": (
+        0,
+        "LoRA adapter rank (0: off, every weight trains). > 0: only adapters on the kernels that "
+        "lora.targets matches train (the base from model.init_from stays frozen, gets no optimizer "
+        "state, and is referenced, not copied, by the checkpoints).",
+    ),
+    "lora.alpha": (16.0, "LoRA scale numerator: a module's update is x @ A @ B * alpha / rank."),
+    "lora.dropout": (0.0, "Dropout on the input of the LoRA adapters."),
+    "lora.targets": (
+        DEFAULT_TARGETS,
+        "Regex that must fully match a kernel's module path ('layers_0/attn/q_proj', "
+        "'layers_3/mlp/down_proj', ...) for it to get an adapter.",
+    ),
+    "lora.base_dtype": (
+        "",
+        "dtype of the frozen base weights in a LoRA run: '' (model.param_dtype), 'float32' or "
+        "'bfloat16' (half the memory).",
+    ),
+    "lora.init_from": (
+        "",
+        "'peft:/path/to/adapter': start the adapters of a fresh LoRA run from a PEFT LoRA folder "
+        "(adapter_config.json + adapter_model.safetensors) instead of a fresh init.",
+    ),
     "train.steps": (300, "Optimizer steps to train for."),
     "train.grad_accum_steps": (1, "Micro-steps accumulated per optimizer step (optax.MultiSteps)."),
     "train.learning_rate": (3e-3, "Peak learning rate."),
@@ -62,9 +118,37 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.on_nan": ("raise", "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update."),
     "train.profile_steps": ("", "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none."),
     "eval.num_batches": (8, "Held-out batches per evaluation."),
-    "eval.step": ("latest", "Checkpoint step that --mode=eval restores: 'latest' or a number."),
+    "eval.metrics": (
+        "loss,perplexity,token_accuracy",
+        "--mode=eval metrics (comma-separated; loss, perplexity and token_accuracy are always "
+        "reported): also bits_per_byte, exact_match, line_completion or a codex_jax.metrics "
+        "plugin. Written to workdir/eval_<step>.json.",
+    ),
+    "eval.line_completion_samples": (32, "Held-out functions whose next line line_completion asks for."),
+    "eval.line_completion_max_tokens": (48, "Greedy tokens generated per line_completion sample."),
+    "eval.step": (
+        "latest",
+        "Checkpoint that --mode=eval/generate/export restores: 'latest', 'best' "
+        "(checkpoint.best_k) or a step number.",
+    ),
     "checkpoint.every_steps": (100, "Save a checkpoint every this many optimizer steps (and at the end)."),
-    "checkpoint.max_to_keep": (3, "Checkpoints kept (oldest deleted first)."),
+    "checkpoint.max_to_keep": (3, "Newest checkpoints kept (older deleted unless kept below)."),
+    "checkpoint.keep_every": (0, "Also keep the steps that are multiples of this (0: off)."),
+    "checkpoint.best_k": (
+        0,
+        "Also keep the best k checkpoints by checkpoint.best_metric (0: off); every checkpoint "
+        "step then also evaluates.",
+    ),
+    "checkpoint.best_metric": (
+        "loss",
+        "Eval metric ranking checkpoints: loss, perplexity or token_accuracy.",
+    ),
+    "checkpoint.best_mode": ("min", "'min' or 'max': which checkpoint.best_metric value is best."),
+    "checkpoint.on_corrupt": (
+        "error",
+        "A checkpoint failing its sha256 manifest: 'error' (exit 2) or 'previous' (use the "
+        "newest intact one, saying so on stderr).",
+    ),
     "checkpoint.async_save": (True, "Save in the background while training continues."),
     "parallel.mode": ("jit", "'jit' (jax.jit over a device mesh) or 'pmap'."),
     "parallel.mesh.data": (-1, "Data-parallel axis size (-1: the devices left after fsdp)."),
@@ -74,13 +158,36 @@ SCHEMA: dict[str, tuple[Any, str]] = {
                                  "auto-detection on SLURM / TPU pods)."),
     "dist.num_processes": (0, "Number of processes (with dist.coordinator_address)."),
     "dist.process_id": (-1, "This process's index (with dist.coordinator_address)."),
-    "logging.writers": ("tensorboard,ndjson,console", "Comma-separated metric writers."),
+    "logging.writers": (
+        "tensorboard,ndjson,console",
+        "Comma-separated metric writers: tensorboard, ndjson, console, mlflow, clu (needs "
+        "TensorFlow: pip install 'codex-jax[clu]').",
+    ),
     "logging.progress": (True, "Show a progress bar."),
+    "logging.mlflow_uri": ("", "MLflow tracking URI for the 'mlflow' writer ('': workdir/mlruns)."),
+    "logging.mlflow_allow_remote": (
+        False,
+        "Allow a remote logging.mlflow_uri (http, https, databricks...); off: metrics stay local.",
+    ),
+    "logging.mlflow_experiment": ("codex_jax", "MLflow experiment name."),
     "generate.prompt": ("def fibonacci(n):", "Prompt for --mode=generate and the sample after training."),
     "generate.max_new_tokens": (64, "Tokens to generate."),
     "generate.temperature": (0.0, "Sampling temperature (0: greedy)."),
     "generate.top_k": (0, "Keep only the k most likely tokens (0: off)."),
     "generate.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
+    "generate.safety_policy": (
+        "default",
+        "Secret filter on generated text: 'default', a YAML policy file or '' (off).",
+    ),
+    "export.format": (
+        "params",
+        "--mode=export writes: 'params' (a params-only Orbax checkpoint + config.json + tokenizer, "
+        "itself a workdir for --mode=eval/generate), 'hf' (config.json + model.safetensors + "
+        "tokenizer files for transformers.AutoModelForCausalLM / AutoTokenizer; a LoRA run's "
+        "adapters merged) or 'peft' (a LoRA run's adapters alone: adapter_config.json + "
+        "adapter_model.safetensors for peft.PeftModel over the base exported with 'hf').",
+    ),
+    "export.dir": ("", "Where --mode=export writes (absent or empty folder; '': WORKDIR/export)."),
 }
 
 
@@ -121,16 +228,25 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "parallel.mode": ("jit", "pmap"),
     "train.on_nan": ("raise", "skip"),
+    "checkpoint.best_metric": ("loss", "perplexity", "token_accuracy"),
+    "checkpoint.best_mode": ("min", "max"),
+    "checkpoint.on_corrupt": ("error", "previous"),
+    "export.format": ("params", "hf", "peft"),
+    "lora.base_dtype": ("", "float32", "bfloat16"),
+    "data.on_bad_record": ("skip", "error"),
 }
+WRITER_CHOICES = ("tensorboard", "ndjson", "console", "mlflow", "clu")
 _POSITIVE = (
     "data.seq_len", "data.batch_size", "train.steps", "train.grad_accum_steps", "train.log_every",
     "train.eval_every", "eval.num_batches", "checkpoint.every_steps", "checkpoint.max_to_keep",
     "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.d_model", "model.d_ff",
-    "model.vocab_size",
+    "model.vocab_size", "eval.line_completion_samples", "eval.line_completion_max_tokens",
 )
 _NON_NEGATIVE = (
     "train.warmup_steps", "train.stop_after", "train.weight_decay", "train.grad_clip", "data.max_files", "data.num_workers",
+    "data.prefetch",
     "generate.max_new_tokens", "generate.top_k", "generate.temperature", "seed",
+    "checkpoint.keep_every", "checkpoint.best_k", "lora.rank",
 )
 
 
@@ -168,15 +284,73 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
     _check(flat["train.warmup_steps"] <= flat["train.steps"], "train.warmup_steps",
            f"must be <= train.steps={flat['train.steps']}", flat["train.warmup_steps"])
     step = flat["eval.step"]
-    _check(step in ("latest",) or step.isdigit(), "eval.step", "must be 'latest' or a step number", step)
+    _check(step in ("latest", "best") or step.isdigit(), "eval.step",
+           "must be 'latest', 'best' or a step number", step)
+    init_from = flat["model.init_from"]
+    kind, _, where = init_from.partition(":")
+    _check(init_from == "" or (kind in ("hf", "workdir") and where != ""), "model.init_from",
+           "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'", init_from)
+    _validate_lora(flat)
     _check(flat["data.batch_size"] % num_devices == 0, "data.batch_size",
            f"must be divisible by the {num_devices} devices in use", flat["data.batch_size"])
     _check(flat["data.batch_size"] % num_processes == 0, "data.batch_size",
            f"must be divisible by the {num_processes} processes", flat["data.batch_size"])
     writers = [w.strip() for w in flat["logging.writers"].split(",") if w.strip()]
     for w in writers:
-        _check(w in ("tensorboard", "ndjson", "console"), "logging.writers",
-               "each writer must be one of tensorboard, ndjson, console", w)
+        _check(w in WRITER_CHOICES, "logging.writers",
+               f"each writer must be one of {', '.join(WRITER_CHOICES)}", w)
+    if "mlflow" in writers:
+        from codex_jax.metrics.mlflow_writer import is_remote
+
+        uri = flat["logging.mlflow_uri"]
+        _check(not is_remote(uri) or flat["logging.mlflow_allow_remote"], "logging.mlflow_uri",
+               "a remote tracking server needs logging.mlflow_allow_remote=True", uri)
+
+
+def _validate_lora(flat: dict[str, Any]) -> None:
+    import re
+
+    _check(flat["lora.alpha"] > 0, "lora.alpha", "must be > 0", flat["lora.alpha"])
+    _check(0 <= flat["lora.dropout"] < 1, "lora.dropout", "must be in [0, 1)", flat["lora.dropout"])
+    try:
+        re.compile(flat["lora.targets"])
+    except re.error as e:
+        _check(False, "lora.targets", f"not a regex ({e})", flat["lora.targets"])
+    lora_from = flat["lora.init_from"]
+    _check(lora_from == "" or (lora_from.startswith("peft:") and len(lora_from) > 5),
+           "lora.init_from", "must be '' or 'peft:/path/to/adapter'", lora_from)
+    _check(flat["lora.rank"] > 0 or not lora_from, "lora.init_from",
+           "needs lora.rank > 0 (a LoRA run)", lora_from)
+
+
+def init_from_workdir(cfg: ml_collections.ConfigDict) -> Path | None:
+    """The run directory of ``model.init_from='workdir:DIR'`` (user-expanded), or None."""
+    value = cfg.model.init_from
+    return Path(value[len("workdir:"):]).expanduser() if value.startswith("workdir:") else None
+
+
+def init_from_tokenizer(cfg: ml_collections.ConfigDict) -> str:
+    """The tokenizer a ``model.init_from='workdir:RUN'`` run inherits: RUN's ``data.tokenizer``,
+    its own ``model.init_from``'s, or ``RUN/tokenizer``; '' for other runs."""
+    import json
+
+    run = init_from_workdir(cfg)
+    if run is None:
+        return ""
+    try:
+        saved = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    except (OSError, ValueError) as e:
+        raise UserError(f"config key 'model.init_from': {run}/config.json unreadable ({e})") from None
+    saved.model.init_from = saved.model.get("init_from", "")
+    inherited = saved.data.get("tokenizer") or init_from_tokenizer(saved)
+    folder = init_from_folder(saved)
+    return inherited or (str(folder) if folder else str(run / "tokenizer"))
+
+
+def init_from_folder(cfg: ml_collections.ConfigDict) -> Path | None:
+    """The folder of ``model.init_from='hf:FOLDER'`` (user-expanded), or None."""
+    value = cfg.model.init_from
+    return Path(value[len("hf:"):]).expanduser() if value.startswith("hf:") else None
 
 
 def reference_table() -> str:

@@ -1,15 +1,33 @@
-"""Held-out evaluation: loss, perplexity and token accuracy over a fixed list of batches."""
+"""Held-out evaluation: the metrics of ``eval.metrics`` over a fixed list of batches.
+
+:func:`evaluate` is the trainer's fast path (loss, perplexity, token accuracy from the runner's
+eval step). :func:`evaluate_metrics` computes any registered metric (metrics/registry.py): token
+metrics accumulate in one jitted step per batch, sample metrics run on the host afterwards.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from clu import metrics as clu_metrics
+
+from codex_jax.data.pipeline import eval_batches
+from codex_jax.metrics import registry
+from codex_jax.metrics.base import json_number
 
 
 def evaluate(runner, params, batches: list[np.ndarray]) -> dict[str, float]:
-    """Token-weighted loss, perplexity and accuracy of ``params`` on ``batches`` (this process's rows)."""
+    """Token-weighted loss, perplexity and accuracy of ``params`` on ``batches`` (this process's
+    rows)."""
     totals = None
     for batch in batches:
         sums = runner.eval_step(params, runner.put_batch(batch))
@@ -21,3 +39,124 @@ def evaluate(runner, params, batches: list[np.ndarray]) -> dict[str, float]:
         "perplexity": float(math.exp(min(loss, 80.0))),
         "token_accuracy": float(totals["correct"] / totals["tokens"]),
     }
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What metrics may use: the model and params, the tokenizer and the held-out windows."""
+
+    model: Any
+    params: Any
+    tokenizer: Any
+    eval_windows: np.ndarray  # every held-out window [M, seq_len + 1]
+    batches: list[np.ndarray]  # this process's rows of the evaluated batches
+    global_batch_size: int
+    num_batches: int
+    line_completion_samples: int = 32
+    line_completion_max_tokens: int = 48
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _bytes: int | None = None
+
+    def target_bytes(self) -> int:
+        """UTF-8 bytes of the text of every evaluated target token (all processes' rows)."""
+        if self._bytes is None:
+            rows = eval_batches(self.eval_windows, self.global_batch_size, self.num_batches)
+            self._bytes = sum(
+                len(self.tokenizer.decode(row[1:]).encode("utf-8")) for b in rows for row in b
+            )
+            self.details["eval_bytes"] = self._bytes
+        return max(self._bytes, 1)
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of token prompts (one batch, left-padded), cut at EOS."""
+        from codex_jax.generate import generate, left_pad
+
+        tokens, lengths = left_pad(prompts)
+        eos = self.tokenizer.eos_id if self.tokenizer.eos_id >= 0 else None
+        out = np.asarray(
+            generate(self.model, self.params, tokens, max_new_tokens, eos_id=eos,
+                     prompt_lengths=lengths)
+        ).tolist()
+        return [row[: row.index(eos)] if eos in row else row for row in out]
+
+
+def line_tables(tokenizer, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id: does its text hold a newline (EOS counts), is it more than whitespace."""
+    line_end, content = np.zeros(size, bool), np.zeros(size, bool)
+    for i in range(min(size, tokenizer.vocab_size)):
+        text = tokenizer.decode([i])
+        line_end[i], content[i] = "\n" in text, bool(text.strip())
+    if 0 <= tokenizer.eos_id < size:
+        line_end[tokenizer.eos_id] = True
+    return line_end, content
+
+
+@functools.lru_cache(maxsize=32)
+def _collection(metrics: tuple[tuple[str, type], ...]) -> type[clu_metrics.Collection]:
+    return clu_metrics.Collection.create(**dict(metrics))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "collection"))
+def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, content_V):
+    """``totals`` merged with one batch's metrics (all model outputs stay on device)."""
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    variables = params if "params" in params else {"params": params}
+    logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True).astype(jnp.float32)
+    outputs = {
+        "loss": optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT),
+        "correct": (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32),
+        "mask": jnp.ones(targets_BxT.shape, bool),
+        "targets": targets_BxT,
+        "line_end": line_end_V[targets_BxT],
+        "content": content_V[targets_BxT],
+        "logits": logits_BxTxV,
+    }
+    return totals.merge(collection.single_from_model_output(**outputs))
+
+
+def evaluate_metrics(spec: str, ctx: EvalContext, put_batch=jnp.asarray) -> dict[str, float]:
+    """The metrics named by ``spec`` (and loss, perplexity, token_accuracy) on ``ctx.batches``.
+
+    A sample metric that returns None (nothing to measure) is left out; ``ctx.details`` (e.g.
+    ``line_completion_samples``, ``eval_bytes``) is added to the result.
+    """
+    metrics = registry.resolve(spec)
+    token = {n: m for n, m in metrics.items() if isinstance(m, registry.TokenMetric)}
+    fields = {n: f"m{i}" for i, n in enumerate(token)}  # names may not be identifiers
+    collection = _collection(tuple((fields[n], m.metric) for n, m in token.items()))
+    size = max(ctx.model.cfg.vocab_size, ctx.tokenizer.vocab_size)
+    if any(m.needs_lines for m in token.values()):
+        tables = line_tables(ctx.tokenizer, size)
+    else:
+        tables = (np.zeros(size, bool), np.zeros(size, bool))
+    totals = collection.empty()
+    for batch in ctx.batches:
+        totals = _accumulate(ctx.model, collection, totals, ctx.params, put_batch(batch), *tables)
+    computed = jax.device_get(totals.compute())
+    results: dict[str, float] = {}
+    for name, metric in metrics.items():
+        if isinstance(metric, registry.TokenMetric):
+            value = float(computed[fields[name]])
+            value = metric.finalize(value, ctx) if metric.finalize else value
+        else:
+            value = metric.fn(ctx)
+        if value is not None:
+            results[name] = float(value)
+    return {**results, **ctx.details}
+
+
+def evaluate_checkpoint(cfg, workdir: Path, model, params, step: int, data, put_batch, batches):
+    """``{'step', metric...}`` of ``cfg.eval.metrics``, also written to ``workdir/eval_<step>.json``
+    (by process 0)."""
+    ctx = EvalContext(
+        model, params, data.tokenizer, data.eval_windows, batches,
+        global_batch_size=cfg.data.batch_size, num_batches=cfg.eval.num_batches,
+        line_completion_samples=cfg.eval.line_completion_samples,
+        line_completion_max_tokens=cfg.eval.line_completion_max_tokens,
+    )
+    result = {"step": step, **evaluate_metrics(cfg.eval.metrics, ctx, put_batch)}
+    if jax.process_index() == 0:
+        record = {k: json_number(v) for k, v in result.items()}
+        path = Path(workdir) / f"eval_{step}.json"
+        path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return result

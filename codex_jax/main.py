@@ -1,7 +1,8 @@
 """Command-line entry point: ``python -m codex_jax.main --config=configs/base.py [--mode=...]``.
 
 Modes: ``train`` (default; resumes from the workdir's latest checkpoint), ``eval`` (restores params only and
-prints one JSON line), ``generate`` (prints completions of ``generate.prompt``).
+prints one JSON line), ``generate`` (prints completions of ``generate.prompt``), ``export`` (writes a
+checkpoint in ``export.format`` to ``export.dir``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from codex_jax.errors import EXIT_USER_ERROR, UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path of an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "generate"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "export"], "What to do.")
 
 
 def fail(message: str) -> None:
@@ -95,6 +96,10 @@ def _dispatch(cfg, workdir: Path, mode: str) -> None:
 
         for text in generate_from_workdir(cfg, workdir):
             print(text)
+    elif mode == "export":
+        from codex_jax.export import export
+
+        print(f"exported ({cfg.export.format}): {export(cfg, workdir)}")
 
 
 def main() -> None:

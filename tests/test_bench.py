@@ -52,6 +52,8 @@ def test_data_bench_tiny(tmp_path):
     )
     assert out["what"] == "data" and out["tokens_per_second"] > 0 and out["train_windows"] > 0
     assert out["batch_dtype"] == "int32" and (tmp_path / "data_manifest.json").exists()
+    assert out["tokenize_tokens_per_second"] > 0 and out["tokenize_documents"] > 0
+    assert (out["num_workers"], out["prefetch"]) == (0, 0)
 
 
 def test_bad_flag_is_one_error_line():

@@ -4,6 +4,7 @@ import hashlib
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from codex_jax.data.pipeline import (
     make_train_iterator,
     prepare_data,
 )
-from codex_jax.data.sources import Document, list_files, parse_source, read_source, stdlib_root
+from codex_jax.data.sources import Document, read_source, stdlib_root
 from codex_jax.data.splits import split_documents
 from codex_jax.errors import UserError
 
@@ -49,92 +50,6 @@ def small_config(corpus_dir, **data):
 @pytest.fixture(scope="module")
 def bundle(corpus_dir, tmp_path_factory):
     return prepare_data(small_config(corpus_dir), tmp_path_factory.mktemp("work"), write=True)
-
-
-# --- sources -----------------------------------------------------------------------------------
-
-
-def test_stdlib_source_lists_python_files_without_site_packages():
-    root, files = list_files(parse_source("stdlib"))
-    assert len(files) > 500 and files == sorted(files)
-    assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in files)
-    corpus = read_source("stdlib", max_files=5)
-    assert len(corpus.files) == 5 and corpus.root == str(root)
-
-
-def test_max_files_is_a_deterministic_subset(corpus_dir):
-    source = f"{corpus_dir}/**/*.py"
-    every = [f.path for f in read_source(source).files]
-    some = [f.path for f in read_source(source, max_files=7).files]
-    assert len(some) == 7 and set(some) <= set(every)
-    assert some == [f.path for f in read_source(source, max_files=7).files]
-
-
-def test_text_files_lose_bom_and_crlf_and_bad_files_are_counted(tmp_path):
-    (tmp_path / "a.py").write_bytes(b"\xef\xbb\xbfx = 1\r\ny = 2\r\n")
-    (tmp_path / "b.py").write_bytes(b"ok = 1\n\xff\xfe bad\n")
-    (tmp_path / "c.py").write_bytes(b"  \n")
-    corpus = read_source(f"{tmp_path}/*.py")
-    assert [d.text for d in corpus.documents] == ["x = 1\ny = 2\n"]
-    bad = {f.path: f.bad for f in corpus.files}
-    assert bad == {"a.py": [], "b.py": ["b.py:2: undecodable bytes"], "c.py": ["c.py:1: empty"]}
-
-
-def test_jsonl_source_skips_and_counts_bad_records(tmp_path):
-    lines = [
-        b'\xef\xbb\xbf{"text": "first\\r\\nline"}',
-        b"not json",
-        b'{"other": "x"}',
-        b'{"text": 3}',
-        b"",
-        b'{"text": "  "}',
-        b'{"text": "caf\xff"}',
-        b'{"text": "\\ud800"}',
-        b'{"text": "second"}\r',
-    ]
-    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    corpus = read_source(f"jsonl:{tmp_path}/d.jsonl:text")
-    assert [(d.key, d.text) for d in corpus.documents] == [
-        ("d.jsonl:1", "first\nline"),
-        ("d.jsonl:9", "second"),
-    ]
-    (report,) = corpus.files
-    assert report.records == 2 and report.skipped == 6
-    assert report.bad[:3] == [
-        "d.jsonl:2: invalid JSON",
-        "d.jsonl:3: no string field 'text'",
-        "d.jsonl:4: no string field 'text'",
-    ]
-    assert len(report.bad) == 5
-
-
-def test_csv_source_reads_a_column_and_counts_bad_rows(tmp_path):
-    data = 'id,code\n1,"def f():\r\n    return 1"\n2,\n3\n4,"caf\xff"\n5,plain\n'.encode("latin-1")
-    (tmp_path / "c.csv").write_bytes(data)
-    corpus = read_source(f"csv:{tmp_path}/c.csv:code")
-    assert [(d.key, d.text) for d in corpus.documents] == [
-        ("c.csv:2", "def f():\n    return 1"),
-        ("c.csv:7", "plain"),
-    ]
-    assert corpus.files[0].bad == [
-        "c.csv:4: empty",
-        "c.csv:5: no column 'code'",
-        "c.csv:6: undecodable bytes",
-    ]
-    with pytest.raises(UserError, match="no column 'text'"):
-        read_source(f"csv:{tmp_path}/c.csv:text")
-
-
-def test_sources_that_give_nothing_are_user_errors(tmp_path):
-    (tmp_path / "empty.py").write_text("")
-    with pytest.raises(UserError, match=r"data.source '.*\*\.py' yielded no documents"):
-        read_source(f"{tmp_path}/*.py")
-    with pytest.raises(UserError, match="file not found: .*missing.jsonl"):
-        read_source(f"jsonl:{tmp_path}/missing.jsonl:text")
-    with pytest.raises(UserError, match="no files match"):
-        read_source(f"{tmp_path}/*.txt")
-    with pytest.raises(UserError, match="jsonl:PATH:FIELD"):
-        read_source("jsonl:nofield")
 
 
 # --- split and manifest ------------------------------------------------------------------------
@@ -170,6 +85,34 @@ def test_manifest_records_files_splits_totals_and_tokenizer(bundle, corpus_dir):
     assert len(manifest["checksum"]) == 64
 
 
+def test_eval_source_is_the_held_out_split(corpus_dir, tmp_path, capsys):
+    """data.eval_source: its files are the eval split and leave the training split."""
+    cfg = small_config(corpus_dir, eval_source=f"{corpus_dir}/pkg/*.py")
+    data = prepare_data(cfg, tmp_path, write=True)
+    files = data.manifest["files"]
+    from_eval = [f for f in files if f["from"] == "eval_source"]
+    assert from_eval and all(f["split"] == "eval" for f in from_eval)
+    assert {f["path"] for f in from_eval} == {p.name for p in (corpus_dir / "pkg").glob("*.py")}
+    train_files = [f["path"] for f in files if f["from"] == "source"]
+    assert train_files and not any(p.startswith("pkg/") for p in train_files)  # no overlap
+    assert "are also in data.eval_source" in _err(capsys)
+    totals = data.manifest["totals"]
+    assert totals["eval_documents"] == len(from_eval)
+    assert totals["train_documents"] == len(train_files)
+    assert data.manifest["eval_source"] == cfg.data.eval_source
+    cfg.data.eval_source = f"{corpus_dir}/**/*.py"  # everything held out: nothing to train on
+    with pytest.raises(UserError, match="no documents left for training"):
+        prepare_data(cfg, tmp_path / "all", write=False)
+
+
+def test_include_exclude_and_policy_reach_the_manifest(corpus_dir, tmp_path):
+    cfg = small_config(corpus_dir, exclude="pkg/**", on_bad_record="error")
+    data = prepare_data(cfg, tmp_path, write=True)
+    manifest = json.loads(data.manifest_path.read_text())
+    assert manifest["exclude"] == "pkg/**" and manifest["on_bad_record"] == "error"
+    assert manifest["files"] and not any(f["path"].startswith("pkg/") for f in manifest["files"])
+
+
 # --- token streams and cache -------------------------------------------------------------------
 
 
@@ -183,48 +126,117 @@ def test_windows_cut_the_packed_stream_with_eos_between_documents(bundle, corpus
     assert (stream == tok.eos_id).sum() >= 2
 
 
-def test_cache_is_reused_and_rebuilt_when_stale(corpus_dir, tmp_path, capsys):
+def _err(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def _tokens_stamp(workdir):
+    return (workdir / "cache" / "train.tokens").stat().st_mtime_ns
+
+
+def test_cache_is_reused_and_a_new_seq_len_only_rewindows_it(corpus_dir, tmp_path, capsys):
     cfg = small_config(corpus_dir)
     first = prepare_data(cfg, tmp_path, write=True)
-    tokens = tmp_path / "cache" / "train.tokens"
     assert isinstance(first.train_windows, np.memmap)
-    stamp = tokens.stat().st_mtime_ns
-    capsys.readouterr()
+    stamp = _tokens_stamp(tmp_path)
+    _err(capsys)
     prepare_data(cfg, tmp_path, write=True)
-    assert "reusing token cache" in capsys.readouterr().err and tokens.stat().st_mtime_ns == stamp
+    assert "reusing token cache" in _err(capsys) and _tokens_stamp(tmp_path) == stamp
+    cfg.data.seq_len = 16  # the streams do not depend on seq_len: same cache, new windows
+    short = prepare_data(cfg, tmp_path, write=True)
+    assert "reusing token cache" in _err(capsys) and _tokens_stamp(tmp_path) == stamp
+    assert short.train_windows.shape[1] == 17
+    fresh = prepare_data(cfg, tmp_path / "fresh", write=False)  # ... equal to a fresh build's
+    np.testing.assert_array_equal(short.train_windows, fresh.train_windows)
+    np.testing.assert_array_equal(short.eval_windows, fresh.eval_windows)
 
-    cfg.data.seq_len = 16  # a new seq_len -> rebuilt
-    assert prepare_data(cfg, tmp_path, write=True).train_windows.shape[1] == 17
-    assert "reusing" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "cache" / "key.json").read_text())["key"]["seq_len"] == 16
 
-    other = tmp_path / "other_tokenizer"  # a different tokenizer -> rebuilt
+def test_a_new_tokenizer_rebuilds_the_cache(corpus_dir, tmp_path, capsys):
+    cfg = small_config(corpus_dir)
+    prepare_data(cfg, tmp_path, write=True)
+    other = tmp_path / "other_tokenizer"
     texts = [d.text for d in read_source(cfg.data.source).documents]
     from codex_jax.tokenizers.sentencepiece import train_bpe, training_lines
 
     train_bpe(training_lines(texts, 100_000), 390).save(other)
     cfg.data.tokenizer = str(other)
+    _err(capsys)
     rebuilt = prepare_data(cfg, tmp_path, write=True)
-    assert "reusing" not in capsys.readouterr().err and rebuilt.tokenizer.vocab_size == 390
+    assert "building the token cache (changed: tokenizer checksum)" in _err(capsys)
+    assert rebuilt.tokenizer.vocab_size == 390
     key = json.loads((tmp_path / "cache" / "key.json").read_text())["key"]
     assert key["tokenizer_checksum"] == rebuilt.tokenizer.checksum
+    assert rebuilt.train_windows.max() < 390
 
 
-def test_cache_is_rebuilt_when_a_file_changes_or_the_cache_is_damaged(corpus_dir, tmp_path, capsys):
+def test_a_changed_corpus_is_reported_and_rebuilds_the_cache(corpus_dir, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     shutil.copytree(corpus_dir, corpus)
     cfg = small_config(corpus)
-    first = prepare_data(cfg, tmp_path / "work", write=True)
-    victim = sorted(corpus.glob("*.py"))[0]
-    victim.write_text(victim.read_text() + "\nextra = 1\n")
-    capsys.readouterr()
-    second = prepare_data(cfg, tmp_path / "work", write=True)
-    assert "reusing" not in capsys.readouterr().err
+    work = tmp_path / "work"
+    first = prepare_data(cfg, work, write=True)
+    _err(capsys)
+    prepare_data(cfg, work, write=True)
+    assert "corpus changed" not in _err(capsys)
+    victims = sorted(corpus.glob("*.py"))
+    victims[0].write_text(victims[0].read_text() + "\nextra = 1\n")
+    victims[1].unlink()
+    (corpus / "pkg" / "new_a.py").write_text("a = 1\n" * 50)
+    (corpus / "pkg" / "new_b.py").write_text("b = 2\n" * 50)
+    second = prepare_data(cfg, work, write=True)
+    err = _err(capsys)
+    assert "data: the corpus changed since" in err
+    assert "2 file(s) added, 1 removed, 1 changed" in err
+    assert "building the token cache (changed: corpus checksum)" in err
     assert second.manifest["checksum"] != first.manifest["checksum"]
-    with open(tmp_path / "work" / "cache" / "eval.tokens", "ab") as f:
-        f.write(b"\0\0")
-    prepare_data(cfg, tmp_path / "work", write=True)
-    assert "reusing" not in capsys.readouterr().err
+    cfg.data.max_files = 20  # a setting that changes the corpus is named
+    prepare_data(cfg, work, write=True)
+    assert "settings changed: data.max_files" in _err(capsys)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "extend", "delete", "bad key"])
+def test_a_damaged_cache_is_rebuilt_never_reused(bundle, corpus_dir, tmp_path, capsys, damage):
+    cfg = small_config(corpus_dir)
+    prepare_data(cfg, tmp_path, write=True)
+    tokens, key = tmp_path / "cache" / "train.tokens", tmp_path / "cache" / "key.json"
+    if damage == "truncate":
+        tokens.write_bytes(tokens.read_bytes()[:-2])
+    elif damage == "extend":
+        tokens.write_bytes(tokens.read_bytes() + b"\0\0")
+    elif damage == "delete":
+        tokens.unlink()
+    else:
+        key.write_text("{not json")
+    _err(capsys)
+    again = prepare_data(cfg, tmp_path, write=True)
+    err = _err(capsys)
+    assert "reusing" not in err and "building the token cache" in err
+    np.testing.assert_array_equal(again.train_windows, bundle.train_windows)
+    assert "reusing token cache" in (prepare_data(cfg, tmp_path, write=True), _err(capsys))[1]
+
+
+def test_another_process_reuses_the_cache(bundle, corpus_dir):
+    """A separate Python process with the same config reads the cache instead of tokenizing."""
+    import subprocess
+    import sys
+
+    workdir = bundle.manifest_path.parent
+    code = (
+        "import sys; from tests.test_data import small_config; "
+        "from codex_jax.data.pipeline import prepare_data; "
+        f"b = prepare_data(small_config({str(corpus_dir)!r}), {str(workdir)!r}, write=False); "
+        "print(b.train_windows.shape, b.tokenizer.checksum)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).parent.parent),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reusing token cache" in proc.stderr and "building" not in proc.stderr
+    assert proc.stdout.split()[-1] == bundle.tokenizer.checksum
 
 
 def test_a_non_writing_process_writes_nothing_and_agrees(bundle, corpus_dir, tmp_path):
@@ -301,14 +313,29 @@ def test_iterator_resumes_through_orbax_and_grain_checkpoint(bundle, tmp_path):
     np.testing.assert_array_equal(np.stack(take(restored, 3)), np.stack(expected))
 
 
-def test_worker_processes_give_the_same_batches(bundle):
-    plain = take(make_train_iterator(bundle.train_windows, 8, seed=0), 4)
-    it = make_train_iterator(bundle.train_windows, 8, seed=0, num_workers=1)
-    np.testing.assert_array_equal(np.stack(take(it, 2)), np.stack(plain[:2]))
-    state = it.get_state()
-    fresh = make_train_iterator(bundle.train_windows, 8, seed=0, num_workers=1)
-    fresh.set_state(state)
-    np.testing.assert_array_equal(np.stack(take(fresh, 2)), np.stack(plain[2:]))
+def test_worker_processes_give_the_same_batches_and_resume(bundle):
+    """0 workers vs 2 worker processes (each prefetching 2): identical batches and states."""
+    plain = take(make_train_iterator(bundle.train_windows, 8, seed=0), 6)
+    it = make_train_iterator(bundle.train_windows, 8, seed=0, num_workers=2, prefetch=2)
+    np.testing.assert_array_equal(np.stack(take(it, 3)), np.stack(plain[:3]))
+    state = json.loads(json.dumps(it.get_state()))
+    assert state == {"next_index": 3}
+    np.testing.assert_array_equal(np.stack(take(it, 3)), np.stack(plain[3:]))
+    it.close()
+    single = make_train_iterator(bundle.train_windows, 8, seed=0)
+    single.set_state(state)  # a worker iterator's state resumes a plain one (and vice versa)
+    np.testing.assert_array_equal(np.stack(take(single, 3)), np.stack(plain[3:]))
+
+
+def test_thread_prefetch_gives_the_same_batches_and_resumes(bundle):
+    plain = take(make_train_iterator(bundle.train_windows, 8, seed=0), 8)
+    it = make_train_iterator(bundle.train_windows, 8, seed=0, prefetch=4)
+    np.testing.assert_array_equal(np.stack(take(it, 5)), np.stack(plain[:5]))
+    fresh = make_train_iterator(bundle.train_windows, 8, seed=0, prefetch=4)
+    fresh.set_state(it.get_state())
+    np.testing.assert_array_equal(np.stack(take(fresh, 3)), np.stack(plain[5:]))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        make_train_iterator(bundle.train_windows, 8, seed=0, prefetch=-1)
 
 
 def test_window_source_pickles_a_cached_memmap_by_path(bundle):
@@ -322,7 +349,8 @@ def test_eval_batches_are_fixed_and_split_across_processes():
     windows = np.arange(20 * 3, dtype=np.uint16).reshape(20, 3)
     single = eval_batches(windows, 8, 2)
     assert [b.dtype for b in single] == [np.int32] * 2
-    np.testing.assert_array_equal(np.concatenate(single), windows[:16])
+    picked = np.linspace(0, 19, 16).round().astype(int)  # spread evenly over the split
+    np.testing.assert_array_equal(np.concatenate(single), windows[picked])
     parts = [eval_batches(windows, 4, 2, p, 2) for p in range(2)]
     for k in range(2):
         np.testing.assert_array_equal(np.concatenate([parts[0][k], parts[1][k]]), single[k])

@@ -9,7 +9,10 @@ step time, model TFLOP/s, MFU, peak device memory (GiB) and compile time. ``--co
 (default on CPU) also times a bare jitted value_and_grad + AdamW step of the same model on the same
 batches, interleaved step by step with the trainer's, and reports ``overhead_ratio`` = step_ms /
 bare_step_ms.
-``--what=data`` times the data pipeline: batches drawn to host numpy from ``make_train_iterator``.
+``--what=data`` times the data pipeline: batches drawn to host numpy from ``make_train_iterator``
+(the token cache path, with ``data.num_workers`` and ``data.prefetch``), and the on-the-fly
+tokenizing path: ``encode_batch`` over ``--tokenize_mb`` MB of the source's documents
+(``tokenize_tokens_per_second``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ flags.DEFINE_enum("what", "train", ["train", "data"], "Time the train step or th
 flags.DEFINE_integer("steps", 10, "Timed optimizer steps (--what=data: timed batches).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_bool("compare_bare", None, "Also time a bare jitted step (default: on CPU only).")
+flags.DEFINE_float("tokenize_mb", 8.0, "--what=data: MB of text timed through encode_batch.")
 flags.DEFINE_string("label", "", "Free text copied into the JSON line (to tell variants apart).")
 
 GIB = 2**30
@@ -237,7 +241,8 @@ def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
     bundle = prepare_data(cfg, workdir)
     prepare_s = time.perf_counter() - start
     it = make_train_iterator(bundle.train_windows, batch_size=cfg.data.batch_size, seed=cfg.seed,
-                             process_index=0, process_count=1, num_workers=cfg.data.num_workers)
+                             process_index=0, process_count=1, num_workers=cfg.data.num_workers,
+                             prefetch=cfg.data.prefetch)
     start = time.perf_counter()
     first = np.asarray(next(it))
     first_batch_s = time.perf_counter() - start
@@ -261,9 +266,34 @@ def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
         "first_batch_s": round(first_batch_s, 4),
         "train_windows": len(bundle.train_windows),
         "num_workers": cfg.data.num_workers,
+        "prefetch": cfg.data.prefetch,
+        **bench_tokenize(cfg, bundle.tokenizer, FLAGS.tokenize_mb),
         "batch_dtype": str(batch.dtype),
         "steps": steps,
         "warmup": warmup,
+    }
+
+
+def bench_tokenize(cfg, tokenizer, megabytes: float) -> dict:
+    """Times ``tokenizer.encode_batch`` (all cores) on the first ``megabytes`` of the source."""
+    from codex_jax.data.sources import read_source
+
+    d = cfg.data
+    texts, size = [], 0
+    for doc in read_source(d.source, d.max_files, d.include, d.exclude, d.on_bad_record).documents:
+        if size >= megabytes * 1e6:
+            break
+        texts.append(doc.text)
+        size += len(doc.text.encode("utf-8"))
+    tokenizer.encode_batch(texts[:4])  # warm up
+    start = time.perf_counter()
+    tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+    seconds = time.perf_counter() - start
+    return {
+        "tokenize_tokens_per_second": round(tokens / seconds, 1),
+        "tokenize_mb_per_second": round(size / 1e6 / seconds, 3),
+        "tokenize_mb": round(size / 1e6, 3),
+        "tokenize_documents": len(texts),
     }
 
 

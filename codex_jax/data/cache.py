@@ -1,8 +1,9 @@
 """Packed token streams: tokenize documents, join them with EOS, keep them as memmaps on disk.
 
 ``workdir/cache/`` holds ``{split}.tokens`` (raw uint16, or uint32 for vocabularies over 65,536)
-and ``key.json``. The key names the corpus manifest checksum, the tokenizer checksum and seq_len;
-a cache whose key differs is rebuilt, never reused.
+and ``key.json``. The key names the corpus manifest checksum and the tokenizer checksum; a cache
+whose key differs, or whose files are missing or of the wrong size, is rebuilt, never reused.
+The streams do not depend on ``data.seq_len``: windows of any length are views of them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from codex_jax.tokenizers.sentencepiece import SentencePieceTokenizer, write_bytes_atomic
+from codex_jax.tokenizers.base import Tokenizer
+from codex_jax.tokenizers.sentencepiece import write_bytes_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 KEY_FILENAME = "key.json"
 _CHUNK_CHARS = 4_000_000
 _PROGRESS_MIN_CHARS = 8_000_000
@@ -31,13 +33,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def cache_key(corpus_checksum: str, tokenizer: SentencePieceTokenizer, seq_len: int) -> dict:
+def cache_key(corpus_checksum: str, tokenizer: Tokenizer) -> dict:
     """What a cache was built from; a cache is reused only when this matches exactly."""
     return {
         "version": CACHE_VERSION,
         "corpus_checksum": corpus_checksum,
         "tokenizer_checksum": tokenizer.checksum,
-        "seq_len": seq_len,
         "dtype": token_dtype(tokenizer.vocab_size).name,
     }
 
@@ -56,7 +57,7 @@ def _chunks(texts: Sequence[str], max_chars: int) -> list[tuple[int, int, int]]:
 
 
 def pack(
-    tokenizer: SentencePieceTokenizer, texts: Sequence[str], desc: str = "", progress: bool = True
+    tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: bool = True
 ) -> np.ndarray:
     """All texts tokenized (batch-encoded in chunks) into one stream, each followed by EOS.
 
@@ -87,20 +88,33 @@ def pack(
 
 def load(directory: Path, key: dict) -> dict[str, np.ndarray] | None:
     """The cached streams (read-only memmaps) when ``directory`` holds them under ``key``."""
+    return check(directory, key)[0]
+
+
+def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str]:
+    """``(streams, '')`` when the cache in ``directory`` is valid for ``key``, else
+    ``(None, why not)``."""
     try:
         stored = json.loads((directory / KEY_FILENAME).read_text())
+    except FileNotFoundError:
+        return None, "no cache yet"
     except (OSError, ValueError):
-        return None
-    if stored.get("key") != key:
-        return None
+        return None, f"unreadable {KEY_FILENAME}"
+    old = stored.get("key") if isinstance(stored, dict) else None
+    if old != key:
+        changed = [k for k in key if not isinstance(old, dict) or old.get(k) != key[k]]
+        return None, "changed: " + ", ".join(k.replace("_", " ") for k in changed)
     streams = {}
     dtype = np.dtype(key["dtype"])
     for split, length in stored.get("tokens", {}).items():
         path = directory / f"{split}.tokens"
-        if not path.is_file() or path.stat().st_size != length * dtype.itemsize or not length:
-            return None
+        if not path.is_file():
+            return None, f"{path.name} is missing"
+        if path.stat().st_size != length * dtype.itemsize or not length:
+            size, expected = path.stat().st_size, length * dtype.itemsize
+            return None, f"{path.name} has {size} bytes, not {expected}"
         streams[split] = np.memmap(path, dtype=dtype, mode="r", shape=(length,))
-    return streams
+    return streams, ""
 
 
 def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,17 +135,20 @@ def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str
 def load_or_build(
     directory: Path,
     key: dict,
-    tokenizer: SentencePieceTokenizer,
+    tokenizer: Tokenizer,
     texts: dict[str, Sequence[str]],
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The token stream of every split in ``texts``: from the cache when its key matches, else
     tokenized now (and cached when ``write``)."""
-    streams = load(directory, key)
+    streams, why = check(directory, key)
     if streams is not None and set(streams) == set(texts):
         print(f"data: reusing token cache {directory}", file=sys.stderr, flush=True)
         return streams
+    if streams is not None:
+        why = f"splits {sorted(streams)} differ from {sorted(texts)}"
+    print(f"data: building the token cache ({why})", file=sys.stderr, flush=True)
     started = time.perf_counter()
     streams = {split: pack(tokenizer, docs, split, progress) for split, docs in texts.items()}
     seconds = time.perf_counter() - started

@@ -1,5 +1,7 @@
-"""Metric writers (TensorBoard, NDJSON, console), throughput/MFU and system metrics."""
+"""Metric writers (TensorBoard, NDJSON, console, MLflow, CLU), evaluation metrics, throughput/MFU
+and system metrics."""
 
+from codex_jax.metrics.mlflow_writer import MlflowWriter
 from codex_jax.metrics.perf import StepTimer, mfu, peak_flops_per_device
 from codex_jax.metrics.system import SystemMetrics
 from codex_jax.metrics.writers import (
@@ -15,6 +17,7 @@ from codex_jax.metrics.writers import (
 __all__ = [
     "ConsoleWriter",
     "MetricWriter",
+    "MlflowWriter",
     "MultiWriter",
     "NdjsonWriter",
     "StepTimer",

@@ -126,3 +126,14 @@ def _visible_gpu_indices(count: int) -> list[int]:
         if all(v.isdigit() for v in entries):
             return [int(v) for v in entries if int(v) < count]
     return list(range(count))
+
+
+_shared: SystemMetrics | None = None
+
+
+def collect() -> dict[str, float]:
+    """``SystemMetrics.collect()`` of one instance per process, created on the first call."""
+    global _shared
+    if _shared is None:
+        _shared = SystemMetrics()
+    return _shared.collect()

@@ -161,6 +161,13 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
 
 def _export_model_type(cfg: ModelConfig) -> str:
     if cfg.family == "gpt2":
+        plain = cfg.dims_per_head * cfg.num_heads == cfg.d_model and not cfg.sliding_window
+        if cfg.num_kv_heads != cfg.num_heads or not plain:
+            raise UserError(
+                "Hugging Face GPT-2 has no grouped-query attention, head_dim or sliding_window "
+                f"(this model: num_kv_heads={cfg.num_kv_heads} of {cfg.num_heads} heads, "
+                f"head_dim={cfg.head_dim}, sliding_window={cfg.sliding_window})"
+            )
         return "gpt2"
     if cfg.attention_bias:
         if cfg.sliding_window or cfg.head_dim:

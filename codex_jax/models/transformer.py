@@ -59,6 +59,9 @@ class ModelConfig:
     rope_linear_factor: float = 1.0
     # Mistral: each token attends to at most this many most recent tokens (0: unlimited).
     sliding_window: int = 0
+    # LoRA (models/lora.py): adapter scale alpha / rank and dropout on the adapter input.
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "rope_llama3_scaling", tuple(self.rope_llama3_scaling))
@@ -139,15 +142,40 @@ class Norm(nn.Module):
         return y.astype(cfg.compute_dtype)
 
 
+class Linear(nn.Module):
+    """``x @ kernel + bias`` with ``nn.Dense``'s param names and init, plus a LoRA adapter when the
+    ``'lora'`` collection holds ``lora_a [in, r]`` and ``lora_b [r, out]`` for this module:
+    ``y += dropout(x) @ lora_a @ lora_b * (cfg.lora_alpha / r)`` (see ``models/lora.py``)."""
+
+    cfg: ModelConfig
+    features: int
+    use_bias: bool
+    std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        cfg = self.cfg
+        kernel = self.param(
+            "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
+        )
+        x = x.astype(cfg.compute_dtype)
+        y = jax.lax.dot_general(
+            x, kernel.astype(cfg.compute_dtype), (((x.ndim - 1,), (0,)), ((), ()))
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), cfg.weights_dtype)
+            y = y + bias.astype(cfg.compute_dtype)
+        if self.has_variable("lora", "lora_a"):
+            a_DxR = self.get_variable("lora", "lora_a").astype(cfg.compute_dtype)
+            b_RxF = self.get_variable("lora", "lora_b").astype(cfg.compute_dtype)
+            h = nn.Dropout(cfg.lora_dropout)(x, deterministic=deterministic)
+            scale = cfg.lora_alpha / a_DxR.shape[-1]
+            y = y + ((h @ a_DxR) @ b_RxF) * jnp.asarray(scale, cfg.compute_dtype)
+        return y
+
+
 def _dense(cfg: ModelConfig, features: int, name: str, *, bias: bool, std: float = 0.02):
-    return nn.Dense(
-        features,
-        use_bias=bias,
-        dtype=cfg.compute_dtype,
-        param_dtype=cfg.weights_dtype,
-        kernel_init=_init_normal(std),
-        name=name,
-    )
+    return Linear(cfg, features, bias, std, name=name)
 
 
 def rope_frequencies(cfg: ModelConfig):
@@ -206,9 +234,13 @@ class Attention(nn.Module):
         H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
         qkv_bias = cfg.family == "gpt2" or cfg.attention_bias
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-        q_BxTxNxH = _dense(cfg, N * H, "q_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, N, H)
-        k_BxTxKxH = _dense(cfg, K * H, "k_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, K, H)
-        v_BxTxKxH = _dense(cfg, K * H, "v_proj", bias=qkv_bias)(x_BxTxD).reshape(B, T, K, H)
+
+        def project(name, heads):
+            y = _dense(cfg, heads * H, name, bias=qkv_bias)(x_BxTxD, deterministic)
+            return y.reshape(B, T, heads, H)
+
+        q_BxTxNxH = project("q_proj", N)
+        k_BxTxKxH, v_BxTxKxH = project("k_proj", K), project("v_proj", K)
         if cfg.family == "llama":
             inv_freq = rope_frequencies(cfg)
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
@@ -239,7 +271,8 @@ class Attention(nn.Module):
         else:
             out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask)
         out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)
-        y = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.family == "gpt2", std=out_std)(out_BxTxD)
+        o_proj = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.family == "gpt2", std=out_std)
+        y = o_proj(out_BxTxD, deterministic)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, new_cache
 
@@ -254,13 +287,14 @@ class Mlp(nn.Module):
         cfg = self.cfg
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         if cfg.family == "gpt2":
-            h = _dense(cfg, cfg.d_ff, "fc_in", bias=True)(x_BxTxD)
+            h = _dense(cfg, cfg.d_ff, "fc_in", bias=True)(x_BxTxD, deterministic)
             h = nn.gelu(h, approximate=True)
-            y = _dense(cfg, cfg.d_model, "fc_out", bias=True, std=out_std)(h)
+            y = _dense(cfg, cfg.d_model, "fc_out", bias=True, std=out_std)(h, deterministic)
         else:
-            gate = _dense(cfg, cfg.d_ff, "gate_proj", bias=False)(x_BxTxD)
-            up = _dense(cfg, cfg.d_ff, "up_proj", bias=False)(x_BxTxD)
-            y = _dense(cfg, cfg.d_model, "down_proj", bias=False, std=out_std)(nn.silu(gate) * up)
+            gate = _dense(cfg, cfg.d_ff, "gate_proj", bias=False)(x_BxTxD, deterministic)
+            up = _dense(cfg, cfg.d_ff, "up_proj", bias=False)(x_BxTxD, deterministic)
+            down = _dense(cfg, cfg.d_model, "down_proj", bias=False, std=out_std)
+            y = down(nn.silu(gate) * up, deterministic)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
 
@@ -370,10 +404,21 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
     }
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "seq_len"))
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8):
-    """Randomly initialised parameters for ``cfg`` (jitted: one compiled call, not op-by-op)."""
-    tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
+    """Randomly initialised parameters for ``cfg`` (jitted: one compiled call, not op-by-op).
+
+    The parameters do not depend on the sequence length or the attention kernel, so the forward pass that
+    Flax traces for init runs on 8 tokens with XLA attention and no remat: a full-length cuDNN forward here
+    once cost minutes of GPU compile time. ``seq_len`` is kept for callers and ignored beyond that.
+    """
+    del seq_len
+    init_cfg = dataclasses.replace(cfg, attention_impl="xla", remat="none", dropout=0.0)
+    return _init_params(init_cfg, rng)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _init_params(cfg: ModelConfig, rng: jax.Array):
+    tokens = jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32)
     return Transformer(cfg).init({"params": rng}, tokens)["params"]
 
 

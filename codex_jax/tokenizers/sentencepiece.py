@@ -1,29 +1,30 @@
-"""A SentencePiece tokenizer for code: lossless BPE training, loading and fast batch encoding.
+"""A SentencePiece tokenizer for code: lossless training, loading and fast batch encoding.
 
 The trainer options keep code exactly: identity normalisation, no dummy prefix, runs of spaces
 kept and allowed to become single pieces (4 or 8 spaces of indentation are one token), ``'\\n'``
-a piece of its own, and byte fallback so any text encodes: ``decode(encode(text)) == text``.
+a piece of its own, and byte fallback so any text encodes: ``decode(encode(text)) == text`` for
+every string (see :class:`SentencePieceTokenizer` for the one character that needs help).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
 from codex_jax.errors import UserError
+from codex_jax.tokenizers.base import Tokenizer
 
 MODEL_FILENAME = "spm.model"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 TRAINER_SEED = 0
+SPACE_SYMBOL = "\u2581"  # how SentencePiece writes a space inside its pieces
+MODEL_TYPES = ("bpe", "unigram")
 
 # Fixed options: the same text always trains byte-identical model files (the thread count is
 # stored in the model, so it is fixed too; it does not change the pieces).
@@ -55,13 +56,24 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class SentencePieceTokenizer:
-    """Text <-> token ids with a SentencePiece model held in memory."""
+class SentencePieceTokenizer(Tokenizer):
+    """Text <-> token ids with a SentencePiece model held in memory.
+
+    SentencePiece writes spaces as ``'\u2581'`` pieces, so a literal ``'\u2581'`` in the text
+    would decode as a space; such characters are encoded as their three UTF-8 byte pieces
+    instead, which keeps ``decode(encode(text)) == text`` for every string.
+    """
 
     def __init__(self, model_bytes: bytes):
         self._model_bytes = model_bytes
         self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         self._checksum = sha256_hex(model_bytes)
+        self._specials = frozenset(
+            i for i in (self.unk_id, self.bos_id, self.eos_id, self.pad_id) if i >= 0
+        )
+        byte_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode()]
+        ok = all(self._sp.is_byte(i) for i in byte_ids)
+        self._space_symbol_ids = byte_ids if ok else None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
@@ -82,21 +94,46 @@ class SentencePieceTokenizer:
         write_bytes_atomic(path, self._model_bytes)
         return path
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no BOS/EOS added)."""
-        return self._sp.encode(text)
+    def _encode_many(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        rows = self._sp.encode(texts, num_threads=num_threads)
+        if self._space_symbol_ids is not None:
+            for i, text in enumerate(texts):
+                if SPACE_SYMBOL in text:
+                    rows[i] = self._encode_space_symbols(text)
+        return rows
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
-        """Token ids of every text, encoded by SentencePiece's thread pool (-1: all cores)."""
-        return self._sp.encode(list(texts), num_threads=num_threads)
+    def _encode_space_symbols(self, text: str) -> list[int]:
+        """``text`` encoded part by part around its ``'\u2581'``, which become byte pieces."""
+        parts = self._sp.encode(text.split(SPACE_SYMBOL))
+        ids = list(parts[0])
+        for part in parts[1:]:
+            ids += self._space_symbol_ids + part
+        return ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of ``ids``; control ids (BOS/EOS/PAD) decode to nothing."""
-        return self._sp.decode([int(i) for i in ids])
+    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        if skip_special_tokens:
+            return self._sp.decode([i for i in ids if i not in self._specials])
+        out, run = [], []
+        for i in ids:
+            if i in self._specials:
+                out += [self._sp.decode(run), self._sp.id_to_piece(i)]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*out, self._sp.decode(run)])
 
     def id_to_piece(self, token_id: int) -> str:
         """The piece string of one id (for debugging and tests)."""
         return self._sp.id_to_piece(int(token_id))
+
+    @property
+    def model_type(self) -> str:
+        """'bpe', 'unigram', 'word' or 'char' (from the model's trainer spec)."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        proto = pb.ModelProto()
+        proto.ParseFromString(self._model_bytes)
+        return pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
 
     @property
     def vocab_size(self) -> int:
@@ -143,24 +180,73 @@ def training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
             yield line
 
 
-def train_bpe(lines: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
-    """Trains a lossless BPE model of exactly ``vocab_size`` pieces on ``lines`` (deterministic)."""
+def train_model(
+    sentences: Iterable[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    seed: int = TRAINER_SEED,
+    vocab_flag: str = "model.vocab_size",
+) -> SentencePieceTokenizer:
+    """Trains a lossless model of exactly ``vocab_size`` pieces on ``sentences`` (lines without
+    ``'\\n'``), pulled one by one; the same sentences and seed give byte-identical models.
+
+    ``vocab_flag`` names the setting to change in the error raised when training fails.
+    """
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"model type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
     model = io.BytesIO()
-    spm.set_random_generator_seed(TRAINER_SEED)
+    failures: list[Exception] = []
+
+    def guarded() -> Iterator[str]:  # an error while reading ends the input and is re-raised
+        try:
+            yield from sentences
+        except Exception as e:  # noqa: BLE001 - re-raised below, unchanged
+            failures.append(e)
+
+    spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
+            sentence_iterator=guarded(),
             model_writer=model,
             vocab_size=vocab_size,
             minloglevel=2,
-            **TRAINER_OPTIONS,
+            **{**TRAINER_OPTIONS, "model_type": model_type},
         )
     except RuntimeError as e:
-        raise UserError(
-            f"SentencePiece could not train {vocab_size} pieces ({str(e).strip()}); try another "
-            "model.vocab_size (at least ~300 with byte fallback) or more data.tokenizer_train_bytes"
-        ) from None
+        if failures:
+            raise failures[0] from None
+        raise UserError(_training_error(str(e), vocab_size, vocab_flag)) from None
+    if failures:
+        raise failures[0]
     return SentencePieceTokenizer(model.getvalue())
+
+
+def _training_error(message: str, vocab_size: int, vocab_flag: str) -> str:
+    """One line explaining why SentencePiece could not train ``vocab_size`` pieces."""
+    message = " ".join(message.split())
+    if "too high" in message and "<=" in message:
+        limit = message.rsplit("<=", 1)[1].strip(" .")
+        return (
+            f"the training text supports at most {limit} pieces, fewer than {vocab_flag}="
+            f"{vocab_size}; lower {vocab_flag} or give more text"
+        )
+    if "smaller than required_chars" in message:
+        needed = message.split("required_chars.", 1)[1].split("vs", 1)[1].split(".")[0].strip()
+        return (
+            f"{vocab_flag}={vocab_size} is too small: the bytes, special pieces and characters "
+            f"of the text need {needed}; raise {vocab_flag}"
+        )
+    if "empty" in message.lower():
+        return "no training text: every input line was empty or too long"
+    return (
+        f"SentencePiece could not train {vocab_size} pieces ({message}); try another "
+        f"{vocab_flag} (at least ~300 with byte fallback) or more text"
+    )
+
+
+def train_bpe(lines: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
+    """Trains a lossless BPE model of exactly ``vocab_size`` pieces on ``lines`` (deterministic)."""
+    return train_model(lines, vocab_size, "bpe")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -169,76 +255,3 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def load_or_train(
-    tokenizer_path: str,
-    directory: Path,
-    vocab_size: int,
-    train_texts: Callable[[], Iterable[str]],
-    max_train_bytes: int,
-    write: bool = True,
-) -> SentencePieceTokenizer:
-    """The tokenizer of a run: ``tokenizer_path``, else ``directory``'s, else a newly trained one.
-
-    A given model may have at most ``vocab_size`` pieces; one found in ``directory`` must have
-    exactly ``vocab_size``. A new model is trained on ``train_texts()`` (at most
-    ``max_train_bytes``) and, when ``write``, saved to ``directory`` with a ``manifest.json``
-    (checksum, options, sizes, timing).
-    """
-    if tokenizer_path:
-        tok = SentencePieceTokenizer.load(tokenizer_path)
-        if tok.vocab_size > vocab_size:
-            raise UserError(
-                f"data.tokenizer {tokenizer_path} has {tok.vocab_size} pieces, more than "
-                f"model.vocab_size={vocab_size}; raise model.vocab_size"
-            )
-        return tok
-    if (directory / MODEL_FILENAME).is_file():
-        return _load_trained(directory, vocab_size)
-    lines = list(training_lines(train_texts(), max_train_bytes))
-    num_bytes = sum(len(line.encode("utf-8")) + 1 for line in lines)
-    print(
-        f"tokenizer: training BPE ({vocab_size} pieces) on {num_bytes / 1e6:.1f} MB ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    start = time.perf_counter()
-    tok = train_bpe(lines, vocab_size)
-    seconds = time.perf_counter() - start
-    print(f"tokenizer: trained in {seconds:.1f} s", file=sys.stderr, flush=True)
-    if write:
-        tok.save(directory)
-        manifest = {
-            "sha256": tok.checksum,
-            "vocab_size": tok.vocab_size,
-            "train_bytes": num_bytes,
-            "train_lines": len(lines),
-            "train_seconds": round(seconds, 3),
-            "seed": TRAINER_SEED,
-            "options": {**TRAINER_OPTIONS, "vocab_size": vocab_size},
-            "sentencepiece_version": spm.__version__,
-        }
-        text = json.dumps(manifest, indent=2, ensure_ascii=True) + "\n"
-        write_bytes_atomic(directory / "manifest.json", text.encode())
-    return tok
-
-
-def _load_trained(directory: Path, vocab_size: int) -> SentencePieceTokenizer:
-    """The model an earlier run trained into ``directory``, checked against manifest and size."""
-    tok = SentencePieceTokenizer.load(directory)
-    manifest_path = directory / "manifest.json"
-    if manifest_path.is_file():
-        expected = json.loads(manifest_path.read_text()).get("sha256")
-        if expected != tok.checksum:
-            raise UserError(
-                f"{directory / MODEL_FILENAME} does not match the sha256 in {manifest_path}; "
-                f"delete {directory} to retrain the tokenizer"
-            )
-    if tok.vocab_size != vocab_size:
-        raise UserError(
-            f"the tokenizer in {directory} has {tok.vocab_size} pieces but "
-            f"model.vocab_size={vocab_size}; delete {directory} to retrain it, or set "
-            f"model.vocab_size={tok.vocab_size}"
-        )
-    return tok

@@ -14,10 +14,11 @@ import numpy as np
 import tqdm
 
 from codex_jax import checkpoint as ckpt_lib
-from codex_jax.config import flatten
+from codex_jax.config import flatten, init_from_folder, init_from_workdir
 from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_data
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
+from codex_jax.metrics import system
 from codex_jax.metrics.writers import create_writers
 from codex_jax.metrics.perf import StepTimer, mfu
 from codex_jax.models.transformer import (
@@ -27,15 +28,29 @@ from codex_jax.models.transformer import (
     flops_per_token,
     init_params,
 )
+from codex_jax.models import lora
+from codex_jax.train import adapters, init_from
 from codex_jax.train.profile import Profiler
 from codex_jax.train.optim import learning_rate_schedule, make_optimizer
 from codex_jax.train.parallel import make_runner
 from codex_jax.train.state import TrainState, create_train_state
 
 
-def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
-    """The ModelConfig a run config describes (positions sized to ``data.seq_len``)."""
-    return ModelConfig.from_dict({**cfg.model.to_dict(), "max_seq_len": cfg.data.seq_len})
+def model_config(cfg: ml_collections.ConfigDict, saved: dict | None = None) -> ModelConfig:
+    """The ModelConfig a run config describes (positions sized to ``data.seq_len``).
+
+    With ``model.init_from='hf:FOLDER'`` it is FOLDER/config.json's (or ``saved``, the resolved
+    dict a checkpoint's meta keeps under ``'model'``) with the run-time keys of ``cfg.model``;
+    with ``'workdir:RUN'`` that run's. The ``lora.alpha`` / ``lora.dropout`` keys always apply.
+    """
+    folder, run = init_from_folder(cfg), init_from_workdir(cfg)
+    if folder is not None:
+        resolved = init_from.hf_model_config(cfg, folder, saved)
+    elif run is not None:
+        resolved = init_from.workdir_model_config(cfg, run, saved)
+    else:
+        resolved = ModelConfig.from_dict({**cfg.model.to_dict(), "max_seq_len": cfg.data.seq_len})
+    return resolved.replace(lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout)
 
 
 @dataclasses.dataclass
@@ -52,98 +67,209 @@ class Trainer:
     eval_data: list
     writers: Any
     schedule: Any
+    base: dict | None = None  # a LoRA run's frozen base: its source and checksum (meta['lora'])
 
 
 def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
     """Prepares data, model, optimizer, runner, checkpointer and writers for ``cfg``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg, workdir)
     model = Transformer(model_config(cfg))
+    if init_from_folder(cfg) is not None:
+        init_from.check_init_from(cfg, init_from_folder(cfg), model.cfg)
+    if init_from_workdir(cfg) is not None:
+        init_from.check_workdir(cfg, init_from_workdir(cfg), model.cfg)
+    if adapters.enabled(cfg) and not cfg.lora.init_from:  # lora.targets, before any data work
+        lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets)
+    data = prepare_data(cfg, workdir)
+    init_from.check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
     tx = make_optimizer(cfg.train)
     runner = make_runner(cfg.parallel, model, tx, skip_nonfinite=cfg.train.on_nan == "skip")
     per_process_batch = cfg.data.batch_size // jax.process_count()
     train_iter = make_train_iterator(
         data.train_windows, batch_size=per_process_batch, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=cfg.data.num_workers,
+        num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch,
     )
     eval_data = eval_batches(
         data.eval_windows, batch_size=per_process_batch, num_batches=cfg.eval.num_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     checkpointer = ckpt_lib.Checkpointer(
-        workdir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep,
-        async_save=cfg.checkpoint.async_save,
+        workdir / "checkpoints", retention=ckpt_lib.Retention.from_config(cfg.checkpoint),
+        async_save=cfg.checkpoint.async_save, params_item=adapters.params_item(cfg),
     )
-    writers = create_writers(cfg.logging.writers, workdir, is_main_process=jax.process_index() == 0)
+    writers = create_writers(cfg.logging.writers, workdir, is_main_process=jax.process_index() == 0,
+                             options=cfg.logging)
     return Trainer(cfg, workdir, model, runner, checkpointer, data, train_iter, eval_data, writers,
                    learning_rate_schedule(cfg.train))
 
 
-def init_or_restore(t: Trainer):
-    """A fresh train state, or the latest checkpoint's (iterator restored in place)."""
+def init_or_restore(t: Trainer, step: int | None):
+    """A fresh train state (``step`` None), or checkpoint ``step``'s (iterator restored in place).
+
+    ``step`` comes from :func:`find_resume`; step folders newer than it (corrupt ones skipped under
+    ``checkpoint.on_corrupt='previous'``) are moved aside, so that the run can save those again.
+    A LoRA run (``lora.rank > 0``) trains an adapter tree; its frozen base is loaded into the
+    runner on every start, checked against the checksum the checkpoint recorded.
+    """
     cfg = t.cfg
     tx = make_optimizer(cfg.train)
+    lora_run = adapters.enabled(cfg)
 
     def make_state() -> TrainState:
+        if lora_run:
+            return create_train_state(adapters.init_adapters(cfg, t.model.cfg), tx, cfg.seed)
         params = init_params(t.model.cfg, jax.random.key(cfg.seed), cfg.data.seq_len)
         return create_train_state(params, tx, cfg.seed)
 
-    step = t.checkpointer.latest_step()
+    t.checkpointer.discard_after(step)
+    if lora_run:
+        saved = None if step is None else t.checkpointer.restore_meta(step)["lora"]["base"]
+        t.base = adapters.place_base(cfg, t.model.cfg, t.runner, saved)
     if step is None:
-        return t.runner.init_state(make_state)
-    check_compatible(t.checkpointer.restore_meta(step), cfg, t.checkpointer.directory / str(step))
+        state = t.runner.init_state(make_state)
+        if cfg.model.init_from and not lora_run:  # start from those weights, placed like the init
+            state = state.replace(params=init_from.load_params(cfg, state.params)[0])
+            print(f"initialised from the weights of {cfg.model.init_from}", file=sys.stderr)
+        return state
     abstract = t.runner.abstract_state(jax.eval_shape(make_state))
     state = t.checkpointer.restore(step, abstract, t.train_iter)
     print(f"resumed from {t.checkpointer.directory / str(step)}", file=sys.stderr)
     return t.runner.put_state(state)
 
 
+# Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
+_FIXED_KEYS = ("model.", "data.seq_len", "data.source", "data.tokenizer", "data.max_files",
+               "data.eval_fraction", "data.safety_policy", "lora.rank", "lora.targets", "lora.init_from")
+_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
+
+
 def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
-    """Refuses a checkpoint whose model or data shape differs; logs changed training keys."""
-    saved = meta.get("config", {})
+    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
+
+    Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
+    the device count and mesh...); each change is one ``note:`` line on stderr.
+    """
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path}: no saved config in its metadata")
     now = flatten(cfg)
+    ignored = {f"model.{k}" for k in init_from.SHAPE_KEYS} if cfg.model.get("init_from") else set()
     for key, old in flatten(saved).items():
         new = now.get(key)
-        if new == old:
+        if new == old or key in ignored:
             continue
-        if key.startswith(("model.", "data.seq_len", "data.source", "data.tokenizer", "parallel.")) and not (
-            key in ("model.dropout", "model.remat", "model.attention_impl", "parallel.mode")
-        ):
-            raise UserError(f"checkpoint {path}: saved with {key}={old!r}, config says {new!r}")
+        if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
+            raise UserError(
+                f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)"
+            )
         print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
 
+def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
+    """The checkpoint step to resume from (None: a fresh start), checked before anything is written.
+
+    Refuses (UserError, workdir untouched) a workdir whose config.json or checkpoint disagrees on
+    the model or data, and a corrupt newest checkpoint unless ``checkpoint.on_corrupt='previous'``.
+    """
+    check_workdir_config(cfg, workdir)
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True,
+                                         params_item=adapters.params_item(cfg))
+    try:
+        step = checkpointer.select(
+            "latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS
+        )
+        if step is not None:
+            check_compatible(checkpointer.restore_meta(step), cfg, checkpointer.path(step))
+    finally:
+        checkpointer.close()
+    return step
+
+
+def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable as JSON ({e})") from e
+    check_compatible({"config": saved}, cfg, path)
+
+
+def truncate_metrics(path: Path, step: int | None) -> None:
+    """Drops metrics.ndjson lines after ``step`` (all of them on a fresh start): the resumed run
+    writes them again, so a killed run leaves no second set of lines for a step."""
+    if jax.process_index() != 0 or not path.is_file():
+        return
+    keep = []
+    if step is not None:
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record_step = json.loads(line).get("step")
+            except ValueError:
+                break  # a line cut short by a killed writer ends the file
+            if record_step is None or record_step <= step:
+                keep.append(line)
+    tmp = path.with_suffix(".ndjson.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
-    """Trains to ``train.steps`` (resuming when the workdir has checkpoints); returns final eval metrics."""
+    """Trains to ``train.steps`` (resuming from the workdir's checkpoints); returns final eval
+    metrics. Saves still in flight are waited for before returning (a failed one raises)."""
+    resume = find_resume(cfg, workdir)
+    truncate_metrics(workdir / "metrics.ndjson", resume)
     t = build_trainer(cfg, workdir)
-    state = init_or_restore(t)
+    try:
+        return _train(t, resume)
+    finally:
+        t.writers.close()
+        t.checkpointer.close()  # waits for the last save; a failed one raises UserError
+
+
+def _train(t: Trainer, resume: int | None) -> dict[str, float]:
+    cfg, workdir = t.cfg, t.workdir
+    state = init_or_restore(t, resume)
     start = int(jax.device_get(t.runner.state_for_save(state).step))
     write_json(workdir / "config.json", cfg.to_dict())
     num_params = count_params(jax.eval_shape(lambda: init_params(t.model.cfg, jax.random.key(0))))
     meta = {"config": cfg.to_dict(), "num_params": num_params, "tokenizer": t.data.tokenizer.checksum}
+    meta["model"] = t.model.cfg.to_dict()  # the resolved architecture (model.init_from: config.json)
+    if t.base is not None:  # a LoRA run: the adapters' sizes and the base they apply to
+        trained = t.runner.state_for_save(state).params
+        meta["lora"] = adapters.meta(cfg, t.base, trained, t.model.cfg)
+        print(lora.describe(trained, num_params), file=sys.stderr)
     if start >= cfg.train.steps:
         print(f"train.steps={cfg.train.steps} already reached (checkpoint step {start}); nothing to train.")
         return _eval_and_log(t, state, start)
     if start == 0:
         t.writers.write_hparams(flatten(cfg))
         _eval_and_log(t, state, 0)
-    print(f"training {num_params:,} parameters from step {start} to {cfg.train.steps} on "
+    trained_count = meta["lora"]["trainable_params"] if t.base is not None else num_params
+    print(f"training {trained_count:,} parameters from step {start} to {cfg.train.steps} on "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", file=sys.stderr)
-    state, step = _train_steps(t, state, start, meta, flops_per_token(t.model.cfg, num_params, cfg.data.seq_len))
-    final = _eval_and_log(t, state, step)
-    t.checkpointer.close()
-    t.writers.close()
+    state, step, final = _train_steps(t, state, start, meta,
+                                      flops_per_token(t.model.cfg, num_params, cfg.data.seq_len))
+    final = final or _eval_and_log(t, state, step)
+    if cfg.generate.max_new_tokens > 0:
+        _print_sample(t, state, step)
     return final
 
 
 def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_token: float):
-    """The step loop: micro-steps, logging, periodic eval and checkpoints."""
+    """The step loop: micro-steps, logging, periodic eval and checkpoints.
+
+    Returns (state, last step, that step's eval metrics or None). With best-k retention every
+    checkpoint step is also an eval step (its metrics rank the checkpoint).
+    """
     cfg = t.cfg
     steps, accum = cfg.train.steps, cfg.train.grad_accum_steps
     last = min(steps, cfg.train.stop_after or steps)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
-    timer, window = StepTimer(), []
+    timer, window, evaluated = StepTimer(), [], None
     profile = Profiler(cfg.train.profile_steps, t.workdir / "profile")
     bar = tqdm.tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not cfg.logging.progress or jax.process_index() != 0)
@@ -166,13 +292,20 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
             window = []
         profile.after(step, state)
         bar.update(1)
+        evaluated = None
         if step % cfg.train.eval_every == 0 and step != steps:
-            _eval_and_log(t, state, step)
+            evaluated = _eval_and_log(t, state, step)
             timer.start()
         if step % cfg.checkpoint.every_steps == 0 or step == last:
-            t.checkpointer.save(step, t.runner.state_for_save(state), t.train_iter, meta)
+            if window:  # never save a state the non-finite check has not seen
+                _check_finite(t, jax.device_get(window), step)
+            if t.checkpointer.retention.best_k and evaluated is None:
+                evaluated = _eval_and_log(t, state, step)
+                timer.start()
+            saved = t.runner.state_for_save(state)
+            t.checkpointer.save(step, saved, t.train_iter, meta, metrics=evaluated)
     bar.close()
-    return state, last
+    return state, last, evaluated
 
 
 def _log_compile(t: Trainer, step: int, timer: StepTimer) -> None:
@@ -186,9 +319,7 @@ def _log_compile(t: Trainer, step: int, timer: StepTimer) -> None:
 def _log_train(t: Trainer, step: int, host: list, timer: StepTimer, model_flops_per_token: float, bar):
     """Averages the window's metrics (on host), checks finiteness and writes them."""
     nonfinite = sum(not m["finite"] for m in host)
-    if nonfinite and t.cfg.train.on_nan == "raise":
-        raise UserError(f"non-finite loss at step {step} (train.on_nan='raise'); last checkpoint: "
-                        f"{t.checkpointer.latest_step()} in {t.checkpointer.directory}")
+    _check_finite(t, host, step)
     finite = [m for m in host if m["finite"]] or host
     perf = timer.summary()
     loss = float(np.mean([m["loss"] for m in finite]))
@@ -209,13 +340,48 @@ def _log_train(t: Trainer, step: int, host: list, timer: StepTimer, model_flops_
         if utilization is not None:
             scalars["train/mfu"] = utilization
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+    scalars.update(system.collect())  # host/accelerator memory, CPU, GPU utilisation
     t.writers.write_scalars(step, scalars)
+
+
+def _check_finite(t: Trainer, host: list, step: int) -> None:
+    """Under ``train.on_nan='raise'``, stops at the first non-finite micro-step of ``host`` (the
+    metrics of whole optimizer steps ending at ``step``), naming it and the last good checkpoint."""
+    bad = [i for i, m in enumerate(host) if not m["finite"]]
+    if not bad or t.cfg.train.on_nan != "raise":
+        return
+    first = step - (len(host) - 1 - bad[0]) // t.cfg.train.grad_accum_steps
+    t.checkpointer.wait()
+    last = t.checkpointer.latest_step()
+    good = "no checkpoint was saved yet"
+    if last is not None:
+        good = f"the last good checkpoint is step {last} in {t.checkpointer.directory}"
+    raise UserError(f"non-finite loss at step {first} (train.on_nan='raise'); {good}")
 
 
 def _eval_and_log(t: Trainer, state, step: int) -> dict[str, float]:
     metrics = evaluate(t.runner, t.runner.params(state), t.eval_data)
     t.writers.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
     return {"step": step, **metrics}
+
+
+def _print_sample(t: Trainer, state, step: int) -> None:
+    """Completes ``generate.prompt`` with the trained params and writes it (stdout, process 0)."""
+    from codex_jax.generate import complete
+    from codex_jax.safety import filter_output
+
+    g, model = t.cfg.generate, t.model
+    n = g.max_new_tokens
+    if model.cfg.family == "gpt2":  # learned positions: prompt + new tokens must fit
+        n = min(n, model.cfg.max_seq_len)
+    params = t.runner.model_params(state)  # every process joins the (sharded) computation
+    text = g.prompt + complete(model, params, t.data.tokenizer, g.prompt, n, temperature=g.temperature,
+                               top_k=g.top_k, top_p=g.top_p, rng=jax.random.key(t.cfg.seed))
+    text = g.prompt + filter_output(text[len(g.prompt):], g.safety_policy)  # codex_jax.safety
+    t.writers.write_texts(step, {"sample": text})  # the console writer prints it to stdout
+    console = "console" in [w.strip() for w in t.cfg.logging.writers.split(",")]
+    if jax.process_index() == 0 and not console:
+        print(f"step {step} sample: {text}", flush=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -2,6 +2,8 @@
 
 Both runners expose the same methods, so the training loop never asks which mode it is in:
 ``init_state``, ``put_batch``, ``train_step``, ``eval_step``, ``state_for_save``, ``abstract_state``, ``put_state``.
+A LoRA run first hands the runner its frozen base (``frozen_target``: where to load it,
+``set_frozen``: place it); every step then gets it as a separate, non-donated argument.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from codex_jax.errors import UserError
+from codex_jax.models import lora as lora_lib
 from codex_jax.train import step as step_lib
 
 BATCH_AXES = ("data", "fsdp")
@@ -55,7 +58,8 @@ class JitRunner:
     """
 
     def __init__(self, model, tx, mesh: Mesh, fsdp_min_size: int = 1 << 16, skip_nonfinite: bool = False):
-        self.mesh, self.fsdp_min_size = mesh, fsdp_min_size
+        self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
+        self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
         self.train_fn = functools.partial(step_lib.train_step, model=model, tx=tx, skip_nonfinite=skip_nonfinite)
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
@@ -72,13 +76,26 @@ class JitRunner:
         )
 
     def _compile(self, state_shapes) -> None:
+        self._state_shapes = state_shapes
         self.state_sharding = self.shardings_for(state_shapes)
         self._train = jax.jit(
             self.train_fn,
-            in_shardings=(self.state_sharding, self.batch_sharding),
+            in_shardings=(self.state_sharding, self.batch_sharding, self.frozen_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
         )
+
+    def frozen_target(self, shapes):
+        """ShapeDtypeStructs with the FSDP shardings the frozen base (LoRA) is loaded into."""
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.shardings_for(shapes))
+
+    def set_frozen(self, frozen) -> None:
+        """Places the frozen base (sharded like params) that every step gets beside the state."""
+        self.frozen_sharding = self.shardings_for(frozen)
+        self.frozen = jax.device_put(frozen, self.frozen_sharding)
+        if self._state_shapes is not None:
+            self._compile(self._state_shapes)
 
     def init_state(self, make_state):
         """Runs ``make_state()`` under jit so its outputs land sharded on every host."""
@@ -105,13 +122,21 @@ class JitRunner:
         return jax.make_array_from_process_local_data(self.batch_sharding, local_batch)
 
     def train_step(self, state, batch):
-        return self._train(state, batch)
+        return self._train(state, batch, self.frozen)
 
     def eval_step(self, params, batch):
-        return self._eval(params, batch)
+        return self._eval(params, batch, self.frozen)
 
     def params(self, state):
         return state.params
+
+    def model_params(self, state):
+        """The full model parameters: ``state.params``, or the frozen base + merged adapters."""
+        return _model_params(self.state_for_save(state).params, self.frozen, self.model)
+
+
+def _model_params(params, frozen, model):
+    return params if frozen is None else lora_lib.merge(frozen, params, model.cfg.lora_alpha)
 
 
 class PmapRunner:
@@ -121,6 +146,7 @@ class PmapRunner:
 
     def __init__(self, model, tx, num_devices: int | None = None, skip_nonfinite: bool = False):
         self.devices = jax.local_devices()[: num_devices or None]
+        self.model, self.frozen = model, None
         self._train = jax.pmap(
             functools.partial(step_lib.train_step, model=model, tx=tx, axis_name=self.AXIS,
                               skip_nonfinite=skip_nonfinite),
@@ -148,6 +174,13 @@ class PmapRunner:
         stacked = NamedSharding(Mesh(np.array(self.devices), (self.AXIS,)), P(self.AXIS))
         return jax.device_put(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), state), stacked)
 
+    def frozen_target(self, shapes):
+        """The frozen base loads onto one device; :meth:`set_frozen` copies it to every device."""
+        return self.abstract_state(shapes)
+
+    def set_frozen(self, frozen) -> None:
+        self.frozen = self.put_state(frozen)
+
     def state_for_save(self, state):
         return jax.tree.map(lambda x: x[0], state)
 
@@ -156,14 +189,18 @@ class PmapRunner:
         return local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
 
     def train_step(self, state, batch):
-        state, metrics = self._train(state, batch)
+        state, metrics = self._train(state, batch, self.frozen)
         return state, jax.tree.map(lambda x: x[0], metrics)
 
     def eval_step(self, params, batch):
-        return jax.tree.map(lambda x: x[0], self._eval(params, batch))
+        return jax.tree.map(lambda x: x[0], self._eval(params, batch, self.frozen))
 
     def params(self, state):
         return state.params
+
+    def model_params(self, state):
+        frozen = None if self.frozen is None else self.state_for_save(self.frozen)
+        return _model_params(self.state_for_save(state).params, frozen, self.model)
 
 
 def make_runner(parallel_cfg, model, tx, skip_nonfinite: bool = False):

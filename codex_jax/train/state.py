@@ -12,7 +12,10 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """Optimizer step, parameters, optimizer state and the raw PRNG key data (uint32).
+    """Optimizer step, trained parameters, optimizer state and the raw PRNG key data (uint32).
+
+    ``params`` is the tree being trained: the model's parameters, or in a LoRA run the adapter tree
+    (the frozen base is not part of the state; the runner passes it to every step).
 
     The key is stored as raw key data rather than a typed key so that every Orbax version saves it; the step
     function wraps it with ``jax.random.wrap_key_data``.

@@ -17,8 +17,18 @@ def cross_entropy(logits_BxTxV, targets_BxT):
     return loss_BxT, correct_BxT
 
 
-def train_step(state: TrainState, batch_BxL, *, model, tx, axis_name=None, skip_nonfinite=False):
+def variables(params, frozen=None) -> dict:
+    """The model's variables: ``{'params': params}``, or with a frozen base (LoRA)
+    ``{'params': frozen, 'lora': params}``: ``params`` is always the tree being trained."""
+    return {"params": params} if frozen is None else {"params": frozen, "lora": params}
+
+
+def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None,
+               skip_nonfinite=False):
     """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
+
+    Gradients and optimizer state exist only for ``state.params``; a LoRA run passes its frozen base
+    as ``frozen`` (a separate, non-donated argument) and trains the adapter tree.
 
     ``batch_BxL`` holds ``seq_len + 1`` tokens per row: inputs are ``[:, :-1]``, targets ``[:, 1:]``. Under
     ``optax.MultiSteps`` the optimizer step only advances on the last micro-step of each accumulation.
@@ -32,8 +42,9 @@ def train_step(state: TrainState, batch_BxL, *, model, tx, axis_name=None, skip_
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
+        rngs = {"dropout": dropout_rng}
         logits_BxTxV = model.apply(
-            {"params": params}, inputs_BxT, deterministic=False, rngs={"dropout": dropout_rng}
+            variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs
         )
         loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
         return loss_BxT.mean()
@@ -64,10 +75,10 @@ def train_step(state: TrainState, batch_BxL, *, model, tx, axis_name=None, skip_
     return new_state, metrics
 
 
-def eval_step(params, batch_BxL, *, model, axis_name=None):
+def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
     """Summed loss, correct predictions and token count of one held-out batch."""
     inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
-    logits_BxTxV = model.apply({"params": params}, inputs_BxT, deterministic=True)
+    logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=True)
     loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
     sums = {
         "loss_sum": loss_BxT.sum(),

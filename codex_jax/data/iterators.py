@@ -1,0 +1,186 @@
+"""Grain iterators over packed windows: endless shuffled train batches and fixed eval batches.
+
+:func:`make_train_iterator` shuffles windows with the seed (a new order every epoch, forever) and
+gives each process its block of rows of every global batch, optionally prefetched by a thread or
+by worker processes (the same batches either way); :func:`eval_batches` is a fixed, unshuffled
+list. Windows are ``seq_len + 1`` tokens: inputs are ``w[:, :-1]`` and targets ``w[:, 1:]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+
+import grain
+import numpy as np
+
+from codex_jax.errors import UserError
+
+
+class WindowSource:
+    """Random access to windows; pickles a file-backed memmap by path, not by content."""
+
+    def __init__(self, windows: np.ndarray):
+        self._windows = windows
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def __getitem__(self, index):
+        return self._windows[index]
+
+    def __repr__(self) -> str:  # stable across runs and processes: no object ids
+        w = self._windows
+        where = getattr(w, "filename", None) or "memory"
+        return f"WindowSource(shape={tuple(w.shape)}, dtype={w.dtype}, at={where})"
+
+    def __getstate__(self) -> dict:
+        w = self._windows
+        if isinstance(w, np.memmap) and w.filename and isinstance(w.base, mmap.mmap):
+            return {"file": (w.filename, w.dtype.str, w.offset, tuple(w.shape))}
+        return {"array": np.asarray(w)}
+
+    def __setstate__(self, state: dict) -> None:
+        if "file" in state:
+            filename, dtype, offset, shape = state["file"]
+            self._windows = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
+        else:
+            self._windows = state["array"]
+
+
+class GatherRows:
+    """Maps a global batch of window indices to this process's int32 rows ``[start:stop]``."""
+
+    def __init__(self, source: WindowSource, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+
+    def __call__(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.source[indices[self.start : self.stop]], dtype=np.int32)
+
+    def __repr__(self) -> str:
+        return f"GatherRows({self.source!r}, start={self.start}, stop={self.stop})"
+
+
+def order_seed(seed: int) -> int:
+    """The 32-bit shuffle seed for ``seed`` (hashed, so seed+1 is not seed's next epoch)."""
+    return int.from_bytes(hashlib.sha256(f"train-order:{seed}".encode()).digest()[:4], "little")
+
+
+def make_train_iterator(
+    windows: np.ndarray,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
+    prefetch: int = 0,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of int32 ``[batch_size, seq_len + 1]`` train batches.
+
+    Global batch k is windows ``k * G ... (k + 1) * G - 1`` of the shuffled order (G =
+    ``batch_size * process_count``, a new permutation every epoch) and process p gets its rows
+    ``[p * batch_size, (p + 1) * batch_size)``: the processes' batches concatenated in process
+    order are what a single process with batch G sees. ``get_state()``/``set_state()`` (or
+    ``grain.checkpoint``) resume exactly.
+
+    ``prefetch`` batches are prepared ahead: by one background thread when ``num_workers`` is 0,
+    else by each of ``num_workers`` processes. Neither changes the batches or their order.
+    """
+    if not len(windows):
+        raise UserError("no training windows: the train split is shorter than data.seq_len + 1")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    start = process_index * batch_size
+    ds = (
+        grain.MapDataset.range(len(windows))
+        .shuffle(seed=order_seed(seed))
+        .repeat()
+        .batch(batch_size * process_count, drop_remainder=True, batch_fn=np.asarray)
+        .map(GatherRows(WindowSource(windows), start, start + batch_size))
+    )
+    if num_workers < 0 or prefetch < 0:
+        raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0")
+    return TrainBatches(ds, num_workers, prefetch)
+
+
+class TrainBatches(grain.DatasetIterator):
+    """Reads a MapDataset of batches in order, with a prefetch thread or worker processes.
+
+    The state is ``{"next_index": k}`` (batches returned so far) whatever the reading mode, so a
+    checkpoint resumes with any ``data.num_workers``/``data.prefetch``: ``set_state`` restarts
+    reading at batch k. The readers start on the first ``next``.
+    """
+
+    def __init__(self, dataset: grain.MapDataset, num_workers: int, prefetch: int):
+        super().__init__()
+        self._dataset, self._num_workers, self._prefetch = dataset, num_workers, prefetch
+        self._next_index = 0
+        self._it = None
+
+    def _start(self):
+        threaded = self._prefetch if self._num_workers == 0 else 0
+        read = grain.ReadOptions(num_threads=min(threaded, 1), prefetch_buffer_size=threaded)
+        ds = self._dataset[self._next_index :] if self._next_index else self._dataset
+        it_ds = ds.to_iter_dataset(read)
+        if self._num_workers > 0:
+            _ensure_absl_flags_parsed()
+            per_worker = max(self._prefetch, 1)
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(self._num_workers, per_worker))
+        return iter(it_ds)
+
+    def __next__(self) -> np.ndarray:
+        if self._it is None:
+            self._it = self._start()
+        batch = next(self._it)
+        self._next_index += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"next_index": self._next_index}
+
+    def set_state(self, state: dict) -> None:
+        self.close()
+        self._next_index = int(state["next_index"])
+
+    def close(self) -> None:
+        """Stops the readers (worker processes, threads); the next ``next`` restarts them."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app, use their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def eval_batches(
+    windows: np.ndarray,
+    batch_size: int,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[np.ndarray]:
+    """``num_batches`` global batches of eval windows spread evenly over the eval split; this
+    process's rows.
+
+    The windows are taken at evenly spaced positions so every held-out file contributes in
+    proportion to its size. Process p gets rows ``[p * batch_size, (p + 1) * batch_size)`` of every
+    global batch, as in :func:`make_train_iterator`. UserError when there are fewer than
+    ``num_batches * batch_size * process_count`` windows.
+    """
+    global_batch = batch_size * process_count
+    needed = num_batches * global_batch
+    if len(windows) < needed:
+        raise UserError(
+            f"evaluation needs {needed} windows (eval.num_batches={num_batches} x global batch "
+            f"{global_batch}) but the eval split has {len(windows)}; lower eval.num_batches or "
+            "data.batch_size, or raise data.eval_fraction"
+        )
+    picked = np.linspace(0, len(windows) - 1, needed).round().astype(np.int64)
+    first = process_index * batch_size
+    rows = [picked[k * global_batch + first :][:batch_size] for k in range(num_batches)]
+    return [np.asarray(windows[r], dtype=np.int32) for r in rows]
