@@ -324,6 +324,7 @@ class Checkpointer:
                     "rng": abstract_state.rng,
                 }
             ),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
         )
         restored = self._restore(step, args)
         train = restored["train"]

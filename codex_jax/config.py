@@ -124,7 +124,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "reported): also bits_per_byte, exact_match, line_completion or a codex_jax.metrics "
         "plugin. Written to workdir/eval_<step>.json.",
     ),
-    "eval.line_completion_samples": (32, "Held-out functions whose next line line_completion asks for."),
+    "eval.line_completion_samples": (
+        32,
+        "Held-out functions whose next line line_completion asks for.",
+    ),
     "eval.line_completion_max_tokens": (48, "Greedy tokens generated per line_completion sample."),
     "eval.step": (
         "latest",
@@ -357,5 +360,6 @@ def reference_table() -> str:
     """The README's config reference: a markdown table of every key, its default and meaning."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, (default, meaning) in SCHEMA.items():
-        rows.append(f"| `{key}` | `{default!r}` | {meaning} |")
+        cell = repr(default).replace("|", "\\|")  # a pipe would end the table cell
+        rows.append(f"| `{key}` | `{cell}` | {meaning} |")
     return "\n".join(rows)

@@ -74,8 +74,9 @@ class EvalContext:
         tokens, lengths = left_pad(prompts)
         eos = self.tokenizer.eos_id if self.tokenizer.eos_id >= 0 else None
         out = np.asarray(
-            generate(self.model, self.params, tokens, max_new_tokens, eos_id=eos,
-                     prompt_lengths=lengths)
+            generate(
+                self.model, self.params, tokens, max_new_tokens, eos_id=eos, prompt_lengths=lengths
+            )
         ).tolist()
         return [row[: row.index(eos)] if eos in row else row for row in out]
 
@@ -149,8 +150,13 @@ def evaluate_checkpoint(cfg, workdir: Path, model, params, step: int, data, put_
     """``{'step', metric...}`` of ``cfg.eval.metrics``, also written to ``workdir/eval_<step>.json``
     (by process 0)."""
     ctx = EvalContext(
-        model, params, data.tokenizer, data.eval_windows, batches,
-        global_batch_size=cfg.data.batch_size, num_batches=cfg.eval.num_batches,
+        model,
+        params,
+        data.tokenizer,
+        data.eval_windows,
+        batches,
+        global_batch_size=cfg.data.batch_size,
+        num_batches=cfg.eval.num_batches,
         line_completion_samples=cfg.eval.line_completion_samples,
         line_completion_max_tokens=cfg.eval.line_completion_max_tokens,
     )

@@ -132,8 +132,9 @@ def main(argv: list[str]) -> int:
             print(f"  FAILED  {name}  {why}")
     failed = sum(len(r["failed"]) for r in found.values())
     if failed:
-        print(f"{failed} plugin(s) failed to load; the built-ins work without them",
-              file=sys.stderr)
+        print(
+            f"{failed} plugin(s) failed to load; the built-ins work without them", file=sys.stderr
+        )
     return 0
 
 

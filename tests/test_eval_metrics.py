@@ -1,4 +1,4 @@
-"""Evaluation metrics: the registry, jitted accumulation against numpy, line metrics, --mode=eval."""
+"""Evaluation metrics: registry, jitted accumulation vs numpy, line metrics, --mode=eval."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from codex_jax.errors import UserError
 from codex_jax.evaluate import EvalContext, evaluate_metrics, line_tables
 from codex_jax.metrics import line_completion as lc
 from codex_jax.metrics import registry
 from codex_jax.models.transformer import ModelConfig, Transformer, init_params
-from conftest import run_cli
 
 CODE = '''import os
 
@@ -47,15 +47,25 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids if i).decode("utf-8", "replace")
 
 
-CFG = ModelConfig(family="gpt2", num_layers=1, num_heads=2, num_kv_heads=2, d_model=32, d_ff=64,
-                  vocab_size=256, max_seq_len=128)
+CFG = ModelConfig(
+    family="gpt2",
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=2,
+    d_model=32,
+    d_ff=64,
+    vocab_size=256,
+    max_seq_len=128,
+)
 
 
 @pytest.fixture(scope="module")
 def ctx_parts():
     model = Transformer(CFG)
-    params = init_params(CFG, jax.random.key(0))
-    ids = np.array(list((CODE + "\0") .encode()) * 12, np.int32)
+    shapes = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
+    rng = np.random.default_rng(0)  # numpy draws: compiling jax's RNG on CPU costs seconds
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), shapes)
+    ids = np.array(list((CODE + "\0").encode()) * 12, np.int32)
     windows = ids[: len(ids) // 65 * 65].reshape(-1, 65)
     return model, params, windows
 
@@ -63,8 +73,16 @@ def ctx_parts():
 def make_ctx(ctx_parts, **kwargs):
     model, params, windows = ctx_parts
     batches = [windows[i * 4 : (i + 1) * 4] for i in range(2)]
-    return EvalContext(model, params, ByteTokenizer(), windows, batches, global_batch_size=4,
-                       num_batches=2, **kwargs)
+    return EvalContext(
+        model,
+        params,
+        ByteTokenizer(),
+        windows,
+        batches,
+        global_batch_size=4,
+        num_batches=2,
+        **kwargs,
+    )
 
 
 def reference(model, params, batches):
@@ -72,8 +90,11 @@ def reference(model, params, batches):
     losses, hits, targets = [], [], []
     for b in batches:
         logits = np.asarray(model.apply({"params": params}, jnp.asarray(b[:, :-1])), np.float64)
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        logp = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
             - logits.max(-1, keepdims=True)
+        )
         t = b[:, 1:]
         losses.append(-np.take_along_axis(logp, t[..., None], -1)[..., 0])
         hits.append(logits.argmax(-1) == t)
@@ -113,10 +134,14 @@ def test_line_exact_match_counts_only_complete_code_lines():
     # Row: [partial line]\n [code line]\n [blank]\n [code line, cut off]
     line_end = jnp.array([[0, 1, 0, 0, 1, 1, 0, 0]], bool)
     content = jnp.array([[1, 0, 1, 1, 0, 0, 1, 1]], bool)
-    for correct, expected in (([1, 1, 1, 1, 1, 1, 1, 1], 1.0), ([1, 1, 1, 0, 1, 1, 1, 1], 0.0),
-                              ([0, 0, 1, 1, 1, 0, 0, 0], 1.0)):
+    for correct, expected in (
+        ([1, 1, 1, 1, 1, 1, 1, 1], 1.0),
+        ([1, 1, 1, 0, 1, 1, 1, 1], 0.0),
+        ([0, 0, 1, 1, 1, 0, 0, 0], 1.0),
+    ):
         m = registry.LineExactMatch.from_model_output(
-            correct=jnp.array([correct], jnp.float32), line_end=line_end, content=content)
+            correct=jnp.array([correct], jnp.float32), line_end=line_end, content=content
+        )
         assert (int(m.lines), float(m.compute())) == (1, expected)
 
 
@@ -129,7 +154,11 @@ def test_line_tables_mark_newlines_eos_and_code():
 
 def test_line_completion_samples_and_scoring(ctx_parts):
     pairs = lc.samples_from_text(CODE, starts_mid=False, cut=False)
-    assert [t for _, t in pairs] == ['    """Adds."""', "        return 3", "        data = await get(url)"]
+    assert [t for _, t in pairs] == [
+        '    """Adds."""',
+        "        return 3",
+        "        data = await get(url)",
+    ]
     assert pairs[0][0].endswith("def add(a, b):\n")
     assert lc.samples_from_text("x = 1\ndef f(): pass\n", False, False) == []
     ctx = make_ctx(ctx_parts, line_completion_samples=3)
@@ -137,7 +166,10 @@ def test_line_completion_samples_and_scoring(ctx_parts):
     assert len(samples) == 3
 
     def oracle(prompts, max_new):  # continues every prompt with its true next line
-        by_prompt = {tuple(ctx.tokenizer.encode(p)[-len(q):]): t for (p, t), q in zip(samples, prompts, strict=True)}
+        by_prompt = {
+            tuple(ctx.tokenizer.encode(p)[-len(q) :]): t
+            for (p, t), q in zip(samples, prompts, strict=True)
+        }
         return [ctx.tokenizer.encode(by_prompt[tuple(q)] + "\nrest") for q in prompts]
 
     ctx.greedy = oracle
@@ -160,14 +192,26 @@ def test_unknown_metric_is_a_user_error(ctx_parts):
 
 def test_mode_eval_writes_eval_json(tmp_path):
     workdir = tmp_path / "run"
-    common = ["--config.train.steps=2", "--config.train.eval_every=2", "--config.checkpoint.every_steps=2",
-              "--config.generate.max_new_tokens=0", "--config.logging.writers=ndjson"]
+    common = [
+        "--config.train.steps=2",
+        "--config.train.eval_every=2",
+        "--config.checkpoint.every_steps=2",
+        "--config.generate.max_new_tokens=0",
+        "--config.logging.writers=ndjson",
+    ]
     run_cli(workdir, *common)
     metrics = "--config.eval.metrics=bits_per_byte,exact_match,line_completion"
     out = run_cli(workdir, *common, metrics, "--config.eval.line_completion_samples=4", mode="eval")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["step"] == 2
-    for key in ("loss", "perplexity", "token_accuracy", "bits_per_byte", "exact_match", "line_completion"):
+    for key in (
+        "loss",
+        "perplexity",
+        "token_accuracy",
+        "bits_per_byte",
+        "exact_match",
+        "line_completion",
+    ):
         assert math.isfinite(result[key]), key
     assert 0 < result["line_completion_samples"] <= 4
     assert result["bits_per_byte"] < result["loss"] / math.log(2)  # more than one byte per token

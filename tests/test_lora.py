@@ -14,16 +14,36 @@ from conftest import read_metrics, run_cli
 
 from codex_jax.config import default_config
 from codex_jax.errors import UserError
+from codex_jax.evaluate import evaluate
 from codex_jax.models import lora
 from codex_jax.models.transformer import ModelConfig, Transformer, init_params
 from codex_jax.train.optim import make_optimizer
 from codex_jax.train.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.train.state import create_train_state
 
-LLAMA = ModelConfig(family="llama", num_layers=2, num_heads=4, num_kv_heads=2, d_model=32, d_ff=64,
-                    vocab_size=97, max_seq_len=16, tie_embeddings=False, lora_alpha=8.0)
-GPT2 = ModelConfig(family="gpt2", num_layers=2, num_heads=4, num_kv_heads=4, d_model=32, d_ff=64,
-                   vocab_size=97, max_seq_len=16, lora_alpha=8.0)
+LLAMA = ModelConfig(
+    family="llama",
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    d_model=32,
+    d_ff=64,
+    vocab_size=97,
+    max_seq_len=16,
+    tie_embeddings=False,
+    lora_alpha=8.0,
+)
+GPT2 = ModelConfig(
+    family="gpt2",
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    d_model=32,
+    d_ff=64,
+    vocab_size=97,
+    max_seq_len=16,
+    lora_alpha=8.0,
+)
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 97, (2, 12)), jnp.int32)
 
 
@@ -107,6 +127,7 @@ def _run_lora(runner, tx, batches, base, dtype=None):
     for b in batches:
         state, m = runner.train_step(state, runner.put_batch(b))
         losses.append(float(m["loss"]))
+    losses.append(evaluate(runner, runner.params(state), batches[:1])["loss"])  # with the base
     return losses, jax.device_get(runner.state_for_save(state))
 
 
@@ -148,14 +169,18 @@ def test_lora_modes_match_single_device(kind, reference):
     }[kind]()
     losses, state = _run_lora(runner, tx, batches, base)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
-                 state.params, ref.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+        state.params,
+        ref.params,
+    )
     if kind == "fsdp1x8":  # the frozen base is FSDP-sharded like params would be
         spec = runner.frozen["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec
         assert "fsdp" in tuple(spec)
     merged = runner.model_params(state if kind != "pmap8" else runner.put_state(state))
-    np.testing.assert_allclose(_logits(LLAMA, jax.device_get(merged)),
-                               _logits(LLAMA, base, ref.params), atol=1e-4)
+    np.testing.assert_allclose(
+        _logits(LLAMA, jax.device_get(merged)), _logits(LLAMA, base, ref.params), atol=1e-4
+    )
 
 
 def test_lora_accumulation_matches_big_batch():
@@ -167,8 +192,9 @@ def test_lora_accumulation_matches_big_batch():
     _, s1 = _run_lora(JitRunner(model, tx1, make_mesh(num_devices=1)), tx1, big, base)
     _, s2 = _run_lora(JitRunner(model, tx2, make_mesh(num_devices=1)), tx2, micro, base)
     assert int(s1.step) == int(s2.step) == 3
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 s1.params, s2.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s2.params
+    )
 
 
 def test_bfloat16_base_trains_float32_adapters(reference):
@@ -191,13 +217,20 @@ def _hf_base(kind, folder):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     if kind == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                         vocab_size=97)
+        config = transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=97
+        )
     else:
-        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=32, vocab_size=97,
-                                          tie_word_embeddings=False)
+        config = transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            vocab_size=97,
+            tie_word_embeddings=False,
+        )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
@@ -219,11 +252,14 @@ def _peft_logits(base_dir, adapter_dir):
         return model(torch.tensor(np.asarray(TOKENS, np.int64))).logits.numpy()
 
 
-@pytest.mark.parametrize("kind,targets", [
-    ("llama", lora.DEFAULT_TARGETS),
-    ("gpt2", lora.DEFAULT_TARGETS),
-    ("gpt2", r".*(q_proj|v_proj|fc_out)"),  # a partial fused c_attn: q and v only
-])
+@pytest.mark.parametrize(
+    "kind,targets",
+    [
+        ("llama", lora.DEFAULT_TARGETS),
+        ("gpt2", lora.DEFAULT_TARGETS),
+        ("gpt2", r".*(q_proj|v_proj|fc_out)"),  # a partial fused c_attn: q and v only
+    ],
+)
 def test_peft_export_matches_peft_and_imports_back(kind, targets, tmp_path):
     pytest.importorskip("peft")
     from codex_jax.models import hf
@@ -235,8 +271,9 @@ def test_peft_export_matches_peft_and_imports_back(kind, targets, tmp_path):
     lora.export_peft(cfg, adapters, 8.0, tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / lora.PEFT_CONFIG).read_text())
     assert config["r"] == 4 and config["fan_in_fan_out"] == (kind == "gpt2")
-    np.testing.assert_allclose(_peft_logits(tmp_path / "base", tmp_path / "adapter"), ours,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        _peft_logits(tmp_path / "base", tmp_path / "adapter"), ours, atol=1e-4
+    )
     # back, with another alpha: the imported tree computes the same function
     back = lora.import_peft(tmp_path / "adapter", cfg, alpha=2.0)
     np.testing.assert_allclose(_logits(cfg.replace(lora_alpha=2.0), params, back), ours, atol=1e-5)
@@ -260,12 +297,24 @@ def test_peft_names_follow_peft_layout(tmp_path):
 # ------------------------------------------------------------------------------ the CLI, for real
 
 
-LORA = ["--config.lora.rank=4", "--config.lora.dropout=0.1", "--config.train.learning_rate=0.03",
-        "--config.train.steps=12", "--config.checkpoint.every_steps=6", "--config.train.log_every=1",
-        "--config.train.eval_every=100", "--config.generate.max_new_tokens=0",
-        "--config.train.grad_accum_steps=2", "--config.lora.base_dtype=bfloat16"]
-LLAMA_TINY = ["--config.model.family=llama", "--config.model.tie_embeddings=False",
-              "--config.logging.writers=ndjson", "--config.generate.max_new_tokens=0"]
+LORA = [
+    "--config.lora.rank=4",
+    "--config.lora.dropout=0.1",
+    "--config.train.learning_rate=0.01",
+    "--config.train.steps=12",
+    "--config.checkpoint.every_steps=6",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=100",
+    "--config.generate.max_new_tokens=0",
+    "--config.train.grad_accum_steps=2",
+    "--config.lora.base_dtype=bfloat16",
+]
+LLAMA_TINY = [
+    "--config.model.family=llama",
+    "--config.model.tie_embeddings=False",
+    "--config.logging.writers=ndjson",
+    "--config.generate.max_new_tokens=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +339,7 @@ def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, tmp_path):
     evals = read_metrics(full, "eval")
     base_eval = read_metrics(base_run, "eval")
     assert abs(evals[0]["loss"] - base_eval[20]["loss"]) < 2e-2  # step 0 is the (bf16) base
-    assert evals[12]["loss"] < evals[0]["loss"] - 0.02  # the fine-tune learns
+    assert evals[12]["loss"] < evals[0]["loss"] - 0.01  # the fine-tune learns
     # checkpoints hold the adapters, optimizer state and a reference to the base, not the base
     step = full / "checkpoints" / "12"
     assert (step / "lora").is_dir() and not (step / "params").exists()
@@ -305,11 +354,21 @@ def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, tmp_path):
 
     # export: the base (hf), the adapters (peft) and the merged model (hf) agree in transformers
     outs = {k: tmp_path / k for k in ("base_hf", "peft", "merged_hf")}
-    run_cli(base_run, *LLAMA_TINY, "--config.export.format=hf",
-            f"--config.export.dir={outs['base_hf']}", mode="export")
+    run_cli(
+        base_run,
+        *LLAMA_TINY,
+        "--config.export.format=hf",
+        f"--config.export.dir={outs['base_hf']}",
+        mode="export",
+    )
     for fmt, out in (("peft", outs["peft"]), ("hf", outs["merged_hf"])):
-        run_cli(full, *common, f"--config.export.format={fmt}", f"--config.export.dir={out}",
-                mode="export")
+        run_cli(
+            full,
+            *common,
+            f"--config.export.format={fmt}",
+            f"--config.export.dir={out}",
+            mode="export",
+        )
     merged = transformers.AutoModelForCausalLM.from_pretrained(outs["merged_hf"]).eval()
     with torch.no_grad():
         expected = merged(torch.tensor(np.asarray(TOKENS, np.int64))).logits.numpy()
@@ -321,3 +380,90 @@ def test_lora_config_errors(tmp_path):
     assert result.returncode == 2 and "needs lora.rank > 0" in result.stderr
     result = run_cli(tmp_path, "--config.lora.rank=4", "--config.lora.targets=nothing", check=False)
     assert result.returncode == 2 and "matches none of the kernels" in result.stderr
+
+
+def test_bench_lora_runs_on_a_shrunken_llama_1b():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shrink = [
+        "--config.model.num_layers=2",
+        "--config.model.d_model=64",
+        "--config.model.num_heads=4",
+        "--config.model.num_kv_heads=2",
+        "--config.model.d_ff=128",
+        "--config.model.vocab_size=256",
+        "--config.data.seq_len=32",
+        "--config.data.batch_size=2",
+        "--config.model.attention_impl=xla",
+        "--config.model.dtype=float32",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "tools/bench.py",
+            "--config=configs/llama_1b.py",
+            "--config.lora.rank=16",
+            "--config.lora.base_dtype=bfloat16",
+            *shrink,
+            "--steps=2",
+            "--warmup=0",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["lora_rank"] == 16 and out["base_dtype"] == "bfloat16"
+    assert out["trainable_params"] == 2 * 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))
+    assert 0 < out["trainable_fraction"] < 1 and out["tokens_per_second"] > 0
+    assert out["lora_flops_per_token"] < out["flops_per_token"]
+
+
+def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
+    """In process: 'workdir:' starts a full fine-tune from the base run's params and tokenizer;
+    'lora.init_from=peft:' starts the adapters from a PEFT folder."""
+    import orbax.checkpoint as ocp
+
+    from codex_jax.train import adapters
+    from codex_jax.train.loop import build_trainer, init_or_restore
+
+    cfg = _tiny_cfg(f"workdir:{base_run}")
+    t = build_trainer(cfg, tmp_path / "full")
+    state = init_or_restore(t, None)
+    saved = ocp.StandardCheckpointer().restore((base_run / "checkpoints/20/params").absolute())
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved)
+    assert (
+        t.data.tokenizer.checksum
+        == json.loads((base_run / "data_manifest.json").read_text())["tokenizer"]["sha256"]
+    )
+    t.checkpointer.close()
+
+    adapter = lora.init_lora(saved, 2, r".*(q|v)_proj", jax.random.key(3))
+    lora.export_peft(t.model.cfg, _trained_like(adapter), 16.0, tmp_path / "adapter")
+    cfg.lora.rank, cfg.lora.init_from = 4, f"peft:{tmp_path / 'adapter'}"
+    started = adapters.init_adapters(cfg, t.model.cfg)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), started, _trained_like(adapter)
+    )
+
+
+def _tiny_cfg(init_from):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs/tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.model.init_from, cfg.logging.writers = init_from, "ndjson"
+    return cfg

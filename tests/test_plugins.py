@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO, run_cli
 
 GOOD = '''
@@ -49,11 +48,11 @@ def load_bytes(arg):
     return Bytes()
 '''
 
-BAD = '''
+BAD = """
 raise ImportError("this plugin needs a package that is not installed")
-'''
+"""
 
-ENTRY_POINTS = '''
+ENTRY_POINTS = """
 [codex_jax.models]
 tiny-plug = goodplug:PRESET
 gpt2-small = goodplug:PRESET
@@ -71,7 +70,7 @@ broken_source = badplug:read
 [codex_jax.tokenizers]
 bytes = goodplug:load_bytes
 broken_tok = badplug:load
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +89,14 @@ def site(tmp_path_factory):
 
 
 def run_py(site, *args, check=True):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO,
-                            timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+        "JAX_PLATFORMS": "cpu",
+    }
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     if check and result.returncode:
         raise AssertionError(result.stderr[-3000:])
     return result
@@ -116,7 +120,7 @@ def test_plugins_command_lists_loaded_and_failed(site):
 
 
 def test_plugins_work_and_builtins_survive_broken_ones(site):
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import json, jax, numpy as np
         from codex_jax import plugins
         from codex_jax.data.sources import read_source
@@ -139,7 +143,7 @@ def test_plugins_work_and_builtins_survive_broken_ones(site):
                           "loss": out["loss"], "error": error, "docs": len(corpus.documents),
                           "gpt2": models.get("gpt2-small")["num_layers"],
                           "tok": tok.decode(tok.encode("héllo"))}))
-    ''').replace("CORPUS", repr(str(site / "corpus.txt")))
+    """).replace("CORPUS", repr(str(site / "corpus.txt")))
     got = json.loads(run_py(site, "-c", script).stdout.strip().splitlines()[-1])
     assert got["mean"] == pytest.approx(got["expected"]) and got["loss"] > 0
     assert "broken_metric" in got["error"] and "failed to load" in got["error"]
@@ -148,10 +152,18 @@ def test_plugins_work_and_builtins_survive_broken_ones(site):
 
 def test_training_on_a_plugin_source_and_tokenizer(site, tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-    run_cli(tmp_path / "run", f"--config.data.source=paragraphs:{site / 'corpus.txt'}",
-            "--config.data.tokenizer=bytes:", "--config.train.steps=2", "--config.train.eval_every=2",
-            "--config.checkpoint.every_steps=2", "--config.generate.max_new_tokens=0",
-            "--config.eval.num_batches=1", "--config.logging.writers=ndjson", env_extra=env)
+    run_cli(
+        tmp_path / "run",
+        f"--config.data.source=paragraphs:{site / 'corpus.txt'}",
+        "--config.data.tokenizer=bytes:",
+        "--config.train.steps=2",
+        "--config.train.eval_every=2",
+        "--config.checkpoint.every_steps=2",
+        "--config.generate.max_new_tokens=0",
+        "--config.eval.num_batches=1",
+        "--config.logging.writers=ndjson",
+        env_extra=env,
+    )
     manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
     assert manifest["root"] == "plugin:paragraphs" and manifest["totals"]["records"] == 40
     assert manifest["tokenizer"]["sha256"] == "bytes-v1" and "safety" not in manifest

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from codex_jax.config import default_config, flatten, validate
 from codex_jax.errors import UserError
 from codex_jax.metrics import mlflow_writer, read_ndjson, system
 from codex_jax.metrics.base import scalar_hparam
 from codex_jax.metrics.writers import create_writers
-from conftest import run_cli
 
 
 def mlflow_client(workdir, monkeypatch):
@@ -54,7 +54,9 @@ def test_mlflow_writer_logs_params_metrics_texts_offline(tmp_path, monkeypatch):
     assert len(client.get_metric_history(run_id, "train/loss")) == 4
 
 
-@pytest.mark.parametrize("uri", ["https://mlflow.example.com", "http://10.0.0.1:5000", "databricks"])
+@pytest.mark.parametrize(
+    "uri", ["https://mlflow.example.com", "http://10.0.0.1:5000", "databricks"]
+)
 def test_mlflow_remote_uri_needs_allow_remote(tmp_path, uri):
     with pytest.raises(UserError, match="mlflow_allow_remote=True"):
         create_writers("mlflow", tmp_path, False, options={"mlflow_uri": uri})
@@ -103,16 +105,26 @@ def test_system_collect_reuses_one_instance():
     first = system.collect()
     assert system.collect().keys() == first.keys()
     assert system._shared is not None
-    for key in ("system/cpu_percent", "system/ram_used_gb", "system/nvml_available",
-                "system/accelerator_memory_available"):
+    for key in (
+        "system/cpu_percent",
+        "system/ram_used_gb",
+        "system/nvml_available",
+        "system/accelerator_memory_available",
+    ):
         assert key in first
 
 
 def test_training_logs_system_metrics_and_mlflow(tmp_path, monkeypatch):
     client = mlflow_client(tmp_path / "run", monkeypatch)
-    out = run_cli(tmp_path / "run", "--config.train.steps=3", "--config.train.log_every=1",
-                  "--config.train.eval_every=3", "--config.checkpoint.every_steps=3",
-                  "--config.generate.max_new_tokens=0", "--config.logging.writers=ndjson,mlflow")
+    out = run_cli(
+        tmp_path / "run",
+        "--config.train.steps=3",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=3",
+        "--config.checkpoint.every_steps=3",
+        "--config.generate.max_new_tokens=0",
+        "--config.logging.writers=ndjson,mlflow",
+    )
     records = read_ndjson(tmp_path / "run" / "metrics.ndjson")
     sys_lines = [r for r in records if r["split"] == "system"]
     assert [r["step"] for r in sys_lines] == [1, 2, 3]

@@ -141,25 +141,25 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     from codex_jax.train.parallel import make_runner
     from codex_jax.train.state import create_train_state
 
-    if _lora_rank(cfg):
-        # ---- LoRA (issue 6) hook ---------------------------------------------------------------
-        # Build the LoRA state here the way the trainer will (frozen 'params' + trainable 'lora'
-        # tree, optimizer over 'lora' only) and time its step below like the full fine-tune's.
-        # FLOPs per token for LoRA: ~4·N_frozen + 6·N_lora + attention (frozen weights get no
-        # weight gradients); num_params should then report both N_frozen and N_lora.
-        raise UserError("tools/bench.py: lora.rank > 0 is not benchmarked yet (issue 6)")
-
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     model = Transformer(model_config(cfg))
     tx = make_optimizer(cfg.train)
     runner = make_runner(cfg.parallel, model, tx)
+    lora_info = None
+    if _lora_rank(cfg):
+        # ---- LoRA (issue 6) ----------------------------------------------------------------------
+        # As the trainer builds it: the frozen base (model.init_from, else a random init) in the
+        # runner, in lora.base_dtype; the state (optimizer included) over the adapter tree only.
+        state, lora_info = _lora_state(cfg, model, runner, tx)
+        num_params = lora_info["frozen_params"]
+    else:
 
-    def make_state():
-        params = init_params(model.cfg, jax.random.key(cfg.seed), cfg.data.seq_len)
-        return create_train_state(params, tx, cfg.seed)
+        def make_state():
+            params = init_params(model.cfg, jax.random.key(cfg.seed), cfg.data.seq_len)
+            return create_train_state(params, tx, cfg.seed)
 
-    state = runner.init_state(make_state)
-    num_params = count_params(jax.eval_shape(make_state).params)
+        state = runner.init_state(make_state)
+        num_params = count_params(jax.eval_shape(make_state).params)
     accum = cfg.train.grad_accum_steps
     batches = random_batches(cfg, min(8, (steps + warmup + 1) * accum),
                              cfg.data.batch_size // jax.process_count())
@@ -177,7 +177,9 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     bare, bare_note = None, None
     if compare_bare is None:
         compare_bare = jax.default_backend() == "cpu"
-    if compare_bare and (jax.device_count() != 1 or cfg.parallel.mode == "pmap"):
+    if compare_bare and lora_info is not None:
+        bare_note = "skipped: LoRA (the bare step is a full fine-tune)"
+    elif compare_bare and (jax.device_count() != 1 or cfg.parallel.mode == "pmap"):
         bare_note = "skipped: the bare step runs on one device without a mesh"
     elif compare_bare:
         try:
@@ -228,9 +230,42 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
                       bare_loss=_round(float(bare.loss), 4))
     if bare_note:
         result["bare_note"] = bare_note
+    if lora_info is not None:
+        result.update(_lora_fields(model.cfg, lora_info, fpt, tps, cfg.data.seq_len))
     result.update(device_kind=device_kind, num_devices=num_devices, backend=jax.default_backend(),
                   jax_version=jax.__version__, steps=steps, warmup=warmup)
     return result
+
+
+def _lora_state(cfg, model, runner, tx):
+    """(state, meta['lora']) of a LoRA run, built as ``train/loop.py`` does."""
+    import jax
+
+    from codex_jax.train import adapters
+    from codex_jax.train.state import create_train_state
+
+    record = adapters.place_base(cfg, model.cfg, runner)
+    state = runner.init_state(
+        lambda: create_train_state(adapters.init_adapters(cfg, model.cfg), tx, cfg.seed)
+    )
+    shapes = jax.eval_shape(lambda: adapters.init_adapters(cfg, model.cfg))
+    return state, adapters.meta(cfg, record, shapes, model.cfg)
+
+
+def _lora_fields(model_cfg, info: dict, fpt: float, tps: float, seq_len: int) -> dict:
+    """The LoRA line items: trainable share, and FLOPs per token without the frozen weights'
+    gradients (4·N + 6·N_lora + attention) next to the usual 6·N ``flops_per_token``."""
+    m = model_cfg
+    attention = 12.0 * m.num_layers * m.num_heads * m.dims_per_head * seq_len
+    dense = (fpt - attention) / 6.0
+    lora_fpt = 4.0 * dense + 6.0 * info["trainable_params"] + attention
+    return {
+        "trainable_params": info["trainable_params"],
+        "trainable_fraction": round(info["trainable_fraction"], 6),
+        "base_dtype": info["base"]["dtype"],
+        "lora_flops_per_token": lora_fpt,
+        "lora_tflops_per_second": round(lora_fpt * tps / 1e12, 4),
+    }
 
 
 def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:

@@ -31,6 +31,7 @@ from clu import metrics as clu_metrics
 
 from codex_jax import plugins
 from codex_jax.errors import UserError
+from codex_jax.metrics.line_completion import line_completion
 
 ALWAYS = ("loss", "perplexity", "token_accuracy")
 
@@ -121,19 +122,11 @@ def _bits_per_byte(loss_sum: float, ctx) -> float:
     return loss_sum / (ctx.target_bytes() * math.log(2))
 
 
-def _line_completion(ctx) -> float | None:
-    from codex_jax.metrics.line_completion import line_completion
-
-    return line_completion(ctx)
-
-
 BUILTIN: dict[str, TokenMetric | SampleMetric] = {
     "loss": TokenMetric(
         clu_metrics.Average.from_output("loss"), description="mean cross entropy (nats/token)"
     ),
-    "perplexity": TokenMetric(
-        clu_metrics.Average.from_output("loss"), _perplexity, "exp(loss)"
-    ),
+    "perplexity": TokenMetric(clu_metrics.Average.from_output("loss"), _perplexity, "exp(loss)"),
     "token_accuracy": TokenMetric(
         clu_metrics.Average.from_output("correct"), description="argmax == next token"
     ),
@@ -148,7 +141,7 @@ BUILTIN: dict[str, TokenMetric | SampleMetric] = {
         needs_lines=True,
     ),
     "line_completion": SampleMetric(
-        _line_completion,
+        line_completion,
         "greedy generation reproduces the next line of a held-out function",
     ),
 }

@@ -60,8 +60,9 @@ def _unflat(modules: dict[str, dict]):
 def kernel_paths(params) -> list[str]:
     """Module paths of every 2-D ``kernel`` (the layers LoRA can adapt), sorted."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    return sorted(k.rsplit("/", 1)[0] for k, v in flat.items()
-                  if k.endswith("/kernel") and len(v.shape) == 2)
+    return sorted(
+        k.rsplit("/", 1)[0] for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2
+    )
 
 
 def target_paths(params, targets: str) -> list[str]:
@@ -73,8 +74,10 @@ def target_paths(params, targets: str) -> list[str]:
     paths = kernel_paths(params)
     chosen = [p for p in paths if pattern.fullmatch(p)]
     if not chosen:
-        raise UserError(f"config key 'lora.targets': {targets!r} matches none of the kernels "
-                        f"({', '.join(paths[:4])}, ...)")
+        raise UserError(
+            f"config key 'lora.targets': {targets!r} matches none of the kernels "
+            f"({', '.join(paths[:4])}, ...)"
+        )
     return chosen
 
 
@@ -115,7 +118,8 @@ def _fold(params, lora_tree, alpha: float, sign: float):
     for path, entry in _flat(lora_tree).items():
         kernel = flat[f"{path}/kernel"]
         flat[f"{path}/kernel"] = (kernel.astype(jnp.float32) + sign * delta(entry, alpha)).astype(
-            kernel.dtype)
+            kernel.dtype
+        )
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -138,8 +142,10 @@ def count(lora_tree) -> int:
 def describe(lora_tree, num_base: int) -> str:
     """One log line: modules adapted, trainable scalars and their fraction of the base."""
     n = count(lora_tree)
-    return (f"LoRA: {len(_flat(lora_tree))} modules, {n:,} trainable parameters "
-            f"({100.0 * n / max(num_base, 1):.3f}% of the {num_base:,} frozen)")
+    return (
+        f"LoRA: {len(_flat(lora_tree))} modules, {n:,} trainable parameters "
+        f"({100.0 * n / max(num_base, 1):.3f}% of the {num_base:,} frozen)"
+    )
 
 
 # ----------------------------------------------------------------------------------- PEFT format
@@ -159,8 +165,9 @@ def _peft_modules(cfg) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def export_peft(cfg, lora_tree, alpha: float, out_dir, *, dropout: float = 0.0,
-                base_name: str | None = None) -> Path:
+def export_peft(
+    cfg, lora_tree, alpha: float, out_dir, *, dropout: float = 0.0, base_name: str | None = None
+) -> Path:
     """Writes ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel``.
 
     ``cfg`` is the model's ModelConfig (its Hugging Face export names the modules); the result loads
@@ -193,14 +200,26 @@ def export_peft(cfg, lora_tree, alpha: float, out_dir, *, dropout: float = 0.0,
     if left:
         raise UserError(f"export.format=peft: no Hugging Face module for the adapters {left[:4]}")
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r), "lora_alpha": float(alpha),
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": int(r),
+        "lora_alpha": float(alpha),
         "lora_dropout": float(dropout),
-        "target_modules": sorted(n[len(_PREFIX) : -len(".lora_A.weight")]
-                                 for n in tensors if n.endswith(".lora_A.weight")),
-        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
-        "fan_in_fan_out": cfg.family == "gpt2", "bias": "none", "use_rslora": False,
-        "use_dora": False, "init_lora_weights": True, "inference_mode": True,
-        "modules_to_save": None, "base_model_name_or_path": base_name,
+        "target_modules": sorted(
+            n[len(_PREFIX) : -len(".lora_A.weight")]
+            for n in tensors
+            if n.endswith(".lora_A.weight")
+        ),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "fan_in_fan_out": cfg.family == "gpt2",
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "base_model_name_or_path": base_name,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

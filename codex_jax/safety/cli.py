@@ -62,8 +62,11 @@ def _scan(args) -> int:
             print(json.dumps(record), flush=False)
         found += len(records)
     sys.stdout.flush()
-    print(f"safety scan: {found} finding(s) in {scanned} text file(s) ({files - scanned} skipped: "
-          f"binary or unreadable); policy {policy.name}", file=sys.stderr)
+    print(
+        f"safety scan: {found} finding(s) in {scanned} text file(s) ({files - scanned} skipped: "
+        f"binary or unreadable); policy {policy.name}",
+        file=sys.stderr,
+    )
     return 1 if found else 0
 
 

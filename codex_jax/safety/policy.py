@@ -21,7 +21,6 @@ backtracking); possessive repeats (``{1,64}+``) keep the constant small.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import json
@@ -44,10 +43,14 @@ except ImportError:  # pragma: no cover
 ACTIONS = ("block", "redact", "allow")
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
 _FLAGS = {
-    "IGNORECASE": re.IGNORECASE, "I": re.IGNORECASE,
-    "MULTILINE": re.MULTILINE, "M": re.MULTILINE,
-    "DOTALL": re.DOTALL, "S": re.DOTALL,
-    "ASCII": re.ASCII, "A": re.ASCII,
+    "IGNORECASE": re.IGNORECASE,
+    "I": re.IGNORECASE,
+    "MULTILINE": re.MULTILINE,
+    "M": re.MULTILINE,
+    "DOTALL": re.DOTALL,
+    "S": re.DOTALL,
+    "ASCII": re.ASCII,
+    "A": re.ASCII,
 }
 
 
@@ -188,12 +191,14 @@ class Policy:
                 matches.append((start, end, rule))
         if not matches:
             return []
-        newlines = [i for i, c in enumerate(text) if c == "\n"] if len(matches) else []
-        findings = []
+        findings, line, seen, line_start = [], 1, 0, 0
         for start, end, rule in sorted(matches, key=lambda m: (m[0], m[1])):
-            line = bisect.bisect_left(newlines, start)
-            column = start - (newlines[line - 1] if line else -1)
-            findings.append(Finding(rule.id, rule.action, start, end, line + 1, column))
+            newline = text.rfind("\n", seen, start)  # one pass over the text in all
+            if newline >= 0:
+                line += text.count("\n", seen, start)
+                line_start = newline + 1
+            seen = start
+            findings.append(Finding(rule.id, rule.action, start, end, line, start - line_start + 1))
         return findings
 
     def apply(self, text: str) -> Result:

@@ -39,7 +39,8 @@ def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, s
     if cfg.lora.base_dtype:
         base = jax.tree.map(lambda x: x.astype(cfg.lora.base_dtype), base)
     runner.set_frozen(base)
-    print(f"LoRA: frozen base from {record['source']}", file=sys.stderr, flush=True)
+    record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
+    print(f"LoRA: frozen {record['dtype']} base from {record['source']}", file=sys.stderr)
     return record
 
 
@@ -49,22 +50,29 @@ def init_adapters(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig):
         folder = Path(cfg.lora.init_from[len("peft:") :]).expanduser()
         return lora.import_peft(folder, model_cfg, cfg.lora.alpha, model_cfg.weights_dtype)
     rng = jax.random.fold_in(jax.random.key(cfg.seed), 2)
-    return lora.init_lora(base_shapes(model_cfg), cfg.lora.rank, cfg.lora.targets, rng,
-                          model_cfg.weights_dtype)
+    return lora.init_lora(
+        base_shapes(model_cfg), cfg.lora.rank, cfg.lora.targets, rng, model_cfg.weights_dtype
+    )
 
 
 def meta(cfg: ml_collections.ConfigDict, record: dict, adapter_shapes, model_cfg) -> dict:
     """``meta['lora']`` of a checkpoint: the adapter settings, sizes and the base's record."""
     trainable, frozen = lora.count(adapter_shapes), count_params(base_shapes(model_cfg))
-    return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": cfg.lora.targets,
-            "trainable_params": trainable, "frozen_params": frozen,
-            "trainable_fraction": trainable / frozen, "base": record}
+    return {
+        "rank": cfg.lora.rank,
+        "alpha": cfg.lora.alpha,
+        "targets": cfg.lora.targets,
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "trainable_fraction": trainable / frozen,
+        "base": record,
+    }
 
 
-def merged_params(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, adapters, saved: dict,
-                  target):
+def merged_params(
+    cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, adapters, saved: dict, target
+):
     """The base of a LoRA checkpoint (``saved``: its ``meta['lora']``) placed as ``target``, in
     ``model.param_dtype``, with ``adapters`` merged: plain params for eval, generate and export."""
     base, _ = init_from.load_base(cfg, model_cfg, target, saved.get("base"))
     return jax.jit(lambda b, a: lora.merge(b, a, model_cfg.lora_alpha))(base, adapters)
-

@@ -19,8 +19,8 @@ from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_d
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
 from codex_jax.metrics import system
-from codex_jax.metrics.writers import create_writers
 from codex_jax.metrics.perf import StepTimer, mfu
+from codex_jax.metrics.writers import create_writers
 from codex_jax.models.transformer import (
     ModelConfig,
     Transformer,
@@ -140,7 +140,8 @@ def init_or_restore(t: Trainer, step: int | None):
 
 # Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
 _FIXED_KEYS = ("model.", "data.seq_len", "data.source", "data.tokenizer", "data.max_files",
-               "data.eval_fraction", "data.safety_policy", "lora.rank", "lora.targets", "lora.init_from")
+               "data.eval_fraction", "data.safety_policy", "lora.rank", "lora.targets",
+               "lora.init_from")
 _FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
 
 
