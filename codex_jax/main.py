@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from codex_jax.errors import EXIT_USER_ERROR, UserError
@@ -64,6 +65,8 @@ def default_workdir(config_path: str) -> Path:
 def run(argv: list[str]) -> None:
     """Validates the config, then dispatches on ``--mode``."""
     del argv
+    if not FLAGS["verbosity"].present:  # Orbax and jax log every save at INFO; keep the console readable
+        absl_logging.set_verbosity(absl_logging.WARNING)
     cfg = load_config()
     workdir = Path(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
     try:

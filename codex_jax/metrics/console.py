@@ -27,6 +27,10 @@ def format_scalar(value: int | float) -> str:
     return f"{value:.1e}" if abs(value) < 1e-2 else f"{value:.0f}"
 
 
+# Splits kept off the console (they still go to TensorBoard, NDJSON, MLflow): one line per step is enough.
+QUIET_SPLITS = ("system",)
+
+
 class ConsoleWriter(MetricWriter):
     """Prints one compact line per call to stdout via ``tqdm.write`` (keeps progress bars intact).
 
@@ -39,10 +43,13 @@ class ConsoleWriter(MetricWriter):
     def write_scalars(self, step, scalars):
         parts = [f"step {int(step)}"]
         for split, metrics in group_by_split(scalars).items():
+            if split in QUIET_SPLITS:
+                continue
             if split is not None:
                 parts.append(split)
             parts.extend(f"{k}={format_scalar(v)}" for k, v in metrics.items())
-        self._print(" ".join(parts))
+        if len(parts) > 1:
+            self._print(" ".join(parts))
 
     def write_texts(self, step, texts):
         for name, text in texts.items():

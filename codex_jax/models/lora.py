@@ -188,7 +188,7 @@ def export_peft(
             a, b = modules[kernels[0][0]]["lora_a"], modules[kernels[0][0]]["lora_b"]
             module_alpha = alpha
         else:
-            a, b = _fuse(kernels, parts, modules, alpha, r)
+            a, b = _fuse(kernels, parts, modules, r)
             module_alpha = alpha * a.shape[-1] / r  # keeps the scale at alpha / r
         tensors[f"{_PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a.T)
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b.T)
@@ -228,7 +228,7 @@ def export_peft(
     return out
 
 
-def _fuse(kernels, parts, modules, alpha: float, r: int):
+def _fuse(kernels, parts, modules, r: int):
     """One ``(A [in, R], B [R, sum(out)])`` for a fused module: A concatenated, B block-diagonal,
     each block rescaled from its own ``alpha / r_i`` to the fused module's ``alpha / r``."""
     offsets = np.cumsum([0] + [size for _, size in kernels])
