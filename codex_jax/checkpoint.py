@@ -130,9 +130,7 @@ class Checkpointer:
         if not self.directory.is_dir():
             return []
         return sorted(
-            int(p.name)
-            for p in self.directory.iterdir()
-            if p.name.isdigit() and (p / MANIFEST).is_file()
+            int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()
         )
 
     def latest_step(self) -> int | None:
@@ -186,9 +184,7 @@ class Checkpointer:
         if which == "latest":
             return steps[::-1]
         if which == "best":
-            scored = [
-                (self.retention.score(m), s) for s in steps if (m := self.metrics(s)) is not None
-            ]
+            scored = [(self.retention.score(m), s) for s in steps if (m := self.metrics(s)) is not None]
             if not scored:
                 raise UserError(
                     f"config key 'eval.step': no checkpoint in {self.directory} has eval metrics "
@@ -221,9 +217,7 @@ class Checkpointer:
         try:
             files = json.loads((path / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptCheckpoint(
-                f"checkpoint {path}: unreadable {MANIFEST} ({_first_line(e)})"
-            ) from e
+            raise CorruptCheckpoint(f"checkpoint {path}: unreadable {MANIFEST} ({_first_line(e)})") from e
         for item in items or ():
             if not any(name.startswith(item + "/") for name in files):
                 raise CorruptCheckpoint(f"checkpoint {path}: has no '{item}' item")
@@ -251,9 +245,7 @@ class Checkpointer:
         metrics of that step) rank it for best-k retention."""
         args = ocp.args.Composite(
             **{self.params_item: ocp.args.StandardSave(state.params)},
-            train=ocp.args.StandardSave(
-                {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
-            ),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta),
         )
@@ -281,9 +273,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax, tensorstore and OS errors alike
-            raise UserError(
-                f"checkpoint {self.path(self._saving)}: saving failed ({_first_line(e)})"
-            ) from e
+            raise UserError(f"checkpoint {self.path(self._saving)}: saving failed ({_first_line(e)})") from e
 
     def close(self) -> None:
         """Waits for background saves (raising a failed one), then releases orbax's threads."""
@@ -352,9 +342,7 @@ class Checkpointer:
         try:
             return self._manager.restore(step, args=args)
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore errors on bad data vary widely
-            raise UserError(
-                f"checkpoint {self.path(step)}: cannot restore ({_first_line(e)})"
-            ) from e
+            raise UserError(f"checkpoint {self.path(step)}: cannot restore ({_first_line(e)})") from e
 
 
 def write_manifest(root: Path) -> None:
@@ -374,8 +362,7 @@ def _check_file(path: Path, name: str, record: dict) -> None:
     size = f.stat().st_size
     if size != record["bytes"]:
         raise CorruptCheckpoint(
-            f"checkpoint {path}: {name} has {size} bytes, {record['bytes']} when saved "
-            "(truncated or altered)"
+            f"checkpoint {path}: {name} has {size} bytes, {record['bytes']} when saved (truncated or altered)"
         )
     if _sha256(f) != record["sha256"]:
         raise CorruptCheckpoint(f"checkpoint {path}: {name} does not match its sha256 (altered)")

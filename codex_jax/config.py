@@ -1,8 +1,8 @@
 """The config schema (every key, its default and meaning) and its validation.
 
-Config files in ``configs/`` start from :func:`default_config` and override what they need, so every config has
-every key. :func:`validate` checks the composed config before any work and raises :class:`UserError` naming
-the first bad key.
+Config files in ``configs/`` start from :func:`default_config` and override what they need, so every
+config has every key. :func:`validate` checks the composed config before any work and raises
+:class:`UserError` naming the first bad key.
 """
 
 from __future__ import annotations
@@ -25,19 +25,33 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "'csv:PATH:COLUMN'; FIELD/COLUMN may be a template of fields "
         "('jsonl:d/*.jsonl:{title}: {body}'; newline and tab escapes work).",
     ),
-    "data.include": ("", "Comma-separated globs relative to the source's root; only matching files "
-                     "are read ('': all). A glob without '/' matches file names at any depth."),
-    "data.exclude": ("", "Comma-separated globs relative to the source's root; matching files are "
-                     "skipped (e.g. 'test_*.py,tests/**')."),
-    "data.eval_source": ("", "A source (as data.source) holding the held-out split; '' holds out "
-                         "data.eval_fraction of data.source by a hash of each path."),
-    "data.on_bad_record": ("skip", "Bad records (invalid JSON, missing field, undecodable bytes, "
-                           "empty text): 'skip' (counted in data_manifest.json, warned on stderr) "
-                           "or 'error' (stop at the first, naming file:line)."),
+    "data.include": (
+        "",
+        "Comma-separated globs relative to the source's root; only matching files "
+        "are read ('': all). A glob without '/' matches file names at any depth.",
+    ),
+    "data.exclude": (
+        "",
+        "Comma-separated globs relative to the source's root; matching files are "
+        "skipped (e.g. 'test_*.py,tests/**').",
+    ),
+    "data.eval_source": (
+        "",
+        "A source (as data.source) holding the held-out split; '' holds out "
+        "data.eval_fraction of data.source by a hash of each path.",
+    ),
+    "data.on_bad_record": (
+        "skip",
+        "Bad records (invalid JSON, missing field, undecodable bytes, "
+        "empty text): 'skip' (counted in data_manifest.json, warned on stderr) "
+        "or 'error' (stop at the first, naming file:line).",
+    ),
     "data.seq_len": (256, "Tokens per training sequence."),
     "data.batch_size": (16, "Global sequences per micro-step (all devices, all processes)."),
-    "data.eval_fraction": (0.05, "Fraction of files held out for evaluation (hash of the path) "
-                            "when data.eval_source is ''."),
+    "data.eval_fraction": (
+        0.05,
+        "Fraction of files held out for evaluation (hash of the path) when data.eval_source is ''.",
+    ),
     "data.max_files": (0, "Use at most this many files of the source (0: all); for quick runs."),
     "data.tokenizer": (
         "",
@@ -50,25 +64,40 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "At most this many bytes of training text are used to train the tokenizer.",
     ),
     "data.num_workers": (0, "grain worker processes (0: read in the main process)."),
-    "data.prefetch": (0, "Batches prepared ahead: by a background thread (num_workers=0) or by "
-                      "each worker process (0: none; batches are the same either way)."),
+    "data.prefetch": (
+        0,
+        "Batches prepared ahead: by a background thread (num_workers=0) or by "
+        "each worker process (0: none; batches are the same either way).",
+    ),
     "data.safety_policy": (
         "auto",
         "Secret filter on training records (codex_jax.safety): 'default' (built-in rules), a "
         "YAML policy file, '' (off) or 'auto' ('default' for the stdlib source, else off). "
         "Counted in data_manifest.json.",
     ),
-    "model.family": ("gpt2", "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU)."),
+    "model.family": (
+        "gpt2",
+        "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU).",
+    ),
     "model.num_layers": (4, "Transformer blocks."),
     "model.num_heads": (4, "Query heads."),
     "model.num_kv_heads": (4, "Key/value heads (grouped-query attention when < num_heads)."),
     "model.d_model": (256, "Residual stream width."),
     "model.d_ff": (1024, "MLP hidden width."),
-    "model.vocab_size": (4096, "Vocabulary size (the trained tokenizer gets exactly this many pieces)."),
+    "model.vocab_size": (
+        4096,
+        "Vocabulary size (the trained tokenizer gets exactly this many pieces).",
+    ),
     "model.dropout": (0.0, "Dropout rate on embeddings, attention and MLP outputs."),
-    "model.dtype": ("float32", "Compute dtype ('float32' or 'bfloat16'); logits and loss stay float32."),
+    "model.dtype": (
+        "float32",
+        "Compute dtype ('float32' or 'bfloat16'); logits and loss stay float32.",
+    ),
     "model.param_dtype": ("float32", "Parameter (and optimizer state) dtype."),
-    "model.attention_impl": ("xla", "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'."),
+    "model.attention_impl": (
+        "xla",
+        "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'.",
+    ),
     "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
     "model.rope_theta": (10000.0, "RoPE base (llama)."),
     "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
@@ -107,16 +136,34 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.grad_accum_steps": (1, "Micro-steps accumulated per optimizer step (optax.MultiSteps)."),
     "train.learning_rate": (3e-3, "Peak learning rate."),
     "train.warmup_steps": (30, "Linear warmup, in optimizer steps."),
-    "train.min_lr_ratio": (0.1, "Cosine decay ends at learning_rate * min_lr_ratio at train.steps."),
-    "train.weight_decay": (0.1, "AdamW weight decay (not applied to norms, biases and embeddings)."),
+    "train.min_lr_ratio": (
+        0.1,
+        "Cosine decay ends at learning_rate * min_lr_ratio at train.steps.",
+    ),
+    "train.weight_decay": (
+        0.1,
+        "AdamW weight decay (not applied to norms, biases and embeddings).",
+    ),
     "train.beta1": (0.9, "AdamW beta1."),
     "train.beta2": (0.95, "AdamW beta2."),
     "train.grad_clip": (1.0, "Global-norm gradient clipping (0: off)."),
     "train.log_every": (10, "Log train metrics every this many optimizer steps."),
-    "train.eval_every": (100, "Evaluate every this many optimizer steps (and at step 0 and the end)."),
-    "train.stop_after": (0, "Stop (and checkpoint) after this step without changing the schedule (0: train.steps)."),
-    "train.on_nan": ("raise", "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update."),
-    "train.profile_steps": ("", "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none."),
+    "train.eval_every": (
+        100,
+        "Evaluate every this many optimizer steps (and at step 0 and the end).",
+    ),
+    "train.stop_after": (
+        0,
+        "Stop (and checkpoint) after this step without changing the schedule (0: train.steps).",
+    ),
+    "train.on_nan": (
+        "raise",
+        "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update.",
+    ),
+    "train.profile_steps": (
+        "",
+        "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none.",
+    ),
     "eval.num_batches": (8, "Held-out batches per evaluation."),
     "eval.metrics": (
         "loss,perplexity,token_accuracy",
@@ -134,7 +181,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Checkpoint that --mode=eval/generate/export restores: 'latest', 'best' "
         "(checkpoint.best_k) or a step number.",
     ),
-    "checkpoint.every_steps": (100, "Save a checkpoint every this many optimizer steps (and at the end)."),
+    "checkpoint.every_steps": (
+        100,
+        "Save a checkpoint every this many optimizer steps (and at the end).",
+    ),
     "checkpoint.max_to_keep": (3, "Newest checkpoints kept (older deleted unless kept below)."),
     "checkpoint.keep_every": (0, "Also keep the steps that are multiples of this (0: off)."),
     "checkpoint.best_k": (
@@ -155,10 +205,19 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "checkpoint.async_save": (True, "Save in the background while training continues."),
     "parallel.mode": ("jit", "'jit' (jax.jit over a device mesh) or 'pmap'."),
     "parallel.mesh.data": (-1, "Data-parallel axis size (-1: the devices left after fsdp)."),
-    "parallel.mesh.fsdp": (1, "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest)."),
-    "parallel.fsdp_min_size": (65536, "Arrays with fewer elements than this stay replicated under FSDP."),
-    "dist.coordinator_address": ("", "host:port of process 0 for multi-host runs ('' : single process, or "
-                                 "auto-detection on SLURM / TPU pods)."),
+    "parallel.mesh.fsdp": (
+        1,
+        "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest).",
+    ),
+    "parallel.fsdp_min_size": (
+        65536,
+        "Arrays with fewer elements than this stay replicated under FSDP.",
+    ),
+    "dist.coordinator_address": (
+        "",
+        "host:port of process 0 for multi-host runs ('' : single process, or "
+        "auto-detection on SLURM / TPU pods).",
+    ),
     "dist.num_processes": (0, "Number of processes (with dist.coordinator_address)."),
     "dist.process_id": (-1, "This process's index (with dist.coordinator_address)."),
     "logging.writers": (
@@ -173,7 +232,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Allow a remote logging.mlflow_uri (http, https, databricks...); off: metrics stay local.",
     ),
     "logging.mlflow_experiment": ("codex_jax", "MLflow experiment name."),
-    "generate.prompt": ("def fibonacci(n):", "Prompt for --mode=generate and the sample after training."),
+    "generate.prompt": (
+        "def fibonacci(n):",
+        "Prompt for --mode=generate and the sample after training.",
+    ),
     "generate.max_new_tokens": (64, "Tokens to generate."),
     "generate.temperature": (0.0, "Sampling temperature (0: greedy)."),
     "generate.top_k": (0, "Keep only the k most likely tokens (0: off)."),
@@ -240,16 +302,39 @@ _CHOICES = {
 }
 WRITER_CHOICES = ("tensorboard", "ndjson", "console", "mlflow", "clu")
 _POSITIVE = (
-    "data.seq_len", "data.batch_size", "train.steps", "train.grad_accum_steps", "train.log_every",
-    "train.eval_every", "eval.num_batches", "checkpoint.every_steps", "checkpoint.max_to_keep",
-    "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.d_model", "model.d_ff",
-    "model.vocab_size", "eval.line_completion_samples", "eval.line_completion_max_tokens",
+    "data.seq_len",
+    "data.batch_size",
+    "train.steps",
+    "train.grad_accum_steps",
+    "train.log_every",
+    "train.eval_every",
+    "eval.num_batches",
+    "checkpoint.every_steps",
+    "checkpoint.max_to_keep",
+    "model.num_layers",
+    "model.num_heads",
+    "model.num_kv_heads",
+    "model.d_model",
+    "model.d_ff",
+    "model.vocab_size",
+    "eval.line_completion_samples",
+    "eval.line_completion_max_tokens",
 )
 _NON_NEGATIVE = (
-    "train.warmup_steps", "train.stop_after", "train.weight_decay", "train.grad_clip", "data.max_files", "data.num_workers",
+    "train.warmup_steps",
+    "train.stop_after",
+    "train.weight_decay",
+    "train.grad_clip",
+    "data.max_files",
+    "data.num_workers",
     "data.prefetch",
-    "generate.max_new_tokens", "generate.top_k", "generate.temperature", "seed",
-    "checkpoint.keep_every", "checkpoint.best_k", "lora.rank",
+    "generate.max_new_tokens",
+    "generate.top_k",
+    "generate.temperature",
+    "seed",
+    "checkpoint.keep_every",
+    "checkpoint.best_k",
+    "lora.rank",
 )
 
 
@@ -264,50 +349,107 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
         value = flat[key]
         expected = type(default)
         ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
-        _check(ok and not (expected is not bool and isinstance(value, bool)), key,
-               f"must be of type {expected.__name__}", value)
+        _check(
+            ok and not (expected is not bool and isinstance(value, bool)),
+            key,
+            f"must be of type {expected.__name__}",
+            value,
+        )
     for key, choices in _CHOICES.items():
         _check(flat[key] in choices, key, f"must be one of {', '.join(choices)}", flat[key])
     for key in _POSITIVE:
         _check(flat[key] > 0, key, "must be > 0", flat[key])
     for key in _NON_NEGATIVE:
         _check(flat[key] >= 0, key, "must be >= 0", flat[key])
-    _check(0 < flat["data.eval_fraction"] < 1, "data.eval_fraction", "must be in (0, 1)",
-           flat["data.eval_fraction"])
+    _check(
+        0 < flat["data.eval_fraction"] < 1,
+        "data.eval_fraction",
+        "must be in (0, 1)",
+        flat["data.eval_fraction"],
+    )
     _check(0 <= flat["model.dropout"] < 1, "model.dropout", "must be in [0, 1)", flat["model.dropout"])
-    _check(0 < flat["train.learning_rate"] < 1, "train.learning_rate", "must be in (0, 1)",
-           flat["train.learning_rate"])
-    _check(0 <= flat["train.min_lr_ratio"] <= 1, "train.min_lr_ratio", "must be in [0, 1]",
-           flat["train.min_lr_ratio"])
-    _check(0 < flat["generate.top_p"] <= 1, "generate.top_p", "must be in (0, 1]", flat["generate.top_p"])
-    _check(flat["model.num_heads"] % flat["model.num_kv_heads"] == 0, "model.num_kv_heads",
-           f"must divide model.num_heads={flat['model.num_heads']}", flat["model.num_kv_heads"])
-    _check(flat["model.d_model"] % flat["model.num_heads"] == 0, "model.num_heads",
-           f"must divide model.d_model={flat['model.d_model']}", flat["model.num_heads"])
-    _check(flat["train.warmup_steps"] <= flat["train.steps"], "train.warmup_steps",
-           f"must be <= train.steps={flat['train.steps']}", flat["train.warmup_steps"])
+    _check(
+        0 < flat["train.learning_rate"] < 1,
+        "train.learning_rate",
+        "must be in (0, 1)",
+        flat["train.learning_rate"],
+    )
+    _check(
+        0 <= flat["train.min_lr_ratio"] <= 1,
+        "train.min_lr_ratio",
+        "must be in [0, 1]",
+        flat["train.min_lr_ratio"],
+    )
+    _check(
+        0 < flat["generate.top_p"] <= 1,
+        "generate.top_p",
+        "must be in (0, 1]",
+        flat["generate.top_p"],
+    )
+    _check(
+        flat["model.num_heads"] % flat["model.num_kv_heads"] == 0,
+        "model.num_kv_heads",
+        f"must divide model.num_heads={flat['model.num_heads']}",
+        flat["model.num_kv_heads"],
+    )
+    _check(
+        flat["model.d_model"] % flat["model.num_heads"] == 0,
+        "model.num_heads",
+        f"must divide model.d_model={flat['model.d_model']}",
+        flat["model.num_heads"],
+    )
+    _check(
+        flat["train.warmup_steps"] <= flat["train.steps"],
+        "train.warmup_steps",
+        f"must be <= train.steps={flat['train.steps']}",
+        flat["train.warmup_steps"],
+    )
     step = flat["eval.step"]
-    _check(step in ("latest", "best") or step.isdigit(), "eval.step",
-           "must be 'latest', 'best' or a step number", step)
+    _check(
+        step in ("latest", "best") or step.isdigit(),
+        "eval.step",
+        "must be 'latest', 'best' or a step number",
+        step,
+    )
     init_from = flat["model.init_from"]
     kind, _, where = init_from.partition(":")
-    _check(init_from == "" or (kind in ("hf", "workdir") and where != ""), "model.init_from",
-           "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'", init_from)
+    _check(
+        init_from == "" or (kind in ("hf", "workdir") and where != ""),
+        "model.init_from",
+        "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'",
+        init_from,
+    )
     _validate_lora(flat)
-    _check(flat["data.batch_size"] % num_devices == 0, "data.batch_size",
-           f"must be divisible by the {num_devices} devices in use", flat["data.batch_size"])
-    _check(flat["data.batch_size"] % num_processes == 0, "data.batch_size",
-           f"must be divisible by the {num_processes} processes", flat["data.batch_size"])
+    _check(
+        flat["data.batch_size"] % num_devices == 0,
+        "data.batch_size",
+        f"must be divisible by the {num_devices} devices in use",
+        flat["data.batch_size"],
+    )
+    _check(
+        flat["data.batch_size"] % num_processes == 0,
+        "data.batch_size",
+        f"must be divisible by the {num_processes} processes",
+        flat["data.batch_size"],
+    )
     writers = [w.strip() for w in flat["logging.writers"].split(",") if w.strip()]
     for w in writers:
-        _check(w in WRITER_CHOICES, "logging.writers",
-               f"each writer must be one of {', '.join(WRITER_CHOICES)}", w)
+        _check(
+            w in WRITER_CHOICES,
+            "logging.writers",
+            f"each writer must be one of {', '.join(WRITER_CHOICES)}",
+            w,
+        )
     if "mlflow" in writers:
         from codex_jax.metrics.mlflow_writer import is_remote
 
         uri = flat["logging.mlflow_uri"]
-        _check(not is_remote(uri) or flat["logging.mlflow_allow_remote"], "logging.mlflow_uri",
-               "a remote tracking server needs logging.mlflow_allow_remote=True", uri)
+        _check(
+            not is_remote(uri) or flat["logging.mlflow_allow_remote"],
+            "logging.mlflow_uri",
+            "a remote tracking server needs logging.mlflow_allow_remote=True",
+            uri,
+        )
 
 
 def _validate_lora(flat: dict[str, Any]) -> None:
@@ -320,16 +462,24 @@ def _validate_lora(flat: dict[str, Any]) -> None:
     except re.error as e:
         _check(False, "lora.targets", f"not a regex ({e})", flat["lora.targets"])
     lora_from = flat["lora.init_from"]
-    _check(lora_from == "" or (lora_from.startswith("peft:") and len(lora_from) > 5),
-           "lora.init_from", "must be '' or 'peft:/path/to/adapter'", lora_from)
-    _check(flat["lora.rank"] > 0 or not lora_from, "lora.init_from",
-           "needs lora.rank > 0 (a LoRA run)", lora_from)
+    _check(
+        lora_from == "" or (lora_from.startswith("peft:") and len(lora_from) > 5),
+        "lora.init_from",
+        "must be '' or 'peft:/path/to/adapter'",
+        lora_from,
+    )
+    _check(
+        flat["lora.rank"] > 0 or not lora_from,
+        "lora.init_from",
+        "needs lora.rank > 0 (a LoRA run)",
+        lora_from,
+    )
 
 
 def init_from_workdir(cfg: ml_collections.ConfigDict) -> Path | None:
     """The run directory of ``model.init_from='workdir:DIR'`` (user-expanded), or None."""
     value = cfg.model.init_from
-    return Path(value[len("workdir:"):]).expanduser() if value.startswith("workdir:") else None
+    return Path(value[len("workdir:") :]).expanduser() if value.startswith("workdir:") else None
 
 
 def init_from_tokenizer(cfg: ml_collections.ConfigDict) -> str:
@@ -353,7 +503,7 @@ def init_from_tokenizer(cfg: ml_collections.ConfigDict) -> str:
 def init_from_folder(cfg: ml_collections.ConfigDict) -> Path | None:
     """The folder of ``model.init_from='hf:FOLDER'`` (user-expanded), or None."""
     value = cfg.model.init_from
-    return Path(value[len("hf:"):]).expanduser() if value.startswith("hf:") else None
+    return Path(value[len("hf:") :]).expanduser() if value.startswith("hf:") else None
 
 
 def reference_table() -> str:

@@ -33,5 +33,8 @@ def initialize(dist_cfg: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize()
     else:
         return
-    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
-          f"device(s), {jax.device_count()} in all", file=sys.stderr)
+    print(
+        f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+        f"device(s), {jax.device_count()} in all",
+        file=sys.stderr,
+    )

@@ -61,9 +61,7 @@ class EvalContext:
         """UTF-8 bytes of the text of every evaluated target token (all processes' rows)."""
         if self._bytes is None:
             rows = eval_batches(self.eval_windows, self.global_batch_size, self.num_batches)
-            self._bytes = sum(
-                len(self.tokenizer.decode(row[1:]).encode("utf-8")) for b in rows for row in b
-            )
+            self._bytes = sum(len(self.tokenizer.decode(row[1:]).encode("utf-8")) for b in rows for row in b)
             self.details["eval_bytes"] = self._bytes
         return max(self._bytes, 1)
 
@@ -74,9 +72,7 @@ class EvalContext:
         tokens, lengths = left_pad(prompts)
         eos = self.tokenizer.eos_id if self.tokenizer.eos_id >= 0 else None
         out = np.asarray(
-            generate(
-                self.model, self.params, tokens, max_new_tokens, eos_id=eos, prompt_lengths=lengths
-            )
+            generate(self.model, self.params, tokens, max_new_tokens, eos_id=eos, prompt_lengths=lengths)
         ).tolist()
         return [row[: row.index(eos)] if eos in row else row for row in out]
 

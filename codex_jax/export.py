@@ -71,8 +71,9 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
     from codex_jax.models import hf, lora
 
     if cfg.lora.rank <= 0:
-        raise UserError("config key 'export.format': 'peft' exports the adapters of a LoRA run "
-                        "(lora.rank > 0)")
+        raise UserError(
+            "config key 'export.format': 'peft' exports the adapters of a LoRA run (lora.rank > 0)"
+        )
     restored = load_checkpoint(cfg, workdir, merge=False)
     hf.config_to_hf(restored.model.cfg)  # refuses models with no Hugging Face form
     trained = restored.adapters
@@ -80,8 +81,14 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
         trained = multihost_utils.process_allgather(trained, tiled=True)
     if jax.process_index() == 0:
         folder = init_from_folder(cfg)
-        lora.export_peft(restored.model.cfg, jax.tree.map(np.asarray, trained), cfg.lora.alpha, out,
-                         dropout=cfg.lora.dropout, base_name=str(folder) if folder else None)
+        lora.export_peft(
+            restored.model.cfg,
+            jax.tree.map(np.asarray, trained),
+            cfg.lora.alpha,
+            out,
+            dropout=cfg.lora.dropout,
+            base_name=str(folder) if folder else None,
+        )
     return out
 
 

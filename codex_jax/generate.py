@@ -44,9 +44,7 @@ class Sampler:
             sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
             probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
             mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-            kept_B = jnp.sum(
-                mass_before_BxV < self.top_p, axis=-1
-            )  # >= 1: the top token is always kept
+            kept_B = jnp.sum(mass_before_BxV < self.top_p, axis=-1)  # >= 1: the top token is always kept
             threshold_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
             logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
         return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
@@ -157,9 +155,7 @@ def generate(
     if padding not in ("left", "right"):
         raise UserError(f"generate padding={padding!r}: expected 'left' or 'right'")
     lengths_B = (
-        jnp.full((B,), T, jnp.int32)
-        if prompt_lengths is None
-        else jnp.asarray(prompt_lengths, jnp.int32)
+        jnp.full((B,), T, jnp.int32) if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32)
     )
     if padding == "right":
         prompts_BxT = _right_to_left(prompts_BxT, lengths_B)
@@ -167,9 +163,7 @@ def generate(
     rng = jax.random.key(0) if rng is None else rng
     sampler = Sampler(float(temperature), int(top_k), float(top_p))
     eos_id = None if eos_id is None or eos_id < 0 else int(eos_id)
-    return _generate(
-        model, sampler, int(max_new_tokens), eos_id, variables, prompts_BxT, lengths_B, rng
-    )
+    return _generate(model, sampler, int(max_new_tokens), eos_id, variables, prompts_BxT, lengths_B, rng)
 
 
 def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
@@ -178,14 +172,10 @@ def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampl
     if not ids:
         bos = getattr(tokenizer, "bos_id", None)
         if bos is None or bos < 0:
-            raise UserError(
-                "complete: the prompt encodes to no tokens and the tokenizer has no bos_id"
-            )
+            raise UserError("complete: the prompt encodes to no tokens and the tokenizer has no bos_id")
         ids = [bos]
     if model.cfg.family == "gpt2":
-        ids = ids[
-            -max(1, model.cfg.max_seq_len - max_new_tokens + 1) :
-        ]  # keep the end of a long prompt
+        ids = ids[-max(1, model.cfg.max_seq_len - max_new_tokens + 1) :]  # keep the end of a long prompt
     eos_id = getattr(tokenizer, "eos_id", None)
     sampling.setdefault("eos_id", eos_id)
     new = np.asarray(generate(model, params, [ids], max_new_tokens, **sampling))[0].tolist()

@@ -132,9 +132,7 @@ def main(argv: list[str]) -> int:
             print(f"  FAILED  {name}  {why}")
     failed = sum(len(r["failed"]) for r in found.values())
     if failed:
-        print(
-            f"{failed} plugin(s) failed to load; the built-ins work without them", file=sys.stderr
-        )
+        print(f"{failed} plugin(s) failed to load; the built-ins work without them", file=sys.stderr)
     return 0
 
 
@@ -160,9 +158,7 @@ def read_plugin_source(source: str):
             reports.append(FileReport(str(key), len(data), digest, records=1))
             documents.append(Document(str(key), str(key), data.decode("utf-8")))
     except Exception as e:  # noqa: BLE001 - the plugin's own failure, reported as the user's
-        raise UserError(
-            f"data.source {source!r}: the plugin failed: {type(e).__name__}: {e}"
-        ) from e
+        raise UserError(f"data.source {source!r}: the plugin failed: {type(e).__name__}: {e}") from e
     if not documents:
         raise UserError(f"data.source {source!r}: the plugin yielded no documents")
     return Corpus(source, f"plugin:{source.partition(':')[0]}", reports, documents)
@@ -186,9 +182,7 @@ def load_plugin_tokenizer(spec: str):
     try:
         tokenizer = load_fn(arg)
     except Exception as e:  # noqa: BLE001
-        raise UserError(
-            f"data.tokenizer {spec!r}: the plugin failed: {type(e).__name__}: {e}"
-        ) from e
+        raise UserError(f"data.tokenizer {spec!r}: the plugin failed: {type(e).__name__}: {e}") from e
     missing = [a for a in TOKENIZER_ATTRS if not hasattr(tokenizer, a)]
     if missing:
         raise UserError(f"data.tokenizer {spec!r}: the plugin's tokenizer lacks {missing}")

@@ -48,12 +48,14 @@ def load_checkpoint(
         raise UserError(f"no checkpoints in {directory}; train first (--mode=train)")
     check_workdir_config(cfg, workdir)
     retention = Retention.from_config(cfg.checkpoint)
-    checkpointer = Checkpointer(directory, retention=retention, read_only=True,
-                                params_item=adapters.params_item(cfg))
+    checkpointer = Checkpointer(
+        directory, retention=retention, read_only=True, params_item=adapters.params_item(cfg)
+    )
     trained = None
     try:
         step = checkpointer.select(
-            cfg.eval.step if step is None else step, on_corrupt=cfg.checkpoint.on_corrupt,
+            cfg.eval.step if step is None else step,
+            on_corrupt=cfg.checkpoint.on_corrupt,
             items=PARAMS_ITEMS,
         )
         if step is None:
@@ -70,8 +72,7 @@ def load_checkpoint(
     if trained is not None and not merge:
         params = None
     elif trained is not None:  # a LoRA run: its base (model.init_from) with the adapters merged
-        params = adapters.merged_params(cfg, model.cfg, trained, meta["lora"],
-                                        abstract_params(cfg, model))
+        params = adapters.merged_params(cfg, model.cfg, trained, meta["lora"], abstract_params(cfg, model))
     return Restored(model, params, step, meta, trained)
 
 
@@ -85,18 +86,14 @@ def abstract_params(cfg: ml_collections.ConfigDict, model: Transformer):
     """The restore target: param shapes with the eval runner's shardings on this machine."""
     shapes = jax.eval_shape(lambda: init_params(model.cfg, jax.random.key(0), cfg.data.seq_len))
     shardings = eval_runner(cfg, model).shardings_for(shapes)
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def abstract_adapters(cfg: ml_collections.ConfigDict, model: Transformer):
     """The restore target of a LoRA checkpoint's adapter tree (as :func:`abstract_params`)."""
     shapes = jax.eval_shape(lambda: adapters.init_adapters(cfg, model.cfg))
     shardings = eval_runner(cfg, model).shardings_for(shapes)
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:

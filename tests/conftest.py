@@ -12,13 +12,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(workdir, *overrides, mode="train", devices=1, config="configs/tiny.py", check=True, timeout=300,
-            env_extra=None):
+def run_cli(
+    workdir,
+    *overrides,
+    mode="train",
+    devices=1,
+    config="configs/tiny.py",
+    check=True,
+    timeout=300,
+    env_extra=None,
+):
     """Runs ``python -m codex_jax.main`` in a fresh process with ``devices`` emulated CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "codex_jax.main", f"--config={REPO / config}", f"--workdir={workdir}",
-           f"--mode={mode}", *overrides]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env_extra or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "codex_jax.main",
+        f"--config={REPO / config}",
+        f"--workdir={workdir}",
+        f"--mode={mode}",
+        *overrides,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -40,5 +59,7 @@ def restore_params(workdir, step):
     import jax
     import orbax.checkpoint as ocp
 
-    params = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step) / "params")
+    params = ocp.StandardCheckpointer().restore(
+        Path(workdir).absolute() / "checkpoints" / str(step) / "params"
+    )
     return jax.tree.map(lambda x: jax.device_get(x), params)

@@ -21,8 +21,14 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
     # One CPU device (no forced device count), so the bare step runs too.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "tools/bench.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "tools/bench.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _json_line(proc: subprocess.CompletedProcess) -> dict:
@@ -35,8 +41,15 @@ def _json_line(proc: subprocess.CompletedProcess) -> dict:
 def test_train_bench_tiny():
     out = _json_line(_bench("--config=configs/tiny.py", "--steps=2", "--warmup=0", "--label=t"))
     assert out["what"] == "train" and out["label"] == "t" and out["config"] == "configs/tiny.py"
-    for key in ("tokens_per_second", "step_ms", "model_tflops_per_second", "compile_s",
-                "bare_step_ms", "overhead_ratio", "loss"):
+    for key in (
+        "tokens_per_second",
+        "step_ms",
+        "model_tflops_per_second",
+        "compile_s",
+        "bare_step_ms",
+        "overhead_ratio",
+        "loss",
+    ):
         assert isinstance(out[key], float) and out[key] > 0, key
     assert out["mfu"] is None and out["peak_memory_gb"] is None  # unknown on CPU
     assert out["num_params"] == 95616 and out["tokens_per_step"] == 8 * 64
@@ -62,10 +75,13 @@ def test_bad_flag_is_one_error_line():
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-@pytest.mark.parametrize("name, params, layers, seq", [
-    ("gpt2_small", 124_475_904, 12, 1024),
-    ("llama_1b", 1_100_048_384, 22, 2048),
-])
+@pytest.mark.parametrize(
+    "name, params, layers, seq",
+    [
+        ("gpt2_small", 124_475_904, 12, 1024),
+        ("llama_1b", 1_100_048_384, 22, 2048),
+    ],
+)
 def test_gpu_configs(name, params, layers, seq):
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -47,7 +47,9 @@ def test_batch_must_divide_devices():
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "codex_jax.main", "--config=configs/tiny.py", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

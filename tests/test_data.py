@@ -281,9 +281,7 @@ def test_processes_together_consume_the_single_process_global_batch():
     single = take(make_train_iterator(windows, 8, seed=7), 12)  # crosses epoch boundaries
     parts = [take(make_train_iterator(windows, 4, 7, p, 2), 12) for p in range(2)]
     for step in range(12):
-        np.testing.assert_array_equal(
-            np.concatenate([parts[0][step], parts[1][step]]), single[step]
-        )
+        np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), single[step])
 
 
 def test_iterator_state_resumes_exactly_on_a_fresh_iterator(bundle):

@@ -167,8 +167,7 @@ def test_line_completion_samples_and_scoring(ctx_parts):
 
     def oracle(prompts, max_new):  # continues every prompt with its true next line
         by_prompt = {
-            tuple(ctx.tokenizer.encode(p)[-len(q) :]): t
-            for (p, t), q in zip(samples, prompts, strict=True)
+            tuple(ctx.tokenizer.encode(p)[-len(q) :]): t for (p, t), q in zip(samples, prompts, strict=True)
         }
         return [ctx.tokenizer.encode(by_prompt[tuple(q)] + "\nrest") for q in prompts]
 

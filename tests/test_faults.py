@@ -65,9 +65,7 @@ def saving(ckpt_dir):
 def tree_hashes(root):
     """Every path under ``root`` with the sha256 of its bytes (folders as 'dir')."""
     return {
-        p.relative_to(root).as_posix(): "dir"
-        if p.is_dir()
-        else hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
     }
 
@@ -153,9 +151,7 @@ def test_kill_9_at_any_moment_resumes_to_the_same_params(tmp_path):
         checkpointer.close()
     final = run_cli(wd, *common)
     assert "resumed from" in final.stderr
-    jax.tree.map(
-        np.testing.assert_array_equal, restore_params(reference, 20), restore_params(wd, 20)
-    )
+    jax.tree.map(np.testing.assert_array_equal, restore_params(reference, 20), restore_params(wd, 20))
     lines = [json.loads(line) for line in (wd / "metrics.ndjson").read_text().splitlines()]
     train = [r for r in lines if r["split"] == "train" and "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 21))  # killed runs' later lines dropped
@@ -165,9 +161,7 @@ def test_kill_9_at_any_moment_resumes_to_the_same_params(tmp_path):
 
 def test_truncate_metrics_keeps_lines_up_to_the_resumed_step(tmp_path):
     path = tmp_path / "metrics.ndjson"
-    records = [{"step": None, "split": "hparams"}] + [
-        {"step": s, "split": "train"} for s in range(5)
-    ]
+    records = [{"step": None, "split": "hparams"}] + [{"step": s, "split": "train"} for s in range(5)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "spl')
     truncate_metrics(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [None, 0, 1, 2]
@@ -311,9 +305,7 @@ def test_changing_training_keys_on_resume_is_allowed_and_logged(copy):
 def test_a_failing_save_stops_the_run_with_an_error(tmp_path):
     """The checkpoint folder becomes a file mid-run: the failed save is an error, not silence."""
     wd, ckpt, log = tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path / "log"
-    proc = popen_cli(
-        wd, *QUICK, "--config.checkpoint.every_steps=2", "--config.train.steps=200", log=log
-    )
+    proc = popen_cli(wd, *QUICK, "--config.checkpoint.every_steps=2", "--config.train.steps=200", log=log)
     try:
         assert wait_for(proc, lambda: bool(committed(ckpt)))
         ckpt.rename(wd / "moved")

@@ -84,12 +84,8 @@ def test_sampling_settings(lm):
     model, params = lm
     prompts = [ROWS[0]]
     greedy = np.asarray(generate(model, params, prompts, 8))
-    np.testing.assert_array_equal(
-        generate(model, params, prompts, 8, temperature=1.0, top_k=1), greedy
-    )
-    np.testing.assert_array_equal(
-        generate(model, params, prompts, 8, temperature=1.0, top_p=1e-6), greedy
-    )
+    np.testing.assert_array_equal(generate(model, params, prompts, 8, temperature=1.0, top_k=1), greedy)
+    np.testing.assert_array_equal(generate(model, params, prompts, 8, temperature=1.0, top_p=1e-6), greedy)
     a = np.asarray(generate(model, params, prompts, 8, temperature=5.0, rng=jax.random.key(1)))
     b = np.asarray(generate(model, params, prompts, 8, temperature=5.0, rng=jax.random.key(1)))
     c = np.asarray(generate(model, params, prompts, 8, temperature=5.0, rng=jax.random.key(2)))

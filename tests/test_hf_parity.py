@@ -144,15 +144,11 @@ def test_export_round_trip_and_transformers_load(checkpoint, kind, tmp_path):
     hf.export_checkpoint(model, params, tmp_path)
     model2, params2 = hf.import_checkpoint(tmp_path)
     assert model2.cfg == model.cfg
-    jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded) is type(hf_model)
     tokens = _tokens(seed=1)
-    np.testing.assert_allclose(
-        _hf_logits(reloaded, tokens), _hf_logits(hf_model, tokens), atol=1e-6
-    )
+    np.testing.assert_allclose(_hf_logits(reloaded, tokens), _hf_logits(hf_model, tokens), atol=1e-6)
 
 
 def _hf_greedy(hf_model, prompts, lengths, max_new, eos):
@@ -202,21 +198,17 @@ def test_sharded_index_import(checkpoint, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     _, sharded = hf.import_checkpoint(tmp_path)
     _, single = hf.import_checkpoint(folder)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), sharded, single
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), sharded, single)
 
 
 def test_bfloat16_checkpoint_imports(checkpoint, tmp_path):
     hf_model, _ = checkpoint("qwen2")
-    transformers.AutoModelForCausalLM.from_config(hf_model.config).to(
-        torch.bfloat16
-    ).save_pretrained(tmp_path)
+    transformers.AutoModelForCausalLM.from_config(hf_model.config).to(torch.bfloat16).save_pretrained(
+        tmp_path
+    )
     weights = {
         k: v.float().numpy()
-        for k, v in transformers.AutoModelForCausalLM.from_pretrained(
-            tmp_path, dtype=torch.bfloat16
-        )
+        for k, v in transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
         .state_dict()
         .items()
     }

@@ -234,9 +234,7 @@ def test_sentencepiece_run_exports_weights_and_tokenizer(tmp_path):
     small = "--config.data.tokenizer_train_bytes=300000"
     result = run_cli(wd, mha, small, "--config.train.steps=2", "--config.generate.max_new_tokens=0")
     assert "sample" not in result.stdout  # generate.max_new_tokens=0: no sample
-    run_cli(
-        wd, mha, small, "--config.export.format=hf", f"--config.export.dir={out}", mode="export"
-    )
+    run_cli(wd, mha, small, "--config.export.format=hf", f"--config.export.dir={out}", mode="export")
     cfg = _tiny("model.num_kv_heads=4", "data.tokenizer_train_bytes=300000")
     from codex_jax.tokenizers.sentencepiece import SentencePieceTokenizer
 

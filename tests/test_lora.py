@@ -192,9 +192,7 @@ def test_lora_accumulation_matches_big_batch():
     _, s1 = _run_lora(JitRunner(model, tx1, make_mesh(num_devices=1)), tx1, big, base)
     _, s2 = _run_lora(JitRunner(model, tx2, make_mesh(num_devices=1)), tx2, micro, base)
     assert int(s1.step) == int(s2.step) == 3
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s2.params
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s2.params)
 
 
 def test_bfloat16_base_trains_float32_adapters(reference):
@@ -217,9 +215,7 @@ def _hf_base(kind, folder):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     if kind == "gpt2":
-        config = transformers.GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=97
-        )
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=97)
     else:
         config = transformers.LlamaConfig(
             hidden_size=32,
@@ -271,9 +267,7 @@ def test_peft_export_matches_peft_and_imports_back(kind, targets, tmp_path):
     lora.export_peft(cfg, adapters, 8.0, tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / lora.PEFT_CONFIG).read_text())
     assert config["r"] == 4 and config["fan_in_fan_out"] == (kind == "gpt2")
-    np.testing.assert_allclose(
-        _peft_logits(tmp_path / "base", tmp_path / "adapter"), ours, atol=1e-4
-    )
+    np.testing.assert_allclose(_peft_logits(tmp_path / "base", tmp_path / "adapter"), ours, atol=1e-4)
     # back, with another alpha: the imported tree computes the same function
     back = lora.import_peft(tmp_path / "adapter", cfg, alpha=2.0)
     np.testing.assert_allclose(_logits(cfg.replace(lora_alpha=2.0), params, back), ours, atol=1e-5)
@@ -451,9 +445,7 @@ def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
     lora.export_peft(t.model.cfg, _trained_like(adapter), 16.0, tmp_path / "adapter")
     cfg.lora.rank, cfg.lora.init_from = 4, f"peft:{tmp_path / 'adapter'}"
     started = adapters.init_adapters(cfg, t.model.cfg)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), started, _trained_like(adapter)
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), started, _trained_like(adapter))
 
 
 def _tiny_cfg(init_from):

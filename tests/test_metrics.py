@@ -145,9 +145,7 @@ def test_tensorboard_event_files(tmp_path):
     from tensorboardX.proto import plugin_hparams_pb2
 
     values = [(e.step, v) for e in _read_events(tmp_path / "tb") for v in e.summary.value]
-    scalars = {
-        (s, v.tag): v.simple_value for s, v in values if v.WhichOneof("value") == "simple_value"
-    }
+    scalars = {(s, v.tag): v.simple_value for s, v in values if v.WhichOneof("value") == "simple_value"}
     assert scalars == {(3, "train/loss"): 1.5, (3, "eval/loss"): 2.0}
     text = [v for _, v in values if v.tag.startswith("eval/sample")]
     assert text[0].tensor.string_val == [b"print('hi')"]

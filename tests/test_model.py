@@ -43,9 +43,7 @@ def random_params(cfg, seed=0):
 
 
 def _tokens(B=2, T=10, seed=0):
-    return jnp.asarray(
-        np.random.default_rng(seed).integers(0, TINY["vocab_size"], (B, T)), jnp.int32
-    )
+    return jnp.asarray(np.random.default_rng(seed).integers(0, TINY["vocab_size"], (B, T)), jnp.int32)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -57,9 +55,7 @@ def test_shapes_and_param_names(family):
     assert ("pos_embed" in params) == (family == "gpt2")
     assert ("lm_head" in params) == (family == "llama")
     mlp = set(params["layers_0"]["mlp"])
-    assert mlp == (
-        {"fc_in", "fc_out"} if family == "gpt2" else {"gate_proj", "up_proj", "down_proj"}
-    )
+    assert mlp == ({"fc_in", "fc_out"} if family == "gpt2" else {"gate_proj", "up_proj", "down_proj"})
     assert params["layers_1"]["attn"]["k_proj"]["kernel"].shape == (64, cfg.num_kv_heads * 16)
     assert count_params(params) > 0 and flops_per_token(cfg, count_params(params), 10) > 0
 
@@ -118,8 +114,7 @@ def test_remat_policies_same_outputs_and_grads():
             {"params": p}, tokens, deterministic=False, rngs={"dropout": jax.random.key(4)}
         )
         return jnp.mean(
-            jax.nn.logsumexp(logits, -1)
-            - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0]
+            jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0]
         )
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
@@ -188,9 +183,7 @@ def test_plugins_extend_and_broken_plugins_are_recorded(monkeypatch):
         assert registry.config("plugin-call").d_model == 96
         errors = registry.plugin_errors()
         assert set(errors) == {"plugin-field", "plugin-missing", "gpt2-small"}
-        assert (
-            "wings" in errors["plugin-field"] and "ModuleNotFoundError" in errors["plugin-missing"]
-        )
+        assert "wings" in errors["plugin-field"] and "ModuleNotFoundError" in errors["plugin-missing"]
         assert registry.config("gpt2-small").num_layers == 12  # the built-in wins
         with pytest.raises(UserError, match="plugin failed"):
             registry.get("plugin-missing")

@@ -14,9 +14,7 @@ from codex_jax.metrics import NdjsonWriter
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "plot_metrics", REPO / "tools" / "plot_metrics.py"
-    )
+    spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "tools" / "plot_metrics.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

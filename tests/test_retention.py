@@ -43,9 +43,7 @@ def test_eval_step_best_restores_the_best_kept_checkpoint(run, mode):
     evals = read_metrics(run, "eval")
     pick = max if mode == "max" else min
     best = pick(kept_steps(run), key=lambda s: evals[s]["loss"])
-    ev = run_cli(
-        run, "--config.eval.step=best", f"--config.checkpoint.best_mode={mode}", mode="eval"
-    )
+    ev = run_cli(run, "--config.eval.step=best", f"--config.checkpoint.best_mode={mode}", mode="eval")
     line = json.loads(ev.stdout.splitlines()[-1])
     assert line["step"] == best and line["loss"] == pytest.approx(evals[best]["loss"], rel=1e-5)
 
@@ -72,9 +70,7 @@ def test_params_export_is_a_workdir_for_eval_and_generate(run, tmp_path):
     assert line["step"] == 12 and line["loss"] == pytest.approx(
         read_metrics(run, "eval")[12]["loss"], rel=1e-5
     )
-    sample = [
-        json.loads(r) for r in (run / "metrics.ndjson").read_text().splitlines() if '"sample"' in r
-    ]
+    sample = [json.loads(r) for r in (run / "metrics.ndjson").read_text().splitlines() if '"sample"' in r]
     gen = run_cli(out, mode="generate")
     assert gen.stdout.rstrip("\n") == sample[-1]["text"].rstrip("\n")  # greedy: the same tokens
 

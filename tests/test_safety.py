@@ -95,9 +95,11 @@ def test_allowed_or_harmless_text_is_left_alone(policy, text):
     ],
 )
 def test_adversarial_inputs_finish_fast(policy, name, text):
+    # A backtracking blow-up on 1 MB takes minutes to hours; linear scanning takes well under a second. The
+    # bound leaves room for a loaded 2-core CI machine running tests in parallel.
     start = time.perf_counter()
     policy.apply(text)
-    assert time.perf_counter() - start < 1.0, name
+    assert time.perf_counter() - start < 10.0, name
 
 
 def test_yaml_policy_extends_default(tmp_path):
@@ -128,8 +130,7 @@ def test_yaml_policy_extends_default(tmp_path):
         ("rules:\n  - id: a\n    action: block\n    regex: 'x.*y'\n", "unbounded repeats"),
         ("rules:\n  - id: a\n    action: block\n    regex: '(x'\n", "invalid regex"),
         (
-            "rules:\n  - {id: a, action: block, literal: x}\n"
-            "  - {id: a, action: allow, literal: y}\n",
+            "rules:\n  - {id: a, action: block, literal: x}\n  - {id: a, action: allow, literal: y}\n",
             "duplicate rule ids",
         ),
         ("rules:\n  - {id: a, action: block, literal: x, flags: [Z]}\n", "unknown flag"),
@@ -166,9 +167,7 @@ def test_data_filter_redacts_drops_and_counts(tmp_path):
     (src / "clean.py").write_text("def f():\n    return 1\n")
     (src / "mail.py").write_text("x = 1\n" + SECRETS["email"] + SECRETS["aws-access-key"])
     (src / "key.py").write_text("KEY = '''\n" + PRIVATE + "'''\n")
-    (src / "rows.jsonl").write_text(
-        json.dumps({"t": "ok"}) + "\n" + json.dumps({"t": PRIVATE}) + "\n"
-    )
+    (src / "rows.jsonl").write_text(json.dumps({"t": "ok"}) + "\n" + json.dumps({"t": PRIVATE}) + "\n")
     for pattern, docs in ((f"{src}/*.py", 2), (f"jsonl:{src}/rows.jsonl:t", 1)):
         corpus = read_source(pattern)
         filtered = CorpusFilter("default", pattern)(corpus)
@@ -176,17 +175,13 @@ def test_data_filter_redacts_drops_and_counts(tmp_path):
     safety = CorpusFilter("default", "x")
     corpus = safety(read_source(f"{src}/*.py"))
     texts = {d.file: d.text for d in corpus.documents}
-    assert (
-        "[REDACTED:email]" in texts["mail.py"] and "[REDACTED:aws-access-key]" in texts["mail.py"]
-    )
+    assert "[REDACTED:email]" in texts["mail.py"] and "[REDACTED:aws-access-key]" in texts["mail.py"]
     key = next(r for r in corpus.files if r.path == "key.py")
     assert (key.records, key.skipped, key.bad) == (0, 1, ["key.py:2: safety: private-key"])
     manifest = corpus_manifest(corpus, corpus.documents[:1], {"source": "x"})
     before = manifest["checksum"]
     safety.add_to_manifest(manifest)
-    assert (
-        manifest["safety"]["records_redacted"] == 1 and manifest["safety"]["records_dropped"] == 1
-    )
+    assert manifest["safety"]["records_redacted"] == 1 and manifest["safety"]["records_dropped"] == 1
     assert manifest["safety"]["findings"] == {"aws-access-key": 1, "email": 1, "private-key": 1}
     assert manifest["checksum"] != before
     off = CorpusFilter("auto", f"{src}/*.py")

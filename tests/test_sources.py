@@ -172,9 +172,7 @@ BAD_RECORDS = [
 @pytest.mark.parametrize(
     "name, data, template, line, reason", BAD_RECORDS, ids=[f"{b[0]}-{b[4]}" for b in BAD_RECORDS]
 )
-def test_bad_records_are_skipped_counted_and_warned(
-    tmp_path, capsys, name, data, template, line, reason
-):
+def test_bad_records_are_skipped_counted_and_warned(tmp_path, capsys, name, data, template, line, reason):
     (tmp_path / name).write_bytes(data)
     (tmp_path / "good.jsonl").write_text('{"text": "fine", "code": "fine"}\n')
     source = template.format(tmp_path / name)
@@ -191,9 +189,7 @@ def test_bad_records_are_skipped_counted_and_warned(
 @pytest.mark.parametrize(
     "name, data, template, line, reason", BAD_RECORDS, ids=[f"{b[0]}-{b[4]}" for b in BAD_RECORDS]
 )
-def test_bad_records_stop_the_read_under_the_error_policy(
-    tmp_path, name, data, template, line, reason
-):
+def test_bad_records_stop_the_read_under_the_error_policy(tmp_path, name, data, template, line, reason):
     (tmp_path / name).write_bytes(data)
     source = template.format(tmp_path / name) if name != "a.py" else f"{tmp_path}/*.py"
     with pytest.raises(UserError, match=rf"bad record at .*{name}:{line}: {reason}.*'error'"):

@@ -10,8 +10,17 @@ from codex_jax.train.optim import make_optimizer
 from codex_jax.train.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.train.state import create_train_state
 
-MODEL = ModelConfig(family="llama", num_layers=2, num_heads=4, num_kv_heads=2, d_model=32, d_ff=64,
-                    vocab_size=97, max_seq_len=16, tie_embeddings=False)
+MODEL = ModelConfig(
+    family="llama",
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    d_model=32,
+    d_ff=64,
+    vocab_size=97,
+    max_seq_len=16,
+    tie_embeddings=False,
+)
 
 
 def _train_cfg(accum=1):
@@ -48,8 +57,11 @@ def test_modes_match_single_device(kind):
     losses, state = _run(runner, tx, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert ref_losses[-1] < ref_losses[0]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 state.params, ref_state.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        state.params,
+        ref_state.params,
+    )
 
 
 def test_accumulation_matches_big_batch():
@@ -81,7 +93,9 @@ def test_fsdp_shrinks_per_device_parameter_bytes():
             lambda: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)
         )
         leaves = jax.tree.leaves((state.params, state.opt_state))
-        return sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == jax.devices()[0])
+        return sum(
+            s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == jax.devices()[0]
+        )
 
     full = bytes_on_device0(JitRunner(model, tx, make_mesh(8, 1), fsdp_min_size=256))
     sharded = bytes_on_device0(JitRunner(model, tx, make_mesh(1, 8), fsdp_min_size=256))

@@ -77,9 +77,7 @@ def test_vocab_size_special_ids_and_checksum(tokenizer, tmp_path):
     path = tokenizer.save(tmp_path)
     assert tokenizer.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
     assert SentencePieceTokenizer.load(tmp_path).checksum == tokenizer.checksum
-    assert SentencePieceTokenizer.load(path).encode("def f(): pass") == tokenizer.encode(
-        "def f(): pass"
-    )
+    assert SentencePieceTokenizer.load(path).encode("def f(): pass") == tokenizer.encode("def f(): pass")
 
 
 def test_training_is_deterministic(stdlib_texts, tokenizer):

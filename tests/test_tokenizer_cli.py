@@ -234,21 +234,15 @@ def test_errors_are_one_line_and_exit_2(trained, corpus, tmp_path):
         "no files match",
     )
     one_error_line(
-        cli(
-            "train", "--input", tmp_path / "nope.txt", "--vocab-size", 300, "--out", tmp_path / "x"
-        ),
+        cli("train", "--input", tmp_path / "nope.txt", "--vocab-size", 300, "--out", tmp_path / "x"),
         "file not found",
     )
     one_error_line(
-        cli(
-            "train", "--input", tmp_path / "blank.txt", "--vocab-size", 300, "--out", tmp_path / "x"
-        ),
+        cli("train", "--input", tmp_path / "blank.txt", "--vocab-size", 300, "--out", tmp_path / "x"),
         "no training text",
     )
     one_error_line(
-        cli(
-            "train", "--input", corpus / "docs.jsonl", "--vocab-size", 5000, "--out", tmp_path / "x"
-        ),
+        cli("train", "--input", corpus / "docs.jsonl", "--vocab-size", 5000, "--out", tmp_path / "x"),
         "fewer than --vocab-size=5000",
     )
     one_error_line(
@@ -265,19 +259,13 @@ def test_errors_are_one_line_and_exit_2(trained, corpus, tmp_path):
         ),
         "invalid choice",
     )
-    one_error_line(
-        cli("train", "--input", f"{corpus}/*.py", "--out", tmp_path / "x"), "--vocab-size"
-    )
-    one_error_line(
-        cli("encode", "--tokenizer", tmp_path / "none", "--text", "x"), "tokenizer not found"
-    )
+    one_error_line(cli("train", "--input", f"{corpus}/*.py", "--out", tmp_path / "x"), "--vocab-size")
+    one_error_line(cli("encode", "--tokenizer", tmp_path / "none", "--text", "x"), "tokenizer not found")
     one_error_line(
         cli("decode", "--tokenizer", out, "--ids", "[1, 99999]"),
         "id 99999 is outside the vocabulary [0, 400)",
     )
     one_error_line(cli("decode", "--tokenizer", out, "--ids", "[1,"), "not JSON")
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
-    one_error_line(
-        cli("encode", "--tokenizer", out, "--file", tmp_path / "latin1.txt"), "is not UTF-8 text"
-    )
+    one_error_line(cli("encode", "--tokenizer", out, "--file", tmp_path / "latin1.txt"), "is not UTF-8 text")
     assert not (tmp_path / "x").exists()

@@ -20,7 +20,10 @@ def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path):
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_second"} <= set(train[20])
     for name in ("config.json", "data_manifest.json", "tokenizer", "tensorboard"):
         assert (wd / name).exists(), name
-    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [
+        10,
+        20,
+    ]
 
     again = run_cli(wd)
     assert "already reached" in again.stdout
@@ -31,7 +34,9 @@ def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path):
     assert line["step"] == 20 and line["loss"] == pytest.approx(evals[20]["loss"], rel=1e-5)
 
     ev10 = run_cli(wd, "--config.eval.step=10", mode="eval")
-    assert json.loads(ev10.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(evals[10]["loss"], rel=1e-5)
+    assert json.loads(ev10.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(
+        evals[10]["loss"], rel=1e-5
+    )
     missing = run_cli(wd, "--config.eval.step=7", mode="eval", check=False)
     assert missing.returncode == 2 and "no checkpoint 7" in missing.stderr
 
@@ -41,9 +46,15 @@ def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path):
     [("jit", 1, 1), ("jit", 4, 2), ("pmap", 1, 2), ("pmap", 4, 2)],
 )
 def test_resume_is_bit_exact(tmp_path, mode, accum, devices):
-    common = [f"--config.parallel.mode={mode}", f"--config.train.grad_accum_steps={accum}",
-              "--config.model.dropout=0.1", "--config.train.steps=12", "--config.checkpoint.every_steps=6",
-              "--config.train.log_every=1", "--config.train.eval_every=100"]
+    common = [
+        f"--config.parallel.mode={mode}",
+        f"--config.train.grad_accum_steps={accum}",
+        "--config.model.dropout=0.1",
+        "--config.train.steps=12",
+        "--config.checkpoint.every_steps=6",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=100",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     run_cli(full, *common, devices=devices)
     run_cli(part, *common, "--config.train.stop_after=6", devices=devices)

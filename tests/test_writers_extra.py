@@ -54,9 +54,7 @@ def test_mlflow_writer_logs_params_metrics_texts_offline(tmp_path, monkeypatch):
     assert len(client.get_metric_history(run_id, "train/loss")) == 4
 
 
-@pytest.mark.parametrize(
-    "uri", ["https://mlflow.example.com", "http://10.0.0.1:5000", "databricks"]
-)
+@pytest.mark.parametrize("uri", ["https://mlflow.example.com", "http://10.0.0.1:5000", "databricks"])
 def test_mlflow_remote_uri_needs_allow_remote(tmp_path, uri):
     with pytest.raises(UserError, match="mlflow_allow_remote=True"):
         create_writers("mlflow", tmp_path, False, options={"mlflow_uri": uri})

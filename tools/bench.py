@@ -47,12 +47,21 @@ def _essentials(cfg) -> dict:
     """The config keys that decide throughput, flat."""
     m, d = cfg.model, cfg.data
     return {
-        "family": m.family, "num_layers": m.num_layers, "d_model": m.d_model,
-        "num_heads": m.num_heads, "num_kv_heads": m.num_kv_heads, "d_ff": m.d_ff,
-        "vocab_size": m.vocab_size, "tie_embeddings": m.tie_embeddings,
-        "batch_size": d.batch_size, "seq_len": d.seq_len,
-        "grad_accum_steps": cfg.train.grad_accum_steps, "dtype": m.dtype,
-        "param_dtype": m.param_dtype, "attention_impl": m.attention_impl, "remat": m.remat,
+        "family": m.family,
+        "num_layers": m.num_layers,
+        "d_model": m.d_model,
+        "num_heads": m.num_heads,
+        "num_kv_heads": m.num_kv_heads,
+        "d_ff": m.d_ff,
+        "vocab_size": m.vocab_size,
+        "tie_embeddings": m.tie_embeddings,
+        "batch_size": d.batch_size,
+        "seq_len": d.seq_len,
+        "grad_accum_steps": cfg.train.grad_accum_steps,
+        "dtype": m.dtype,
+        "param_dtype": m.param_dtype,
+        "attention_impl": m.attention_impl,
+        "remat": m.remat,
         "parallel_mode": cfg.parallel.mode,
         "mesh": {"data": cfg.parallel.mesh.data, "fsdp": cfg.parallel.mesh.fsdp},
         "lora_rank": _lora_rank(cfg),
@@ -92,8 +101,12 @@ def make_bare_step(model, train_cfg):
     import jax.numpy as jnp
     import optax
 
-    tx = optax.adamw(train_cfg.learning_rate, b1=train_cfg.beta1, b2=train_cfg.beta2,
-                     weight_decay=train_cfg.weight_decay)
+    tx = optax.adamw(
+        train_cfg.learning_rate,
+        b1=train_cfg.beta1,
+        b2=train_cfg.beta2,
+        weight_decay=train_cfg.weight_decay,
+    )
 
     def step(params, opt_state, batch_BxL):
         def loss_fn(p):
@@ -161,8 +174,9 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         state = runner.init_state(make_state)
         num_params = count_params(jax.eval_shape(make_state).params)
     accum = cfg.train.grad_accum_steps
-    batches = random_batches(cfg, min(8, (steps + warmup + 1) * accum),
-                             cfg.data.batch_size // jax.process_count())
+    batches = random_batches(
+        cfg, min(8, (steps + warmup + 1) * accum), cfg.data.batch_size // jax.process_count()
+    )
 
     def trainer_micro(state, batch):
         state, metrics = runner.train_step(state, runner.put_batch(batch))
@@ -226,14 +240,23 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     }
     if bare is not None:
         bare_ms = statistics.median(bare.times) * 1e3
-        result.update(bare_step_ms=round(bare_ms, 3), overhead_ratio=round(step_ms / bare_ms, 4),
-                      bare_loss=_round(float(bare.loss), 4))
+        result.update(
+            bare_step_ms=round(bare_ms, 3),
+            overhead_ratio=round(step_ms / bare_ms, 4),
+            bare_loss=_round(float(bare.loss), 4),
+        )
     if bare_note:
         result["bare_note"] = bare_note
     if lora_info is not None:
         result.update(_lora_fields(model.cfg, lora_info, fpt, tps, cfg.data.seq_len))
-    result.update(device_kind=device_kind, num_devices=num_devices, backend=jax.default_backend(),
-                  jax_version=jax.__version__, steps=steps, warmup=warmup)
+    result.update(
+        device_kind=device_kind,
+        num_devices=num_devices,
+        backend=jax.default_backend(),
+        jax_version=jax.__version__,
+        steps=steps,
+        warmup=warmup,
+    )
     return result
 
 
@@ -275,9 +298,15 @@ def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
     start = time.perf_counter()
     bundle = prepare_data(cfg, workdir)
     prepare_s = time.perf_counter() - start
-    it = make_train_iterator(bundle.train_windows, batch_size=cfg.data.batch_size, seed=cfg.seed,
-                             process_index=0, process_count=1, num_workers=cfg.data.num_workers,
-                             prefetch=cfg.data.prefetch)
+    it = make_train_iterator(
+        bundle.train_windows,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        process_index=0,
+        process_count=1,
+        num_workers=cfg.data.num_workers,
+        prefetch=cfg.data.prefetch,
+    )
     start = time.perf_counter()
     first = np.asarray(next(it))
     first_batch_s = time.perf_counter() - start
@@ -356,7 +385,8 @@ def run(argv: list[str]) -> None:
             if FLAGS.what == "data":
                 with contextlib.ExitStack() as stack:
                     workdir = FLAGS.workdir or stack.enter_context(
-                        tempfile.TemporaryDirectory(prefix="bench-"))
+                        tempfile.TemporaryDirectory(prefix="bench-")
+                    )
                     result = bench_data(cfg, Path(workdir), FLAGS.steps, FLAGS.warmup)
             else:
                 result = bench_train(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.compare_bare)

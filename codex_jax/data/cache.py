@@ -56,9 +56,7 @@ def _chunks(texts: Sequence[str], max_chars: int) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def pack(
-    tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: bool = True
-) -> np.ndarray:
+def pack(tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: bool = True) -> np.ndarray:
     """All texts tokenized (batch-encoded in chunks) into one stream, each followed by EOS.
 
     A progress bar goes to stderr when ``progress`` and the texts are large.

@@ -141,9 +141,7 @@ def read_text_file(data: bytes, report: FileReport) -> Iterator[tuple[int, str]]
         yield 1, text
 
 
-def read_jsonl_file(
-    data: bytes, report: FileReport, template: Template
-) -> Iterator[tuple[int, str]]:
+def read_jsonl_file(data: bytes, report: FileReport, template: Template) -> Iterator[tuple[int, str]]:
     """One document per non-blank line: ``template`` rendered from its JSON object."""
     for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
         if not raw.strip():

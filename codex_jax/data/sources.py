@@ -257,8 +257,7 @@ def warn_bad_records(source: str, reports: list[FileReport], max_lines: int = 5)
     bad = [r for r in reports if r.skipped]
     for r in bad[:max_lines]:
         print(
-            f"data: warning: {source}: skipped {r.skipped} bad record(s) in {r.path} "
-            f"(first: {r.bad[0]})",
+            f"data: warning: {source}: skipped {r.skipped} bad record(s) in {r.path} (first: {r.bad[0]})",
             file=sys.stderr,
             flush=True,
         )

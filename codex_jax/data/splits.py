@@ -26,9 +26,7 @@ def hash_fraction(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 2**64
 
 
-def split_documents(
-    documents: list[Document], eval_fraction: float
-) -> tuple[list[Document], list[Document]]:
+def split_documents(documents: list[Document], eval_fraction: float) -> tuple[list[Document], list[Document]]:
     """(train, eval) documents: eval when ``hash_fraction(key) < eval_fraction``.
 
     At least one document lands in each split (the lowest hash is moved to eval, the highest to

@@ -39,9 +39,7 @@ class _FlatHparams:
         self.writer = writer
 
     def write_hparams(self, hparams):
-        self.writer.write_hparams(
-            {k: scalar_hparam(v) for k, v in flatten_hparams(hparams).items()}
-        )
+        self.writer.write_hparams({k: scalar_hparam(v) for k, v in flatten_hparams(hparams).items()})
 
     def __getattr__(self, name):
         return getattr(self.writer, name)

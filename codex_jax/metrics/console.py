@@ -63,9 +63,7 @@ class ConsoleWriter(MetricWriter):
         for name, values in arrays.items():
             s = histogram_stats(values, buckets(num_buckets, name))
             if "mean" in s:
-                stats = " ".join(
-                    f"{k}={format_scalar(s[k])}" for k in ("mean", "std", "min", "max")
-                )
+                stats = " ".join(f"{k}={format_scalar(s[k])}" for k in ("mean", "std", "min", "max"))
             else:
                 stats = "no finite values"
             self._print(f"step {int(step)} histogram {name}: {stats} nonfinite={s['nonfinite']}")

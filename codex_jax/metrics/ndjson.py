@@ -67,9 +67,7 @@ class NdjsonWriter(MetricWriter):
     def write_texts(self, step, texts):
         for name, text in texts.items():
             split, metric = split_name(name)
-            self._write(
-                {"step": int(step), "split": split, "kind": "text", "name": metric, "text": text}
-            )
+            self._write({"step": int(step), "split": split, "kind": "text", "name": metric, "text": text})
 
     def write_hparams(self, hparams):
         flat = {k: json_value(v) for k, v in flatten_hparams(hparams).items()}

@@ -46,9 +46,7 @@ def peak_flops_per_device(device_kind: str) -> float | None:
     return None
 
 
-def mfu(
-    flops_per_token: float, tokens_per_second: float, num_devices: int, device_kind: str
-) -> float | None:
+def mfu(flops_per_token: float, tokens_per_second: float, num_devices: int, device_kind: str) -> float | None:
     """Model FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak.
 
     ``tokens_per_second`` is the global rate over all ``num_devices``; ``flops_per_token`` counts

@@ -177,8 +177,7 @@ def resolve(spec: str | Sequence[str]) -> dict[str, TokenMetric | SampleMetric]:
             failed = plugins_group().failed.get(name)
             hint = f" (its plugin failed to load: {failed})" if failed else ""
             raise UserError(
-                f"config key 'eval.metrics': unknown metric {name!r}{hint}; known: "
-                f"{', '.join(names())}"
+                f"config key 'eval.metrics': unknown metric {name!r}{hint}; known: {', '.join(names())}"
             )
         out[name] = found[name]
     return out

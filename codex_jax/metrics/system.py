@@ -59,9 +59,7 @@ class SystemMetrics:
             stats = [None]
             self._missing("memory", "accelerator memory stats failed: %s", e)
         if not stats or any(s is None or "bytes_in_use" not in s for s in stats):
-            self._missing(
-                "memory", "accelerator memory stats not reported by jax backend %r", self._backend
-            )
+            self._missing("memory", "accelerator memory stats not reported by jax backend %r", self._backend)
             return {"system/accelerator_memory_available": 0.0}
         metrics = {
             "system/accelerator_memory_available": 1.0,
@@ -71,16 +69,12 @@ class SystemMetrics:
             peak = max(s["peak_bytes_in_use"] for s in stats)
             metrics["system/accelerator_memory_peak_gb"] = peak / _GB
         if all("bytes_limit" in s for s in stats):
-            metrics["system/accelerator_memory_limit_gb"] = (
-                min(s["bytes_limit"] for s in stats) / _GB
-            )
+            metrics["system/accelerator_memory_limit_gb"] = min(s["bytes_limit"] for s in stats) / _GB
         return metrics
 
     def _init_nvml(self) -> list[Any]:
         if self._backend != "gpu":
-            self._missing(
-                "nvml", "NVML not used: jax backend is %r", self._backend, level=logging.INFO
-            )
+            self._missing("nvml", "NVML not used: jax backend is %r", self._backend, level=logging.INFO)
             return []
         try:
             import pynvml

@@ -75,9 +75,7 @@ def _gpt2_fields(hf: dict) -> dict[str, Any]:
         f"activation {hf.get('activation_function')}",
     )
     _require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
-    _require(
-        not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true"
-    )
+    _require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
     _require(not hf.get("add_cross_attention", False), "add_cross_attention=true")
     d = hf["n_embd"]
     return dict(
@@ -121,9 +119,7 @@ def _llama_fields(hf: dict, model_type: str) -> dict[str, Any]:
     _require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')}")
     _require(not hf.get("mlp_bias", False), "mlp_bias=true")
     # Llama's attention_bias also biases o_proj; ModelConfig.attention_bias (Qwen2) does not.
-    _require(
-        model_type == "qwen2" or not hf.get("attention_bias", False), "llama attention_bias=true"
-    )
+    _require(model_type == "qwen2" or not hf.get("attention_bias", False), "llama attention_bias=true")
     window = 0
     if model_type == "mistral":
         window = hf.get("sliding_window") or 0
@@ -171,9 +167,7 @@ def _export_model_type(cfg: ModelConfig) -> str:
         return "gpt2"
     if cfg.attention_bias:
         if cfg.sliding_window or cfg.head_dim:
-            raise UserError(
-                "no Hugging Face architecture has q/k/v biases with sliding_window or head_dim"
-            )
+            raise UserError("no Hugging Face architecture has q/k/v biases with sliding_window or head_dim")
         return "qwen2"
     return "mistral" if cfg.sliding_window else "llama"
 
@@ -400,16 +394,12 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
         for p, part in zip(paths, parts, strict=True):
             want = _get(expected, p).shape
             if part.shape != want:
-                raise UserError(
-                    f"{folder}: {hf_name} has shape {array.shape}; config.json implies {want}"
-                )
+                raise UserError(f"{folder}: {hf_name} has shape {array.shape}; config.json implies {want}")
             _put(params, p, jnp.asarray(part.astype(cfg.weights_dtype)))
     return Transformer(cfg), params
 
 
-def export_checkpoint(
-    model, params, out_dir, *, dtype=None, extra_config: dict | None = None
-) -> Path:
+def export_checkpoint(model, params, out_dir, *, dtype=None, extra_config: dict | None = None) -> Path:
     """Writes ``config.json`` + ``model.safetensors`` for ``AutoModelForCausalLM.from_pretrained``.
 
     ``dtype`` (default: the params' own) casts the weights; ``extra_config`` adds keys to

@@ -60,9 +60,7 @@ def _unflat(modules: dict[str, dict]):
 def kernel_paths(params) -> list[str]:
     """Module paths of every 2-D ``kernel`` (the layers LoRA can adapt), sorted."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    return sorted(
-        k.rsplit("/", 1)[0] for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2
-    )
+    return sorted(k.rsplit("/", 1)[0] for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2)
 
 
 def target_paths(params, targets: str) -> list[str]:
@@ -206,9 +204,7 @@ def export_peft(
         "lora_alpha": float(alpha),
         "lora_dropout": float(dropout),
         "target_modules": sorted(
-            n[len(_PREFIX) : -len(".lora_A.weight")]
-            for n in tensors
-            if n.endswith(".lora_A.weight")
+            n[len(_PREFIX) : -len(".lora_A.weight")] for n in tensors if n.endswith(".lora_A.weight")
         ),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,

@@ -125,9 +125,7 @@ def _discover() -> dict[str, dict[str, Any]]:
     global _plugins
     if _plugins is None:
         found: dict[str, dict[str, Any]] = {}
-        _plugins = (
-            found  # a plugin that looks up a built-in while loading sees the plugins loaded so far
-        )
+        _plugins = found  # a plugin that looks up a built-in while loading sees the plugins loaded so far
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             name = entry_point.name
             try:

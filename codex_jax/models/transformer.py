@@ -75,8 +75,7 @@ class ModelConfig:
                 raise UserError(f"model {name}={getattr(self, name)!r}: expected one of {allowed}")
         if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
             raise UserError(
-                f"model num_heads={self.num_heads} must be a multiple of "
-                f"num_kv_heads={self.num_kv_heads}"
+                f"model num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
         if self.rope_llama3_scaling and len(self.rope_llama3_scaling) != 4:
             raise UserError(
@@ -108,9 +107,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-friendly mapping of every field (tuples become lists)."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed."""
@@ -155,13 +152,9 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         cfg = self.cfg
-        kernel = self.param(
-            "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
-        )
+        kernel = self.param("kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype)
         x = x.astype(cfg.compute_dtype)
-        y = jax.lax.dot_general(
-            x, kernel.astype(cfg.compute_dtype), (((x.ndim - 1,), (0,)), ((), ()))
-        )
+        y = jax.lax.dot_general(x, kernel.astype(cfg.compute_dtype), (((x.ndim - 1,), (0,)), ((), ())))
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), cfg.weights_dtype)
             y = y + bias.astype(cfg.compute_dtype)
@@ -226,9 +219,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(
-        self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None
-    ):
+    def __call__(self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
         H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
@@ -251,9 +242,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
 
             def write(cache, new):
-                return jax.lax.dynamic_update_slice_in_dim(
-                    cache, new.astype(cache.dtype), cache_index, 1
-                )
+                return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), cache_index, 1)
 
             new_cache = {"k": write(kv_cache["k"], k_BxTxKxH), "v": write(kv_cache["v"], v_BxTxKxH)}
             k_BxSxKxH = new_cache["k"].astype(q_BxTxNxH.dtype)

@@ -129,8 +129,7 @@ class Tokenizer(abc.ABC):
         if too_long:
             n = len(rows[too_long[0]])
             raise ValueError(
-                f"text {too_long[0]} has {n} ids, more than max_length={length}; "
-                "pass truncation=True"
+                f"text {too_long[0]} has {n} ids, more than max_length={length}; pass truncation=True"
             )
         return pad(rows, length, self.padding_id, padding_side)
 

@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest="tokenizer",
             help="a SentencePiece model (file or folder) or a Hugging Face folder",
         )
-    encode, decode, inspect, export = (
-        sub.choices[n] for n in ("encode", "decode", "inspect", "export")
-    )
+    encode, decode, inspect, export = (sub.choices[n] for n in ("encode", "decode", "inspect", "export"))
     what = encode.add_mutually_exclusive_group()
     what.add_argument("--text", help="the text (default: stdin)")
     what.add_argument("--file", help="a UTF-8 file to encode, exactly as it is")

@@ -61,8 +61,7 @@ class HFTokenizer(Tokenizer):
         folder = Path(folder)
         if not is_hf_tokenizer_folder(folder):
             raise UserError(
-                f"{folder}: no tokenizer.json or tokenizer.model; expected a Hugging Face "
-                "tokenizer folder"
+                f"{folder}: no tokenizer.json or tokenizer.model; expected a Hugging Face tokenizer folder"
             )
         digest = hashlib.sha256()
         for file in tokenizer_files(folder):

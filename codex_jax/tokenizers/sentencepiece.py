@@ -68,9 +68,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._model_bytes = model_bytes
         self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         self._checksum = sha256_hex(model_bytes)
-        self._specials = frozenset(
-            i for i in (self.unk_id, self.bos_id, self.eos_id, self.pad_id) if i >= 0
-        )
+        self._specials = frozenset(i for i in (self.unk_id, self.bos_id, self.eos_id, self.pad_id) if i >= 0)
         byte_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode()]
         ok = all(self._sp.is_byte(i) for i in byte_ids)
         self._space_symbol_ids = byte_ids if ok else None

@@ -107,8 +107,7 @@ def train_from_inputs(
     except UserError:
         if fed == 0:
             raise UserError(
-                f"no training text in {' '.join(inputs)}: {len(reports)} file(s), "
-                "all empty or unreadable"
+                f"no training text in {' '.join(inputs)}: {len(reports)} file(s), all empty or unreadable"
             ) from None
         raise
     seconds = time.perf_counter() - started
@@ -124,9 +123,7 @@ def train_from_inputs(
             }
         )
     for source in inputs:
-        warn_bad_records(
-            source, [r for (s, *_), r in zip(files, reports, strict=True) if s == source]
-        )
+        warn_bad_records(source, [r for (s, *_), r in zip(files, reports, strict=True) if s == source])
     manifest = {
         "sha256": tok.checksum,
         "vocab_size": tok.vocab_size,

@@ -69,9 +69,7 @@ def meta(cfg: ml_collections.ConfigDict, record: dict, adapter_shapes, model_cfg
     }
 
 
-def merged_params(
-    cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, adapters, saved: dict, target
-):
+def merged_params(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, adapters, saved: dict, target):
     """The base of a LoRA checkpoint (``saved``: its ``meta['lora']``) placed as ``target``, in
     ``model.param_dtype``, with ``adapters`` merged: plain params for eval, generate and export."""
     base, _ = init_from.load_base(cfg, model_cfg, target, saved.get("base"))

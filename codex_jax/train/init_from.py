@@ -42,9 +42,7 @@ SHAPE_KEYS = (
 )
 
 
-def hf_model_config(
-    cfg: ml_collections.ConfigDict, folder: Path, saved: dict | None = None
-) -> ModelConfig:
+def hf_model_config(cfg: ml_collections.ConfigDict, folder: Path, saved: dict | None = None) -> ModelConfig:
     """The ModelConfig of ``folder/config.json`` with the run-time keys of ``cfg.model``.
 
     ``saved`` (a checkpoint meta's ``'model'``) is used instead of the folder when given.
@@ -155,12 +153,17 @@ def _run_meta(run: Path) -> dict:
 def check_workdir(cfg: ml_collections.ConfigDict, run: Path, model_cfg: ModelConfig) -> None:
     """Refuses a gpt2 base with fewer positions than ``data.seq_len``; logs the architecture."""
     if model_cfg.family == "gpt2" and cfg.data.seq_len > model_cfg.max_seq_len:
-        raise UserError(f"config key 'data.seq_len': {cfg.data.seq_len} exceeds the "
-                        f"{model_cfg.max_seq_len} positions of model.init_from {run}")
-    print(f"model.init_from: architecture of the run in {run} ({model_cfg.family}, "
-          f"{model_cfg.num_layers} layers, d_model {model_cfg.d_model}, vocab "
-          f"{model_cfg.vocab_size}); the model.* shape keys are ignored",
-          file=sys.stderr, flush=True)
+        raise UserError(
+            f"config key 'data.seq_len': {cfg.data.seq_len} exceeds the "
+            f"{model_cfg.max_seq_len} positions of model.init_from {run}"
+        )
+    print(
+        f"model.init_from: architecture of the run in {run} ({model_cfg.family}, "
+        f"{model_cfg.num_layers} layers, d_model {model_cfg.d_model}, vocab "
+        f"{model_cfg.vocab_size}); the model.* shape keys are ignored",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def load_params(cfg: ml_collections.ConfigDict, like, step: int | None = None):
@@ -212,13 +215,14 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
         record["sha256"] = _sha256(files)
     else:
         shardings = jax.tree.map(lambda t: t.sharding, target)
-        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)),
-                         out_shardings=shardings)()
+        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)), out_shardings=shardings)()
         record["sha256"] = None
     if saved is not None and saved.get("sha256") != record["sha256"]:
-        raise UserError(f"the base model {record['source']} changed since this LoRA run started "
-                        f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
-                        "restore the original or start a new --workdir")
+        raise UserError(
+            f"the base model {record['source']} changed since this LoRA run started "
+            f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
+            "restore the original or start a new --workdir"
+        )
     return params, record
 
 

@@ -21,6 +21,7 @@ from codex_jax.evaluate import evaluate
 from codex_jax.metrics import system
 from codex_jax.metrics.perf import StepTimer, mfu
 from codex_jax.metrics.writers import create_writers
+from codex_jax.models import lora
 from codex_jax.models.transformer import (
     ModelConfig,
     Transformer,
@@ -28,11 +29,10 @@ from codex_jax.models.transformer import (
     flops_per_token,
     init_params,
 )
-from codex_jax.models import lora
 from codex_jax.train import adapters, init_from
-from codex_jax.train.profile import Profiler
 from codex_jax.train.optim import learning_rate_schedule, make_optimizer
 from codex_jax.train.parallel import make_runner
+from codex_jax.train.profile import Profiler
 from codex_jax.train.state import TrainState, create_train_state
 
 
@@ -86,22 +86,42 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
     runner = make_runner(cfg.parallel, model, tx, skip_nonfinite=cfg.train.on_nan == "skip")
     per_process_batch = cfg.data.batch_size // jax.process_count()
     train_iter = make_train_iterator(
-        data.train_windows, batch_size=per_process_batch, seed=cfg.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch,
+        data.train_windows,
+        batch_size=per_process_batch,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=cfg.data.num_workers,
+        prefetch=cfg.data.prefetch,
     )
     eval_data = eval_batches(
-        data.eval_windows, batch_size=per_process_batch, num_batches=cfg.eval.num_batches,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        data.eval_windows,
+        batch_size=per_process_batch,
+        num_batches=cfg.eval.num_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     checkpointer = ckpt_lib.Checkpointer(
-        workdir / "checkpoints", retention=ckpt_lib.Retention.from_config(cfg.checkpoint),
-        async_save=cfg.checkpoint.async_save, params_item=adapters.params_item(cfg),
+        workdir / "checkpoints",
+        retention=ckpt_lib.Retention.from_config(cfg.checkpoint),
+        async_save=cfg.checkpoint.async_save,
+        params_item=adapters.params_item(cfg),
     )
-    writers = create_writers(cfg.logging.writers, workdir, is_main_process=jax.process_index() == 0,
-                             options=cfg.logging)
-    return Trainer(cfg, workdir, model, runner, checkpointer, data, train_iter, eval_data, writers,
-                   learning_rate_schedule(cfg.train))
+    writers = create_writers(
+        cfg.logging.writers, workdir, is_main_process=jax.process_index() == 0, options=cfg.logging
+    )
+    return Trainer(
+        cfg,
+        workdir,
+        model,
+        runner,
+        checkpointer,
+        data,
+        train_iter,
+        eval_data,
+        writers,
+        learning_rate_schedule(cfg.train),
+    )
 
 
 def init_or_restore(t: Trainer, step: int | None):
@@ -139,9 +159,18 @@ def init_or_restore(t: Trainer, step: int | None):
 
 
 # Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
-_FIXED_KEYS = ("model.", "data.seq_len", "data.source", "data.tokenizer", "data.max_files",
-               "data.eval_fraction", "data.safety_policy", "lora.rank", "lora.targets",
-               "lora.init_from")
+_FIXED_KEYS = (
+    "model.",
+    "data.seq_len",
+    "data.source",
+    "data.tokenizer",
+    "data.max_files",
+    "data.eval_fraction",
+    "data.safety_policy",
+    "lora.rank",
+    "lora.targets",
+    "lora.init_from",
+)
 _FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
 
 
@@ -161,9 +190,7 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> 
         if new == old or key in ignored:
             continue
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
-            raise UserError(
-                f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)"
-            )
+            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
         print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
 
@@ -174,12 +201,11 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
     the model or data, and a corrupt newest checkpoint unless ``checkpoint.on_corrupt='previous'``.
     """
     check_workdir_config(cfg, workdir)
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True,
-                                         params_item=adapters.params_item(cfg))
+    checkpointer = ckpt_lib.Checkpointer(
+        workdir / "checkpoints", read_only=True, params_item=adapters.params_item(cfg)
+    )
     try:
-        step = checkpointer.select(
-            "latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS
-        )
+        step = checkpointer.select("latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS)
         if step is not None:
             check_compatible(checkpointer.restore_meta(step), cfg, checkpointer.path(step))
     finally:
@@ -237,7 +263,11 @@ def _train(t: Trainer, resume: int | None) -> dict[str, float]:
     start = int(jax.device_get(t.runner.state_for_save(state).step))
     write_json(workdir / "config.json", cfg.to_dict())
     num_params = count_params(jax.eval_shape(lambda: init_params(t.model.cfg, jax.random.key(0))))
-    meta = {"config": cfg.to_dict(), "num_params": num_params, "tokenizer": t.data.tokenizer.checksum}
+    meta = {
+        "config": cfg.to_dict(),
+        "num_params": num_params,
+        "tokenizer": t.data.tokenizer.checksum,
+    }
     meta["model"] = t.model.cfg.to_dict()  # the resolved architecture (model.init_from: config.json)
     if t.base is not None:  # a LoRA run: the adapters' sizes and the base they apply to
         trained = t.runner.state_for_save(state).params
@@ -250,10 +280,14 @@ def _train(t: Trainer, resume: int | None) -> dict[str, float]:
         t.writers.write_hparams(flatten(cfg))
         _eval_and_log(t, state, 0)
     trained_count = meta["lora"]["trainable_params"] if t.base is not None else num_params
-    print(f"training {trained_count:,} parameters from step {start} to {cfg.train.steps} on "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s)", file=sys.stderr)
-    state, step, final = _train_steps(t, state, start, meta,
-                                      flops_per_token(t.model.cfg, num_params, cfg.data.seq_len))
+    print(
+        f"training {trained_count:,} parameters from step {start} to {cfg.train.steps} on "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
+        file=sys.stderr,
+    )
+    state, step, final = _train_steps(
+        t, state, start, meta, flops_per_token(t.model.cfg, num_params, cfg.data.seq_len)
+    )
     final = final or _eval_and_log(t, state, step)
     if cfg.generate.max_new_tokens > 0:
         _print_sample(t, state, step)
@@ -272,8 +306,13 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
     timer, window, evaluated = StepTimer(), [], None
     profile = Profiler(cfg.train.profile_steps, t.workdir / "profile")
-    bar = tqdm.tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True,
-                    disable=not cfg.logging.progress or jax.process_index() != 0)
+    bar = tqdm.tqdm(
+        total=steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not cfg.logging.progress or jax.process_index() != 0,
+    )
     for step in range(start + 1, last + 1):
         profile.before(step)
         for _ in range(accum):
@@ -332,11 +371,13 @@ def _log_train(t: Trainer, step: int, host: list, timer: StepTimer, model_flops_
     }
     if perf:
         tps = perf["tokens_per_second"]
-        scalars.update({
-            "train/tokens_per_second": tps,
-            "train/step_time": perf["step_time_mean"],
-            "train/data_wait_fraction": perf["data_wait_fraction"],
-        })
+        scalars.update(
+            {
+                "train/tokens_per_second": tps,
+                "train/step_time": perf["step_time_mean"],
+                "train/data_wait_fraction": perf["data_wait_fraction"],
+            }
+        )
         utilization = mfu(model_flops_per_token, tps, jax.device_count(), jax.devices()[0].device_kind)
         if utilization is not None:
             scalars["train/mfu"] = utilization
@@ -376,9 +417,18 @@ def _print_sample(t: Trainer, state, step: int) -> None:
     if model.cfg.family == "gpt2":  # learned positions: prompt + new tokens must fit
         n = min(n, model.cfg.max_seq_len)
     params = t.runner.model_params(state)  # every process joins the (sharded) computation
-    text = g.prompt + complete(model, params, t.data.tokenizer, g.prompt, n, temperature=g.temperature,
-                               top_k=g.top_k, top_p=g.top_p, rng=jax.random.key(t.cfg.seed))
-    text = g.prompt + filter_output(text[len(g.prompt):], g.safety_policy)  # codex_jax.safety
+    text = g.prompt + complete(
+        model,
+        params,
+        t.data.tokenizer,
+        g.prompt,
+        n,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        rng=jax.random.key(t.cfg.seed),
+    )
+    text = g.prompt + filter_output(text[len(g.prompt) :], g.safety_policy)  # codex_jax.safety
     t.writers.write_texts(step, {"sample": text})  # the console writer prints it to stdout
     console = "console" in [w.strip() for w in t.cfg.logging.writers.split(",")]
     if jax.process_index() == 0 and not console:

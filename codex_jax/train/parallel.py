@@ -1,7 +1,8 @@
 """Device placement and compilation of the steps: ``jax.jit`` over a mesh (default) or ``jax.pmap``.
 
 Both runners expose the same methods, so the training loop never asks which mode it is in:
-``init_state``, ``put_batch``, ``train_step``, ``eval_step``, ``state_for_save``, ``abstract_state``, ``put_state``.
+``init_state``, ``put_batch``, ``train_step``, ``eval_step``, ``state_for_save``, ``abstract_state``,
+``put_state``.
 A LoRA run first hands the runner its frozen base (``frozen_target``: where to load it,
 ``set_frozen``: place it); every step then gets it as a separate, non-donated argument.
 """
@@ -33,9 +34,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, num_devices: int | None = None) -> 
         fsdp = n // data
     if data * fsdp != n or data < 1 or fsdp < 1:
         raise UserError(f"config key 'parallel.mesh': data={data} x fsdp={fsdp} does not cover {n} devices")
-    return jax.make_mesh(
-        (data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
-    )
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
@@ -60,13 +59,16 @@ class JitRunner:
     def __init__(self, model, tx, mesh: Mesh, fsdp_min_size: int = 1 << 16, skip_nonfinite: bool = False):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
-        self.train_fn = functools.partial(step_lib.train_step, model=model, tx=tx, skip_nonfinite=skip_nonfinite)
+        self.train_fn = functools.partial(
+            step_lib.train_step, model=model, tx=tx, skip_nonfinite=skip_nonfinite
+        )
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
         self.state_sharding = None
         self._train = None
-        self._eval = jax.jit(functools.partial(step_lib.eval_step, model=model),
-                             out_shardings=self.replicated)
+        self._eval = jax.jit(
+            functools.partial(step_lib.eval_step, model=model), out_shardings=self.replicated
+        )
 
     def shardings_for(self, shapes):
         """NamedShardings for every leaf of ``shapes`` (params, optimizer state, ...)."""
@@ -87,8 +89,11 @@ class JitRunner:
 
     def frozen_target(self, shapes):
         """ShapeDtypeStructs with the FSDP shardings the frozen base (LoRA) is loaded into."""
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, self.shardings_for(shapes))
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            shapes,
+            self.shardings_for(shapes),
+        )
 
     def set_frozen(self, frozen) -> None:
         """Places the frozen base (sharded like params) that every step gets beside the state."""
@@ -106,7 +111,9 @@ class JitRunner:
         """ShapeDtypeStructs carrying the current shardings: the restore target for Orbax."""
         self._compile(state_shapes)
         return jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes, self.state_sharding
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            state_shapes,
+            self.state_sharding,
         )
 
     def put_state(self, state):
@@ -148,8 +155,13 @@ class PmapRunner:
         self.devices = jax.local_devices()[: num_devices or None]
         self.model, self.frozen = model, None
         self._train = jax.pmap(
-            functools.partial(step_lib.train_step, model=model, tx=tx, axis_name=self.AXIS,
-                              skip_nonfinite=skip_nonfinite),
+            functools.partial(
+                step_lib.train_step,
+                model=model,
+                tx=tx,
+                axis_name=self.AXIS,
+                skip_nonfinite=skip_nonfinite,
+            ),
             axis_name=self.AXIS,
             donate_argnums=0,
             devices=self.devices,
@@ -165,9 +177,7 @@ class PmapRunner:
 
     def abstract_state(self, state_shapes):
         sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes
-        )
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
 
     def put_state(self, state):
         n = len(self.devices)

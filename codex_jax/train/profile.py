@@ -36,4 +36,7 @@ class Profiler:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             self.active = False
-            print(f"profile of steps [{self.first}, {self.end}) written to {self.logdir}", file=sys.stderr)
+            print(
+                f"profile of steps [{self.first}, {self.end}) written to {self.logdir}",
+                file=sys.stderr,
+            )

@@ -23,8 +23,7 @@ def variables(params, frozen=None) -> dict:
     return {"params": params} if frozen is None else {"params": frozen, "lora": params}
 
 
-def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None,
-               skip_nonfinite=False):
+def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False):
     """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
 
     Gradients and optimizer state exist only for ``state.params``; a LoRA run passes its frozen base
@@ -43,9 +42,7 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
 
     def loss_fn(params):
         rngs = {"dropout": dropout_rng}
-        logits_BxTxV = model.apply(
-            variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs
-        )
+        logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs)
         loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
         return loss_BxT.mean()
 
