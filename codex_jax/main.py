@@ -79,7 +79,7 @@ def _dispatch(cfg, workdir: Path, mode: str) -> None:
     import jax
 
     from codex_jax import distributed
-    from codex_jax.config import validate
+    from codex_jax.validation import validate
 
     distributed.initialize(cfg.dist)
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()

@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from codex_jax.config import validate
 from codex_jax.models.transformer import count_params, init_params
 from codex_jax.train.loop import model_config
+from codex_jax.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from codex_jax.config import SCHEMA, default_config, validate
+from codex_jax.config import SCHEMA, default_config
 from codex_jax.errors import UserError
+from codex_jax.validation import validate
 
 
 def test_default_config_is_valid_and_complete():

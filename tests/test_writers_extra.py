@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from codex_jax.config import default_config, flatten, validate
+from codex_jax.config import default_config, flatten
 from codex_jax.errors import UserError
 from codex_jax.metrics import mlflow_writer, read_ndjson, system
 from codex_jax.metrics.base import scalar_hparam
 from codex_jax.metrics.writers import create_writers
+from codex_jax.validation import validate
 
 
 def mlflow_client(workdir, monkeypatch):

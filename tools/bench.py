@@ -377,7 +377,7 @@ def run(argv: list[str]) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
             import jax
 
-            from codex_jax.config import validate
+            from codex_jax.validation import validate
 
             pmap = cfg.parallel.mode == "pmap"
             num_devices = jax.local_device_count() if pmap else jax.device_count()
