@@ -231,6 +231,7 @@ class Checkpointer:
         if jax.process_index() != 0:
             return
         step = self._saving
+        assert step is not None  # orbax calls this while _save's step is being saved
         pending = sorted(
             self.directory.glob(f"{step}.orbax-checkpoint-tmp*"), key=lambda p: p.stat().st_mtime
         )
@@ -273,7 +274,8 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax, tensorstore and OS errors alike
-            raise UserError(f"checkpoint {self.path(self._saving)}: saving failed ({_first_line(e)})") from e
+            where = self.directory if self._saving is None else self.path(self._saving)
+            raise UserError(f"checkpoint {where}: saving failed ({_first_line(e)})") from e
 
     def close(self) -> None:
         """Waits for background saves (raising a failed one), then releases orbax's threads."""

@@ -17,8 +17,11 @@ commands:
   tokenizer  train|encode|decode|inspect|export a tokenizer: codex-jax tokenizer --help
   safety     find secrets in files:        codex-jax safety scan PATH... [--policy=FILE]
   plugins    list installed plugins:       codex-jax plugins [--json]
+  configs    list the packaged configs:    codex-jax configs [--paths]
+  plot       loss/lr/throughput PNG:       codex-jax plot WORKDIR... [--out PNG]
 
-Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. See README.md for every config key.
+Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged config is found by name from
+any directory (--config=configs/base.py, --config=base). See README.md for every config key.
 """
 
 RUN_MODES = ("train", "eval", "generate", "export")
@@ -43,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
         from codex_jax import plugins
 
         sys.exit(plugins.main(argv[2:]))
+    if command == "configs":
+        from codex_jax import configs
+
+        sys.exit(configs.main(argv[2:]))
+    if command == "plot":
+        from codex_jax.metrics import plot
+
+        sys.exit(plot.main(argv[2:]))
     if command in RUN_MODES:
         from codex_jax import main as main_lib
 

@@ -18,6 +18,14 @@ def _cluster_detected() -> bool:
     return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
+def _cpu_collectives() -> None:
+    """CPU-only runs use gloo for cross-process collectives (accelerators bring their own)."""
+    # jax registers its config flags as attributes at runtime, which its stubs do not declare.
+    platforms = jax.config.jax_platforms  # type: ignore[attr-defined]
+    if platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
 def initialize(dist_cfg: ml_collections.ConfigDict) -> None:
     """Joins the processes of a multi-host run; a no-op for a single process."""
     if dist_cfg.coordinator_address:
@@ -26,10 +34,10 @@ def initialize(dist_cfg: ml_collections.ConfigDict) -> None:
             raise UserError(
                 f"config key 'dist.process_id': need 0 <= process_id < num_processes (got {pid} of {n})"
             )
-        if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        _cpu_collectives()
         jax.distributed.initialize(dist_cfg.coordinator_address, num_processes=n, process_id=pid)
     elif _cluster_detected():
+        _cpu_collectives()
         jax.distributed.initialize()
     else:
         return

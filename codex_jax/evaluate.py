@@ -132,6 +132,7 @@ def evaluate_metrics(spec: str, ctx: EvalContext, put_batch=jnp.asarray) -> dict
     computed = jax.device_get(totals.compute())
     results: dict[str, float] = {}
     for name, metric in metrics.items():
+        value: float | None
         if isinstance(metric, registry.TokenMetric):
             value = float(computed[fields[name]])
             value = metric.finalize(value, ctx) if metric.finalize else value

@@ -30,10 +30,23 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def with_packaged_configs(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config=configs/NAME.py`` pointing at the packaged config when no such file exists."""
+    from codex_jax.configs import resolve
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve(arg.removeprefix("--config="))
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve(out[i + 1])
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing whose failures (bad override, unknown key, bad file) are one ``error:`` line."""
     try:
-        return FLAGS(argv)
+        return FLAGS(with_packaged_configs(argv))
     except flags.Error as e:
         fail(" ".join(str(e).split()))
     except (KeyError, AttributeError) as e:
@@ -55,10 +68,16 @@ def load_config():
         return cfg
     except Exception as e:  # noqa: BLE001 - any failure of the user's config file is reported the same way
         cause = e.__cause__ or e
-        fail(f"--config={FLAGS['config'].config_filename}: cannot load ({' '.join(str(cause).split())})")
+        fail(f"--config={config_filename()}: cannot load ({' '.join(str(cause).split())})")
+
+
+def config_filename() -> str:
+    """The file ``--config`` named (after resolving packaged configs)."""
+    return FLAGS["config"].config_filename  # type: ignore[attr-defined]  # ml_collections' config flag
 
 
 def default_workdir(config_path: str) -> Path:
+    """``runs/<config file stem>``: where a run goes without ``--workdir``."""
     return Path("runs") / Path(config_path).stem
 
 
@@ -68,7 +87,7 @@ def run(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:  # Orbax and jax log every save at INFO; keep the console readable
         absl_logging.set_verbosity(absl_logging.WARNING)
     cfg = load_config()
-    workdir = Path(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
+    workdir = Path(FLAGS.workdir or default_workdir(config_filename()))
     try:
         _dispatch(cfg, workdir, FLAGS.mode)
     except UserError as e:
@@ -76,33 +95,18 @@ def run(argv: list[str]) -> None:
 
 
 def _dispatch(cfg, workdir: Path, mode: str) -> None:
-    import jax
+    from codex_jax import api
 
-    from codex_jax import distributed
-    from codex_jax.validation import validate
-
-    distributed.initialize(cfg.dist)
-    num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
-    validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
     if mode == "train":
-        from codex_jax.train.loop import train
-
-        final = train(cfg, workdir)
-        print(json.dumps(final))
+        print(json.dumps(api.train(cfg, workdir)))
         print(f"workdir: {workdir.absolute()} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")
     elif mode == "eval":
-        from codex_jax.restore import evaluate_workdir
-
-        print(json.dumps(evaluate_workdir(cfg, workdir)))
+        print(json.dumps(api.evaluate(cfg, workdir)))
     elif mode == "generate":
-        from codex_jax.restore import generate_from_workdir
-
-        for text in generate_from_workdir(cfg, workdir):
+        for text in api.generate(cfg, workdir):
             print(text)
     elif mode == "export":
-        from codex_jax.export import export
-
-        print(f"exported ({cfg.export.format}): {export(cfg, workdir)}")
+        print(f"exported ({cfg.export.format}): {api.export(cfg, workdir)}")
 
 
 def main() -> None:

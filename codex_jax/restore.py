@@ -122,24 +122,29 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
     return evaluate_checkpoint(cfg, workdir, model, params, step, data, runner.put_batch, batches)
 
 
-def generate_from_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> list[str]:
-    """Completions of ``generate.prompt`` by a checkpoint's params (``generate.safety_policy``
-    redacts or withholds secrets in them)."""
+def generate_from_workdir(
+    cfg: ml_collections.ConfigDict, workdir: Path, prompts: list[str] | None = None
+) -> list[str]:
+    """Each of ``prompts`` (default: ``generate.prompt``) followed by its completion by a checkpoint's
+    params, restored once (``generate.safety_policy`` redacts or withholds secrets in them)."""
     from codex_jax.generate import complete
     from codex_jax.safety import filter_output
 
     model, params, _ = restore_params(cfg, workdir)
     data = prepare_data(cfg, workdir)
     g = cfg.generate
-    text = complete(
-        model,
-        params,
-        data.tokenizer,
-        g.prompt,
-        g.max_new_tokens,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
-        rng=jax.random.key(cfg.seed),
-    )
-    return [g.prompt + filter_output(text, g.safety_policy)]
+    out = []
+    for prompt in [g.prompt] if prompts is None else prompts:
+        text = complete(
+            model,
+            params,
+            data.tokenizer,
+            prompt,
+            g.max_new_tokens,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            top_p=g.top_p,
+            rng=jax.random.key(cfg.seed),
+        )
+        out.append(prompt + filter_output(text, g.safety_policy))
+    return out

@@ -10,6 +10,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "codex_jax" / "configs"
 
 
 def run_cli(
@@ -17,7 +18,7 @@ def run_cli(
     *overrides,
     mode="train",
     devices=1,
-    config="configs/tiny.py",
+    config="tiny.py",
     check=True,
     timeout=300,
     env_extra=None,
@@ -33,7 +34,7 @@ def run_cli(
         sys.executable,
         "-m",
         "codex_jax.main",
-        f"--config={REPO / config}",
+        f"--config={CONFIGS / config}",
         f"--workdir={workdir}",
         f"--mode={mode}",
         *overrides,

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, restore_params, run_cli
+from conftest import CONFIGS, REPO, read_metrics, restore_params, run_cli
 
 from codex_jax.checkpoint import MANIFEST, TRAIN_ITEMS, Checkpointer
 from codex_jax.train.loop import truncate_metrics
@@ -33,7 +33,7 @@ def popen_cli(workdir, *overrides, log):
         sys.executable,
         "-m",
         "codex_jax.main",
-        f"--config={REPO / 'configs/tiny.py'}",
+        f"--config={CONFIGS / 'tiny.py'}",
         f"--workdir={workdir}",
         *overrides,
     ]

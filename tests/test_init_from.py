@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, read_metrics, restore_params, run_cli
+from conftest import read_metrics, restore_params, run_cli
 
 from codex_jax.tokenizers import load_tokenizer
 from codex_jax.tokenizers.hf import HFTokenizer, save_sentencepiece_as_hf
@@ -93,12 +93,10 @@ def _torch_loss_and_logits(folder, windows: np.ndarray):
 def _tiny(*overrides: str):
     """configs/tiny.py with ``key=value`` overrides (values parsed as Python literals)."""
     import ast
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs/tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    from codex_jax.configs import tiny
+
+    cfg = tiny.get_config()
     for item in overrides:
         key, value = item.split("=", 1)
         *parents, leaf = key.split(".")

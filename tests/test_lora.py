@@ -449,13 +449,8 @@ def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
 
 
 def _tiny_cfg(init_from):
-    import importlib.util
+    from codex_jax.configs import tiny
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs/tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = tiny.get_config()
     cfg.model.init_from, cfg.logging.writers = init_from, "ndjson"
     return cfg

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, read_metrics, run_cli
+from conftest import CONFIGS, REPO, read_metrics, run_cli
 
 COMMON = [
     "--config.train.steps=8",
@@ -17,14 +17,40 @@ COMMON = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(first: int = 0) -> int:
+    """A free TCP port on 127.0.0.1: any (``first=0``), or the first free one from ``first`` on."""
+    for port in [0] if first == 0 else range(first, 65536):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
 
 
-def _run_two_processes(workdir, *overrides):
-    port = _free_port()
+def _dist_flags(port: int, i: int) -> list[str]:
+    """The README's explicit multi-host flags for process ``i`` of 2."""
+    return [
+        f"--config.dist.coordinator_address=127.0.0.1:{port}",
+        "--config.dist.num_processes=2",
+        f"--config.dist.process_id={i}",
+    ]
+
+
+def _slurm_env(port: int, i: int) -> dict[str, str]:
+    """What ``srun --ntasks=2`` sets for task ``i`` (jax derives the coordinator port from the job id)."""
+    return {
+        "SLURM_JOB_ID": str(port - 61440),  # port = job id % 4096 + 61440
+        "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": str(i),
+        "SLURM_LOCALID": str(i),
+    }
+
+
+def _run_two_processes(workdir, *overrides, slurm=False):
+    port = _free_port(61440 if slurm else 0)
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
@@ -36,18 +62,16 @@ def _run_two_processes(workdir, *overrides):
                 sys.executable,
                 "-m",
                 "codex_jax.main",
-                f"--config={REPO / 'configs/tiny.py'}",
+                f"--config={CONFIGS / 'tiny.py'}",
                 f"--workdir={workdir}",
                 *COMMON,
                 *overrides,
-                f"--config.dist.coordinator_address=127.0.0.1:{port}",
-                "--config.dist.num_processes=2",
-                f"--config.dist.process_id={i}",
+                *([] if slurm else _dist_flags(port, i)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**env, **_slurm_env(port, i)} if slurm else env,
             cwd=REPO,
         )
         for i in range(2)
@@ -70,3 +94,21 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
         [b[s]["loss"] for s in range(1, 9)], [a[s]["loss"] for s in range(1, 9)], rtol=1e-5
     )
     assert (multi / "checkpoints" / "8").is_dir()
+
+
+def test_slurm_environment_is_detected(tmp_path):
+    """``srun python -m codex_jax.main ...`` without dist.* keys: jax finds its peers from SLURM_*."""
+    outs = _run_two_processes(tmp_path, "--config.train.steps=2", slurm=True)
+    assert "process 1 of 2: 2 local device(s), 4 in all" in outs[1][1]
+    assert sorted(read_metrics(tmp_path)) == [1, 2]
+
+
+def test_tpu_pod_slice_is_detected(monkeypatch):
+    """On a multi-host TPU slice (the README's gcloud recipe) jax.distributed finds its peers itself."""
+    from codex_jax import distributed
+
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-n-0,t1v-n-1")
+    assert distributed._cluster_detected()
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")  # a single-host slice: nothing to join
+    assert not distributed._cluster_detected()

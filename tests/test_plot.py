@@ -1,23 +1,16 @@
-"""tools/plot_metrics.py: series from metrics.ndjson and a PNG of several runs."""
+"""codex_jax.metrics.plot (`codex-jax plot`): series from metrics.ndjson and a PNG of several runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
+from codex_jax.errors import UserError
 from codex_jax.metrics import NdjsonWriter
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "tools" / "plot_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from codex_jax.metrics import plot as tool
 
 
 def fake_run(workdir, scale=1.0, eval_only=False):
@@ -39,7 +32,6 @@ def fake_run(workdir, scale=1.0, eval_only=False):
 
 
 def test_series_keeps_the_last_value_of_a_step(tmp_path):
-    tool = load_tool()
     fake_run(tmp_path)
     w = NdjsonWriter(tmp_path / "metrics.ndjson")
     w.write_scalars(20, {"train/loss": 0.5})  # a resumed run logs step 20 again
@@ -58,7 +50,9 @@ def test_plot_of_two_runs_is_a_png(tmp_path):
     out = tmp_path / "plots" / "runs.png"
     cmd = [
         sys.executable,
-        str(REPO / "tools" / "plot_metrics.py"),
+        "-m",
+        "codex_jax.cli",
+        "plot",
         str(tmp_path / "a"),
         str(tmp_path / "b"),
         "--out",
@@ -76,5 +70,16 @@ def test_plot_of_two_runs_is_a_png(tmp_path):
 
 
 def test_missing_workdir_is_reported(tmp_path):
-    with pytest.raises(SystemExit, match="metrics.ndjson not found"):
-        load_tool().load_runs([str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="metrics.ndjson not found"):
+        tool.load_runs([str(tmp_path / "nope")])
+    cmd = [sys.executable, "-m", "codex_jax.cli", "plot", str(tmp_path / "nope")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "not found" in result.stderr
+
+
+def test_figure_is_returned_for_notebooks(tmp_path):
+    pytest.importorskip("matplotlib")
+    fake_run(tmp_path)
+    fig = tool.plot([tmp_path])
+    assert [ax.get_title() for ax in fig.axes] == [name for name, _, _ in tool.PANELS]
+    assert len(fig.axes[0].lines) == 2 and not (tmp_path / "metrics.png").exists()

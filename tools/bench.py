@@ -372,16 +372,12 @@ def run(argv: list[str]) -> None:
     if FLAGS.steps < 1 or FLAGS.warmup < 0:
         cli.fail(f"--steps must be >= 1 and --warmup >= 0 (got {FLAGS.steps}, {FLAGS.warmup})")
     cfg = cli.load_config()
-    config_path = FLAGS["config"].config_filename
+    config_path = cli.config_filename()
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
-            import jax
+            from codex_jax.api import prepare
 
-            from codex_jax.validation import validate
-
-            pmap = cfg.parallel.mode == "pmap"
-            num_devices = jax.local_device_count() if pmap else jax.device_count()
-            validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
+            prepare(cfg)  # multi-host start-up (dist.*) and validation, as a training run
             if FLAGS.what == "data":
                 with contextlib.ExitStack() as stack:
                     workdir = FLAGS.workdir or stack.enter_context(

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str
     if old != key:
         changed = [k for k in key if not isinstance(old, dict) or old.get(k) != key[k]]
         return None, "changed: " + ", ".join(k.replace("_", " ") for k in changed)
-    streams = {}
+    streams: dict[str, np.ndarray] = {}
     dtype = np.dtype(key["dtype"])
     for split, length in stored.get("tokens", {}).items():
         path = directory / f"{split}.tokens"
@@ -134,7 +134,7 @@ def load_or_build(
     directory: Path,
     key: dict,
     tokenizer: Tokenizer,
-    texts: dict[str, Sequence[str]],
+    texts: Mapping[str, Sequence[str]],
     write: bool = True,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:

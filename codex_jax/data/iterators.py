@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+from collections.abc import Iterator
 
 import grain
 import numpy as np
@@ -115,7 +116,7 @@ class TrainBatches(grain.DatasetIterator):
         super().__init__()
         self._dataset, self._num_workers, self._prefetch = dataset, num_workers, prefetch
         self._next_index = 0
-        self._it = None
+        self._it: Iterator[np.ndarray] | None = None  # the readers, once started
 
     def _start(self):
         threaded = self._prefetch if self._num_workers == 0 else 0

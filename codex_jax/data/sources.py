@@ -196,9 +196,10 @@ def read_file(
         location=str(path),
         on_bad=on_bad,
     )
-    if spec.kind == "jsonl":
-        return report, read_jsonl_file(data, report, spec.template)
-    if spec.kind == "csv":
+    if spec.kind in ("jsonl", "csv"):
+        assert spec.template is not None  # parse_source gives every jsonl/csv spec a template
+        if spec.kind == "jsonl":
+            return report, read_jsonl_file(data, report, spec.template)
         return report, read_csv_file(data, report, spec.template)
     return report, read_text_file(data, report)
 

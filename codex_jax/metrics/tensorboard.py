@@ -21,7 +21,7 @@ def _import_tensorboardx():
         import tensorboardX
 
         return tensorboardX
-    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
         import tensorboardX
     finally:

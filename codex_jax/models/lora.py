@@ -176,7 +176,10 @@ def export_peft(
     modules = {p: jax.tree.map(np.asarray, e) for p, e in _flat(lora_tree).items()}
     ranks = [e["lora_a"].shape[-1] for e in modules.values()]
     r = max(set(ranks), key=ranks.count)
-    tensors, rank_pattern, alpha_pattern, used = {}, {}, {}, set()
+    tensors: dict[str, np.ndarray] = {}
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    used: set[str] = set()
     for name, kernels in _peft_modules(cfg).items():
         parts = [(i, p) for i, (p, _) in enumerate(kernels) if p in modules]
         if not parts:

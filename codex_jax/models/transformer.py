@@ -159,8 +159,8 @@ class Linear(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), cfg.weights_dtype)
             y = y + bias.astype(cfg.compute_dtype)
         if self.has_variable("lora", "lora_a"):
-            a_DxR = self.get_variable("lora", "lora_a").astype(cfg.compute_dtype)
-            b_RxF = self.get_variable("lora", "lora_b").astype(cfg.compute_dtype)
+            a_DxR: jax.Array = self.get_variable("lora", "lora_a").astype(cfg.compute_dtype)
+            b_RxF: jax.Array = self.get_variable("lora", "lora_b").astype(cfg.compute_dtype)
             h = nn.Dropout(cfg.lora_dropout)(x, deterministic=deterministic)
             scale = cfg.lora_alpha / a_DxR.shape[-1]
             y = y + ((h @ a_DxR) @ b_RxF) * jnp.asarray(scale, cfg.compute_dtype)

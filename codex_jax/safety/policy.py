@@ -243,4 +243,5 @@ def filter_output(text: str, spec: str) -> str:
     if result.blocked:
         rules = sorted({f.rule for f in result.findings if f.action == "block"})
         return f"[withheld by the safety policy: {', '.join(rules)}]"
+    assert result.text is not None  # only a blocked result has no text
     return result.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import Literal, overload
 
 import numpy as np
 
@@ -88,16 +89,80 @@ class Tokenizer(abc.ABC):
     def id_to_piece(self, token_id: int) -> str:
         """The piece (token string) of one id."""
 
-    vocab_size: int
-    pad_id: int
-    unk_id: int
-    bos_id: int
-    eos_id: int
-    checksum: str
+    # The vocabulary size, the special ids (-1 when the tokenizer has none) and a checksum of the
+    # tokenizer's files; a subclass implements them as properties or plain class attributes.
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids (ids are in ``[0, vocab_size)``)."""
+
+    @property
+    @abc.abstractmethod
+    def pad_id(self) -> int:
+        """Padding id (-1 when none)."""
+
+    @property
+    @abc.abstractmethod
+    def unk_id(self) -> int:
+        """Unknown-token id (-1 when none)."""
+
+    @property
+    @abc.abstractmethod
+    def bos_id(self) -> int:
+        """Beginning-of-document id (-1 when none)."""
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int:
+        """End-of-document id (-1 when none)."""
+
+    @property
+    @abc.abstractmethod
+    def checksum(self) -> str:
+        """A checksum of the tokenizer's files (keys the token cache)."""
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``."""
         return self._encode_many([text], 1)[0]
+
+    @overload
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        num_threads: int = -1,
+        *,
+        max_length: int | None = None,
+        padding: Literal[False] | None = None,
+        truncation: bool = False,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+    ) -> list[list[int]]: ...
+
+    @overload
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        num_threads: int = -1,
+        *,
+        max_length: int | None = None,
+        padding: Literal[True] | str,
+        truncation: bool = False,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+    ) -> Batch: ...
+
+    @overload
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        num_threads: int = -1,
+        *,
+        max_length: int | None = None,
+        padding: bool | str | None = None,
+        truncation: bool = False,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+    ) -> list[list[int]] | Batch: ...
 
     def encode_batch(
         self,
@@ -121,10 +186,15 @@ class Tokenizer(abc.ABC):
         texts = list(texts)
         rows = self._encode_many(texts, num_threads) if texts else []
         if truncation:
+            assert max_length is not None  # _check_options requires it with truncation
             rows = [truncate(r, max_length, truncation_side) for r in rows]
         if mode is None:
             return rows
-        length = max((len(r) for r in rows), default=0) if mode == "longest" else max_length
+        if mode == "longest":
+            length = max((len(r) for r in rows), default=0)
+        else:
+            assert max_length is not None  # _check_options requires it with padding='max_length'
+            length = max_length
         too_long = [i for i, r in enumerate(rows) if len(r) > length]
         if too_long:
             n = len(rows[too_long[0]])

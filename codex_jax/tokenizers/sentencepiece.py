@@ -111,7 +111,8 @@ class SentencePieceTokenizer(Tokenizer):
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
         if skip_special_tokens:
             return self._sp.decode([i for i in ids if i not in self._specials])
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in ids:
             if i in self._specials:
                 out += [self._sp.decode(run), self._sp.id_to_piece(i)]
@@ -129,9 +130,10 @@ class SentencePieceTokenizer(Tokenizer):
         """'bpe', 'unigram', 'word' or 'char' (from the model's trainer spec)."""
         from sentencepiece import sentencepiece_model_pb2 as pb
 
-        proto = pb.ModelProto()
+        # The generated protobuf module builds its classes at import time: no attributes for mypy.
+        proto = pb.ModelProto()  # type: ignore[attr-defined]
         proto.ParseFromString(self._model_bytes)
-        return pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+        return pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()  # type: ignore[attr-defined]
 
     @property
     def vocab_size(self) -> int:

@@ -176,6 +176,7 @@ def load_params(cfg: ml_collections.ConfigDict, like, step: int | None = None):
     folder, run = init_from_folder(cfg), init_from_workdir(cfg)
     if folder is not None:
         return import_params(cfg, folder, like), None
+    assert run is not None  # a validated init_from is 'hf:FOLDER' or 'workdir:RUN'
     base_cfg = base_run_config(run)
     restored = load_checkpoint(base_cfg, run, step="latest" if step is None else step)
 
@@ -210,8 +211,10 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
         if folder is not None:
             files = [*hf.safetensors_files(folder), folder / "config.json"]
         else:
+            run = init_from_workdir(cfg)
+            assert run is not None  # a validated init_from is 'hf:FOLDER' or 'workdir:RUN'
             record["step"] = step
-            files = [init_from_workdir(cfg) / "checkpoints" / str(step) / MANIFEST]
+            files = [run / "checkpoints" / str(step) / MANIFEST]
         record["sha256"] = _sha256(files)
     else:
         shardings = jax.tree.map(lambda t: t.sharding, target)

@@ -74,10 +74,11 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
     """Prepares data, model, optimizer, runner, checkpointer and writers for ``cfg``."""
     workdir.mkdir(parents=True, exist_ok=True)
     model = Transformer(model_config(cfg))
-    if init_from_folder(cfg) is not None:
-        init_from.check_init_from(cfg, init_from_folder(cfg), model.cfg)
-    if init_from_workdir(cfg) is not None:
-        init_from.check_workdir(cfg, init_from_workdir(cfg), model.cfg)
+    folder, run = init_from_folder(cfg), init_from_workdir(cfg)
+    if folder is not None:
+        init_from.check_init_from(cfg, folder, model.cfg)
+    if run is not None:
+        init_from.check_workdir(cfg, run, model.cfg)
     if adapters.enabled(cfg) and not cfg.lora.init_from:  # lora.targets, before any data work
         lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets)
     data = prepare_data(cfg, workdir)
@@ -328,6 +329,7 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
         else:
             timer.step_end(tokens_per_step)
         if log_now:
+            assert host is not None  # fetched above whenever log_now
             _log_train(t, step, host, timer, model_flops_per_token, bar)
             window = []
         profile.after(step, state)

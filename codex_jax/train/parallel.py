@@ -10,6 +10,8 @@ A LoRA run first hands the runner its frozen base (``frozen_target``: where to l
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,7 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
         return P()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % fsdp_size == 0:
-            spec = [None] * len(shape)
+            spec: list[str | None] = [None] * len(shape)
             spec[axis] = "fsdp"
             return P(*spec)
     return P()
@@ -65,7 +67,7 @@ class JitRunner:
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
         self.state_sharding = None
-        self._train = None
+        self._train: Callable[..., Any] | None = None  # compiled once the state's shapes are known
         self._eval = jax.jit(
             functools.partial(step_lib.eval_step, model=model), out_shardings=self.replicated
         )

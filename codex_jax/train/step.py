@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -62,7 +64,8 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
         params = jax.tree.map(keep, params, state.params)
         opt_state = jax.tree.map(keep, opt_state, state.opt_state)
     did_update = jnp.bool_(True) if mini_step is None else mini_step == 0
-    new_state = state.replace(
+    new_state = dataclasses.replace(  # what flax's untyped ``state.replace`` does
+        state,
         step=state.step + did_update.astype(jnp.int32),
         params=params,
         opt_state=opt_state,

@@ -10,6 +10,7 @@ The argument after ``:`` names the base (``model.init_from``); ``data.source`` t
         --workdir=runs/lora-tinyllama --config.data.source='/src/myproject/**/*.py'
     # then: the adapters for peft, or the merged model for transformers
     python -m codex_jax.main --config=configs/lora.py --workdir=runs/lora --mode=export \\
+        --config.data.source='/src/myproject/**/*.py' \\
         --config.export.format=peft --config.export.dir=runs/lora-adapter
 
 Checkpoints hold the adapters and their optimizer state only; the base is read again from

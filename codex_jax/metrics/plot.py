@@ -1,9 +1,10 @@
 """Plots train/eval loss, learning rate and tokens/s against step from runs' ``metrics.ndjson``.
 
-usage: python tools/plot_metrics.py WORKDIR [WORKDIR ...] [--out PNG] [--title TEXT]
+usage: codex-jax plot WORKDIR [WORKDIR ...] [--out PNG] [--title TEXT]
 
 Several workdirs are overlaid (one colour per run, labelled by the folder name); a series a run
-never logged is left out of its panel. Writes a PNG with matplotlib's Agg backend (no display).
+never logged is left out of its panel. The figure is built without pyplot, so it neither needs a display
+nor changes a notebook's backend (a notebook shows the returned figure inline).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from codex_jax.errors import EXIT_USER_ERROR, UserError
 
 PANELS = (  # (title, y label, [(split, metric, line style)])
     ("loss", "nats / token", [("train", "loss", "-"), ("eval", "loss", "--")]),
@@ -31,14 +34,14 @@ def series(records: list[dict], split: str, metric: str) -> tuple[list[int], lis
 
 
 def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
-    """``{label: records}`` of each workdir's metrics.ndjson (SystemExit naming a missing one)."""
+    """``{label: records}`` of each workdir's metrics.ndjson (UserError naming a missing one)."""
     from codex_jax.metrics.ndjson import read_ndjson
 
     runs = {}
     for workdir in workdirs:
         path = Path(workdir) / "metrics.ndjson"
         if not path.is_file():
-            sys.exit(f"error: {path} not found (is {workdir} a codex_jax workdir?)")
+            raise UserError(f"{path} not found (is {workdir} a codex_jax workdir?)")
         label = Path(workdir).resolve().name
         while label in runs:
             label += "'"
@@ -46,16 +49,14 @@ def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
     return runs
 
 
-def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
-    """Draws the panels for ``runs`` into the PNG ``out``; returns its path."""
-    import matplotlib
+def figure(runs: dict[str, list[dict]], title: str = ""):
+    """A matplotlib Figure with one panel per entry of PANELS, the runs overlaid."""
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = (5 * len(PANELS), 3.6)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=size, constrained_layout=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(5 * len(PANELS), 3.6), constrained_layout=True)
+    axes = fig.subplots(1, len(PANELS))
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (name, ylabel, lines) in zip(axes, PANELS, strict=True):
         for i, (label, records) in enumerate(runs.items()):
             for split, metric, style in lines:
@@ -78,24 +79,30 @@ def plot(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: parses arguments, plots, prints the PNG's path."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def plot(workdirs: list[str | Path], out: str | Path | None = None, title: str = ""):
+    """The figure of ``workdirs``' metrics, also written to the PNG ``out`` when given."""
+    fig = figure(load_runs([str(w) for w in workdirs]), title)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
+
+
+def main(argv: list[str]) -> int:
+    """``codex-jax plot``: parses arguments, plots, prints the PNG's path."""
+    parser = argparse.ArgumentParser(prog="codex-jax plot", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
     parser.add_argument("--out", default=None, help="PNG path (default: WORKDIR/metrics.png)")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
     out = args.out or Path(args.workdirs[0]) / "metrics.png"
-    print(plot(load_runs(args.workdirs), out, args.title))
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-    main()
+    try:
+        plot(args.workdirs, out, args.title)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(out)
+    return 0

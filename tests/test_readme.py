@@ -1,0 +1,203 @@
+"""Every command in README.md is exercised: run here, or by the named test when it needs what CI lacks.
+
+Commands are the lines of the README's shell blocks and the inline code spans that start with a command
+word. codex_jax's own commands run for real, in README order, in one scratch directory (so
+``runs/base`` written by the first is what the later ones read), with the tiny-size overrides of
+``TINY`` appended and the README's example paths (``/models/gpt2``, ``/src/me``) swapped for real ones.
+Commands that need a cluster, Docker, a server or a fresh venv name the test that exercises them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+COMMAND_WORDS = ("python", "codex-jax", "pip", "bash", "srun", "gcloud", "docker", "mlflow", "MLFLOW_")
+TINY = {  # set on every training-mode command: seconds, not minutes
+    "train.steps": 2,
+    "train.warmup_steps": 1,
+    "data.max_files": 40,
+    "data.seq_len": 64,
+    "data.batch_size": 8,
+    "data.tokenizer_train_bytes": 1_000_000,
+    "train.eval_every": 2,
+    "checkpoint.every_steps": 2,
+    "eval.num_batches": 1,
+    "eval.line_completion_samples": 2,
+    "generate.max_new_tokens": 8,
+    "logging.progress": False,
+}
+TINY_FLAGS = [f"--config.{key}={value}" for key, value in TINY.items()]
+ELSEWHERE = [  # (pattern, the test that runs it)
+    (r"^pip install -e '\.\[test\]'$", ".ci/run"),
+    (r"^bash \.ci/run$", ".ci/run"),
+    (r"^python -m build --wheel$", "tests/test_wheel.py::test_wheel_contents"),
+    (r"^pip install dist/codex_jax-", "tests/test_wheel.py::test_console_script_trains"),
+    (r"^docker (build|run) ", "tests/test_docker.py::test_default_command_trains_a_packaged_config"),
+    (
+        r"dist\.coordinator_address=HOST0",
+        "tests/test_multihost.py::test_two_processes_match_one_process_and_resume",
+    ),
+    (r"^srun ", "tests/test_multihost.py::test_slurm_environment_is_detected"),
+    (r"^gcloud compute tpus", "tests/test_multihost.py::test_tpu_pod_slice_is_detected"),
+    (
+        r"^MLFLOW_ALLOW_FILE_STORE=true mlflow ui",
+        "tests/test_writers_extra.py::test_training_logs_system_metrics_and_mlflow",
+    ),
+    (
+        r"^codex-jax safety scan PATH",
+        "tests/test_safety.py::test_scan_command_prints_findings_without_secrets",
+    ),
+    (r"^codex-jax plugins", "tests/test_plugins.py::test_plugins_command_lists_loaded_and_failed"),
+    (r"^tools/bench\.py --config=FILE", "tests/test_bench.py::test_train_bench_tiny"),
+    (
+        r"^tools/bench\.py --config\.lora\.rank=16$",
+        "tests/test_lora.py::test_bench_lora_runs_on_a_shrunken_llama_1b",
+    ),
+    (r"^pip install '?codex-jax\[(mlflow|clu)\]'?$", "pyproject.toml"),
+    (r"^pip install nvidia-ml-py$", "pyproject.toml"),
+]
+RUN_HERE = (
+    r"^(python -m codex_jax\.main|codex-jax (train|eval|generate|export|tokenizer|configs|plot|--help))"
+)
+
+
+def where_tested(command: str) -> str | None:
+    """``'here'``, the test (or file) that runs ``command`` elsewhere, or None when nothing does."""
+    elsewhere = next((w for pattern, w in ELSEWHERE if re.search(pattern, command)), None)
+    return elsewhere or ("here" if re.match(RUN_HERE, command) else None)
+
+
+def _shell_lines(block: str) -> list[str]:
+    """A shell block's lines with backslash continuations joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    out = []
+    for line in joined.splitlines():
+        if not line.startswith(COMMAND_WORDS):  # diagrams and file trees share unlabelled blocks
+            continue
+        words = shlex.split(line, comments=True)
+        if words:
+            out.extend(part.strip() for part in shlex.join(words).split(" '&&' "))
+    return out
+
+
+def readme_commands() -> list[str]:
+    """Every command in README.md, in order (shlex-normalised: ``shlex.split`` gives its argv)."""
+    commands = []
+    fence = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+    for match in fence.finditer(README):
+        if match.group(1) in ("", "sh", "bash"):
+            commands += _shell_lines(match.group(2))
+    prose = fence.sub("", README)
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        words = span.split()
+        if len(words) > 1 and words[0].startswith(COMMAND_WORDS + ("tools/bench.py",)):
+            commands.append(span)
+    return commands
+
+
+def python_blocks() -> list[str]:
+    """The README's ```python blocks."""
+    return re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+
+
+def test_every_readme_command_is_run_here_or_by_a_named_test():
+    commands = readme_commands()
+    assert len(commands) > 25 and any(c.startswith("python -m codex_jax.main") for c in commands)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ci = (REPO / ".ci/run").read_text()
+    unknown = []
+    for command in commands:
+        where = where_tested(command)
+        if where == "here":
+            continue
+        if where is None:
+            unknown.append(command)
+        elif where == ".ci/run":
+            assert 'pip install -q -e ".[test' in ci and "pytest" in ci
+        elif where == "pyproject.toml":
+            name = re.search(r"codex-jax\[(\w+)\]|(nvidia-ml-py)", command)
+            assert (
+                name.group(1) in extras if name.group(1) else any("nvidia-ml-py" in r for r in extras["gpu"])
+            )
+        else:
+            file, test = where.split("::")
+            assert f"def {test}(" in (REPO / file).read_text(), f"{command!r}: {where} does not exist"
+    assert not unknown, f"README commands no test exercises: {unknown}"
+
+
+def _scratch(tmp_path: Path) -> dict[str, str]:
+    """The files the README's example commands read, and what their example paths become."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    (tmp_path / "src").mkdir()
+    for name in ("textwrap.py", "bisect.py", "heapq.py", "fnmatch.py"):
+        shutil.copy(stdlib / name, tmp_path / "src" / name)
+    (tmp_path / "docs.jsonl").write_text('{"text": "Some documentation.\\nMore of it."}\n' * 50)
+    return {  # in order: "/tmp/" first, as the paths swapped in live under /tmp themselves
+        "/tmp/": f"{tmp_path}/tmp/",
+        "/models/gpt2": str(tmp_path / "models/gpt2"),
+        "/models/TinyLlama-1.1B": str(tmp_path / "models/gpt2"),
+        "/src/me/**/*.py": str(stdlib / "email" / "*.py"),
+        "--vocab-size 8000": "--vocab-size 400",
+    }
+
+
+def _argv(command: str, swaps: dict[str, str]) -> list[str]:
+    for old, new in swaps.items():
+        command = command.replace(old, new)
+    argv = shlex.split(command)
+    if argv[0] == "codex-jax":
+        argv = [sys.executable, "-m", "codex_jax.cli", *argv[1:]]
+    elif argv[0] == "python":
+        argv[0] = sys.executable
+    trains = "codex_jax.main" in argv or (
+        len(argv) > 3 and argv[3] in ("train", "eval", "generate", "export")
+    )
+    return argv + TINY_FLAGS if trains else argv
+
+
+@pytest.mark.slow
+def test_readme_commands_run(tmp_path):
+    """codex_jax's README commands in order in one directory; the Python API block after them."""
+    swaps = _scratch(tmp_path)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    ran = []
+    for command in readme_commands():
+        if where_tested(command) != "here":
+            continue
+        if "/models/" in command and not Path(swaps["/models/gpt2"]).exists():
+            # the README's example Hugging Face folder: the base run exported by codex_jax itself
+            run_cli(
+                tmp_path / "runs/base",
+                *TINY_FLAGS,
+                "--config.export.format=hf",
+                f"--config.export.dir={swaps['/models/gpt2']}",
+                mode="export",
+                config="base.py",
+            )
+        argv = _argv(command, swaps)
+        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"README: {command}\n{result.stderr[-3000:]}"
+        ran.append((command, result.stdout))
+    outputs = dict(ran)
+    assert len(ran) >= 18
+    assert '"perplexity"' in outputs["python -m codex_jax.main --config=configs/base.py --mode=eval"]
+    assert (tmp_path / "docs/metrics.png").is_file() and (tmp_path / "runs/lora-adapter").is_dir()
+    assert (tmp_path / "tmp/ft-hf/model.safetensors").is_file() and (tmp_path / "tok-hf").is_dir()
+    code = python_blocks()[0].replace('{"train.steps": 200}', repr(TINY))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out/model.safetensors").is_file()
