@@ -132,7 +132,16 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "(adapter_config.json + adapter_model.safetensors) instead of a fresh init.",
     ),
     "train.steps": (300, "Optimizer steps to train for."),
-    "train.grad_accum_steps": (1, "Micro-steps accumulated per optimizer step (optax.MultiSteps)."),
+    "train.grad_accum_steps": (
+        1,
+        "Micro-steps (of data.batch_size sequences each) accumulated per optimizer step.",
+    ),
+    "train.accum_impl": (
+        "multisteps",
+        "How train.grad_accum_steps > 1 accumulates: 'multisteps' (optax.MultiSteps, one jitted call per "
+        "micro-batch) or 'scan' (one jitted call per optimizer step, lax.scan over its micro-batches: "
+        "faster, with all of a step's micro-batches on the device at once). Same result either way.",
+    ),
     "train.learning_rate": (3e-3, "Peak learning rate."),
     "train.warmup_steps": (30, "Linear warmup, in optimizer steps."),
     "train.min_lr_ratio": (

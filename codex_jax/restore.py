@@ -15,8 +15,9 @@ from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.train import adapters
-from codex_jax.train.loop import check_compatible, check_workdir_config, model_config
+from codex_jax.train.loop import model_config
 from codex_jax.train.parallel import JitRunner, make_mesh
+from codex_jax.train.resume import check_compatible, check_workdir_config
 
 
 @dataclasses.dataclass

@@ -28,6 +28,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "parallel.mode": ("jit", "pmap"),
     "train.on_nan": ("raise", "skip"),
+    "train.accum_impl": ("multisteps", "scan"),
     "checkpoint.best_metric": ("loss", "perplexity", "token_accuracy"),
     "checkpoint.best_mode": ("min", "max"),
     "checkpoint.on_corrupt": ("error", "previous"),

@@ -23,6 +23,8 @@ def test_packaged_configs_resolve_by_name_and_a_real_file_wins(tmp_path, monkeyp
     assert resolve("configs/lora.py:hf:/m") == f"{CONFIGS / 'lora.py'}:hf:/m"
     for spec in ("configs/nope.py", "/abs/configs/tiny.py", "other/tiny.py"):
         assert resolve(spec) == spec  # not packaged names: left for the loader to report
+    (tmp_path / "tiny").mkdir()  # a folder of that name is not a config file
+    assert resolve("tiny") == str(CONFIGS / "tiny.py")
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs/tiny.py").write_text("raise SystemExit")
     assert resolve("configs/tiny.py") == "configs/tiny.py"

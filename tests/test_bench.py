@@ -60,6 +60,14 @@ def test_train_bench_tiny():
     assert essentials == ("float32", "xla", "none", 0)
 
 
+def test_train_bench_times_scan_accumulation():
+    """With train.accum_impl='scan' one timed call is a whole optimizer step of K micro-batches."""
+    flags = ("--config.train.grad_accum_steps=2", "--config.train.accum_impl=scan", "--compare_bare=false")
+    out = _json_line(_bench("--config=configs/tiny.py", "--steps=1", "--warmup=0", *flags))
+    assert (out["grad_accum_steps"], out["accum_impl"], out["tokens_per_step"]) == (2, "scan", 2 * 8 * 64)
+    assert out["loss"] > 0 and out["bare_step_ms"] is None
+
+
 def test_data_bench_tiny(tmp_path):
     out = _json_line(
         _bench("--config=configs/tiny.py", "--what=data", "--steps", "5", f"--workdir={tmp_path}")

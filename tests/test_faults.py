@@ -17,7 +17,7 @@ import pytest
 from conftest import CONFIGS, REPO, read_metrics, restore_params, run_cli
 
 from codex_jax.checkpoint import MANIFEST, TRAIN_ITEMS, Checkpointer
-from codex_jax.train.loop import truncate_metrics
+from codex_jax.train.resume import truncate_metrics
 
 QUICK = ["--config.train.log_every=1", "--config.generate.max_new_tokens=0"]
 

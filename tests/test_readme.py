@@ -62,6 +62,10 @@ ELSEWHERE = [  # (pattern, the test that runs it)
     (r"^codex-jax plugins", "tests/test_plugins.py::test_plugins_command_lists_loaded_and_failed"),
     (r"^tools/bench\.py --config=FILE", "tests/test_bench.py::test_train_bench_tiny"),
     (
+        r"^tools/bench\.py --config\.train\.grad_accum_steps=\d+$",
+        "tests/test_bench.py::test_train_bench_times_scan_accumulation",
+    ),
+    (
         r"^tools/bench\.py --config\.lora\.rank=16$",
         "tests/test_lora.py::test_bench_lora_runs_on_a_shrunken_llama_1b",
     ),

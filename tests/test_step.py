@@ -1,5 +1,7 @@
 """The pure train step under jit (1 and 8 devices) and pmap, and gradient accumulation equivalence."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -75,6 +77,42 @@ def test_accumulation_matches_big_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s4.params)
 
 
+@pytest.mark.parametrize("kind", ["jit1", "fsdp2x4", "pmap8"])
+def test_scan_accumulation_matches_multisteps(kind):
+    """train.accum_impl='scan' (one call per optimizer step) == optax.MultiSteps (one call per
+    micro-batch): same micro-batches, dropout keys, losses and params, on each kind of runner."""
+    model = Transformer(dataclasses.replace(MODEL, dropout=0.1))
+    micro = _batches(12, 8)  # 3 optimizer steps of 4 micro-batches
+    runners = {
+        "jit1": lambda tx, k: JitRunner(model, tx, make_mesh(num_devices=1), scan_steps=k),
+        "fsdp2x4": lambda tx, k: JitRunner(model, tx, make_mesh(2, 4), fsdp_min_size=256, scan_steps=k),
+        "pmap8": lambda tx, k: PmapRunner(model, tx, 8, scan_steps=k),
+    }
+    results = {}
+    for impl, feed in (("multisteps", micro), ("scan", [np.stack(micro[i : i + 4]) for i in (0, 4, 8)])):
+        cfg = _train_cfg(4)
+        cfg.accum_impl = impl
+        tx = make_optimizer(cfg)
+        runner = runners[kind](tx, 4 if impl == "scan" else 1)
+        state = runner.init_state(
+            lambda tx=tx: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)
+        )
+        losses = []
+        for batch in feed:
+            state, m = runner.train_step(state, runner.put_batch(batch))
+            losses += np.atleast_1d(jax.device_get(m["loss"])).tolist()
+        results[impl] = losses, jax.device_get(runner.state_for_save(state))
+    (ms_losses, ms_state), (scan_losses, scan_state) = results["multisteps"], results["scan"]
+    assert len(scan_losses) == 12 and int(ms_state.step) == int(scan_state.step) == 3
+    np.testing.assert_allclose(scan_losses, ms_losses, rtol=1e-5)
+    np.testing.assert_array_equal(ms_state.rng, scan_state.rng)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        scan_state.params,
+        ms_state.params,
+    )
+
+
 @pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
 def test_fsdp_meshes_match_single_device(data, fsdp):
     model, tx = Transformer(MODEL), make_optimizer(_train_cfg())
@@ -90,7 +128,7 @@ def test_fsdp_shrinks_per_device_parameter_bytes():
 
     def bytes_on_device0(runner):
         state = runner.init_state(
-            lambda: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)
+            lambda tx=tx: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)
         )
         leaves = jax.tree.leaves((state.params, state.opt_state))
         return sum(

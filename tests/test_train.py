@@ -42,13 +42,20 @@ def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "mode,accum,devices",
-    [("jit", 1, 1), ("jit", 4, 2), ("pmap", 1, 2), ("pmap", 4, 2)],
+    "mode,accum,devices,impl",
+    [
+        ("jit", 1, 1, "multisteps"),
+        ("jit", 4, 2, "multisteps"),
+        ("jit", 4, 2, "scan"),
+        ("pmap", 1, 2, "multisteps"),
+        ("pmap", 4, 2, "multisteps"),
+    ],
 )
-def test_resume_is_bit_exact(tmp_path, mode, accum, devices):
+def test_resume_is_bit_exact(tmp_path, mode, accum, devices, impl):
     common = [
         f"--config.parallel.mode={mode}",
         f"--config.train.grad_accum_steps={accum}",
+        f"--config.train.accum_impl={impl}",
         "--config.model.dropout=0.1",
         "--config.train.steps=12",
         "--config.checkpoint.every_steps=6",
@@ -63,3 +70,9 @@ def test_resume_is_bit_exact(tmp_path, mode, accum, devices):
     assert [a[s]["loss"] for s in range(7, 13)] == [b[s]["loss"] for s in range(7, 13)]
     pa, pb = restore_params(full, 12), restore_params(part, 12)
     jax.tree.map(np.testing.assert_array_equal, pa, pb)
+    if impl == "scan":  # its optimizer state has no MultiSteps wrapper: resuming under MultiSteps is refused
+        other = [c.replace("accum_impl=scan", "accum_impl=multisteps") for c in common]
+        refused = run_cli(part, *other, "--config.train.steps=13", devices=devices, check=False)
+        assert refused.returncode == 2 and "optax.MultiSteps" in refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].endswith("or use a new --workdir")

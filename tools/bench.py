@@ -58,6 +58,7 @@ def _essentials(cfg) -> dict:
         "batch_size": d.batch_size,
         "seq_len": d.seq_len,
         "grad_accum_steps": cfg.train.grad_accum_steps,
+        "accum_impl": cfg.train.accum_impl,
         "dtype": m.dtype,
         "param_dtype": m.param_dtype,
         "attention_impl": m.attention_impl,
@@ -150,14 +151,15 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     from codex_jax.metrics import perf
     from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
     from codex_jax.train.loop import model_config
-    from codex_jax.train.optim import make_optimizer
+    from codex_jax.train.optim import make_optimizer, scan_steps
     from codex_jax.train.parallel import make_runner
     from codex_jax.train.state import create_train_state
 
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     model = Transformer(model_config(cfg))
     tx = make_optimizer(cfg.train)
-    runner = make_runner(cfg.parallel, model, tx)
+    per_call = scan_steps(cfg.train)  # micro-batches per jitted call: K under train.accum_impl='scan'
+    runner = make_runner(cfg.parallel, model, tx, scan_steps=per_call)
     lora_info = None
     if _lora_rank(cfg):
         # ---- LoRA (issue 6) ----------------------------------------------------------------------
@@ -175,14 +177,15 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         num_params = count_params(jax.eval_shape(make_state).params)
     accum = cfg.train.grad_accum_steps
     batches = random_batches(
-        cfg, min(8, (steps + warmup + 1) * accum), cfg.data.batch_size // jax.process_count()
+        cfg, max(per_call, min(8, (steps + warmup + 1) * accum)), cfg.data.batch_size // jax.process_count()
     )
 
     def trainer_micro(state, batch):
         state, metrics = runner.train_step(state, runner.put_batch(batch))
         return state, metrics["loss"]
 
-    trainer = _Timed(trainer_micro, state, batches, accum)
+    stacked = [np.stack(batches[i : i + per_call]) for i in range(0, len(batches) - per_call + 1, per_call)]
+    trainer = _Timed(trainer_micro, state, batches if per_call == 1 else stacked, accum // per_call)
     compile_s = trainer(record=False)
     for _ in range(warmup):
         trainer(record=False)
@@ -234,7 +237,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         "num_params": num_params,
         "flops_per_token": fpt,
         "tokens_per_step": tokens_per_step,
-        "loss": _round(float(trainer.loss), 4),
+        "loss": _round(float(np.mean(trainer.loss)), 4),
         "bare_step_ms": None,
         "overhead_ratio": None,
     }

@@ -22,7 +22,7 @@ def packaged() -> dict[str, Path]:
 def resolve(spec: str) -> str:
     """``spec`` as given when its file exists, else the packaged config it names (``path[:arg]`` kept)."""
     path, sep, arg = spec.partition(":")
-    if not path or Path(path).expanduser().exists():
+    if not path or Path(path).expanduser().is_file():
         return spec
     given = Path(path)
     found = packaged().get(given.name.removesuffix(".py"))

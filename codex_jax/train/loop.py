@@ -30,9 +30,10 @@ from codex_jax.models.transformer import (
     init_params,
 )
 from codex_jax.train import adapters, init_from
-from codex_jax.train.optim import learning_rate_schedule, make_optimizer
+from codex_jax.train.optim import learning_rate_schedule, make_optimizer, scan_steps
 from codex_jax.train.parallel import make_runner
 from codex_jax.train.profile import Profiler
+from codex_jax.train.resume import find_resume, truncate_metrics
 from codex_jax.train.state import TrainState, create_train_state
 
 
@@ -84,7 +85,9 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
     data = prepare_data(cfg, workdir)
     init_from.check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
     tx = make_optimizer(cfg.train)
-    runner = make_runner(cfg.parallel, model, tx, skip_nonfinite=cfg.train.on_nan == "skip")
+    runner = make_runner(
+        cfg.parallel, model, tx, skip_nonfinite=cfg.train.on_nan == "skip", scan_steps=scan_steps(cfg.train)
+    )
     per_process_batch = cfg.data.batch_size // jax.process_count()
     train_iter = make_train_iterator(
         data.train_windows,
@@ -128,8 +131,9 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
 def init_or_restore(t: Trainer, step: int | None):
     """A fresh train state (``step`` None), or checkpoint ``step``'s (iterator restored in place).
 
-    ``step`` comes from :func:`find_resume`; step folders newer than it (corrupt ones skipped under
-    ``checkpoint.on_corrupt='previous'``) are moved aside, so that the run can save those again.
+    ``step`` comes from :func:`~codex_jax.train.resume.find_resume`; step folders newer than it (corrupt
+    ones skipped under ``checkpoint.on_corrupt='previous'``) are moved aside, so that the run can save
+    those again.
     A LoRA run (``lora.rank > 0``) trains an adapter tree; its frozen base is loaded into the
     runner on every start, checked against the checksum the checkpoint recorded.
     """
@@ -157,92 +161,6 @@ def init_or_restore(t: Trainer, step: int | None):
     state = t.checkpointer.restore(step, abstract, t.train_iter)
     print(f"resumed from {t.checkpointer.directory / str(step)}", file=sys.stderr)
     return t.runner.put_state(state)
-
-
-# Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
-_FIXED_KEYS = (
-    "model.",
-    "data.seq_len",
-    "data.source",
-    "data.tokenizer",
-    "data.max_files",
-    "data.eval_fraction",
-    "data.safety_policy",
-    "lora.rank",
-    "lora.targets",
-    "lora.init_from",
-)
-_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
-
-
-def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
-    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
-
-    Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
-    the device count and mesh...); each change is one ``note:`` line on stderr.
-    """
-    saved = meta.get("config")
-    if not isinstance(saved, dict):
-        raise UserError(f"checkpoint {path}: no saved config in its metadata")
-    now = flatten(cfg)
-    ignored = {f"model.{k}" for k in init_from.SHAPE_KEYS} if cfg.model.get("init_from") else set()
-    for key, old in flatten(saved).items():
-        new = now.get(key)
-        if new == old or key in ignored:
-            continue
-        if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
-            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
-        print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
-
-
-def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
-    """The checkpoint step to resume from (None: a fresh start), checked before anything is written.
-
-    Refuses (UserError, workdir untouched) a workdir whose config.json or checkpoint disagrees on
-    the model or data, and a corrupt newest checkpoint unless ``checkpoint.on_corrupt='previous'``.
-    """
-    check_workdir_config(cfg, workdir)
-    checkpointer = ckpt_lib.Checkpointer(
-        workdir / "checkpoints", read_only=True, params_item=adapters.params_item(cfg)
-    )
-    try:
-        step = checkpointer.select("latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS)
-        if step is not None:
-            check_compatible(checkpointer.restore_meta(step), cfg, checkpointer.path(step))
-    finally:
-        checkpointer.close()
-    return step
-
-
-def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data."""
-    path = workdir / "config.json"
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON ({e})") from e
-    check_compatible({"config": saved}, cfg, path)
-
-
-def truncate_metrics(path: Path, step: int | None) -> None:
-    """Drops metrics.ndjson lines after ``step`` (all of them on a fresh start): the resumed run
-    writes them again, so a killed run leaves no second set of lines for a step."""
-    if jax.process_index() != 0 or not path.is_file():
-        return
-    keep = []
-    if step is not None:
-        for line in path.read_text().splitlines(keepends=True):
-            try:
-                record_step = json.loads(line).get("step")
-            except ValueError:
-                break  # a line cut short by a killed writer ends the file
-            if record_step is None or record_step <= step:
-                keep.append(line)
-    tmp = path.with_suffix(".ndjson.tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
@@ -303,6 +221,7 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
     """
     cfg = t.cfg
     steps, accum = cfg.train.steps, cfg.train.grad_accum_steps
+    per_call = scan_steps(cfg.train)  # micro-batches per jitted call (K under accum_impl='scan')
     last = min(steps, cfg.train.stop_after or steps)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
     timer, window, evaluated = StepTimer(), [], None
@@ -316,14 +235,15 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
     )
     for step in range(start + 1, last + 1):
         profile.before(step)
-        for _ in range(accum):
+        for _ in range(accum // per_call):
             timer.data_start()
-            batch = t.runner.put_batch(next(t.train_iter))
+            local = [next(t.train_iter) for _ in range(per_call)]
+            batch = t.runner.put_batch(local[0] if per_call == 1 else np.stack(local))
             timer.data_end()
             state, metrics = t.runner.train_step(state, batch)
             window.append(metrics)
         log_now = step % cfg.train.log_every == 0 or step == last
-        host = jax.device_get(window) if log_now or step == start + 1 else None  # blocks on the device
+        host = micro_metrics(jax.device_get(window)) if log_now or step == start + 1 else None  # blocks
         if step == start + 1:
             _log_compile(t, step, timer)
         else:
@@ -340,7 +260,7 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
             timer.start()
         if step % cfg.checkpoint.every_steps == 0 or step == last:
             if window:  # never save a state the non-finite check has not seen
-                _check_finite(t, jax.device_get(window), step)
+                _check_finite(t, micro_metrics(jax.device_get(window)), step)
             if t.checkpointer.retention.best_k and evaluated is None:
                 evaluated = _eval_and_log(t, state, step)
                 timer.start()
@@ -348,6 +268,15 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
             t.checkpointer.save(step, saved, t.train_iter, meta, metrics=evaluated)
     bar.close()
     return state, last, evaluated
+
+
+def micro_metrics(host: list[dict]) -> list[dict]:
+    """One metrics dict per micro-step (a scan step returns its K micro-steps' metrics stacked)."""
+    out = []
+    for m in host:
+        k = np.size(m["loss"])
+        out += [m] if np.ndim(m["loss"]) == 0 else [{name: v[i] for name, v in m.items()} for i in range(k)]
+    return out
 
 
 def _log_compile(t: Trainer, step: int, timer: StepTimer) -> None:

@@ -32,8 +32,20 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+def uses_multisteps(train_cfg) -> bool:
+    """Whether the optimizer is wrapped in optax.MultiSteps (its state then has MultiSteps' structure)."""
+    return train_cfg["grad_accum_steps"] > 1 and train_cfg.get("accum_impl", "multisteps") == "multisteps"
+
+
+def scan_steps(train_cfg) -> int:
+    """Micro-batches each jitted train step takes: K under ``accum_impl='scan'``, else 1."""
+    scan = train_cfg.get("accum_impl", "multisteps") == "scan"
+    return train_cfg["grad_accum_steps"] if scan else 1
+
+
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with clipping and the schedule, wrapped in MultiSteps when accumulating gradients."""
+    """AdamW with clipping and the schedule, wrapped in MultiSteps when accumulating gradients with
+    ``train.accum_impl='multisteps'`` (under ``'scan'`` the train step itself averages the micro-batches)."""
     parts = []
     if train_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(train_cfg.grad_clip))
@@ -47,6 +59,6 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
         )
     )
     tx = optax.chain(*parts)
-    if train_cfg.grad_accum_steps > 1:
+    if uses_multisteps(train_cfg):  # under accum_impl='scan' the train step itself accumulates
         tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum_steps).gradient_transformation()
     return tx

@@ -3,6 +3,8 @@
 Both runners expose the same methods, so the training loop never asks which mode it is in:
 ``init_state``, ``put_batch``, ``train_step``, ``eval_step``, ``state_for_save``, ``abstract_state``,
 ``put_state``.
+With ``scan_steps = K > 1`` (``train.accum_impl='scan'``) the train step takes K stacked micro-batches
+(``put_batch`` of a ``[K, B, L]`` array) and makes one optimizer step of them.
 A LoRA run first hands the runner its frozen base (``frozen_target``: where to load it,
 ``set_frozen``: place it); every step then gets it as a separate, non-donated argument.
 """
@@ -58,14 +60,24 @@ class JitRunner:
     (``init_state`` or ``abstract_state``).
     """
 
-    def __init__(self, model, tx, mesh: Mesh, fsdp_min_size: int = 1 << 16, skip_nonfinite: bool = False):
+    def __init__(
+        self,
+        model,
+        tx,
+        mesh: Mesh,
+        fsdp_min_size: int = 1 << 16,
+        skip_nonfinite: bool = False,
+        scan_steps: int = 1,
+    ):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
         self.train_fn = functools.partial(
-            step_lib.train_step, model=model, tx=tx, skip_nonfinite=skip_nonfinite
+            _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite
         )
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+        self.stacked_batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))  # [K, B, L]
+        self.train_batch_sharding = self.stacked_batch_sharding if scan_steps > 1 else self.batch_sharding
         self.state_sharding = None
         self._train: Callable[..., Any] | None = None  # compiled once the state's shapes are known
         self._eval = jax.jit(
@@ -84,7 +96,7 @@ class JitRunner:
         self.state_sharding = self.shardings_for(state_shapes)
         self._train = jax.jit(
             self.train_fn,
-            in_shardings=(self.state_sharding, self.batch_sharding, self.frozen_sharding),
+            in_shardings=(self.state_sharding, self.train_batch_sharding, self.frozen_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
         )
@@ -127,8 +139,10 @@ class JitRunner:
         return state
 
     def put_batch(self, local_batch: np.ndarray) -> jax.Array:
-        """This process's rows -> one global array sharded over the batch axes."""
-        return jax.make_array_from_process_local_data(self.batch_sharding, local_batch)
+        """This process's rows (``[B, L]``, or ``[K, B, L]`` micro-batches) -> one global array whose
+        batch axis is sharded over the mesh."""
+        sharding = self.batch_sharding if local_batch.ndim == 2 else self.stacked_batch_sharding
+        return jax.make_array_from_process_local_data(sharding, local_batch)
 
     def train_step(self, state, batch):
         return self._train(state, batch, self.frozen)
@@ -144,6 +158,10 @@ class JitRunner:
         return _model_params(self.state_for_save(state).params, self.frozen, self.model)
 
 
+def _train_step_fn(scan_steps: int):
+    return step_lib.train_step_scan if scan_steps > 1 else step_lib.train_step
+
+
 def _model_params(params, frozen, model):
     return params if frozen is None else lora_lib.merge(frozen, params, model.cfg.lora_alpha)
 
@@ -153,12 +171,19 @@ class PmapRunner:
 
     AXIS = "batch"
 
-    def __init__(self, model, tx, num_devices: int | None = None, skip_nonfinite: bool = False):
+    def __init__(
+        self,
+        model,
+        tx,
+        num_devices: int | None = None,
+        skip_nonfinite: bool = False,
+        scan_steps: int = 1,
+    ):
         self.devices = jax.local_devices()[: num_devices or None]
         self.model, self.frozen = model, None
         self._train = jax.pmap(
             functools.partial(
-                step_lib.train_step,
+                _train_step_fn(scan_steps),
                 model=model,
                 tx=tx,
                 axis_name=self.AXIS,
@@ -197,7 +222,11 @@ class PmapRunner:
         return jax.tree.map(lambda x: x[0], state)
 
     def put_batch(self, local_batch: np.ndarray):
+        """``[B, L]`` -> ``[devices, B / devices, L]``; ``[K, B, L]`` -> ``[devices, K, B / devices, L]``."""
         n = len(self.devices)
+        if local_batch.ndim == 3:
+            k, b, length = local_batch.shape
+            return local_batch.reshape(k, n, b // n, length).swapaxes(0, 1)
         return local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
 
     def train_step(self, state, batch):
@@ -215,9 +244,16 @@ class PmapRunner:
         return _model_params(self.state_for_save(state).params, frozen, self.model)
 
 
-def make_runner(parallel_cfg, model, tx, skip_nonfinite: bool = False):
+def make_runner(parallel_cfg, model, tx, skip_nonfinite: bool = False, scan_steps: int = 1):
     """The runner for ``parallel.mode`` (mesh shape from ``parallel.mesh``)."""
     if parallel_cfg.mode == "pmap":
-        return PmapRunner(model, tx, skip_nonfinite=skip_nonfinite)
+        return PmapRunner(model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps)
     mesh = make_mesh(parallel_cfg.mesh.data, parallel_cfg.mesh.fsdp)
-    return JitRunner(model, tx, mesh, fsdp_min_size=parallel_cfg.fsdp_min_size, skip_nonfinite=skip_nonfinite)
+    return JitRunner(
+        model,
+        tx,
+        mesh,
+        fsdp_min_size=parallel_cfg.fsdp_min_size,
+        skip_nonfinite=skip_nonfinite,
+        scan_steps=scan_steps,
+    )

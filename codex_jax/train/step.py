@@ -25,6 +25,33 @@ def variables(params, frozen=None) -> dict:
     return {"params": params} if frozen is None else {"params": frozen, "lora": params}
 
 
+def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
+    """(advanced rng, loss, grads, grad_norm, finite) of one micro-batch: forward, backward and (under
+    pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step."""
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    rng, dropout_rng = jax.random.split(rng)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        rngs = {"dropout": dropout_rng}
+        logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs)
+        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
+        return loss_BxT.mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    if axis_name is not None:
+        loss = jax.lax.pmean(loss, axis_name)
+        grads = jax.lax.pmean(grads, axis_name)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return rng, loss, grads, grad_norm, finite
+
+
+def _zero_unless(finite, grads):
+    return jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+
+
 def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False):
     """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
 
@@ -36,26 +63,12 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
     With ``skip_nonfinite`` a micro-step whose loss or gradients are not finite changes nothing but the
     PRNG key (and, when accumulating, contributes a zero gradient), and ``metrics['finite']`` is False.
     """
-    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
     rng = jax.random.wrap_key_data(state.rng)
-    rng, dropout_rng = jax.random.split(rng)
-    if axis_name is not None:
-        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
-
-    def loss_fn(params):
-        rngs = {"dropout": dropout_rng}
-        logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs)
-        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
-        return loss_BxT.mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    if axis_name is not None:
-        loss = jax.lax.pmean(loss, axis_name)
-        grads = jax.lax.pmean(grads, axis_name)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    rng, loss, grads, grad_norm, finite = _micro_grads(
+        state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+    )
     if skip_nonfinite:
-        grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        grads = _zero_unless(finite, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     mini_step = getattr(opt_state, "mini_step", None)
@@ -73,6 +86,42 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
     )
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
+
+
+def train_step_scan(
+    state: TrainState, batches_KxBxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False
+):
+    """One optimizer step over K micro-batches in one call (``train.accum_impl='scan'``).
+
+    ``lax.scan`` runs the micro-steps of :func:`train_step` (same dropout keys, same all-reduces) and
+    sums their gradients; the plain optimizer (no MultiSteps) then applies their mean, as MultiSteps
+    does after K calls. Metrics are those of every micro-step, stacked: ``{'loss': [K], ...}``. Under
+    ``skip_nonfinite`` a non-finite micro-step contributes a zero gradient, as with MultiSteps.
+    """
+
+    def micro(carry, batch_BxL):
+        rng, grads_sum = carry
+        rng, loss, grads, grad_norm, finite = _micro_grads(
+            state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+        )
+        if skip_nonfinite:
+            grads = _zero_unless(finite, grads)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        return (rng, grads_sum), {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    rng = jax.random.wrap_key_data(state.rng)
+    (rng, grads_sum), metrics_K = jax.lax.scan(micro, (rng, zeros), batches_KxBxL)
+    grads = jax.tree.map(lambda g: g / batches_KxBxL.shape[0], grads_sum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = dataclasses.replace(
+        state,
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        rng=jax.random.key_data(rng),
+    )
+    return new_state, metrics_K
 
 
 def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
