@@ -68,14 +68,14 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
     from jax.experimental import multihost_utils
 
     from codex_jax.config import init_from_folder
-    from codex_jax.models import hf, lora
+    from codex_jax.models import hf_config, lora
 
     if cfg.lora.rank <= 0:
         raise UserError(
             "config key 'export.format': 'peft' exports the adapters of a LoRA run (lora.rank > 0)"
         )
     restored = load_checkpoint(cfg, workdir, merge=False)
-    hf.config_to_hf(restored.model.cfg)  # refuses models with no Hugging Face form
+    hf_config.config_to_hf(restored.model.cfg)  # refuses models with no Hugging Face form
     trained = restored.adapters
     if jax.process_count() > 1:  # every process joins the gather; process 0 writes
         trained = multihost_utils.process_allgather(trained, tiled=True)

@@ -12,7 +12,7 @@ import pytest
 
 from codex_jax.errors import UserError
 from codex_jax.generate import generate
-from codex_jax.models import hf
+from codex_jax.models import hf, hf_config
 from codex_jax.models.transformer import ModelConfig, rope_frequencies
 
 torch = pytest.importorskip("torch")
@@ -226,7 +226,7 @@ def test_llama3_and_linear_rope_frequencies_match_transformers():
 
     for kind, fields in (("llama_tied_llama3", {}), ("llama_linear_headdim", {})):
         hf_cfg = _hf_config(kind)
-        cfg = hf.config_from_hf(hf_cfg.to_dict(), **fields)
+        cfg = hf_config.config_from_hf(hf_cfg.to_dict(), **fields)
         rope_type = hf_cfg.rope_parameters["rope_type"]
         expected, _ = ROPE_INIT_FUNCTIONS[rope_type](hf_cfg, "cpu")
         np.testing.assert_allclose(np.asarray(rope_frequencies(cfg)), expected.numpy(), rtol=1e-6)
@@ -269,5 +269,5 @@ def test_config_round_trip_through_hf_dict():
         rope_llama3_scaling=(8.0, 1.0, 4.0, 64),
         tie_embeddings=False,
     )
-    back = hf.config_from_hf(hf.config_to_hf(cfg), dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    back = hf_config.config_from_hf(hf_config.config_to_hf(cfg), dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     assert back == cfg

@@ -248,7 +248,7 @@ def test_sentencepiece_run_exports_weights_and_tokenizer(tmp_path):
 
 def test_gpt2_with_grouped_query_attention_is_not_exported():
     from codex_jax.errors import UserError
-    from codex_jax.models.hf import config_to_hf
+    from codex_jax.models.hf_config import config_to_hf
     from codex_jax.models.transformer import ModelConfig
 
     with pytest.raises(UserError, match="no grouped-query attention"):

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from codex_jax.errors import UserError
-from codex_jax.models import hf
+from codex_jax.models import hf, hf_config
 from codex_jax.models.transformer import ModelConfig
 
 # ModelConfig fields taken from the run config; every other field comes from config.json.
@@ -50,7 +50,7 @@ def hf_model_config(cfg: ml_collections.ConfigDict, folder: Path, saved: dict | 
     runtime = {k: cfg.model[k] for k in RUNTIME_KEYS}
     if saved:
         return ModelConfig.from_dict({**saved, **runtime})
-    return hf.config_from_hf(hf.read_config(folder), **runtime)
+    return hf_config.config_from_hf(hf_config.read_config(folder), **runtime)
 
 
 def check_init_from(cfg: ml_collections.ConfigDict, folder: Path, model_cfg: ModelConfig) -> None:
