@@ -2,6 +2,7 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,17 @@ def restore_params(workdir, step):
         Path(workdir).absolute() / "checkpoints" / str(step) / "params"
     )
     return jax.tree.map(lambda x: jax.device_get(x), params)
+
+
+def read_tb_events(logdir: Path) -> list:
+    """Events from TFRecord-framed event files (u64 length, u32 crc, data, u32 crc)."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            events.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length]))
+            pos += 12 + length + 4
+    return events

@@ -3,15 +3,14 @@
 import json
 import logging
 import math
-import struct
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_tb_events
 
 from codex_jax.errors import UserError
 from codex_jax.metrics import (
@@ -117,20 +116,6 @@ def test_read_ndjson_reports_a_bad_middle_line(tmp_path):
 # ----------------------------------------------------------------------------- TensorBoard
 
 
-def _read_events(logdir: Path) -> list:
-    """Events from TFRecord-framed event files (u64 length, u32 crc, data, u32 crc)."""
-    from tensorboardX.proto import event_pb2
-
-    events = []
-    for path in sorted(logdir.rglob("events.out.tfevents.*")):
-        data, pos = path.read_bytes(), 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos : pos + 8])
-            events.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length]))
-            pos += 12 + length + 4
-    return events
-
-
 def test_tensorboard_event_files(tmp_path):
     torch_was_loaded = "torch" in sys.modules
     w = TensorBoardWriter(tmp_path / "tb")
@@ -144,7 +129,7 @@ def test_tensorboard_event_files(tmp_path):
 
     from tensorboardX.proto import plugin_hparams_pb2
 
-    values = [(e.step, v) for e in _read_events(tmp_path / "tb") for v in e.summary.value]
+    values = [(e.step, v) for e in read_tb_events(tmp_path / "tb") for v in e.summary.value]
     scalars = {(s, v.tag): v.simple_value for s, v in values if v.WhichOneof("value") == "simple_value"}
     assert scalars == {(3, "train/loss"): 1.5, (3, "eval/loss"): 2.0}
     text = [v for _, v in values if v.tag.startswith("eval/sample")]
@@ -157,6 +142,28 @@ def test_tensorboard_event_files(tmp_path):
     assert hp["model.num_layers"].number_value == 2
     assert hp["optimizer"].string_value == "adamw"
     assert hp["betas"].string_value == "[0.9, 0.95]"
+
+
+def test_resumed_tensorboard_run_purges_the_interrupted_runs_later_points(tmp_path):
+    """A resumed run (purge_step) marks its event file so TensorBoard drops the old points from there."""
+    first = TensorBoardWriter(tmp_path / "tb")
+    for step in range(1, 11):
+        first.write_scalars(step, {"train/loss": float(step)})
+    first.close()
+    time.sleep(1.1)  # event file names hold the second they were created; readers go in name order
+    resumed = TensorBoardWriter(tmp_path / "tb", purge_step=6)
+    for step in range(6, 9):
+        resumed.write_scalars(step, {"train/loss": 100.0 + step})
+    resumed.close()
+    from tensorboardX.proto import event_pb2
+
+    starts = [e.step for e in read_tb_events(tmp_path / "tb") if e.HasField("session_log")]
+    assert starts == [6] and event_pb2.SessionLog.START == 1
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert points == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
 
 
 # ----------------------------------------------------------------------------- console, factory

@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import read_metrics, restore_params, run_cli
+from conftest import read_metrics, read_tb_events, restore_params, run_cli
 
 
 def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path):
@@ -70,6 +70,8 @@ def test_resume_is_bit_exact(tmp_path, mode, accum, devices, impl):
     assert [a[s]["loss"] for s in range(7, 13)] == [b[s]["loss"] for s in range(7, 13)]
     pa, pb = restore_params(full, 12), restore_params(part, 12)
     jax.tree.map(np.testing.assert_array_equal, pa, pb)
+    restarts = [e.step for e in read_tb_events(part / "tensorboard") if e.HasField("session_log")]
+    assert restarts == [7]  # TensorBoard drops what a stopped run logged after its checkpoint
     if impl == "scan":  # its optimizer state has no MultiSteps wrapper: resuming under MultiSteps is refused
         other = [c.replace("accum_impl=scan", "accum_impl=multisteps") for c in common]
         refused = run_cli(part, *other, "--config.train.steps=13", devices=devices, check=False)

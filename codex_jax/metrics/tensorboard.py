@@ -30,12 +30,17 @@ def _import_tensorboardx():
 
 
 class TensorBoardWriter(MetricWriter):
-    """Writes TensorBoard event files under ``logdir`` with tensorboardX (no TensorFlow)."""
+    """Writes TensorBoard event files under ``logdir`` with tensorboardX (no TensorFlow).
 
-    def __init__(self, logdir: str | os.PathLike):
+    ``purge_step`` (a resumed run: the first step it writes again) starts the new event file with a
+    SessionLog START at that step, so TensorBoard drops the points an interrupted run logged from there
+    on instead of showing two lines for the same steps.
+    """
+
+    def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
         tensorboardx = _import_tensorboardx()
         self.logdir = Path(logdir)
-        self._writer = tensorboardx.SummaryWriter(logdir=str(self.logdir))
+        self._writer = tensorboardx.SummaryWriter(logdir=str(self.logdir), purge_step=purge_step)
 
     def write_scalars(self, step, scalars):
         for name, value in scalars.items():

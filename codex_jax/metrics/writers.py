@@ -98,9 +98,16 @@ def _option(options: Any, key: str, default: Any) -> Any:
 
 
 def create_writers(
-    names: str, workdir: str | os.PathLike, is_main_process: bool, options: Any = None
+    names: str,
+    workdir: str | os.PathLike,
+    is_main_process: bool,
+    options: Any = None,
+    resume_step: int | None = None,
 ) -> MultiWriter:
     """Builds the writers named in ``names`` (config ``logging.writers``) for ``workdir``.
+
+    ``resume_step``: the checkpoint step a run resumes from; TensorBoard then drops later points
+    (see :class:`TensorBoardWriter`), as ``metrics.ndjson`` is truncated to that step.
 
     ``options`` is the ``logging`` config section (``mlflow_uri``, ``mlflow_allow_remote``,
     ``mlflow_experiment``). On non-main processes (multi-host) the names and the MLflow URI are
@@ -126,7 +133,9 @@ def create_writers(
         return create_clu_writer(workdir / "clu")
 
     factories = {
-        "tensorboard": lambda: TensorBoardWriter(workdir / "tensorboard"),
+        "tensorboard": lambda: TensorBoardWriter(
+            workdir / "tensorboard", purge_step=None if resume_step is None else resume_step + 1
+        ),
         "ndjson": lambda: NdjsonWriter(workdir / "metrics.ndjson"),
         "console": ConsoleWriter,
         "mlflow": mlflow,

@@ -71,8 +71,9 @@ class Trainer:
     base: dict | None = None  # a LoRA run's frozen base: its source and checksum (meta['lora'])
 
 
-def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
-    """Prepares data, model, optimizer, runner, checkpointer and writers for ``cfg``."""
+def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | None = None) -> Trainer:
+    """Prepares data, model, optimizer, runner, checkpointer and writers for ``cfg`` (``resume``: the
+    checkpoint step the run continues from, if any)."""
     workdir.mkdir(parents=True, exist_ok=True)
     model = Transformer(model_config(cfg))
     folder, run = init_from_folder(cfg), init_from_workdir(cfg)
@@ -112,7 +113,11 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path) -> Trainer:
         params_item=adapters.params_item(cfg),
     )
     writers = create_writers(
-        cfg.logging.writers, workdir, is_main_process=jax.process_index() == 0, options=cfg.logging
+        cfg.logging.writers,
+        workdir,
+        is_main_process=jax.process_index() == 0,
+        options=cfg.logging,
+        resume_step=resume,
     )
     return Trainer(
         cfg,
@@ -168,7 +173,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
     metrics. Saves still in flight are waited for before returning (a failed one raises)."""
     resume = find_resume(cfg, workdir)
     truncate_metrics(workdir / "metrics.ndjson", resume)
-    t = build_trainer(cfg, workdir)
+    t = build_trainer(cfg, workdir, resume)
     try:
         return _train(t, resume)
     finally:
