@@ -14,6 +14,24 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "codex_jax" / "configs"
 
 
+def tiny_llama(**fields):
+    """A 2-layer, 32-wide Llama ModelConfig (GQA 4/2, vocab 97, 16 positions) for in-process step tests."""
+    from codex_jax.models.transformer import ModelConfig
+
+    base = dict(
+        family="llama",
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        d_model=32,
+        d_ff=64,
+        vocab_size=97,
+        max_seq_len=16,
+        tie_embeddings=False,
+    )
+    return ModelConfig(**{**base, **fields})
+
+
 def run_cli(
     workdir,
     *overrides,

@@ -10,40 +10,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, tiny_llama
 
 from codex_jax.config import default_config
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
 from codex_jax.models import lora
-from codex_jax.models.transformer import ModelConfig, Transformer, init_params
+from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.train.optim import make_optimizer
 from codex_jax.train.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.train.state import create_train_state
 
-LLAMA = ModelConfig(
-    family="llama",
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    d_model=32,
-    d_ff=64,
-    vocab_size=97,
-    max_seq_len=16,
-    tie_embeddings=False,
-    lora_alpha=8.0,
-)
-GPT2 = ModelConfig(
-    family="gpt2",
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=4,
-    d_model=32,
-    d_ff=64,
-    vocab_size=97,
-    max_seq_len=16,
-    lora_alpha=8.0,
-)
+LLAMA = tiny_llama(lora_alpha=8.0)
+GPT2 = tiny_llama(family="gpt2", num_kv_heads=4, tie_embeddings=True, lora_alpha=8.0)
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 97, (2, 12)), jnp.int32)
 
 

@@ -1,28 +1,17 @@
 """The pure train step under jit (1 and 8 devices) and pmap, and gradient accumulation equivalence."""
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_llama
 
 from codex_jax.config import default_config
-from codex_jax.models.transformer import ModelConfig, Transformer, init_params
+from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.train.optim import make_optimizer
 from codex_jax.train.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.train.state import create_train_state
 
-MODEL = ModelConfig(
-    family="llama",
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    d_model=32,
-    d_ff=64,
-    vocab_size=97,
-    max_seq_len=16,
-    tie_embeddings=False,
-)
+MODEL = tiny_llama()
 
 
 def _train_cfg(accum=1):
@@ -81,7 +70,7 @@ def test_accumulation_matches_big_batch():
 def test_scan_accumulation_matches_multisteps(kind):
     """train.accum_impl='scan' (one call per optimizer step) == optax.MultiSteps (one call per
     micro-batch): same micro-batches, dropout keys, losses and params, on each kind of runner."""
-    model = Transformer(dataclasses.replace(MODEL, dropout=0.1))
+    model = Transformer(tiny_llama(dropout=0.1))
     micro = _batches(12, 8)  # 3 optimizer steps of 4 micro-batches
     runners = {
         "jit1": lambda tx, k: JitRunner(model, tx, make_mesh(num_devices=1), scan_steps=k),
