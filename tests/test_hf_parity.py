@@ -13,7 +13,8 @@ import pytest
 from codex_jax.errors import UserError
 from codex_jax.generate import generate
 from codex_jax.models import hf, hf_config
-from codex_jax.models.transformer import ModelConfig, rope_frequencies
+from codex_jax.models.rope import rope_frequencies
+from codex_jax.models.transformer import ModelConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

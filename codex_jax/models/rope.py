@@ -1,0 +1,39 @@
+"""Rotary position embeddings (Llama family): frequencies with Llama 3 or linear scaling, and their use."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+
+if TYPE_CHECKING:  # transformer.py imports this module
+    from codex_jax.models.transformer import ModelConfig
+
+
+def rope_frequencies(cfg: ModelConfig):
+    """Inverse frequencies ``[head_dim // 2]`` with Llama 3 or linear scaling applied."""
+    dim = cfg.dims_per_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if cfg.rope_llama3_scaling:
+        factor, low_ff, high_ff, original_len = cfg.rope_llama3_scaling
+        low_wavelen = original_len / low_ff
+        high_wavelen = original_len / high_ff
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original_len / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = jnp.where(is_medium, smoothed, scaled)
+    return inv_freq / cfg.rope_linear_factor
+
+
+def apply_rope(x_BxTxNxH, positions_BxT, inv_freq):
+    """Rotary embedding in the Hugging Face (rotate-half) convention."""
+    angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angles_BxTxH2)[:, :, None, :]
+    sin = jnp.sin(angles_BxTxH2)[:, :, None, :]
+    x32 = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxNxH.dtype)
