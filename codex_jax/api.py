@@ -21,8 +21,8 @@ from typing import Any
 
 import ml_collections
 
-from codex_jax.config import SCHEMA, default_config, flatten
-from codex_jax.configs import resolve
+from codex_jax.config.packaged import resolve
+from codex_jax.config.schema import SCHEMA, default_config, flatten
 from codex_jax.errors import UserError
 
 
@@ -83,7 +83,7 @@ def prepare(cfg: ml_collections.ConfigDict) -> None:
     import jax
 
     from codex_jax import distributed
-    from codex_jax.validation import validate
+    from codex_jax.config.validation import validate
 
     distributed.initialize(cfg.dist)
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from codex_jax.errors import UserError
+from codex_jax.files import sha256_file
 
 MANIFEST = "manifest.sha256.json"
 # Top-level orbax bookkeeping rewritten after the manifest (at the commit), so not hashed.
@@ -353,7 +353,7 @@ def write_manifest(root: Path) -> None:
     for p in sorted(root.rglob("*")):
         name = p.relative_to(root).as_posix()
         if p.is_file() and name not in _UNHASHED:
-            files[name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     (root / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -366,26 +366,10 @@ def _check_file(path: Path, name: str, record: dict) -> None:
         raise CorruptCheckpoint(
             f"checkpoint {path}: {name} has {size} bytes, {record['bytes']} when saved (truncated or altered)"
         )
-    if _sha256(f) != record["sha256"]:
+    if sha256_file(f) != record["sha256"]:
         raise CorruptCheckpoint(f"checkpoint {path}: {name} does not match its sha256 (altered)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
-
-
-def abstract_like(tree):
-    """ShapeDtypeStructs (with shardings) for every array of ``tree``."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree,
-    )

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(plugins.main(argv[2:]))
     if command == "configs":
-        from codex_jax import configs
+        from codex_jax.config import packaged as configs
 
         sys.exit(configs.main(argv[2:]))
     if command == "plot":

@@ -28,8 +28,8 @@ import ml_collections
 
 from codex_jax.checkpoint import Checkpointer
 from codex_jax.errors import UserError
+from codex_jax.files import write_json
 from codex_jax.restore import load_checkpoint
-from codex_jax.train.loop import write_json
 
 
 def export(cfg: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -54,7 +54,7 @@ def export_params(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> P
         checkpointer.save_params(restored.step, restored.params, meta)
     finally:
         checkpointer.close()
-    write_json(out / "config.json", config)
+    write_json(out / "config.json", config, main_process=jax.process_index() == 0)
     return out
 
 
@@ -67,8 +67,9 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from codex_jax.config import init_from_folder
-    from codex_jax.models import hf_config, lora
+    from codex_jax.config.schema import init_from_folder
+    from codex_jax.interop import hf_config
+    from codex_jax.models import lora
 
     if cfg.lora.rank <= 0:
         raise UserError(
@@ -98,7 +99,7 @@ def export_hf(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Path:
     from jax.experimental import multihost_utils
 
     from codex_jax.data.pipeline import load_run_tokenizer
-    from codex_jax.models.hf import export_checkpoint
+    from codex_jax.interop.hf_weights import export_checkpoint
     from codex_jax.tokenizers.hf import HFTokenizer, save_sentencepiece_as_hf
 
     tokenizer, where = load_run_tokenizer(cfg, workdir)

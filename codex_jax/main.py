@@ -32,7 +32,7 @@ def fail(message: str) -> None:
 
 def with_packaged_configs(argv: list[str]) -> list[str]:
     """``argv`` with ``--config=configs/NAME.py`` pointing at the packaged config when no such file exists."""
-    from codex_jax.configs import resolve
+    from codex_jax.config.packaged import resolve
 
     out = list(argv)
     for i, arg in enumerate(out):

@@ -145,8 +145,8 @@ def read_plugin_source(source: str):
     found = split_spec(source, DATA_SOURCES)
     if found is None:
         return None
-    from codex_jax.data.records import FileReport
-    from codex_jax.data.sources import Corpus, Document
+    from codex_jax.corpus.records import FileReport
+    from codex_jax.corpus.sources import Corpus, Document
     from codex_jax.errors import UserError
 
     read, arg = found

@@ -10,14 +10,14 @@ import jax
 import ml_collections
 
 from codex_jax.checkpoint import PARAMS_ITEMS, Checkpointer, Retention
+from codex_jax.compute.parallel import JitRunner, make_mesh
 from codex_jax.data.pipeline import eval_batches, prepare_data
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.models.transformer import Transformer, init_params
-from codex_jax.train import adapters
+from codex_jax.setup import adapters
+from codex_jax.setup.resume import check_compatible, check_workdir_config
 from codex_jax.train.loop import model_config
-from codex_jax.train.parallel import JitRunner, make_mesh
-from codex_jax.train.resume import check_compatible, check_workdir_config
 
 
 @dataclasses.dataclass

@@ -11,12 +11,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "codex_jax" / "configs"
+CONFIGS = REPO / "configs"
 
 
 def tiny_llama(**fields):
     """A 2-layer, 32-wide Llama ModelConfig (GQA 4/2, vocab 97, 16 positions) for in-process step tests."""
-    from codex_jax.models.transformer import ModelConfig
+    from codex_jax.models.config import ModelConfig
 
     base = dict(
         family="llama",

@@ -148,12 +148,12 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     """Times the trainer's step (and optionally the bare one) on random batches (module doc)."""
     import jax
 
+    from codex_jax.compute.optim import make_optimizer, scan_steps
+    from codex_jax.compute.parallel import make_runner
+    from codex_jax.compute.state import create_train_state
     from codex_jax.metrics import perf
     from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
     from codex_jax.train.loop import model_config
-    from codex_jax.train.optim import make_optimizer, scan_steps
-    from codex_jax.train.parallel import make_runner
-    from codex_jax.train.state import create_train_state
 
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     model = Transformer(model_config(cfg))
@@ -267,8 +267,8 @@ def _lora_state(cfg, model, runner, tx):
     """(state, meta['lora']) of a LoRA run, built as ``train/loop.py`` does."""
     import jax
 
-    from codex_jax.train import adapters
-    from codex_jax.train.state import create_train_state
+    from codex_jax.compute.state import create_train_state
+    from codex_jax.setup import adapters
 
     record = adapters.place_base(cfg, model.cfg, runner)
     state = runner.init_state(
@@ -343,7 +343,7 @@ def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
 
 def bench_tokenize(cfg, tokenizer, megabytes: float) -> dict:
     """Times ``tokenizer.encode_batch`` (all cores) on the first ``megabytes`` of the source."""
-    from codex_jax.data.sources import read_source
+    from codex_jax.corpus.sources import read_source
 
     d = cfg.data
     texts, size = [], 0

@@ -1,9 +1,9 @@
-"""Rewrites the config reference table in README.md from codex_jax.config.SCHEMA."""
+"""Rewrites the config reference table in README.md from codex_jax.config.schema.SCHEMA."""
 
 import re
 from pathlib import Path
 
-from codex_jax.config import reference_table
+from codex_jax.config.schema import reference_table
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
-from codex_jax.tokenizers.sentencepiece import write_bytes_atomic
 
 CACHE_VERSION = 2
 KEY_FILENAME = "key.json"

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from codex_jax import plugins
-from codex_jax.config import init_from_folder, init_from_tokenizer
+from codex_jax.config.schema import init_from_folder, init_from_tokenizer
+from codex_jax.corpus.sources import Document, read_source
+from codex_jax.corpus.splits import (
+    SETTINGS,
+    corpus_manifest,
+    describe_change,
+    hash_fraction,
+    split_documents,
+    without_files,
+)
 from codex_jax.data import cache
 from codex_jax.data.iterators import (  # noqa: F401 - re-exported
     GatherRows,
@@ -27,15 +36,6 @@ from codex_jax.data.iterators import (  # noqa: F401 - re-exported
     eval_batches,
     make_train_iterator,
     order_seed,
-)
-from codex_jax.data.sources import Document, read_source
-from codex_jax.data.splits import (
-    SETTINGS,
-    corpus_manifest,
-    describe_change,
-    hash_fraction,
-    split_documents,
-    without_files,
 )
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter

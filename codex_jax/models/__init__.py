@@ -1,8 +1,9 @@
 """Models: the GPT-2 / Llama ``Transformer``, presets (``registry``), Hugging Face I/O (``hf``).
 
-``from codex_jax.models import hf`` loads the converter on demand; this package import stays light.
+Hugging Face conversion lives in ``codex_jax.interop``; this package import stays light.
 """
 
-from codex_jax.models.transformer import ModelConfig, Transformer, init_cache, init_params
+from codex_jax.models.config import ModelConfig
+from codex_jax.models.transformer import Transformer, init_cache, init_params
 
 __all__ = ["ModelConfig", "Transformer", "init_cache", "init_params"]

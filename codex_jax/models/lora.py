@@ -151,7 +151,7 @@ def describe(lora_tree, num_base: int) -> str:
 
 def _peft_modules(cfg) -> dict[str, list[tuple[str, int]]]:
     """Hugging Face module name -> its kernels ``[(path, out_size)]`` (GPT-2's c_attn: three)."""
-    from codex_jax.models.hf import weight_table
+    from codex_jax.interop.hf_weights import weight_table
 
     kv = cfg.num_kv_heads * cfg.dims_per_head
     sizes = {"q_proj": cfg.num_heads * cfg.dims_per_head, "k_proj": kv, "v_proj": kv}

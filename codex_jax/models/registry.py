@@ -18,7 +18,7 @@ import importlib.metadata
 from typing import Any
 
 from codex_jax.errors import UserError
-from codex_jax.models.transformer import ModelConfig
+from codex_jax.models.config import ModelConfig
 
 ENTRY_POINT_GROUP = "codex_jax.models"
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 
-if TYPE_CHECKING:  # transformer.py imports this module
-    from codex_jax.models.transformer import ModelConfig
+from codex_jax.models.config import ModelConfig
 
 
 def rope_frequencies(cfg: ModelConfig):

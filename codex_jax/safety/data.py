@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from codex_jax.data.records import MAX_BAD_LOCATIONS
+from codex_jax.corpus.records import MAX_BAD_LOCATIONS
 from codex_jax.safety.policy import load_policy
 
 

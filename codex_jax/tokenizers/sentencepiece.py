@@ -18,6 +18,7 @@ from typing import Any
 import sentencepiece as spm
 
 from codex_jax.errors import UserError
+from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
 
 MODEL_FILENAME = "spm.model"
@@ -247,11 +248,3 @@ def _training_error(message: str, vocab_size: int, vocab_flag: str) -> str:
 def train_bpe(lines: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
     """Trains a lossless BPE model of exactly ``vocab_size`` pieces on ``lines`` (deterministic)."""
     return train_model(lines, vocab_size, "bpe")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file and a rename: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

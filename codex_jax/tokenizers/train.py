@@ -19,9 +19,10 @@ from typing import Any
 
 import sentencepiece as spm
 
-from codex_jax.data.records import FileReport
-from codex_jax.data.sources import SourceSpec, read_file, source_files, warn_bad_records
+from codex_jax.corpus.records import FileReport
+from codex_jax.corpus.sources import SourceSpec, read_file, source_files, warn_bad_records
 from codex_jax.errors import UserError
+from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.sentencepiece import (
     MODEL_FILENAME,
     TRAINER_OPTIONS,
@@ -29,7 +30,6 @@ from codex_jax.tokenizers.sentencepiece import (
     SentencePieceTokenizer,
     train_model,
     training_lines,
-    write_bytes_atomic,
 )
 
 MANIFEST_FILENAME = "manifest.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,23 @@ import numpy as np
 import tqdm
 
 from codex_jax import checkpoint as ckpt_lib
-from codex_jax.config import flatten, init_from_folder, init_from_workdir
+from codex_jax.compute.optim import learning_rate_schedule, make_optimizer, scan_steps
+from codex_jax.compute.parallel import make_runner
+from codex_jax.compute.state import TrainState, create_train_state
+from codex_jax.config.schema import flatten, init_from_folder, init_from_workdir
 from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_data
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
+from codex_jax.files import write_json
 from codex_jax.metrics import system
 from codex_jax.metrics.perf import StepTimer, mfu
 from codex_jax.metrics.writers import create_writers
 from codex_jax.models import lora
-from codex_jax.models.transformer import (
-    ModelConfig,
-    Transformer,
-    count_params,
-    flops_per_token,
-    init_params,
-)
-from codex_jax.train import adapters, init_from
-from codex_jax.train.optim import learning_rate_schedule, make_optimizer, scan_steps
-from codex_jax.train.parallel import make_runner
+from codex_jax.models.config import ModelConfig
+from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
+from codex_jax.setup import adapters, init_from
+from codex_jax.setup.resume import find_resume, truncate_metrics
 from codex_jax.train.profile import Profiler
-from codex_jax.train.resume import find_resume, truncate_metrics
-from codex_jax.train.state import TrainState, create_train_state
 
 
 def model_config(cfg: ml_collections.ConfigDict, saved: dict | None = None) -> ModelConfig:
@@ -136,7 +131,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
 def init_or_restore(t: Trainer, step: int | None):
     """A fresh train state (``step`` None), or checkpoint ``step``'s (iterator restored in place).
 
-    ``step`` comes from :func:`~codex_jax.train.resume.find_resume`; step folders newer than it (corrupt
+    ``step`` comes from :func:`~codex_jax.setup.resume.find_resume`; step folders newer than it (corrupt
     ones skipped under ``checkpoint.on_corrupt='previous'``) are moved aside, so that the run can save
     those again.
     A LoRA run (``lora.rank > 0``) trains an adapter tree; its frozen base is loaded into the
@@ -185,7 +180,7 @@ def _train(t: Trainer, resume: int | None) -> dict[str, float]:
     cfg, workdir = t.cfg, t.workdir
     state = init_or_restore(t, resume)
     start = int(jax.device_get(t.runner.state_for_save(state).step))
-    write_json(workdir / "config.json", cfg.to_dict())
+    write_json(workdir / "config.json", cfg.to_dict(), main_process=jax.process_index() == 0)
     num_params = count_params(jax.eval_shape(lambda: init_params(t.model.cfg, jax.random.key(0))))
     meta = {
         "config": cfg.to_dict(),
@@ -369,9 +364,3 @@ def _print_sample(t: Trainer, state, step: int) -> None:
     console = "console" in [w.strip() for w in t.cfg.logging.writers.split(",")]
     if jax.process_index() == 0 and not console:
         print(f"step {step} sample: {text}", flush=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON (process 0 only)."""
-    if jax.process_index() == 0:
-        path.write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,259 @@
+"""Device placement and compilation of the steps: ``jax.jit`` over a mesh (default) or ``jax.pmap``.
+
+Both runners expose the same methods, so the training loop never asks which mode it is in:
+``init_state``, ``put_batch``, ``train_step``, ``eval_step``, ``state_for_save``, ``abstract_state``,
+``put_state``.
+With ``scan_steps = K > 1`` (``train.accum_impl='scan'``) the train step takes K stacked micro-batches
+(``put_batch`` of a ``[K, B, L]`` array) and makes one optimizer step of them.
+A LoRA run first hands the runner its frozen base (``frozen_target``: where to load it,
+``set_frozen``: place it); every step then gets it as a separate, non-donated argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from codex_jax.compute import step as step_lib
+from codex_jax.errors import UserError
+from codex_jax.models import lora as lora_lib
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, num_devices: int | None = None) -> Mesh:
+    """A ``('data', 'fsdp')`` mesh; one axis may be -1 (all remaining devices). Axes are Auto."""
+    devices = jax.devices()[: num_devices or None]
+    n = len(devices)
+    if data == -1:
+        data = n // fsdp
+    elif fsdp == -1:
+        fsdp = n // data
+    if data * fsdp != n or data < 1 or fsdp < 1:
+        raise UserError(f"config key 'parallel.mesh': data={data} x fsdp={fsdp} does not cover {n} devices")
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+    """Shards an array along its largest axis divisible by ``fsdp_size``; small or indivisible: replicated."""
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_size == 0:
+            spec: list[str | None] = [None] * len(shape)
+            spec[axis] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+class JitRunner:
+    """``jax.jit`` with NamedSharding: batches split over (data, fsdp), state FSDP-sharded, buffers donated.
+
+    The state's shardings depend on its shapes, so the train step is compiled once those are known
+    (``init_state`` or ``abstract_state``).
+    """
+
+    def __init__(
+        self,
+        model,
+        tx,
+        mesh: Mesh,
+        fsdp_min_size: int = 1 << 16,
+        skip_nonfinite: bool = False,
+        scan_steps: int = 1,
+    ):
+        self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
+        self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
+        self.train_fn = functools.partial(
+            _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite
+        )
+        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+        self.stacked_batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))  # [K, B, L]
+        self.train_batch_sharding = self.stacked_batch_sharding if scan_steps > 1 else self.batch_sharding
+        self.state_sharding = None
+        self._train: Callable[..., Any] | None = None  # compiled once the state's shapes are known
+        self._eval = jax.jit(
+            functools.partial(step_lib.eval_step, model=model), out_shardings=self.replicated
+        )
+
+    def shardings_for(self, shapes):
+        """NamedShardings for every leaf of ``shapes`` (params, optimizer state, ...)."""
+        fsdp = self.mesh.shape["fsdp"]
+        return jax.tree.map(
+            lambda s: NamedSharding(self.mesh, fsdp_spec(s.shape, fsdp, self.fsdp_min_size)), shapes
+        )
+
+    def _compile(self, state_shapes) -> None:
+        self._state_shapes = state_shapes
+        self.state_sharding = self.shardings_for(state_shapes)
+        self._train = jax.jit(
+            self.train_fn,
+            in_shardings=(self.state_sharding, self.train_batch_sharding, self.frozen_sharding),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+
+    def frozen_target(self, shapes):
+        """ShapeDtypeStructs with the FSDP shardings the frozen base (LoRA) is loaded into."""
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            shapes,
+            self.shardings_for(shapes),
+        )
+
+    def set_frozen(self, frozen) -> None:
+        """Places the frozen base (sharded like params) that every step gets beside the state."""
+        self.frozen_sharding = self.shardings_for(frozen)
+        self.frozen = jax.device_put(frozen, self.frozen_sharding)
+        if self._state_shapes is not None:
+            self._compile(self._state_shapes)
+
+    def init_state(self, make_state):
+        """Runs ``make_state()`` under jit so its outputs land sharded on every host."""
+        self._compile(jax.eval_shape(make_state))
+        return jax.jit(make_state, out_shardings=self.state_sharding)()
+
+    def abstract_state(self, state_shapes):
+        """ShapeDtypeStructs carrying the current shardings: the restore target for Orbax."""
+        self._compile(state_shapes)
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            state_shapes,
+            self.state_sharding,
+        )
+
+    def put_state(self, state):
+        """Places a restored state (already sharded as ``abstract_state`` asked)."""
+        return state
+
+    def state_for_save(self, state):
+        """The state as Orbax should save it (global arrays)."""
+        return state
+
+    def put_batch(self, local_batch: np.ndarray) -> jax.Array:
+        """This process's rows (``[B, L]``, or ``[K, B, L]`` micro-batches) -> one global array whose
+        batch axis is sharded over the mesh."""
+        sharding = self.batch_sharding if local_batch.ndim == 2 else self.stacked_batch_sharding
+        return jax.make_array_from_process_local_data(sharding, local_batch)
+
+    def train_step(self, state, batch):
+        return self._train(state, batch, self.frozen)
+
+    def eval_step(self, params, batch):
+        return self._eval(params, batch, self.frozen)
+
+    def params(self, state):
+        return state.params
+
+    def model_params(self, state):
+        """The full model parameters: ``state.params``, or the frozen base + merged adapters."""
+        return _model_params(self.state_for_save(state).params, self.frozen, self.model)
+
+
+def _train_step_fn(scan_steps: int):
+    return step_lib.train_step_scan if scan_steps > 1 else step_lib.train_step
+
+
+def _model_params(params, frozen, model):
+    return params if frozen is None else lora_lib.merge(frozen, params, model.cfg.lora_alpha)
+
+
+class PmapRunner:
+    """``jax.pmap`` over the local devices with ``lax.pmean`` of gradients; state replicated per device."""
+
+    AXIS = "batch"
+
+    def __init__(
+        self,
+        model,
+        tx,
+        num_devices: int | None = None,
+        skip_nonfinite: bool = False,
+        scan_steps: int = 1,
+    ):
+        self.devices = jax.local_devices()[: num_devices or None]
+        self.model, self.frozen = model, None
+        self._train = jax.pmap(
+            functools.partial(
+                _train_step_fn(scan_steps),
+                model=model,
+                tx=tx,
+                axis_name=self.AXIS,
+                skip_nonfinite=skip_nonfinite,
+            ),
+            axis_name=self.AXIS,
+            donate_argnums=0,
+            devices=self.devices,
+        )
+        self._eval = jax.pmap(
+            functools.partial(step_lib.eval_step, model=model, axis_name=self.AXIS),
+            axis_name=self.AXIS,
+            devices=self.devices,
+        )
+
+    def init_state(self, make_state):
+        return self.put_state(jax.jit(make_state)())
+
+    def abstract_state(self, state_shapes):
+        sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
+
+    def put_state(self, state):
+        n = len(self.devices)
+        stacked = NamedSharding(Mesh(np.array(self.devices), (self.AXIS,)), P(self.AXIS))
+        return jax.device_put(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), state), stacked)
+
+    def frozen_target(self, shapes):
+        """The frozen base loads onto one device; :meth:`set_frozen` copies it to every device."""
+        return self.abstract_state(shapes)
+
+    def set_frozen(self, frozen) -> None:
+        self.frozen = self.put_state(frozen)
+
+    def state_for_save(self, state):
+        return jax.tree.map(lambda x: x[0], state)
+
+    def put_batch(self, local_batch: np.ndarray):
+        """``[B, L]`` -> ``[devices, B / devices, L]``; ``[K, B, L]`` -> ``[devices, K, B / devices, L]``."""
+        n = len(self.devices)
+        if local_batch.ndim == 3:
+            k, b, length = local_batch.shape
+            return local_batch.reshape(k, n, b // n, length).swapaxes(0, 1)
+        return local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
+
+    def train_step(self, state, batch):
+        state, metrics = self._train(state, batch, self.frozen)
+        return state, jax.tree.map(lambda x: x[0], metrics)
+
+    def eval_step(self, params, batch):
+        return jax.tree.map(lambda x: x[0], self._eval(params, batch, self.frozen))
+
+    def params(self, state):
+        return state.params
+
+    def model_params(self, state):
+        frozen = None if self.frozen is None else self.state_for_save(self.frozen)
+        return _model_params(self.state_for_save(state).params, frozen, self.model)
+
+
+def make_runner(parallel_cfg, model, tx, skip_nonfinite: bool = False, scan_steps: int = 1):
+    """The runner for ``parallel.mode`` (mesh shape from ``parallel.mesh``)."""
+    if parallel_cfg.mode == "pmap":
+        return PmapRunner(model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps)
+    mesh = make_mesh(parallel_cfg.mesh.data, parallel_cfg.mesh.fsdp)
+    return JitRunner(
+        model,
+        tx,
+        mesh,
+        fsdp_min_size=parallel_cfg.fsdp_min_size,
+        skip_nonfinite=skip_nonfinite,
+        scan_steps=scan_steps,
+    )

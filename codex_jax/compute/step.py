@@ -1,0 +1,139 @@
+"""Pure train and eval steps: ``(state, batch) -> (state, metrics)``; jitted or pmapped by the caller."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from codex_jax.compute.state import TrainState
+
+
+def cross_entropy(logits_BxTxV, targets_BxT):
+    """Per-token float32 cross entropy and whether the argmax hit the target."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    loss_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return loss_BxT, correct_BxT
+
+
+def variables(params, frozen=None) -> dict:
+    """The model's variables: ``{'params': params}``, or with a frozen base (LoRA)
+    ``{'params': frozen, 'lora': params}``: ``params`` is always the tree being trained."""
+    return {"params": params} if frozen is None else {"params": frozen, "lora": params}
+
+
+def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
+    """(advanced rng, loss, grads, grad_norm, finite) of one micro-batch: forward, backward and (under
+    pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step."""
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    rng, dropout_rng = jax.random.split(rng)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        rngs = {"dropout": dropout_rng}
+        logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs)
+        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
+        return loss_BxT.mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    if axis_name is not None:
+        loss = jax.lax.pmean(loss, axis_name)
+        grads = jax.lax.pmean(grads, axis_name)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return rng, loss, grads, grad_norm, finite
+
+
+def _zero_unless(finite, grads):
+    return jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+
+
+def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False):
+    """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
+
+    Gradients and optimizer state exist only for ``state.params``; a LoRA run passes its frozen base
+    as ``frozen`` (a separate, non-donated argument) and trains the adapter tree.
+
+    ``batch_BxL`` holds ``seq_len + 1`` tokens per row: inputs are ``[:, :-1]``, targets ``[:, 1:]``. Under
+    ``optax.MultiSteps`` the optimizer step only advances on the last micro-step of each accumulation.
+    With ``skip_nonfinite`` a micro-step whose loss or gradients are not finite changes nothing but the
+    PRNG key (and, when accumulating, contributes a zero gradient), and ``metrics['finite']`` is False.
+    """
+    rng = jax.random.wrap_key_data(state.rng)
+    rng, loss, grads, grad_norm, finite = _micro_grads(
+        state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+    )
+    if skip_nonfinite:
+        grads = _zero_unless(finite, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    mini_step = getattr(opt_state, "mini_step", None)
+    if skip_nonfinite and mini_step is None:  # no accumulation: drop the whole update
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    did_update = jnp.bool_(True) if mini_step is None else mini_step == 0
+    new_state = dataclasses.replace(  # what flax's untyped ``state.replace`` does
+        state,
+        step=state.step + did_update.astype(jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.random.key_data(rng),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
+
+
+def train_step_scan(
+    state: TrainState, batches_KxBxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False
+):
+    """One optimizer step over K micro-batches in one call (``train.accum_impl='scan'``).
+
+    ``lax.scan`` runs the micro-steps of :func:`train_step` (same dropout keys, same all-reduces) and
+    sums their gradients; the plain optimizer (no MultiSteps) then applies their mean, as MultiSteps
+    does after K calls. Metrics are those of every micro-step, stacked: ``{'loss': [K], ...}``. Under
+    ``skip_nonfinite`` a non-finite micro-step contributes a zero gradient, as with MultiSteps.
+    """
+
+    def micro(carry, batch_BxL):
+        rng, grads_sum = carry
+        rng, loss, grads, grad_norm, finite = _micro_grads(
+            state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+        )
+        if skip_nonfinite:
+            grads = _zero_unless(finite, grads)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        return (rng, grads_sum), {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    rng = jax.random.wrap_key_data(state.rng)
+    (rng, grads_sum), metrics_K = jax.lax.scan(micro, (rng, zeros), batches_KxBxL)
+    grads = jax.tree.map(lambda g: g / batches_KxBxL.shape[0], grads_sum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = dataclasses.replace(
+        state,
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        rng=jax.random.key_data(rng),
+    )
+    return new_state, metrics_K
+
+
+def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
+    """Summed loss, correct predictions and token count of one held-out batch."""
+    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=True)
+    loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
+    sums = {
+        "loss_sum": loss_BxT.sum(),
+        "correct": correct_BxT.sum(dtype=jnp.float32),
+        "tokens": jnp.float32(loss_BxT.size),
+    }
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums

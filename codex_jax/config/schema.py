@@ -1,0 +1,328 @@
+"""The config schema (every key, its default and meaning) and its validation.
+
+Config files in ``configs/`` start from :func:`default_config` and override what they need, so every
+config has every key. ``codex_jax.config.validation.validate`` checks the composed config before any work
+and raises
+:class:`UserError` naming the first bad key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from codex_jax.errors import UserError
+from codex_jax.models.lora import DEFAULT_TARGETS
+
+# key -> (default, meaning). The README's config reference is checked against this table by a test.
+SCHEMA: dict[str, tuple[Any, str]] = {
+    "seed": (0, "Seed for parameter init, dropout and data order."),
+    "data.source": (
+        "stdlib",
+        "'stdlib' (Python standard library source), a glob ('/src/**/*.py'), 'jsonl:PATH:FIELD' or "
+        "'csv:PATH:COLUMN'; FIELD/COLUMN may be a template of fields "
+        "('jsonl:d/*.jsonl:{title}: {body}'; newline and tab escapes work).",
+    ),
+    "data.include": (
+        "",
+        "Comma-separated globs relative to the source's root; only matching files "
+        "are read ('': all). A glob without '/' matches file names at any depth.",
+    ),
+    "data.exclude": (
+        "",
+        "Comma-separated globs relative to the source's root; matching files are "
+        "skipped (e.g. 'test_*.py,tests/**').",
+    ),
+    "data.eval_source": (
+        "",
+        "A source (as data.source) holding the held-out split; '' holds out "
+        "data.eval_fraction of data.source by a hash of each path.",
+    ),
+    "data.on_bad_record": (
+        "skip",
+        "Bad records (invalid JSON, missing field, undecodable bytes, "
+        "empty text): 'skip' (counted in data_manifest.json, warned on stderr) "
+        "or 'error' (stop at the first, naming file:line).",
+    ),
+    "data.seq_len": (256, "Tokens per training sequence."),
+    "data.batch_size": (16, "Global sequences per micro-step (all devices, all processes)."),
+    "data.eval_fraction": (
+        0.05,
+        "Fraction of files held out for evaluation (hash of the path) when data.eval_source is ''.",
+    ),
+    "data.max_files": (0, "Use at most this many files of the source (0: all); for quick runs."),
+    "data.tokenizer": (
+        "",
+        "A SentencePiece model (file, or folder with spm.model) or a Hugging Face tokenizer folder "
+        "(tokenizer.json / tokenizer.model); '' uses model.init_from's, else trains one into "
+        "workdir/tokenizer.",
+    ),
+    "data.tokenizer_train_bytes": (
+        20_000_000,
+        "At most this many bytes of training text are used to train the tokenizer.",
+    ),
+    "data.num_workers": (0, "grain worker processes (0: read in the main process)."),
+    "data.prefetch": (
+        0,
+        "Batches prepared ahead: by a background thread (num_workers=0) or by "
+        "each worker process (0: none; batches are the same either way).",
+    ),
+    "data.safety_policy": (
+        "auto",
+        "Secret filter on training records (codex_jax.safety): 'default' (built-in rules), a "
+        "YAML policy file, '' (off) or 'auto' ('default' for the stdlib source, else off). "
+        "Counted in data_manifest.json.",
+    ),
+    "model.family": (
+        "gpt2",
+        "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU).",
+    ),
+    "model.num_layers": (4, "Transformer blocks."),
+    "model.num_heads": (4, "Query heads."),
+    "model.num_kv_heads": (4, "Key/value heads (grouped-query attention when < num_heads)."),
+    "model.d_model": (256, "Residual stream width."),
+    "model.d_ff": (1024, "MLP hidden width."),
+    "model.vocab_size": (
+        4096,
+        "Vocabulary size (the trained tokenizer gets exactly this many pieces).",
+    ),
+    "model.dropout": (0.0, "Dropout rate on embeddings, attention and MLP outputs."),
+    "model.dtype": (
+        "float32",
+        "Compute dtype ('float32' or 'bfloat16'); logits and loss stay float32.",
+    ),
+    "model.param_dtype": ("float32", "Parameter (and optimizer state) dtype."),
+    "model.attention_impl": (
+        "xla",
+        "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'.",
+    ),
+    "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
+    "model.rope_theta": (10000.0, "RoPE base (llama)."),
+    "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
+    "model.tie_embeddings": (True, "Share the input embedding with the output projection."),
+    "model.init_from": (
+        "",
+        "'hf:/path/to/folder': start from a local Hugging Face checkpoint (config.json + "
+        "safetensors); its config.json sets the architecture (the model.* shape keys are ignored) "
+        "and its tokenizer is used. 'workdir:/path/to/run': start from the params of another "
+        "run's latest checkpoint (its architecture and tokenizer likewise). '': random init.",
+    ),
+    "lora.rank": (
+        0,
+        "LoRA adapter rank (0: off, every weight trains). > 0: only adapters on the kernels that "
+        "lora.targets matches train (the base from model.init_from stays frozen, gets no optimizer "
+        "state, and is referenced, not copied, by the checkpoints).",
+    ),
+    "lora.alpha": (16.0, "LoRA scale numerator: a module's update is x @ A @ B * alpha / rank."),
+    "lora.dropout": (0.0, "Dropout on the input of the LoRA adapters."),
+    "lora.targets": (
+        DEFAULT_TARGETS,
+        "Regex that must fully match a kernel's module path ('layers_0/attn/q_proj', "
+        "'layers_3/mlp/down_proj', ...) for it to get an adapter.",
+    ),
+    "lora.base_dtype": (
+        "",
+        "dtype of the frozen base weights in a LoRA run: '' (model.param_dtype), 'float32' or "
+        "'bfloat16' (half the memory).",
+    ),
+    "lora.init_from": (
+        "",
+        "'peft:/path/to/adapter': start the adapters of a fresh LoRA run from a PEFT LoRA folder "
+        "(adapter_config.json + adapter_model.safetensors) instead of a fresh init.",
+    ),
+    "train.steps": (300, "Optimizer steps to train for."),
+    "train.grad_accum_steps": (
+        1,
+        "Micro-steps (of data.batch_size sequences each) accumulated per optimizer step.",
+    ),
+    "train.accum_impl": (
+        "multisteps",
+        "How train.grad_accum_steps > 1 accumulates: 'multisteps' (optax.MultiSteps, one jitted call per "
+        "micro-batch) or 'scan' (one jitted call per optimizer step, lax.scan over its micro-batches: "
+        "faster, with all of a step's micro-batches on the device at once). Same result either way.",
+    ),
+    "train.learning_rate": (3e-3, "Peak learning rate."),
+    "train.warmup_steps": (30, "Linear warmup, in optimizer steps."),
+    "train.min_lr_ratio": (
+        0.1,
+        "Cosine decay ends at learning_rate * min_lr_ratio at train.steps.",
+    ),
+    "train.weight_decay": (
+        0.1,
+        "AdamW weight decay (not applied to norms, biases and embeddings).",
+    ),
+    "train.beta1": (0.9, "AdamW beta1."),
+    "train.beta2": (0.95, "AdamW beta2."),
+    "train.grad_clip": (1.0, "Global-norm gradient clipping (0: off)."),
+    "train.log_every": (10, "Log train metrics every this many optimizer steps."),
+    "train.eval_every": (
+        100,
+        "Evaluate every this many optimizer steps (and at step 0 and the end).",
+    ),
+    "train.stop_after": (
+        0,
+        "Stop (and checkpoint) after this step without changing the schedule (0: train.steps).",
+    ),
+    "train.on_nan": (
+        "raise",
+        "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update.",
+    ),
+    "train.profile_steps": (
+        "",
+        "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none.",
+    ),
+    "eval.num_batches": (8, "Held-out batches per evaluation."),
+    "eval.metrics": (
+        "loss,perplexity,token_accuracy",
+        "--mode=eval metrics (comma-separated; loss, perplexity and token_accuracy are always "
+        "reported): also bits_per_byte, exact_match, line_completion or a codex_jax.metrics "
+        "plugin. Written to workdir/eval_<step>.json.",
+    ),
+    "eval.line_completion_samples": (
+        32,
+        "Held-out functions whose next line line_completion asks for.",
+    ),
+    "eval.line_completion_max_tokens": (48, "Greedy tokens generated per line_completion sample."),
+    "eval.step": (
+        "latest",
+        "Checkpoint that --mode=eval/generate/export restores: 'latest', 'best' "
+        "(checkpoint.best_k) or a step number.",
+    ),
+    "checkpoint.every_steps": (
+        100,
+        "Save a checkpoint every this many optimizer steps (and at the end).",
+    ),
+    "checkpoint.max_to_keep": (3, "Newest checkpoints kept (older deleted unless kept below)."),
+    "checkpoint.keep_every": (0, "Also keep the steps that are multiples of this (0: off)."),
+    "checkpoint.best_k": (
+        0,
+        "Also keep the best k checkpoints by checkpoint.best_metric (0: off); every checkpoint "
+        "step then also evaluates.",
+    ),
+    "checkpoint.best_metric": (
+        "loss",
+        "Eval metric ranking checkpoints: loss, perplexity or token_accuracy.",
+    ),
+    "checkpoint.best_mode": ("min", "'min' or 'max': which checkpoint.best_metric value is best."),
+    "checkpoint.on_corrupt": (
+        "error",
+        "A checkpoint failing its sha256 manifest: 'error' (exit 2) or 'previous' (use the "
+        "newest intact one, saying so on stderr).",
+    ),
+    "checkpoint.async_save": (True, "Save in the background while training continues."),
+    "parallel.mode": ("jit", "'jit' (jax.jit over a device mesh) or 'pmap'."),
+    "parallel.mesh.data": (-1, "Data-parallel axis size (-1: the devices left after fsdp)."),
+    "parallel.mesh.fsdp": (
+        1,
+        "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest).",
+    ),
+    "parallel.fsdp_min_size": (
+        65536,
+        "Arrays with fewer elements than this stay replicated under FSDP.",
+    ),
+    "dist.coordinator_address": (
+        "",
+        "host:port of process 0 for multi-host runs ('' : single process, or "
+        "auto-detection on SLURM / TPU pods).",
+    ),
+    "dist.num_processes": (0, "Number of processes (with dist.coordinator_address)."),
+    "dist.process_id": (-1, "This process's index (with dist.coordinator_address)."),
+    "logging.writers": (
+        "tensorboard,ndjson,console",
+        "Comma-separated metric writers: tensorboard, ndjson, console, mlflow, clu (needs "
+        "TensorFlow: pip install 'codex-jax[clu]').",
+    ),
+    "logging.progress": (True, "Show a progress bar."),
+    "logging.mlflow_uri": ("", "MLflow tracking URI for the 'mlflow' writer ('': workdir/mlruns)."),
+    "logging.mlflow_allow_remote": (
+        False,
+        "Allow a remote logging.mlflow_uri (http, https, databricks...); off: metrics stay local.",
+    ),
+    "logging.mlflow_experiment": ("codex_jax", "MLflow experiment name."),
+    "generate.prompt": (
+        "def fibonacci(n):",
+        "Prompt for --mode=generate and the sample after training.",
+    ),
+    "generate.max_new_tokens": (64, "Tokens to generate."),
+    "generate.temperature": (0.0, "Sampling temperature (0: greedy)."),
+    "generate.top_k": (0, "Keep only the k most likely tokens (0: off)."),
+    "generate.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
+    "generate.safety_policy": (
+        "default",
+        "Secret filter on generated text: 'default', a YAML policy file or '' (off).",
+    ),
+    "export.format": (
+        "params",
+        "--mode=export writes: 'params' (a params-only Orbax checkpoint + config.json + tokenizer, "
+        "itself a workdir for --mode=eval/generate), 'hf' (config.json + model.safetensors + "
+        "tokenizer files for transformers.AutoModelForCausalLM / AutoTokenizer; a LoRA run's "
+        "adapters merged) or 'peft' (a LoRA run's adapters alone: adapter_config.json + "
+        "adapter_model.safetensors for peft.PeftModel over the base exported with 'hf').",
+    ),
+    "export.dir": ("", "Where --mode=export writes (absent or empty folder; '': WORKDIR/export)."),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A ConfigDict holding every key of :data:`SCHEMA` at its default."""
+    root: dict[str, Any] = {}
+    for key, (default, _) in SCHEMA.items():
+        node = root
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = default
+    return ml_collections.ConfigDict(root)
+
+
+def flatten(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """``{'train.steps': 300, ...}`` from a nested config."""
+    out: dict[str, Any] = {}
+    items = cfg.items() if isinstance(cfg, dict) else cfg.to_dict().items()
+    for k, v in items:
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def init_from_workdir(cfg: ml_collections.ConfigDict) -> Path | None:
+    """The run directory of ``model.init_from='workdir:DIR'`` (user-expanded), or None."""
+    value = cfg.model.init_from
+    return Path(value[len("workdir:") :]).expanduser() if value.startswith("workdir:") else None
+
+
+def init_from_tokenizer(cfg: ml_collections.ConfigDict) -> str:
+    """The tokenizer a ``model.init_from='workdir:RUN'`` run inherits: RUN's ``data.tokenizer``,
+    its own ``model.init_from``'s, or ``RUN/tokenizer``; '' for other runs."""
+    import json
+
+    run = init_from_workdir(cfg)
+    if run is None:
+        return ""
+    try:
+        saved = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    except (OSError, ValueError) as e:
+        raise UserError(f"config key 'model.init_from': {run}/config.json unreadable ({e})") from None
+    saved.model.init_from = saved.model.get("init_from", "")
+    inherited = saved.data.get("tokenizer") or init_from_tokenizer(saved)
+    folder = init_from_folder(saved)
+    return inherited or (str(folder) if folder else str(run / "tokenizer"))
+
+
+def init_from_folder(cfg: ml_collections.ConfigDict) -> Path | None:
+    """The folder of ``model.init_from='hf:FOLDER'`` (user-expanded), or None."""
+    value = cfg.model.init_from
+    return Path(value[len("hf:") :]).expanduser() if value.startswith("hf:") else None
+
+
+def reference_table() -> str:
+    """The README's config reference: a markdown table of every key, its default and meaning."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, (default, meaning) in SCHEMA.items():
+        cell = repr(default).replace("|", "\\|")  # a pipe would end the table cell
+        rows.append(f"| `{key}` | `{cell}` | {meaning} |")
+    return "\n".join(rows)

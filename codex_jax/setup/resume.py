@@ -1,0 +1,111 @@
+"""Where a run resumes from, and the checks that refuse a workdir or checkpoint it cannot continue.
+
+All of them run before anything in the workdir is written: a refused resume leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from codex_jax import checkpoint as ckpt_lib
+from codex_jax.compute.optim import uses_multisteps
+from codex_jax.config.schema import flatten
+from codex_jax.errors import UserError
+from codex_jax.files import write_text_atomic
+from codex_jax.setup import adapters, init_from
+
+# Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
+_FIXED_KEYS = (
+    "model.",
+    "data.seq_len",
+    "data.source",
+    "data.tokenizer",
+    "data.max_files",
+    "data.eval_fraction",
+    "data.safety_policy",
+    "lora.rank",
+    "lora.targets",
+    "lora.init_from",
+)
+_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
+
+
+def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
+    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
+
+    Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
+    the device count and mesh...); each change is one ``note:`` line on stderr.
+    """
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path}: no saved config in its metadata")
+    now = flatten(cfg)
+    ignored = {f"model.{k}" for k in init_from.SHAPE_KEYS} if cfg.model.get("init_from") else set()
+    for key, old in flatten(saved).items():
+        new = now.get(key)
+        if new == old or key in ignored:
+            continue
+        if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
+            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
+        print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
+
+
+def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
+    """The checkpoint step to resume from (None: a fresh start), checked before anything is written.
+
+    Refuses (UserError, workdir untouched) a workdir whose config.json or checkpoint disagrees on
+    the model or data, and a corrupt newest checkpoint unless ``checkpoint.on_corrupt='previous'``.
+    """
+    check_workdir_config(cfg, workdir)
+    checkpointer = ckpt_lib.Checkpointer(
+        workdir / "checkpoints", read_only=True, params_item=adapters.params_item(cfg)
+    )
+    try:
+        step = checkpointer.select("latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS)
+        if step is not None:
+            meta = checkpointer.restore_meta(step)
+            check_compatible(meta, cfg, checkpointer.path(step))
+            if uses_multisteps(meta["config"]["train"]) != uses_multisteps(cfg.train):
+                raise UserError(
+                    f"{checkpointer.path(step)}: its optimizer state was saved "
+                    f"{'with' if uses_multisteps(meta['config']['train']) else 'without'} optax.MultiSteps; "
+                    "resume with the same train.grad_accum_steps > 1 / train.accum_impl choice, or use a "
+                    "new --workdir"
+                )
+    finally:
+        checkpointer.close()
+    return step
+
+
+def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable as JSON ({e})") from e
+    check_compatible({"config": saved}, cfg, path)
+
+
+def truncate_metrics(path: Path, step: int | None) -> None:
+    """Drops metrics.ndjson lines after ``step`` (all of them on a fresh start): the resumed run
+    writes them again, so a killed run leaves no second set of lines for a step."""
+    if jax.process_index() != 0 or not path.is_file():
+        return
+    keep = []
+    if step is not None:
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record_step = json.loads(line).get("step")
+            except ValueError:
+                break  # a line cut short by a killed writer ends the file
+            if record_step is None or record_step <= step:
+                keep.append(line)
+    write_text_atomic(path, "".join(keep))
