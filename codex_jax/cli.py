@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(safety_cli.main(argv[2:]))
     if command == "plugins":
-        from codex_jax import plugins
+        from codex_jax import cli_plugins
 
-        sys.exit(plugins.main(argv[2:]))
+        sys.exit(cli_plugins.main(argv[2:]))
     if command == "configs":
         from codex_jax.config import packaged as configs
 

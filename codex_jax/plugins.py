@@ -7,10 +7,13 @@ group                      each entry point's object
 ``codex_jax.metrics``      a TokenMetric or SampleMetric: an ``eval.metrics`` name
                            (metrics/registry.py)
 ``codex_jax.tokenizers``   ``load(arg) -> tokenizer`` for ``data.tokenizer='NAME:ARG'``
+                           (tokenizers/__init__.py)
 ``codex_jax.data_sources`` ``read(arg) -> iterable of (key, text)`` for ``data.source='NAME:ARG'``
+                           (corpus/sources.py)
 =========================  ==================================================================
 
-A zero-argument callable returning the object also works for models and metrics. A plugin that
+This module is the generic loader only: each group's owner passes the check of its objects. A
+zero-argument callable returning the object also works for models and metrics. A plugin that
 fails to import or gives the wrong kind of object is skipped and the reason kept (``codex-jax
 plugins`` prints it); the built-ins never depend on a plugin loading.
 """
@@ -18,7 +21,6 @@ plugins`` prints it); the built-ins never depend on a plugin loading.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +52,10 @@ def _origin(entry_point) -> str:
 
 def load(group: str, check: Callable[[str, Any], Any] | None = None, reserved=()) -> Group:
     """Loads every entry point of ``group`` once (cached); ``check(name, obj)`` returns the object
-    to keep or raises. Names in ``reserved`` (the built-ins) cannot be taken by a plugin."""
+    to keep or raises. Names in ``reserved`` (the built-ins) cannot be taken by a plugin.
+
+    The group is cached before its entry points load, so a plugin that looks a name up while
+    loading sees the plugins loaded so far."""
     if group in _cache:
         return _cache[group]
     result = _cache[group] = Group()
@@ -68,11 +73,8 @@ def load(group: str, check: Callable[[str, Any], Any] | None = None, reserved=()
 
 
 def reload() -> None:
-    """Forgets every loaded group (and the model registry's), so the next lookup scans again."""
-    from codex_jax.models import registry as models
-
+    """Forgets every loaded group, so the next lookup scans the entry points again (tests, notebooks)."""
     _cache.clear()
-    models.reload_plugins()
 
 
 def callable_plugin(name: str, obj: Any) -> Callable:
@@ -89,101 +91,3 @@ def split_spec(spec: str, group: str, check=callable_plugin) -> tuple[Callable, 
         return None
     plugin = load(group, check).loaded.get(name)
     return (plugin, arg) if plugin is not None else None
-
-
-def report() -> dict[str, dict[str, dict[str, str]]]:
-    """``{group: {'loaded': {name: 'module:attr (dist version)'}, 'failed': {name: why}}}``."""
-    from codex_jax.metrics import registry as metrics
-    from codex_jax.models import registry as models
-
-    out = {}
-    models_found = {n: "" for n in models.names() if n not in models.BUILTIN}
-    model_origins = {ep.name: _origin(ep) for ep in importlib.metadata.entry_points(group=MODELS)}
-    out[MODELS] = {
-        "loaded": {n: model_origins.get(n, "") for n in models_found},
-        "failed": models.plugin_errors(),
-    }
-    groups = {
-        METRICS: metrics.plugins_group(),
-        TOKENIZERS: load(TOKENIZERS, callable_plugin),
-        DATA_SOURCES: load(DATA_SOURCES, callable_plugin),
-    }
-    for group, found in groups.items():
-        out[group] = {"loaded": dict(found.origin), "failed": dict(found.failed)}
-    return out
-
-
-def main(argv: list[str]) -> int:
-    """``codex-jax plugins [--json]``: what loaded from each group and why any plugin failed."""
-    import json
-    import sys
-
-    found = report()
-    if "--json" in argv:
-        print(json.dumps(found, indent=2))
-        return 0
-    for group, result in found.items():
-        print(f"{group}:")
-        if not result["loaded"] and not result["failed"]:
-            print("  (no plugins)")
-        for name, origin in sorted(result["loaded"].items()):
-            print(f"  ok      {name}  {origin}".rstrip())
-        for name, why in sorted(result["failed"].items()):
-            print(f"  FAILED  {name}  {why}")
-    failed = sum(len(r["failed"]) for r in found.values())
-    if failed:
-        print(f"{failed} plugin(s) failed to load; the built-ins work without them", file=sys.stderr)
-    return 0
-
-
-def read_plugin_source(source: str):
-    """The Corpus of ``data.source='NAME:ARG'`` when NAME is a data-source plugin, else None.
-
-    The plugin's ``read(ARG)`` yields ``(key, text)`` pairs; each is one document and one
-    manifest entry (``data.max_files``/``include``/``exclude`` do not apply).
-    """
-    found = split_spec(source, DATA_SOURCES)
-    if found is None:
-        return None
-    from codex_jax.corpus.records import FileReport
-    from codex_jax.corpus.sources import Corpus, Document
-    from codex_jax.errors import UserError
-
-    read, arg = found
-    reports, documents = [], []
-    try:
-        for key, text in read(arg):
-            data = str(text).replace("\r\n", "\n").encode("utf-8")
-            digest = hashlib.sha256(data).hexdigest()
-            reports.append(FileReport(str(key), len(data), digest, records=1))
-            documents.append(Document(str(key), str(key), data.decode("utf-8")))
-    except Exception as e:  # noqa: BLE001 - the plugin's own failure, reported as the user's
-        raise UserError(f"data.source {source!r}: the plugin failed: {type(e).__name__}: {e}") from e
-    if not documents:
-        raise UserError(f"data.source {source!r}: the plugin yielded no documents")
-    return Corpus(source, f"plugin:{source.partition(':')[0]}", reports, documents)
-
-
-TOKENIZER_ATTRS = ("encode", "encode_batch", "decode", "vocab_size", "eos_id", "checksum")
-
-
-def load_plugin_tokenizer(spec: str):
-    """The tokenizer of ``data.tokenizer='NAME:ARG'`` when NAME is a tokenizer plugin, else None.
-
-    ``load(ARG)`` must return an object with the interface of
-    ``codex_jax.tokenizers.base.Tokenizer`` (subclassing it is simplest).
-    """
-    found = split_spec(spec, TOKENIZERS)
-    if found is None:
-        return None
-    from codex_jax.errors import UserError
-
-    load_fn, arg = found
-    try:
-        tokenizer = load_fn(arg)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"data.tokenizer {spec!r}: the plugin failed: {type(e).__name__}: {e}") from e
-    missing = [a for a in TOKENIZER_ATTRS if not hasattr(tokenizer, a)]
-    if missing:
-        raise UserError(f"data.tokenizer {spec!r}: the plugin's tokenizer lacks {missing}")
-    return tokenizer

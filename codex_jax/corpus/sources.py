@@ -229,8 +229,7 @@ def read_source(
     """Reads every document of ``source``; UserError when it yields none."""
     if on_bad_record not in BAD_RECORD_POLICIES:
         raise UserError(f"data.on_bad_record must be 'skip' or 'error', got {on_bad_record!r}")
-    # 'NAME:ARG' of a codex_jax.data_sources plugin
-    plugin_corpus = plugins.read_plugin_source(source)
+    plugin_corpus = read_plugin_source(source)
     if plugin_corpus is not None:
         return plugin_corpus
     spec, root, files = source_files(source, max_files, include, exclude)
@@ -251,6 +250,30 @@ def read_source(
             f"{skipped} bad records skipped; first: {first})"
         )
     return Corpus(source, str(root), reports, documents)
+
+
+def read_plugin_source(source: str) -> Corpus | None:
+    """The Corpus of ``data.source='NAME:ARG'`` when NAME is a ``codex_jax.data_sources`` plugin, else None.
+
+    The plugin's ``read(ARG)`` yields ``(key, text)`` pairs; each is one document and one
+    manifest entry (``data.max_files``/``include``/``exclude`` do not apply).
+    """
+    found = plugins.split_spec(source, plugins.DATA_SOURCES)
+    if found is None:
+        return None
+    read, arg = found
+    reports, documents = [], []
+    try:
+        for key, text in read(arg):
+            data = str(text).replace("\r\n", "\n").encode("utf-8")
+            digest = hashlib.sha256(data).hexdigest()
+            reports.append(FileReport(str(key), len(data), digest, records=1))
+            documents.append(Document(str(key), str(key), data.decode("utf-8")))
+    except Exception as e:  # noqa: BLE001 - the plugin's own failure, reported as the user's
+        raise UserError(f"data.source {source!r}: the plugin failed: {type(e).__name__}: {e}") from e
+    if not documents:
+        raise UserError(f"data.source {source!r}: the plugin yielded no documents")
+    return Corpus(source, f"plugin:{source.partition(':')[0]}", reports, documents)
 
 
 def warn_bad_records(source: str, reports: list[FileReport], max_lines: int = 5) -> None:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from codex_jax import plugins
-from codex_jax.config.schema import init_from_folder, init_from_tokenizer
+from codex_jax.config.runspec import RunSpec
 from codex_jax.corpus.sources import Document, read_source
 from codex_jax.corpus.splits import (
     SETTINGS,
@@ -39,7 +38,7 @@ from codex_jax.data.iterators import (  # noqa: F401 - re-exported
 )
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
-from codex_jax.tokenizers import Tokenizer, load_tokenizer
+from codex_jax.tokenizers import Tokenizer, load_plugin_tokenizer, load_tokenizer
 from codex_jax.tokenizers.hf import HFTokenizer, is_hf_tokenizer_folder
 from codex_jax.tokenizers.sentencepiece import write_bytes_atomic
 from codex_jax.tokenizers.train import load_or_train
@@ -112,10 +111,11 @@ def load_run_tokenizer(
 
     Hugging Face tokenizers are checked against the model's vocabulary by the trainer.
     """
-    plugin = plugins.load_plugin_tokenizer(cfg.data.tokenizer)  # a codex_jax.tokenizers plugin
+    plugin = load_plugin_tokenizer(cfg.data.tokenizer)  # a codex_jax.tokenizers plugin
     if plugin is not None:
         return plugin, cfg.data.tokenizer
-    path, folder = cfg.data.tokenizer or init_from_tokenizer(cfg), init_from_folder(cfg)
+    spec = RunSpec.from_config(cfg)
+    path, folder = cfg.data.tokenizer or spec.inherited_tokenizer(), spec.hf_folder
     if path and (folder or is_hf_tokenizer_folder(path)):
         return load_tokenizer(path), path
     if folder and not path:

@@ -8,19 +8,18 @@ returning one)::
     my-model = "my_pkg.presets:MY_MODEL"
 
 A plugin that fails to load, returns something else or reuses a built-in name is skipped; why is
-kept in :func:`plugin_errors`, and the built-ins keep working.
+kept in :func:`plugin_errors`, and the built-ins keep working. Loading goes through
+:func:`codex_jax.plugins.load` (``plugins.reload()`` forgets them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 from typing import Any
 
+from codex_jax import plugins
 from codex_jax.errors import UserError
 from codex_jax.models.config import ModelConfig
-
-ENTRY_POINT_GROUP = "codex_jax.models"
 
 
 def _gpt2(layers: int, heads: int, width: int) -> dict[str, Any]:
@@ -104,12 +103,10 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-_plugins: dict[str, dict[str, Any]] | None = None
-_plugin_errors: dict[str, str] = {}
 
 
-def _load_plugin(entry_point) -> dict[str, Any]:
-    value = entry_point.load()
+def _check_preset(name: str, value: Any) -> dict[str, Any]:
+    """The check of a ``codex_jax.models`` plugin: a (callable returning a) dict of valid fields."""
     if callable(value):
         value = value()
     if not isinstance(value, dict):
@@ -121,45 +118,27 @@ def _load_plugin(entry_point) -> dict[str, Any]:
     return dict(value)
 
 
-def _discover() -> dict[str, dict[str, Any]]:
-    global _plugins
-    if _plugins is None:
-        found: dict[str, dict[str, Any]] = {}
-        _plugins = found  # a plugin that looks up a built-in while loading sees the plugins loaded so far
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            name = entry_point.name
-            try:
-                if name in BUILTIN:
-                    raise ValueError("name taken by a built-in preset")
-                found[name] = _load_plugin(entry_point)
-            except Exception as e:  # noqa: BLE001  (a broken plugin must not break the built-ins)
-                _plugin_errors[name] = f"{entry_point.value}: {type(e).__name__}: {e}"
-    return _plugins
-
-
-def reload_plugins() -> None:
-    """Forget discovered plugins so the next lookup scans entry points again (tests, notebooks)."""
-    global _plugins
-    _plugins = None
-    _plugin_errors.clear()
+def plugins_group() -> plugins.Group:
+    """The loaded ``codex_jax.models`` plugin presets and the failures (cached by :mod:`plugins`)."""
+    return plugins.load(plugins.MODELS, _check_preset, reserved=BUILTIN)
 
 
 def plugin_errors() -> dict[str, str]:
-    """Why each skipped plugin preset was skipped: ``{name: 'module:attr: Error: message'}``."""
-    _discover()
-    return dict(_plugin_errors)
+    """Why each skipped plugin preset was skipped: ``{name: 'module:attr (dist): Error: message'}``."""
+    return dict(plugins_group().failed)
 
 
 def names() -> list[str]:
     """All preset names, built-ins and plugins."""
-    return sorted({*BUILTIN, *_discover()})
+    return sorted({*BUILTIN, *plugins_group().loaded})
 
 
 def get(name: str) -> dict[str, Any]:
     """A copy of the preset ``name`` as a dict of ModelConfig fields."""
-    presets = {**_discover(), **BUILTIN}
+    group = plugins_group()
+    presets = {**group.loaded, **BUILTIN}
     if name not in presets:
-        hint = f" (plugin failed: {_plugin_errors[name]})" if name in _plugin_errors else ""
+        hint = f" (plugin failed: {group.failed[name]})" if name in group.failed else ""
         raise UserError(f"unknown model preset {name!r}{hint}; known: {', '.join(names())}")
     return dict(presets[name])
 

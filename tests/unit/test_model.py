@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from codex_jax import plugins
 from codex_jax.errors import UserError
 from codex_jax.models import registry
 from codex_jax.models.config import ModelConfig
@@ -161,7 +162,7 @@ def test_plugins_extend_and_broken_plugins_are_recorded(monkeypatch):
     module.BAD_FIELD = {"family": "llama", "wings": 2}
     monkeypatch.setitem(sys.modules, "fake_codex_presets", module)
     points = [
-        importlib.metadata.EntryPoint(name, value, registry.ENTRY_POINT_GROUP)
+        importlib.metadata.EntryPoint(name, value, plugins.MODELS)
         for name, value in [
             ("plugin-good", "fake_codex_presets:GOOD"),
             ("plugin-call", "fake_codex_presets:make"),
@@ -170,8 +171,8 @@ def test_plugins_extend_and_broken_plugins_are_recorded(monkeypatch):
             ("gpt2-small", "fake_codex_presets:GOOD"),
         ]
     ]
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: points)
-    registry.reload_plugins()
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points)
+    plugins.reload()
     try:
         assert registry.config("plugin-good").num_layers == 3
         assert registry.config("plugin-call").d_model == 96
@@ -183,4 +184,4 @@ def test_plugins_extend_and_broken_plugins_are_recorded(monkeypatch):
             registry.get("plugin-missing")
     finally:
         monkeypatch.undo()
-        registry.reload_plugins()
+        plugins.reload()

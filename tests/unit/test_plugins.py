@@ -122,7 +122,7 @@ def test_plugins_command_lists_loaded_and_failed(site):
 def test_plugins_work_and_builtins_survive_broken_ones(site):
     script = textwrap.dedent("""
         import json, jax, numpy as np
-        from codex_jax import plugins
+        from codex_jax.tokenizers import load_plugin_tokenizer
         from codex_jax.corpus.sources import read_source
         from codex_jax.evaluate import EvalContext, evaluate_metrics
         from codex_jax.errors import UserError
@@ -131,7 +131,7 @@ def test_plugins_work_and_builtins_survive_broken_ones(site):
         cfg = models.config("tiny-plug")
         model, params = Transformer(cfg), init_params(cfg, jax.random.key(0))
         windows = np.arange(10 * 65).reshape(10, 65) % 200
-        tok = plugins.load_plugin_tokenizer("bytes:")
+        tok = load_plugin_tokenizer("bytes:")
         ctx = EvalContext(model, params, tok, windows, [windows[:4]], 4, 1)
         out = evaluate_metrics("mean_target", ctx)
         try:
