@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_metrics, run_cli, tiny_llama
+from conftest import run_cli, tiny_llama
 
 from codex_jax.compute.optim import make_optimizer
 from codex_jax.compute.parallel import JitRunner, PmapRunner, make_mesh
@@ -18,6 +18,7 @@ from codex_jax.compute.state import create_train_state
 from codex_jax.config.schema import default_config
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
+from codex_jax.interop import peft
 from codex_jax.models import lora
 from codex_jax.models.transformer import Transformer, init_params
 
@@ -50,7 +51,7 @@ def test_fresh_adapter_is_exact_and_counted(cfg):
     params = init_params(cfg, jax.random.key(0))
     adapters = lora.init_lora(params, 4, lora.DEFAULT_TARGETS, jax.random.key(1))
     kernels = {p: params_at(params, p)["kernel"].shape for p in lora.kernel_paths(params)}
-    assert set(lora._flat(adapters)) == set(kernels)  # every projection, nothing else
+    assert set(lora.modules_of(adapters)) == set(kernels)  # every projection, nothing else
     assert lora.count(adapters) == sum(4 * (i + o) for i, o in kernels.values())
     # B = 0: the function is the base's (up to XLA compiling two different programs)
     np.testing.assert_allclose(_logits(cfg, params, adapters), _logits(cfg, params), atol=1e-6)
@@ -243,12 +244,12 @@ def test_peft_export_matches_peft_and_imports_back(kind, targets, tmp_path):
     cfg = model.cfg.replace(lora_alpha=8.0)
     adapters = _trained_like(lora.init_lora(params, 4, targets, jax.random.key(1)))
     ours = _logits(cfg, params, adapters)
-    lora.export_peft(cfg, adapters, 8.0, tmp_path / "adapter")
-    config = json.loads((tmp_path / "adapter" / lora.PEFT_CONFIG).read_text())
+    peft.export_peft(cfg, adapters, 8.0, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / peft.PEFT_CONFIG).read_text())
     assert config["r"] == 4 and config["fan_in_fan_out"] == (kind == "gpt2")
     np.testing.assert_allclose(_peft_logits(tmp_path / "base", tmp_path / "adapter"), ours, atol=1e-4)
     # back, with another alpha: the imported tree computes the same function
-    back = lora.import_peft(tmp_path / "adapter", cfg, alpha=2.0)
+    back = peft.import_peft(tmp_path / "adapter", cfg, alpha=2.0)
     np.testing.assert_allclose(_logits(cfg.replace(lora_alpha=2.0), params, back), ours, atol=1e-5)
     if kind == "llama":
         assert lora.count(back) == lora.count(adapters)
@@ -259,8 +260,8 @@ def test_peft_names_follow_peft_layout(tmp_path):
 
     params = init_params(LLAMA, jax.random.key(0))
     adapters = lora.init_lora(params, 4, r".*q_proj", jax.random.key(1))
-    lora.export_peft(LLAMA, adapters, 8.0, tmp_path)
-    tensors = load_file(str(tmp_path / lora.PEFT_WEIGHTS))
+    peft.export_peft(LLAMA, adapters, 8.0, tmp_path)
+    tensors = load_file(str(tmp_path / peft.PEFT_WEIGHTS))
     name = "base_model.model.model.layers.0.self_attn.q_proj"
     assert tensors[f"{name}.lora_A.weight"].shape == (4, 32)
     assert tensors[f"{name}.lora_B.weight"].shape == (32, 4)
@@ -298,109 +299,6 @@ def base_run(tmp_path_factory):
     return wd
 
 
-def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("peft")
-    common = [*LLAMA_TINY, f"--config.model.init_from=workdir:{base_run}", *LORA]
-    full, part = tmp_path / "full", tmp_path / "part"
-    run_cli(full, *common)
-    run_cli(part, *common, "--config.train.stop_after=6")
-    run_cli(part, *common)
-    a, b = read_metrics(full), read_metrics(part)
-    assert [a[s]["loss"] for s in range(7, 13)] == [b[s]["loss"] for s in range(7, 13)]
-    evals = read_metrics(full, "eval")
-    base_eval = read_metrics(base_run, "eval")
-    assert abs(evals[0]["loss"] - base_eval[20]["loss"]) < 2e-2  # step 0 is the (bf16) base
-    assert evals[12]["loss"] < evals[0]["loss"] - 0.01  # the fine-tune learns
-    # checkpoints hold the adapters, optimizer state and a reference to the base, not the base
-    step = full / "checkpoints" / "12"
-    assert (step / "lora").is_dir() and not (step / "params").exists()
-    meta = json.loads((step / "meta" / "metadata").read_text())["lora"]
-    assert meta["base"]["source"] == f"workdir:{base_run}" and meta["base"]["step"] == 20
-    assert len(meta["base"]["sha256"]) == 64 and meta["trainable_params"] < meta["frozen_params"]
-    import orbax.checkpoint as ocp
-
-    ckpt = ocp.StandardCheckpointer()
-    adapters = [ckpt.restore((wd / "checkpoints/12/lora").absolute()) for wd in (full, part)]
-    jax.tree.map(np.testing.assert_array_equal, *adapters)
-
-    # export: the base (hf), the adapters (peft) and the merged model (hf) agree in transformers
-    outs = {k: tmp_path / k for k in ("base_hf", "peft", "merged_hf")}
-    run_cli(
-        base_run,
-        *LLAMA_TINY,
-        "--config.export.format=hf",
-        f"--config.export.dir={outs['base_hf']}",
-        mode="export",
-    )
-    for fmt, out in (("peft", outs["peft"]), ("hf", outs["merged_hf"])):
-        run_cli(
-            full,
-            *common,
-            f"--config.export.format={fmt}",
-            f"--config.export.dir={out}",
-            mode="export",
-        )
-    merged = transformers.AutoModelForCausalLM.from_pretrained(outs["merged_hf"]).eval()
-    with torch.no_grad():
-        expected = merged(torch.tensor(np.asarray(TOKENS, np.int64))).logits.numpy()
-    np.testing.assert_allclose(_peft_logits(outs["base_hf"], outs["peft"]), expected, atol=1e-4)
-
-
-def test_lora_config_errors(tmp_path):
-    result = run_cli(tmp_path, "--config.lora.init_from=peft:/nowhere", check=False)
-    assert result.returncode == 2 and "needs lora.rank > 0" in result.stderr
-    result = run_cli(tmp_path, "--config.lora.rank=4", "--config.lora.targets=nothing", check=False)
-    assert result.returncode == 2 and "matches none of the kernels" in result.stderr
-
-
-def test_bench_lora_runs_on_a_shrunken_llama_1b():
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    shrink = [
-        "--config.model.num_layers=2",
-        "--config.model.d_model=64",
-        "--config.model.num_heads=4",
-        "--config.model.num_kv_heads=2",
-        "--config.model.d_ff=128",
-        "--config.model.vocab_size=256",
-        "--config.data.seq_len=32",
-        "--config.data.batch_size=2",
-        "--config.model.attention_impl=xla",
-        "--config.model.dtype=float32",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "tools/bench.py",
-            "--config=configs/llama_1b.py",
-            "--config.lora.rank=16",
-            "--config.lora.base_dtype=bfloat16",
-            *shrink,
-            "--steps=2",
-            "--warmup=0",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
-    assert out["lora_rank"] == 16 and out["base_dtype"] == "bfloat16"
-    assert out["trainable_params"] == 2 * 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))
-    assert 0 < out["trainable_fraction"] < 1 and out["tokens_per_second"] > 0
-    assert out["lora_flops_per_token"] < out["flops_per_token"]
-
-
 def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
     """In process: 'workdir:' starts a full fine-tune from the base run's params and tokenizer;
     'lora.init_from=peft:' starts the adapters from a PEFT folder."""
@@ -421,7 +319,7 @@ def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
     t.checkpointer.close()
 
     adapter = lora.init_lora(saved, 2, r".*(q|v)_proj", jax.random.key(3))
-    lora.export_peft(t.model.cfg, _trained_like(adapter), 16.0, tmp_path / "adapter")
+    peft.export_peft(t.model.cfg, _trained_like(adapter), 16.0, tmp_path / "adapter")
     cfg.lora.rank, cfg.lora.init_from = 4, f"peft:{tmp_path / 'adapter'}"
     started = adapters.init_adapters(cfg, t.model.cfg)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), started, _trained_like(adapter))
