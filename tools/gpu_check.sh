@@ -1,58 +1,76 @@
 #!/usr/bin/env bash
-# One GPU benchmark session (issue 4): our train step against same-run peers, most important first.
+# One GPU benchmark session: our train step (tools/bench.py) first, then the peers (tools/peers/), each
+# printing one JSON line, then a table. Run from the repository root:
 #
-# Prepare once on the dev machine (.gpu/ is git-ignored and must be carried):
-#   mkdir -p .gpu && cp /work/shared/bench/peers.py .gpu/ && bash /work/shared/bench/wheels.sh .gpu/whl
-# Run on the GPU machine from the repo root (device tool):
-#   command: bash tools/gpu_check.sh     carry: [".gpu"]     timeout_s: 480
+#   BUDGET=420 bash tools/gpu_check.sh
 #
-# Writes under $OUT: results.ndjson (one JSON line per measurement, "label" first), env.txt,
-# summary.txt and one log per part (gpt2.log, peers.log, llama.log, variants.log); prints the table.
-# BUDGET (seconds, default 420) bounds the whole script: each part's timeout is clamped to what is
-# left, and a part that would get less than its minimum is skipped (recorded as skipped).
-# Expected: setup ~15 s, A ~90 s, C ~120 s, D ~140 s; B and E run on what is left.
+# Environment (all optional):
+#   BUDGET  seconds for the whole script (default 420): each part's timeout is clamped to what is left,
+#           and a part that would get less than its minimum is skipped (and recorded as skipped).
+#   OUT     folder for results.ndjson (one JSON line per part, "label" first), env.txt, summary.txt
+#           (the table) and one log per group (ours.log, peers.log, extras.log); default runs/gpu_check.
+#   ACCUM   micro-batches per optimizer step in the two accumulation runs of ours (default 4).
+#   WHEELS  a folder of wheels installed first when it exists (default .gpu/whl), for a machine whose
+#           Python lacks some of the project's dependencies (e.g. grain, clu, ml-collections,
+#           tensorboardX: fetch them elsewhere with `pip download --no-deps -d .gpu/whl ...`).
+#   JAX_COMPILATION_CACHE_DIR  persistent compile cache (default .gpu/jax_cache): a rerun on the same
+#           machine reuses executables and autotuning, so its compile_s is smaller.
+#
+# Order (most important first): ours GPT-2 124M (configs/gpt2_small.py: seq 1024, micro-batch 32, bf16,
+# cuDNN attention) with ACCUM-step accumulation as optax.MultiSteps and as lax.scan; ours Llama 1.1B
+# (configs/llama_1b.py) with LoRA r16 on bf16 frozen weights; the peers at the same shapes (nanoGPT +
+# torch.compile, bare Flax + cuDNN, transformers GPT-2, transformers + PEFT LoRA r16 Llama); then, if
+# time is left, ours GPT-2 without accumulation and both Llama full fine-tunes.
 set -u
-OUT=${OUT:-/tmp/gpu_check_out}
+OUT=${OUT:-runs/gpu_check}
 BUDGET=${BUDGET:-420}
+ACCUM=${ACCUM:-4}
+WHEELS=${WHEELS:-.gpu/whl}
 mkdir -p "$OUT"
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 RES=$OUT/results.ndjson
 : >"$RES"
 : >"$OUT/env.txt"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-# Persistent compilation cache: later runs reuse executables and XLA's per-fusion autotuning results
-# (jax_persistent_cache_enable_xla_caches defaults to the autotune cache). Cold compile: part A.
-export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.85}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-.gpu/jax_cache}
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl \
-  || echo "wheel install failed" >>"$OUT/env.txt"
-export PYTHONPATH=/tmp/site:$PWD
+if [ -d "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SCRATCH/site" "$WHEELS"/*.whl \
+    || echo "wheel install from $WHEELS failed" >>"$OUT/env.txt"
+  export PYTHONPATH=$SCRATCH/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
 
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
     --format=csv 2>&1
-  timeout 60 python3 -c 'import jax, flax, optax, torch, grain, ml_collections
-print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
-      "torch", torch.__version__, "grain", grain.__version__)
+  timeout 60 python3 -c 'import jax, flax, optax, torch, transformers, peft
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "torch", torch.__version__,
+      "transformers", transformers.__version__, "peft", peft.__version__)
 print(jax.devices(), jax.devices()[0].device_kind)' 2>&1 | grep -v '^WARNING'
+  echo "compile cache: $JAX_COMPILATION_CACHE_DIR; budget ${BUDGET}s; accum $ACCUM"
 } >>"$OUT/env.txt"
 
 # step LABEL LOG MAX_S MIN_S CMD...: runs CMD under a timeout clamped to the budget left; the JSON
-# lines it prints go to results.ndjson tagged with LABEL, rc and wall_s; stderr goes to $OUT/LOG.
+# lines it prints go to results.ndjson (and stdout) tagged with LABEL, rc and wall_s; stderr goes to
+# $OUT/LOG. A command that prints no JSON line is recorded with its exit code and stderr's tail.
 step() {
   local label=$1 log=$2 max=$3 min=$4
   shift 4
   local left=$((BUDGET - SECONDS))
   local t=$((left < max ? left : max))
   if ((t < min)); then
-    echo "{\"label\": \"$label\", \"skipped\": \"budget: ${left}s left\"}" >>"$RES"
+    echo "{\"label\": \"$label\", \"skipped\": \"budget: ${left}s left\"}" | tee -a "$RES"
     return
   fi
   echo "=== $label at ${SECONDS}s, timeout ${t}s: $*" >>"$OUT/$log"
   local t0=$SECONDS rc=0
-  timeout -k 5 "$t" "$@" >/tmp/step.out 2>/tmp/step.err || rc=$?
-  cat /tmp/step.err >>"$OUT/$log"
-  python3 - "$label" "$rc" "$((SECONDS - t0))" /tmp/step.out /tmp/step.err >>"$RES" <<'EOF'
+  timeout -k 5 "$t" "$@" >"$SCRATCH/step.out" 2>"$SCRATCH/step.err" || rc=$?
+  cat "$SCRATCH/step.err" >>"$OUT/$log"
+  python3 - "$label" "$rc" "$((SECONDS - t0))" "$SCRATCH/step.out" "$SCRATCH/step.err" <<'EOF' | tee -a "$RES"
 import json, sys
 label, rc, wall, out, err = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
 rows = []
@@ -74,71 +92,49 @@ EOF
 ok() { grep "\"label\": \"$1\"" "$RES" | grep -q tokens_per_second; }
 
 BENCH="python3 tools/bench.py"
-PEERS="python3 .gpu/peers.py"
-LLAMA_SHAPE="--layers 22 --d 2048 --heads 32 --kv-heads 4 --ffn 5632 --vocab 32000 --seq 2048 --batch 4"
+GPT2_SHAPE="--layers 12 --d-model 768 --heads 12 --seq 1024 --batch 32 --vocab 50304"
+LLAMA_SHAPE="--layers 22 --d-model 2048 --heads 32 --kv-heads 4 --ffn 5632 --vocab 32000 --seq 2048 --batch 4"
+LORA="--config.lora.rank=16 --config.lora.base_dtype=bfloat16"
 
-# A. Ours, GPT-2 124M, seq 1024, batch 32, bf16, cuDNN attention; also the bare jitted step (overhead).
-step gpt2_b32 gpt2.log 200 60 $BENCH --config=configs/gpt2_small.py --steps 20 --warmup 3 \
-  --compare_bare=true --label=gpt2_b32
-
-# C. Same-run references for A (notes: nanoGPT+compile 415k tok/s, plain Flax + cuDNN 466k).
-step nanogpt_b32 peers.log 180 60 $PEERS nanogpt --batch 32 --steps 20 --warmup 5
-step jax_ref_cudnn_b32 peers.log 120 45 $PEERS jax_ref_cudnn --batch 32 --steps 20 --warmup 5
-
-# D. Llama 1.1B (TinyLlama shape), seq 2048, batch 4: ours full fine-tune (notes: transformers full
-#    fine-tune 45.4k tok/s, 35.9 GB), then the transformers + PEFT LoRA r16 reference (43.9k, 21.7 GB).
-step llama_b4 llama.log 180 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 \
-  --label=llama_b4
-if ! ok llama_b4; then  # cuDNN with grouped-query heads failed? measure with XLA attention instead
-  step llama_b4_xla llama.log 150 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 \
-    --config.model.attention_impl=xla --label=llama_b4_xla
+# Ours. GPT-2 124M, bf16, cuDNN attention, ACCUM micro-batches of 32 x 1024 per optimizer step.
+step gpt2_multisteps ours.log 200 60 $BENCH --config=configs/gpt2_small.py --steps 8 --warmup 2 \
+  --config.train.grad_accum_steps="$ACCUM" --config.train.accum_impl=multisteps --label=gpt2_multisteps
+step gpt2_scan ours.log 200 60 $BENCH --config=configs/gpt2_small.py --steps 8 --warmup 2 \
+  --config.train.grad_accum_steps="$ACCUM" --config.train.accum_impl=scan --label=gpt2_scan
+# Llama 1.1B (TinyLlama's shape), seq 2048, batch 4, LoRA r16 on every projection over bf16 weights.
+step llama_lora_r16 ours.log 180 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 $LORA \
+  --label=llama_lora_r16
+if ! ok llama_lora_r16; then # cuDNN with grouped-query heads failed? measure with XLA attention instead
+  step llama_lora_r16_xla ours.log 150 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 $LORA \
+    --config.model.attention_impl=xla --label=llama_lora_r16_xla
 fi
-step hf_llama_lora peers.log 150 45 $PEERS hf_llama_lora $LLAMA_SHAPE --steps 10 --warmup 3
-# Ours with LoRA r16 on all projections, bf16 frozen weights (issue 6: enable once lora.* exists):
-# step llama_lora_r16 llama.log 180 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 \
-#   --config.lora.rank=16 --config.model.param_dtype=bfloat16 --label=llama_lora_r16
 
-# B. Variants of A worth trying for speed (compile cache warm from A).
-step gpt2_b64 variants.log 120 45 $BENCH --config=configs/gpt2_small.py --steps 10 --warmup 2 \
-  --config.data.batch_size=64 --label=gpt2_b64
-step gpt2_b32_remat_dots variants.log 120 45 $BENCH --config=configs/gpt2_small.py --steps 10 \
-  --warmup 2 --config.model.remat=dots_saveable --label=gpt2_b32_remat_dots
-# cuBLAS for every matmul instead of XLA's Triton GEMM fusions (an unknown flag just fails this step).
-XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" step gpt2_b32_no_triton_gemm variants.log 120 45 \
-  $BENCH --config=configs/gpt2_small.py --steps 10 --warmup 2 --label=gpt2_b32_no_triton_gemm
-step gpt2_b32_xla_attn variants.log 120 45 $BENCH --config=configs/gpt2_small.py --steps 10 \
-  --warmup 2 --config.model.attention_impl=xla --label=gpt2_b32_xla_attn
+# Peers at the same shapes (one optimizer step = one batch: compare tokens/s, not step_ms, with ours).
+step nanogpt peers.log 180 60 python3 -m tools.peers.nanogpt $GPT2_SHAPE --steps 20 --warmup 5
+step flax_gpt2 peers.log 120 45 python3 -m tools.peers.flax_gpt2 $GPT2_SHAPE --steps 20 --warmup 5
+step hf_gpt2 peers.log 90 30 python3 -m tools.peers.hf_gpt2 $GPT2_SHAPE --steps 20 --warmup 5
+step hf_llama_lora_r16 peers.log 150 45 python3 -m tools.peers.hf_llama $LLAMA_SHAPE --lora-rank 16 \
+  --steps 10 --warmup 3
 
-# E. Cheap extras: the bf16 matmul ceiling, the data pipeline (16 cores), the transformers full FT.
-step matmul peers.log 45 20 $PEERS matmul
-step data_tiny_seq1024 variants.log 60 20 $BENCH --config=configs/tiny.py --what=data --steps 200 \
-  --config.data.seq_len=1024 --config.data.batch_size=32 --config.data.max_files=200 \
-  --label=data_tiny_seq1024
-step hf_llama_full peers.log 150 60 $PEERS hf_llama_full $LLAMA_SHAPE --steps 10 --warmup 3
+# Extras, on what is left: ours without accumulation, and the Llama full fine-tunes (float32 weights).
+step gpt2_accum1 extras.log 150 45 $BENCH --config=configs/gpt2_small.py --steps 20 --warmup 3 \
+  --label=gpt2_accum1
+step llama_full extras.log 180 60 $BENCH --config=configs/llama_1b.py --steps 10 --warmup 2 --label=llama_full
+step hf_llama_full extras.log 150 60 python3 -m tools.peers.hf_llama $LLAMA_SHAPE --steps 10 --warmup 3
 
 python3 - "$RES" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys
-PEAK = 989e12  # H200 SXM dense bf16 (codex_jax.metrics.perf); peers' MFU uses the same
 rows = [json.loads(line) for line in open(sys.argv[1])]
-head = f"{'label':24} {'tok/s':>9} {'step_ms':>8} {'TFLOP/s':>7} {'MFU':>6} {'mem_GB':>6} " \
-       f"{'comp_s':>6} {'ovh':>5} {'wall':>4}  note"
-print(head)
+print(f"{'label':20} {'tok/s':>9} {'tok/step':>8} {'step_ms':>8} {'TFLOP/s':>7} {'MFU':>6} {'mem_GB':>6} "
+      f"{'comp_s':>6} {'wall':>4}  note")
+def cell(x, spec):
+    width = int(spec.split(".")[0].rstrip("df"))
+    return format(x, spec) if isinstance(x, (int, float)) else "-".rjust(width)
 for r in rows:
-    tps = r.get("tokens_per_second", r.get("tokens_per_s"))
-    tfl = r.get("model_tflops_per_second", r.get("model_tflops"))
-    mfu = r.get("mfu") or (tfl * 1e12 / PEAK if tfl else None)
-    mem = r.get("peak_memory_gb", r.get("peak_mem_gb"))
-    comp = r.get("compile_s", r.get("warmup_s"))
-    note = r.get("error") or r.get("skipped") or r.get("bare_note") or ""
-    if "tflops_median" in r:
-        note = f"bf16 matmul {r['tflops_median']} TFLOP/s"
-    if r.get("bare_step_ms"):
-        note = f"bare step {r['bare_step_ms']:.1f} ms"
-    def f(x, spec):
-        width = int(spec.split(".")[0].rstrip("df"))
-        return format(x, spec) if isinstance(x, (int, float)) else "-".rjust(width)
-    print(f"{r['label']:24} {f(tps, '9.0f')} {f(r.get('step_ms'), '8.1f')} {f(tfl, '7.1f')} "
-          f"{f(mfu, '6.3f')} {f(mem, '6.1f')} {f(comp, '6.1f')} {f(r.get('overhead_ratio'), '5.3f')} "
-          f"{f(r.get('wall_s'), '4d')}  {note}")
+    note = r.get("error") or r.get("skipped") or r.get("bare_note") or r.get("memory_kind", "")
+    print(f"{r['label']:20} {cell(r.get('tokens_per_second'), '9.0f')} {cell(r.get('tokens_per_step'), '8d')} "
+          f"{cell(r.get('step_ms'), '8.1f')} {cell(r.get('model_tflops_per_second'), '7.1f')} "
+          f"{cell(r.get('mfu'), '6.3f')} {cell(r.get('peak_memory_gb'), '6.1f')} "
+          f"{cell(r.get('compile_s'), '6.1f')} {cell(r.get('wall_s'), '4d')}  {note}")
 EOF
-echo "total ${SECONDS}s of budget ${BUDGET}s; details in \$OUT/results.ndjson and \$OUT/*.log"
+echo "total ${SECONDS}s of budget ${BUDGET}s; details in $OUT/results.ndjson and $OUT/*.log"
