@@ -156,55 +156,47 @@ def _export_model_type(cfg: ModelConfig) -> str:
     return "mistral" if cfg.sliding_window else "llama"
 
 
-def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """A ``config.json`` mapping that transformers reads back as ``cfg``."""
-    model_type = _export_model_type(cfg)
-    arch = {v: k for k, v in ARCHITECTURES.items()}[model_type]
-    common = dict(
-        architectures=[arch],
-        model_type=model_type,
-        vocab_size=cfg.vocab_size,
-        tie_word_embeddings=cfg.tie_embeddings,
-        dtype=cfg.param_dtype,
-        torch_dtype=cfg.param_dtype,
-        # Token ids belong to the tokenizer: pass them with export_checkpoint(extra_config=...).
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
+def _gpt2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The GPT-2 fields of ``config.json``."""
+    return dict(
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        n_embd=cfg.d_model,
+        n_inner=cfg.d_ff,
+        n_positions=cfg.max_seq_len,
+        layer_norm_epsilon=cfg.norm_eps,
+        activation_function="gelu_new",
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=0.0,
     )
-    if model_type == "gpt2":
-        return dict(
-            common,
-            n_layer=cfg.num_layers,
-            n_head=cfg.num_heads,
-            n_embd=cfg.d_model,
-            n_inner=cfg.d_ff,
-            n_positions=cfg.max_seq_len,
-            layer_norm_epsilon=cfg.norm_eps,
-            activation_function="gelu_new",
-            scale_attn_weights=True,
-            scale_attn_by_inverse_layer_idx=False,
-            reorder_and_upcast_attn=False,
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=0.0,
-        )
-    rope: dict[str, Any] = {"rope_type": "default"}
+
+
+def _rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """Hugging Face's rope parameters (``rope_type`` default, llama3 or linear) of ``cfg``."""
+    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
+        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
     if cfg.rope_llama3_scaling:
         factor, low, high, original = cfg.rope_llama3_scaling
-        rope = dict(
+        return dict(
             rope_type="llama3",
             factor=factor,
             low_freq_factor=low,
             high_freq_factor=high,
             original_max_position_embeddings=original,
         )
-    elif cfg.rope_linear_factor != 1.0:
-        rope = dict(rope_type="linear", factor=cfg.rope_linear_factor)
-    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
-        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
-    out = dict(
-        common,
+    if cfg.rope_linear_factor != 1.0:
+        return dict(rope_type="linear", factor=cfg.rope_linear_factor)
+    return {"rope_type": "default"}
+
+
+def _llama_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The Llama fields of ``config.json`` (Mistral and Qwen2 adjust them)."""
+    rope = _rope_to_hf(cfg)
+    return dict(
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
@@ -221,9 +213,37 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         rope_scaling=None if rope["rope_type"] == "default" else rope,
         rope_parameters=dict(rope, rope_theta=cfg.rope_theta),
     )
-    if model_type == "qwen2":
-        out.update(attention_bias=True, use_sliding_window=False, sliding_window=None)
-        del out["head_dim"]
-    if model_type == "mistral":
-        out["sliding_window"] = cfg.sliding_window
+
+
+def _mistral_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """Llama's fields plus the sliding window."""
+    return dict(_llama_to_hf(cfg), sliding_window=cfg.sliding_window)
+
+
+def _qwen2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """Llama's fields with q/k/v biases, no sliding window and no ``head_dim``."""
+    out = dict(_llama_to_hf(cfg), attention_bias=True, use_sliding_window=False, sliding_window=None)
+    del out["head_dim"]
     return out
+
+
+_TO_HF = {"gpt2": _gpt2_to_hf, "llama": _llama_to_hf, "mistral": _mistral_to_hf, "qwen2": _qwen2_to_hf}
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """A ``config.json`` mapping that transformers reads back as ``cfg``."""
+    model_type = _export_model_type(cfg)
+    arch = {v: k for k, v in ARCHITECTURES.items()}[model_type]
+    common = dict(
+        architectures=[arch],
+        model_type=model_type,
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=cfg.tie_embeddings,
+        dtype=cfg.param_dtype,
+        torch_dtype=cfg.param_dtype,
+        # Token ids belong to the tokenizer: pass them with export_checkpoint(extra_config=...).
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return dict(common, **_TO_HF[model_type](cfg))

@@ -214,10 +214,20 @@ class Transformer(nn.Module):
         cache_index=None,
         mask_BxTxS=None,
     ):
-        cfg = self.cfg
+        """Logits ``[B, T, V]`` (float32), and the updated cache when ``kv_cache`` is given."""
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        embed, x = self._embed(tokens_BxT, positions_BxT, deterministic)
+        x, new_cache = self._blocks(x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS)
+        logits_BxTxV = self._logits(Norm(self.cfg, name="final_norm")(x), embed)
+        if kv_cache is None:
+            return logits_BxTxV
+        return logits_BxTxV, new_cache
+
+    def _embed(self, tokens_BxT, positions_BxT, deterministic):
+        """``(the token embedding module, embedded tokens [B, T, D])``; GPT-2 adds learned positions."""
+        cfg = self.cfg
         embed = nn.Embed(
             cfg.vocab_size,
             cfg.d_model,
@@ -237,8 +247,12 @@ class Transformer(nn.Module):
                 name="pos_embed",
             )
             x = x + pos(positions_BxT)
-        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        return embed, nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
+    def _blocks(self, x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS):
+        """The residual stream after every block, and each layer's updated cache."""
+        cfg = self.cfg
+        T = x.shape[1]
         block_cls = Block
         if cfg.remat != "none" and kv_cache is None:
             block_cls = nn.remat(Block, static_argnums=(3,), policy=_REMAT_POLICIES[cfg.remat])
@@ -254,18 +268,18 @@ class Transformer(nn.Module):
                 x, positions_BxT, deterministic, layer_cache, cache_index, mask
             )
             new_cache[f"layers_{i}"] = layer_new
-        x = Norm(cfg, name="final_norm")(x)
+        return x, new_cache
 
+    def _logits(self, x, embed):
+        """``x @ head.T`` in float32: the head is the token embedding when tied, else ``lm_head``."""
+        cfg = self.cfg
         if cfg.tie_embeddings:
             head_VxD = embed.embedding.astype(cfg.compute_dtype)
         else:
             head_VxD = self.param(
                 "lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype
             ).astype(cfg.compute_dtype)
-        logits_BxTxV = jnp.einsum("btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32)
-        if kv_cache is None:
-            return logits_BxTxV
-        return logits_BxTxV, new_cache
+        return jnp.einsum("btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
@@ -278,14 +292,13 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
     }
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8):
+def init_params(cfg: ModelConfig, rng: jax.Array):
     """Randomly initialised parameters for ``cfg`` (jitted: one compiled call, not op-by-op).
 
     The parameters do not depend on the sequence length or the attention kernel, so the forward pass that
     Flax traces for init runs on 8 tokens with XLA attention and no remat: a full-length cuDNN forward here
-    once cost minutes of GPU compile time. ``seq_len`` is kept for callers and ignored beyond that.
+    once cost minutes of GPU compile time.
     """
-    del seq_len
     init_cfg = dataclasses.replace(cfg, attention_impl="xla", remat="none", dropout=0.0)
     return _init_params(init_cfg, rng)
 
