@@ -7,11 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+# tests/e2e/ runs for real what tests/unit/ checks in-process, with the unit modules' fixtures and data
+# (``from test_lora import LORA``): the unit folder is importable from both.
+sys.path.insert(0, str(REPO / "tests" / "unit"))
+
+# One persistent XLA compilation cache for the tests and every process they start (run_cli copies
+# os.environ): the tiny config's train/eval steps are compiled once per shape and device count, not once
+# per process. A cached executable is the one XLA would compile again, so results are the same bits.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test ``unit`` or ``e2e`` by its folder (tests/unit/, tests/e2e/)."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in ("unit", "e2e"):
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 def tiny_llama(**fields):

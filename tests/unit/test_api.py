@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from conftest import CONFIGS
@@ -50,14 +48,3 @@ def test_workdir_config_round_trips_config_json(tmp_path):
     assert flatten(again) == {**flatten(cfg), "eval.step": "best"}
     with pytest.raises(UserError, match="config.json: cannot read"):
         api.workdir_config(tmp_path / "missing")
-
-
-def test_configs_command_lists_packaged_configs():
-    out = subprocess.run(
-        [sys.executable, "-m", "codex_jax.cli", "configs"], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.splitlines()[0].startswith("base ") and "Seconds-scale config" in out.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "codex_jax.cli", "configs", "--x"], capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and bad.stderr.startswith("error: codex-jax configs: unexpected argument")

@@ -4,7 +4,6 @@ import hashlib
 import json
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,30 +212,6 @@ def test_a_damaged_cache_is_rebuilt_never_reused(bundle, corpus_dir, tmp_path, c
     assert "reusing" not in err and "building the token cache" in err
     np.testing.assert_array_equal(again.train_windows, bundle.train_windows)
     assert "reusing token cache" in (prepare_data(cfg, tmp_path, write=True), _err(capsys))[1]
-
-
-def test_another_process_reuses_the_cache(bundle, corpus_dir):
-    """A separate Python process with the same config reads the cache instead of tokenizing."""
-    import subprocess
-    import sys
-
-    workdir = bundle.manifest_path.parent
-    code = (
-        "import sys; from tests.test_data import small_config; "
-        "from codex_jax.data.pipeline import prepare_data; "
-        f"b = prepare_data(small_config({str(corpus_dir)!r}), {str(workdir)!r}, write=False); "
-        "print(b.train_windows.shape, b.tokenizer.checksum)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(Path(__file__).parents[2]),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "reusing token cache" in proc.stderr and "building" not in proc.stderr
-    assert proc.stdout.split()[-1] == bundle.tokenizer.checksum
 
 
 def test_a_non_writing_process_writes_nothing_and_agrees(bundle, corpus_dir, tmp_path):

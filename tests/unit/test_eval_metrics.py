@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from codex_jax.errors import UserError
 from codex_jax.evaluate import EvalContext, evaluate_metrics, line_tables
@@ -188,33 +186,3 @@ def test_unknown_metric_is_a_user_error(ctx_parts):
     with pytest.raises(UserError, match=r"eval\.metrics.*'nope'.*bits_per_byte"):
         evaluate_metrics("loss,nope", make_ctx(ctx_parts))
     assert registry.names()[:3] == ["loss", "perplexity", "token_accuracy"]
-
-
-def test_mode_eval_writes_eval_json(tmp_path):
-    workdir = tmp_path / "run"
-    common = [
-        "--config.train.steps=2",
-        "--config.train.eval_every=2",
-        "--config.checkpoint.every_steps=2",
-        "--config.generate.max_new_tokens=0",
-        "--config.logging.writers=ndjson",
-    ]
-    run_cli(workdir, *common)
-    metrics = "--config.eval.metrics=bits_per_byte,exact_match,line_completion"
-    out = run_cli(workdir, *common, metrics, "--config.eval.line_completion_samples=4", mode="eval")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["step"] == 2
-    for key in (
-        "loss",
-        "perplexity",
-        "token_accuracy",
-        "bits_per_byte",
-        "exact_match",
-        "line_completion",
-    ):
-        assert math.isfinite(result[key]), key
-    assert 0 < result["line_completion_samples"] <= 4
-    assert result["bits_per_byte"] < result["loss"] / math.log(2)  # more than one byte per token
-    assert json.loads((workdir / "eval_2.json").read_text()) == result
-    manifest = json.loads((workdir / "data_manifest.json").read_text())
-    assert manifest["safety"]["policy"] == "default"  # 'auto' on the stdlib source

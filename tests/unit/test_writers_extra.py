@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from codex_jax.config.schema import default_config, flatten
 from codex_jax.config.validation import validate
 from codex_jax.errors import UserError
-from codex_jax.metrics import mlflow_writer, read_ndjson, system
+from codex_jax.metrics import mlflow_writer, system
 from codex_jax.metrics.base import scalar_hparam
 from codex_jax.metrics.writers import create_writers
 
@@ -111,27 +110,3 @@ def test_system_collect_reuses_one_instance():
         "system/accelerator_memory_available",
     ):
         assert key in first
-
-
-def test_training_logs_system_metrics_and_mlflow(tmp_path, monkeypatch):
-    client = mlflow_client(tmp_path / "run", monkeypatch)
-    out = run_cli(
-        tmp_path / "run",
-        "--config.train.steps=3",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=3",
-        "--config.checkpoint.every_steps=3",
-        "--config.generate.max_new_tokens=0",
-        "--config.logging.writers=ndjson,mlflow",
-    )
-    records = read_ndjson(tmp_path / "run" / "metrics.ndjson")
-    sys_lines = [r for r in records if r["split"] == "system"]
-    assert [r["step"] for r in sys_lines] == [1, 2, 3]
-    assert sys_lines[0]["accelerator_memory_available"] == 0.0  # CPU: no memory stats
-    assert sys_lines[0]["ram_used_gb"] > 0
-    assert out.stderr.count("accelerator memory stats not reported") == 1  # reported once
-    run_id = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"]
-    run = client.get_run(run_id)
-    assert run.data.params["train.steps"] == "3" and run.data.params["model.num_layers"] == "2"
-    assert {"train/loss", "eval/loss", "system/ram_used_gb"} <= set(run.data.metrics)
-    assert run.info.status == "FINISHED"
