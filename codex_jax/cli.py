@@ -28,7 +28,11 @@ RUN_MODES = ("train", "eval", "generate", "export")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatches to the subcommand named by the first argument."""
+    """Dispatches to the subcommand named by the first argument.
+
+    Each subcommand's module is imported only when that subcommand runs: most of them import jax,
+    which ``codex-jax --help`` (and a mistyped command) need not wait for.
+    """
     argv = list(sys.argv if argv is None else argv)
     command = argv[1] if len(argv) > 1 else "--help"
     if command in ("-h", "--help", "help"):

@@ -16,6 +16,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from codex_jax import api
+from codex_jax.config.packaged import resolve
 from codex_jax.errors import EXIT_USER_ERROR, UserError
 
 FLAGS = flags.FLAGS
@@ -32,8 +34,6 @@ def fail(message: str) -> None:
 
 def with_packaged_configs(argv: list[str]) -> list[str]:
     """``argv`` with ``--config=configs/NAME.py`` pointing at the packaged config when no such file exists."""
-    from codex_jax.config.packaged import resolve
-
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
@@ -95,8 +95,6 @@ def run(argv: list[str]) -> None:
 
 
 def _dispatch(cfg, workdir: Path, mode: str) -> None:
-    from codex_jax import api
-
     if mode == "train":
         print(json.dumps(api.train(cfg, workdir)))
         print(f"workdir: {workdir.absolute()} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from codex_jax.config.schema import SCHEMA, flatten
 from codex_jax.errors import UserError
+from codex_jax.metrics.mlflow_writer import is_remote
+from codex_jax.metrics.writers import WRITER_NAMES
 from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES
 
 
@@ -36,7 +39,6 @@ _CHOICES = {
     "lora.base_dtype": ("", "float32", "bfloat16"),
     "data.on_bad_record": ("skip", "error"),
 }
-WRITER_CHOICES = ("tensorboard", "ndjson", "console", "mlflow", "clu")
 _POSITIVE = (
     "data.seq_len",
     "data.batch_size",
@@ -74,9 +76,64 @@ _NON_NEGATIVE = (
 )
 
 
+def _regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        return f"not a regex ({e})"
+    return None
+
+
+def _init_from(value: str) -> bool:
+    kind, _, where = value.partition(":")
+    return value == "" or (kind in ("hf", "workdir") and where != "")
+
+
+# One rule per key: ``key: (ok(value), reason)``, or ``key: reason_or_none(value)`` when the reason
+# depends on the value. Checked in this order, after the types, choices and signs.
+_RULES: dict[str, tuple[Callable[[Any], bool], str] | Callable[[Any], str | None]] = {
+    "data.eval_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "model.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.learning_rate": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "generate.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "eval.step": (
+        lambda v: v in ("latest", "best") or v.isdigit(),
+        "must be 'latest', 'best' or a step number",
+    ),
+    "model.init_from": (_init_from, "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'"),
+    "lora.alpha": (lambda v: v > 0, "must be > 0"),
+    "lora.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "lora.targets": _regex,
+    "lora.init_from": (
+        lambda v: v == "" or (v.startswith("peft:") and len(v) > 5),
+        "must be '' or 'peft:/path/to/adapter'",
+    ),
+}
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes: int = 1) -> None:
     """Raises UserError naming the first invalid key of ``cfg``; returns None when all is well."""
     flat = flatten(cfg)
+    _check_keys_and_types(flat)
+    for key, choices in _CHOICES.items():
+        _check(flat[key] in choices, key, f"must be one of {', '.join(choices)}", flat[key])
+    for key in _POSITIVE:
+        _check(flat[key] > 0, key, "must be > 0", flat[key])
+    for key in _NON_NEGATIVE:
+        _check(flat[key] >= 0, key, "must be >= 0", flat[key])
+    for key, rule in _RULES.items():
+        if callable(rule):
+            reason = rule(flat[key])
+            _check(reason is None, key, reason or "", flat[key])
+        else:
+            _check(rule[0](flat[key]), key, rule[1], flat[key])
+    _check_cross_keys(flat, num_devices, num_processes)
+    _check_writers(flat)
+
+
+def _check_keys_and_types(flat: dict[str, Any]) -> None:
+    """Every key known, none missing, each of its default's type (an int passes for a float)."""
     for key in flat:
         if key not in SCHEMA:
             raise UserError(f"config key '{key}': unknown key (see the config reference in README.md)")
@@ -91,37 +148,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
             f"must be of type {expected.__name__}",
             value,
         )
-    for key, choices in _CHOICES.items():
-        _check(flat[key] in choices, key, f"must be one of {', '.join(choices)}", flat[key])
-    for key in _POSITIVE:
-        _check(flat[key] > 0, key, "must be > 0", flat[key])
-    for key in _NON_NEGATIVE:
-        _check(flat[key] >= 0, key, "must be >= 0", flat[key])
-    _check(
-        0 < flat["data.eval_fraction"] < 1,
-        "data.eval_fraction",
-        "must be in (0, 1)",
-        flat["data.eval_fraction"],
-    )
-    _check(0 <= flat["model.dropout"] < 1, "model.dropout", "must be in [0, 1)", flat["model.dropout"])
-    _check(
-        0 < flat["train.learning_rate"] < 1,
-        "train.learning_rate",
-        "must be in (0, 1)",
-        flat["train.learning_rate"],
-    )
-    _check(
-        0 <= flat["train.min_lr_ratio"] <= 1,
-        "train.min_lr_ratio",
-        "must be in [0, 1]",
-        flat["train.min_lr_ratio"],
-    )
-    _check(
-        0 < flat["generate.top_p"] <= 1,
-        "generate.top_p",
-        "must be in (0, 1]",
-        flat["generate.top_p"],
-    )
+
+
+def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int) -> None:
+    """The rules between keys (and the devices and processes in use)."""
     _check(
         flat["model.num_heads"] % flat["model.num_kv_heads"] == 0,
         "model.num_kv_heads",
@@ -140,72 +170,36 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
         f"must be <= train.steps={flat['train.steps']}",
         flat["train.warmup_steps"],
     )
-    step = flat["eval.step"]
-    _check(
-        step in ("latest", "best") or step.isdigit(),
-        "eval.step",
-        "must be 'latest', 'best' or a step number",
-        step,
-    )
-    init_from = flat["model.init_from"]
-    kind, _, where = init_from.partition(":")
-    _check(
-        init_from == "" or (kind in ("hf", "workdir") and where != ""),
-        "model.init_from",
-        "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'",
-        init_from,
-    )
-    _validate_lora(flat)
-    _check(
-        flat["data.batch_size"] % num_devices == 0,
-        "data.batch_size",
-        f"must be divisible by the {num_devices} devices in use",
-        flat["data.batch_size"],
-    )
-    _check(
-        flat["data.batch_size"] % num_processes == 0,
-        "data.batch_size",
-        f"must be divisible by the {num_processes} processes",
-        flat["data.batch_size"],
-    )
-    writers = [w.strip() for w in flat["logging.writers"].split(",") if w.strip()]
-    for w in writers:
-        _check(
-            w in WRITER_CHOICES,
-            "logging.writers",
-            f"each writer must be one of {', '.join(WRITER_CHOICES)}",
-            w,
-        )
-    if "mlflow" in writers:
-        from codex_jax.metrics.mlflow_writer import is_remote
-
-        uri = flat["logging.mlflow_uri"]
-        _check(
-            not is_remote(uri) or flat["logging.mlflow_allow_remote"],
-            "logging.mlflow_uri",
-            "a remote tracking server needs logging.mlflow_allow_remote=True",
-            uri,
-        )
-
-
-def _validate_lora(flat: dict[str, Any]) -> None:
-
-    _check(flat["lora.alpha"] > 0, "lora.alpha", "must be > 0", flat["lora.alpha"])
-    _check(0 <= flat["lora.dropout"] < 1, "lora.dropout", "must be in [0, 1)", flat["lora.dropout"])
-    try:
-        re.compile(flat["lora.targets"])
-    except re.error as e:
-        _check(False, "lora.targets", f"not a regex ({e})", flat["lora.targets"])
     lora_from = flat["lora.init_from"]
-    _check(
-        lora_from == "" or (lora_from.startswith("peft:") and len(lora_from) > 5),
-        "lora.init_from",
-        "must be '' or 'peft:/path/to/adapter'",
-        lora_from,
-    )
     _check(
         flat["lora.rank"] > 0 or not lora_from,
         "lora.init_from",
         "needs lora.rank > 0 (a LoRA run)",
         lora_from,
+    )
+    for count, what in ((num_devices, "devices in use"), (num_processes, "processes")):
+        _check(
+            flat["data.batch_size"] % count == 0,
+            "data.batch_size",
+            f"must be divisible by the {count} {what}",
+            flat["data.batch_size"],
+        )
+
+
+def _check_writers(flat: dict[str, Any]) -> None:
+    """Each of ``logging.writers`` a known writer; a remote MLflow server only when allowed."""
+    writers = [w.strip() for w in flat["logging.writers"].split(",") if w.strip()]
+    for w in writers:
+        _check(
+            w in WRITER_NAMES,
+            "logging.writers",
+            f"each writer must be one of {', '.join(WRITER_NAMES)}",
+            w,
+        )
+    uri = flat["logging.mlflow_uri"]
+    _check(
+        "mlflow" not in writers or not is_remote(uri) or flat["logging.mlflow_allow_remote"],
+        "logging.mlflow_uri",
+        "a remote tracking server needs logging.mlflow_allow_remote=True",
+        uri,
     )

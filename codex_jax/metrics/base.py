@@ -118,7 +118,8 @@ def scalar_hparam(value: Any) -> bool | int | float | str:
 
 
 def flatten_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:
-    """Flattens nested mappings (or a ``ConfigDict``) to ``{'model.num_layers': 12, ...}``."""
+    """Flattens nested mappings (or a ``ConfigDict``) to ``{'model.num_layers': 12, ...}``: the one
+    flattening of hyperparameters and configs (``codex_jax.config.schema.flatten`` is this)."""
     if hasattr(hparams, "to_dict"):
         hparams = hparams.to_dict()
     flat: dict[str, Any] = {}

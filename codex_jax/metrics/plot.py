@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from codex_jax.errors import EXIT_USER_ERROR, UserError
+from codex_jax.metrics.ndjson import read_ndjson
 
 PANELS = (  # (title, y label, [(split, metric, line style)])
     ("loss", "nats / token", [("train", "loss", "-"), ("eval", "loss", "--")]),
@@ -35,8 +36,6 @@ def series(records: list[dict], split: str, metric: str) -> tuple[list[int], lis
 
 def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
     """``{label: records}`` of each workdir's metrics.ndjson (UserError naming a missing one)."""
-    from codex_jax.metrics.ndjson import read_ndjson
-
     runs = {}
     for workdir in workdirs:
         path = Path(workdir) / "metrics.ndjson"

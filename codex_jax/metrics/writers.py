@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from codex_jax.errors import UserError
+from codex_jax.metrics import mlflow_writer
 from codex_jax.metrics.base import (  # noqa: F401 (re-exported)
     MetricWriter,
     flatten_hparams,
     split_name,
     to_scalar,
 )
+from codex_jax.metrics.clu_writer import create_clu_writer
 from codex_jax.metrics.console import ConsoleWriter, format_scalar  # noqa: F401 (re-exported)
 from codex_jax.metrics.ndjson import RESERVED_KEYS, NdjsonWriter, read_ndjson  # noqa: F401
 from codex_jax.metrics.tensorboard import TensorBoardWriter
@@ -113,8 +115,6 @@ def create_writers(
     ``mlflow_experiment``). On non-main processes (multi-host) the names and the MLflow URI are
     still checked but the result writes nothing.
     """
-    from codex_jax.metrics import mlflow_writer
-
     parsed = parse_writer_names(names)
     workdir = Path(workdir)
     if "mlflow" in parsed:  # checked on every process, before anything is written
@@ -128,8 +128,6 @@ def create_writers(
         return mlflow_writer.MlflowWriter(uri, experiment, workdir / mlflow_writer.RUN_FILE)
 
     def clu():
-        from codex_jax.metrics.clu_writer import create_clu_writer
-
         return create_clu_writer(workdir / "clu")
 
     factories = {

@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from codex_jax.errors import EXIT_USER_ERROR, UserError
+from codex_jax.tokenizers import HFTokenizer, SentencePieceTokenizer, load_tokenizer
+from codex_jax.tokenizers.hf import save_sentencepiece_as_hf
+from codex_jax.tokenizers.sentencepiece import MODEL_FILENAME
+from codex_jax.tokenizers.train import train_from_inputs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,16 +122,12 @@ def _read_ids(args, vocab_size: int) -> list[int]:
 
 
 def _load(path: str):
-    from codex_jax.tokenizers import load_tokenizer
-
     if not Path(path).exists():
         raise UserError(f"tokenizer not found: {path}")
     return load_tokenizer(path)
 
 
 def cmd_train(args) -> dict:
-    from codex_jax.tokenizers.train import train_from_inputs
-
     if args.vocab_size < 1:
         raise UserError(f"--vocab-size must be > 0, got {args.vocab_size}")
     tok, manifest = train_from_inputs(
@@ -165,8 +165,6 @@ def cmd_decode(args) -> dict | None:
 
 
 def cmd_inspect(args) -> dict:
-    from codex_jax.tokenizers import SentencePieceTokenizer
-
     tok = _load(args.tokenizer)
     specials = tok.special_ids
     count = max(0, min(args.sample, tok.vocab_size))
@@ -186,10 +184,6 @@ def cmd_inspect(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    from codex_jax.tokenizers import HFTokenizer, SentencePieceTokenizer
-    from codex_jax.tokenizers.hf import save_sentencepiece_as_hf
-    from codex_jax.tokenizers.sentencepiece import MODEL_FILENAME
-
     tok = _load(args.tokenizer)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -71,6 +71,25 @@ def _sampled(lines: Iterable[str], chosen: list[int]) -> Iterator[str]:
             target = next(want, None)
 
 
+def _input_reports(inputs: list[str], files, reports: list[FileReport]) -> list[dict[str, Any]]:
+    """The manifest's ``inputs``: each input's files (path, size, checksum, records); warns on
+    stderr about the bad records of each input."""
+    by_input: dict[str, list[dict[str, Any]]] = {source: [] for source in inputs}
+    for (source, *_), r in zip(files, reports, strict=True):
+        by_input[source].append(
+            {
+                "path": r.location,
+                "bytes": r.bytes,
+                "sha256": r.sha256,
+                "records": r.records,
+                "skipped": r.skipped,
+            }
+        )
+    for source in inputs:
+        warn_bad_records(source, [r for (s, *_), r in zip(files, reports, strict=True) if s == source])
+    return [{"input": s, "files": by_input[s]} for s in inputs]
+
+
 def train_from_inputs(
     inputs: list[str],
     out: str | os.PathLike,
@@ -110,20 +129,6 @@ def train_from_inputs(
                 f"no training text in {' '.join(inputs)}: {len(reports)} file(s), all empty or unreadable"
             ) from None
         raise
-    seconds = time.perf_counter() - started
-    by_input: dict[str, list[dict[str, Any]]] = {source: [] for source in inputs}
-    for (source, *_), r in zip(files, reports, strict=True):
-        by_input[source].append(
-            {
-                "path": r.location,
-                "bytes": r.bytes,
-                "sha256": r.sha256,
-                "records": r.records,
-                "skipped": r.skipped,
-            }
-        )
-    for source in inputs:
-        warn_bad_records(source, [r for (s, *_), r in zip(files, reports, strict=True) if s == source])
     manifest = {
         "sha256": tok.checksum,
         "vocab_size": tok.vocab_size,
@@ -131,8 +136,8 @@ def train_from_inputs(
         "seed": seed,
         "max_sentences": max_sentences,
         "sentences": fed,
-        "train_seconds": round(seconds, 3),
-        "inputs": [{"input": s, "files": by_input[s]} for s in inputs],
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "inputs": _input_reports(inputs, files, reports),
         "options": {**TRAINER_OPTIONS, "model_type": model_type, "vocab_size": vocab_size},
         "sentencepiece_version": spm.__version__,
     }
