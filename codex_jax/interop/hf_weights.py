@@ -7,7 +7,8 @@ Supported: GPT2LMHeadModel (family 'gpt2'), LlamaForCausalLM, MistralForCausalLM
 Qwen2ForCausalLM (family 'llama'). Each family has one table of ``(hf_name, [param paths],
 transpose)`` rows; import reads a tensor, transposes it if asked and splits it along the last axis
 over the paths (GPT-2's fused ``c_attn``); export does the reverse, so the round trip is exact.
-The config.json side (architecture <-> ModelConfig) is ``models/hf_config.py``.
+The config.json side (architecture <-> ModelConfig) is ``interop/hf_config.py``; PEFT adapters are
+``interop/peft.py``.
 """
 
 from __future__ import annotations

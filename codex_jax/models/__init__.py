@@ -1,4 +1,4 @@
-"""Models: the GPT-2 / Llama ``Transformer``, presets (``registry``), Hugging Face I/O (``hf``).
+"""Models: the GPT-2 / Llama ``Transformer``, presets (``registry``), LoRA maths (``lora``).
 
 Hugging Face conversion lives in ``codex_jax.interop``; this package import stays light.
 """
