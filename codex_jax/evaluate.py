@@ -17,10 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from clu import metrics as clu_metrics
 
+from codex_jax.compute.loss import cross_entropy, inputs_and_targets
 from codex_jax.data.pipeline import eval_batches
+from codex_jax.files import write_text_atomic
+from codex_jax.generate import generate, left_pad
 from codex_jax.metrics import registry
 from codex_jax.metrics.base import json_number
 
@@ -67,8 +69,6 @@ class EvalContext:
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations of token prompts (one batch, left-padded), cut at EOS."""
-        from codex_jax.generate import generate, left_pad
-
         tokens, lengths = left_pad(prompts)
         eos = self.tokenizer.eos_id if self.tokenizer.eos_id >= 0 else None
         out = np.asarray(
@@ -96,12 +96,13 @@ def _collection(metrics: tuple[tuple[str, type], ...]) -> type[clu_metrics.Colle
 @functools.partial(jax.jit, static_argnames=("model", "collection"))
 def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, content_V):
     """``totals`` merged with one batch's metrics (all model outputs stay on device)."""
-    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     variables = params if "params" in params else {"params": params}
     logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True).astype(jnp.float32)
+    loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
     outputs = {
-        "loss": optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT),
-        "correct": (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32),
+        "loss": loss_BxT,
+        "correct": correct_BxT.astype(jnp.float32),
         "mask": jnp.ones(targets_BxT.shape, bool),
         "targets": targets_BxT,
         "line_end": line_end_V[targets_BxT],
@@ -160,6 +161,7 @@ def evaluate_checkpoint(cfg, workdir: Path, model, params, step: int, data, put_
     result = {"step": step, **evaluate_metrics(cfg.eval.metrics, ctx, put_batch)}
     if jax.process_index() == 0:
         record = {k: json_number(v) for k, v in result.items()}
-        path = Path(workdir) / f"eval_{step}.json"
-        path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(
+            Path(workdir) / f"eval_{step}.json", json.dumps(record, indent=2, allow_nan=False) + "\n"
+        )
     return result

@@ -8,15 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from codex_jax.compute.loss import cross_entropy, inputs_and_targets, token_sums
 from codex_jax.compute.state import TrainState
-
-
-def cross_entropy(logits_BxTxV, targets_BxT):
-    """Per-token float32 cross entropy and whether the argmax hit the target."""
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    loss_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-    return loss_BxT, correct_BxT
 
 
 def variables(params, frozen=None) -> dict:
@@ -28,7 +21,7 @@ def variables(params, frozen=None) -> dict:
 def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
     """(advanced rng, loss, grads, grad_norm, finite) of one micro-batch: forward, backward and (under
     pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step."""
-    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     rng, dropout_rng = jax.random.split(rng)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
@@ -126,14 +119,9 @@ def train_step_scan(
 
 def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
     """Summed loss, correct predictions and token count of one held-out batch."""
-    inputs_BxT, targets_BxT = batch_BxL[:, :-1], batch_BxL[:, 1:]
+    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=True)
-    loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
-    sums = {
-        "loss_sum": loss_BxT.sum(),
-        "correct": correct_BxT.sum(dtype=jnp.float32),
-        "tokens": jnp.float32(loss_BxT.size),
-    }
+    sums = token_sums(*cross_entropy(logits_BxTxV, targets_BxT))
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums
