@@ -77,6 +77,7 @@ _NON_NEGATIVE = (
 
 
 def _regex(value: str) -> str | None:
+    """Why ``value`` is not a regex, or None."""
     try:
         re.compile(value)
     except re.error as e:
@@ -85,6 +86,7 @@ def _regex(value: str) -> str | None:
 
 
 def _init_from(value: str) -> bool:
+    """Whether ``value`` is a ``model.init_from``: '', 'hf:FOLDER' or 'workdir:RUN'."""
     kind, _, where = value.partition(":")
     return value == "" or (kind in ("hf", "workdir") and where != "")
 
