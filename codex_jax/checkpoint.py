@@ -138,9 +138,6 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def all_steps(self) -> list[int]:
-        return self.steps()
-
     def metrics(self, step: int) -> dict | None:
         """The eval metrics saved with ``step`` (best-k retention), or None."""
         path = self.path(step) / "metrics" / "metrics"

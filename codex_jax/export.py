@@ -5,14 +5,14 @@ sha256 manifest), ``config.json`` and the tokenizer; the folder is itself a work
 ``--mode=eval`` and ``--mode=generate`` accept (eval rebuilds the token cache there from
 ``data.source``). Other formats register in :data:`EXPORTERS`.
 
-``hf``: ``config.json`` + ``model.safetensors`` (``models/hf.export_checkpoint``, with the
+``hf``: ``config.json`` + ``model.safetensors`` (``interop/hf_weights.export_checkpoint``, with the
 tokenizer's eos/bos/pad ids) and the tokenizer for ``transformers.AutoTokenizer``: a Hugging Face
 tokenizer's files are copied; a SentencePiece model is written as ``tokenizer.model`` plus its
 ``LlamaTokenizer`` conversion (``tokenizer.json``), which encodes identically.
 
 A LoRA run (``lora.rank > 0``) exports its adapters merged into the base with ``params`` (as a
 plain run: ``lora.rank=0`` in the written config) and ``hf``, or alone with ``peft``:
-``adapter_config.json`` + ``adapter_model.safetensors`` (``models/lora.export_peft``) that
+``adapter_config.json`` + ``adapter_model.safetensors`` (``interop/peft.export_peft``) that
 ``peft.PeftModel.from_pretrained`` loads over the base in Hugging Face form (the
 ``model.init_from`` folder, or the base run exported with ``hf``).
 """
@@ -25,11 +25,18 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
-from codex_jax.checkpoint import Checkpointer
+from codex_jax.config.runspec import RUN_CONFIG, RunSpec
+from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.errors import UserError
 from codex_jax.files import write_json
-from codex_jax.restore import load_checkpoint
+from codex_jax.interop import hf_config, peft
+from codex_jax.interop.hf_weights import export_checkpoint
+from codex_jax.setup.checkpoints import open_checkpoints
+from codex_jax.setup.weights import load_checkpoint
+from codex_jax.tokenizers.hf import HFTokenizer, save_sentencepiece_as_hf
 
 
 def export(cfg: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -49,12 +56,12 @@ def export_params(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> P
     meta, config = dict(restored.meta), cfg.to_dict()
     if meta.pop("lora", None) is not None:  # merged: the folder is a plain (non-LoRA) run
         meta["config"] = config = _without_lora(config)
-    checkpointer = Checkpointer(out / "checkpoints", async_save=False)
+    checkpointer = open_checkpoints(out, read_only=False)
     try:
         checkpointer.save_params(restored.step, restored.params, meta)
     finally:
         checkpointer.close()
-    write_json(out / "config.json", config, main_process=jax.process_index() == 0)
+    write_json(out / RUN_CONFIG, config, main_process=jax.process_index() == 0)
     return out
 
 
@@ -64,13 +71,6 @@ def _without_lora(config: dict) -> dict:
 
 def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Path:
     """A LoRA run's adapters as a PEFT adapter folder (see the module docstring)."""
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    from codex_jax.config.schema import init_from_folder
-    from codex_jax.interop import hf_config
-    from codex_jax.models import lora
-
     if cfg.lora.rank <= 0:
         raise UserError(
             "config key 'export.format': 'peft' exports the adapters of a LoRA run (lora.rank > 0)"
@@ -81,8 +81,8 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
     if jax.process_count() > 1:  # every process joins the gather; process 0 writes
         trained = multihost_utils.process_allgather(trained, tiled=True)
     if jax.process_index() == 0:
-        folder = init_from_folder(cfg)
-        lora.export_peft(
+        folder = RunSpec.from_config(cfg).hf_folder
+        peft.export_peft(
             restored.model.cfg,
             jax.tree.map(np.asarray, trained),
             cfg.lora.alpha,
@@ -95,13 +95,6 @@ def export_peft(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Pat
 
 def export_hf(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Path:
     """config.json + model.safetensors + tokenizer files that transformers loads from ``out``."""
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    from codex_jax.data.pipeline import load_run_tokenizer
-    from codex_jax.interop.hf_weights import export_checkpoint
-    from codex_jax.tokenizers.hf import HFTokenizer, save_sentencepiece_as_hf
-
     tokenizer, where = load_run_tokenizer(cfg, workdir)
     restored = load_checkpoint(cfg, workdir)
     params = restored.params

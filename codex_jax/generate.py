@@ -19,6 +19,7 @@ import numpy as np
 
 from codex_jax.errors import UserError
 from codex_jax.models.transformer import init_cache
+from codex_jax.safety import filter_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,3 +184,23 @@ def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampl
     if eos is not None and eos in new:
         new = new[: new.index(eos)]
     return tokenizer.decode(new)
+
+
+def sample(
+    model, params, tokenizer, prompt: str, settings, seed: int, max_new_tokens: int | None = None
+) -> str:
+    """``prompt`` and its completion as the ``generate`` config section ``settings`` says (sampling,
+    ``max_new_tokens`` unless given, and ``safety_policy``, which redacts or withholds secrets in
+    the completion); ``seed`` seeds the draws."""
+    completion = complete(
+        model,
+        params,
+        tokenizer,
+        prompt,
+        settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        rng=jax.random.key(seed),
+    )
+    return prompt + filter_output(completion, settings.safety_policy)

@@ -153,7 +153,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     from codex_jax.compute.state import create_train_state
     from codex_jax.metrics import perf
     from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
-    from codex_jax.train.loop import model_config
+    from codex_jax.setup.model import model_config
 
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     model = Transformer(model_config(cfg))
@@ -268,9 +268,9 @@ def _lora_state(cfg, model, runner, tx):
     import jax
 
     from codex_jax.compute.state import create_train_state
-    from codex_jax.setup import adapters
+    from codex_jax.setup import adapters, weights
 
-    record = adapters.place_base(cfg, model.cfg, runner)
+    record = weights.place_base(cfg, model.cfg, runner)
     state = runner.init_state(
         lambda: create_train_state(adapters.init_adapters(cfg, model.cfg), tx, cfg.seed)
     )

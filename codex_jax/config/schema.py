@@ -8,12 +8,10 @@ and raises
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from codex_jax.errors import UserError
 from codex_jax.models.lora import DEFAULT_TARGETS
 
 # key -> (default, meaning). The README's config reference is checked against this table by a test.
@@ -287,36 +285,6 @@ def flatten(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def init_from_workdir(cfg: ml_collections.ConfigDict) -> Path | None:
-    """The run directory of ``model.init_from='workdir:DIR'`` (user-expanded), or None."""
-    value = cfg.model.init_from
-    return Path(value[len("workdir:") :]).expanduser() if value.startswith("workdir:") else None
-
-
-def init_from_tokenizer(cfg: ml_collections.ConfigDict) -> str:
-    """The tokenizer a ``model.init_from='workdir:RUN'`` run inherits: RUN's ``data.tokenizer``,
-    its own ``model.init_from``'s, or ``RUN/tokenizer``; '' for other runs."""
-    import json
-
-    run = init_from_workdir(cfg)
-    if run is None:
-        return ""
-    try:
-        saved = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-    except (OSError, ValueError) as e:
-        raise UserError(f"config key 'model.init_from': {run}/config.json unreadable ({e})") from None
-    saved.model.init_from = saved.model.get("init_from", "")
-    inherited = saved.data.get("tokenizer") or init_from_tokenizer(saved)
-    folder = init_from_folder(saved)
-    return inherited or (str(folder) if folder else str(run / "tokenizer"))
-
-
-def init_from_folder(cfg: ml_collections.ConfigDict) -> Path | None:
-    """The folder of ``model.init_from='hf:FOLDER'`` (user-expanded), or None."""
-    value = cfg.model.init_from
-    return Path(value[len("hf:") :]).expanduser() if value.startswith("hf:") else None
 
 
 def reference_table() -> str:

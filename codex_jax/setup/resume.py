@@ -12,12 +12,15 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from codex_jax import checkpoint as ckpt_lib
+from codex_jax.checkpoint import TRAIN_ITEMS
 from codex_jax.compute.optim import uses_multisteps
+from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import flatten
 from codex_jax.errors import UserError
 from codex_jax.files import write_text_atomic
-from codex_jax.setup import adapters, init_from
+from codex_jax.setup import adapters
+from codex_jax.setup.checkpoints import open_checkpoints
+from codex_jax.setup.model import SHAPE_KEYS
 
 # Keys that fix the parameter shapes or the token stream: a checkpoint saved with others is refused.
 _FIXED_KEYS = (
@@ -45,7 +48,7 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> 
     if not isinstance(saved, dict):
         raise UserError(f"checkpoint {path}: no saved config in its metadata")
     now = flatten(cfg)
-    ignored = {f"model.{k}" for k in init_from.SHAPE_KEYS} if cfg.model.get("init_from") else set()
+    ignored = {f"model.{k}" for k in SHAPE_KEYS} if cfg.model.get("init_from") else set()
     for key, old in flatten(saved).items():
         new = now.get(key)
         if new == old or key in ignored:
@@ -62,11 +65,9 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
     the model or data, and a corrupt newest checkpoint unless ``checkpoint.on_corrupt='previous'``.
     """
     check_workdir_config(cfg, workdir)
-    checkpointer = ckpt_lib.Checkpointer(
-        workdir / "checkpoints", read_only=True, params_item=adapters.params_item(cfg)
-    )
+    checkpointer = open_checkpoints(workdir, lora=adapters.enabled(cfg))
     try:
-        step = checkpointer.select("latest", on_corrupt=cfg.checkpoint.on_corrupt, items=ckpt_lib.TRAIN_ITEMS)
+        step = checkpointer.select("latest", on_corrupt=cfg.checkpoint.on_corrupt, items=TRAIN_ITEMS)
         if step is not None:
             meta = checkpointer.restore_meta(step)
             check_compatible(meta, cfg, checkpointer.path(step))
@@ -84,14 +85,9 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
 
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data."""
-    path = workdir / "config.json"
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON ({e})") from e
-    check_compatible({"config": saved}, cfg, path)
+    path = workdir / RUN_CONFIG
+    if path.is_file():
+        check_compatible({"config": saved_config(workdir)}, cfg, path)
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from codex_jax.config.validation import validate
 from codex_jax.models.transformer import count_params, init_params
-from codex_jax.train.loop import model_config
+from codex_jax.setup.model import model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,210 @@
+"""Loading weights: the params of a checkpoint step, the weights ``model.init_from`` names, and a
+LoRA run's frozen base (with its adapters merged for eval, generate and export).
+
+They recurse into each other (a ``'workdir:RUN'`` base is a checkpoint of RUN, itself maybe a
+LoRA run with a base of its own), so they live in one module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from codex_jax.checkpoint import MANIFEST, PARAMS_ITEMS, Retention
+from codex_jax.compute.parallel import JitRunner, make_mesh
+from codex_jax.config.runspec import RunSpec
+from codex_jax.errors import UserError
+from codex_jax.files import sha256_files
+from codex_jax.interop import hf_weights as hf
+from codex_jax.models import lora
+from codex_jax.models.config import ModelConfig
+from codex_jax.models.transformer import Transformer, init_params
+from codex_jax.setup import adapters
+from codex_jax.setup.checkpoints import open_checkpoints
+from codex_jax.setup.model import model_config
+from codex_jax.setup.resume import check_compatible, check_workdir_config
+
+
+@dataclasses.dataclass
+class Restored:
+    """The params of one checkpoint step, its model and metadata (config, tokenizer checksum)."""
+
+    model: Transformer
+    params: Any
+    step: int
+    meta: dict
+    adapters: Any = None  # a LoRA run's adapter tree; ``params`` is then its base with them merged
+
+
+def load_checkpoint(
+    cfg: ml_collections.ConfigDict, workdir: Path, merge: bool = True, step: str | int | None = None
+) -> Restored:
+    """Checkpoint ``step`` (default ``eval.step``: 'latest', 'best' or a number) of
+    ``workdir/checkpoints``.
+
+    A LoRA run's adapters are merged into its base (loaded from ``model.init_from``), or with
+    ``merge=False`` only restored (``params`` is then None).
+
+    Its params and metadata files are checked against the step's sha256 manifest (a corrupt step
+    is an error, or skipped under ``checkpoint.on_corrupt='previous'``); no optimizer state is
+    read, and the params land on this machine's devices whatever device count saved them.
+    """
+    if not (workdir / "checkpoints").is_dir():
+        raise UserError(f"no checkpoints in {workdir / 'checkpoints'}; train first (--mode=train)")
+    check_workdir_config(cfg, workdir)
+    lora_run = adapters.enabled(cfg)
+    checkpointer = open_checkpoints(workdir, lora=lora_run, retention=Retention.from_config(cfg.checkpoint))
+    try:
+        which = cfg.eval.step if step is None else step
+        step = checkpointer.select(which, on_corrupt=cfg.checkpoint.on_corrupt, items=PARAMS_ITEMS)
+        if step is None:
+            raise UserError(f"no complete checkpoint in {workdir / 'checkpoints'}")
+        meta = checkpointer.restore_meta(step)
+        check_compatible(meta, cfg, checkpointer.path(step))
+        model = Transformer(model_config(cfg, meta.get("model")))
+        target = abstract_adapters(cfg, model) if lora_run else abstract_params(cfg, model)
+        trained = checkpointer.restore_params(step, target)
+    finally:
+        checkpointer.close()
+    if not lora_run:
+        return Restored(model, trained, step, meta)
+    params = None
+    if merge:  # a LoRA run: its base (model.init_from) with the adapters merged
+        params = merged_params(cfg, model.cfg, trained, meta["lora"], abstract_params(cfg, model))
+    return Restored(model, params, step, meta, trained)
+
+
+def restore_params(cfg: ml_collections.ConfigDict, workdir: Path):
+    """(model, params, step) of checkpoint ``eval.step`` (see :func:`load_checkpoint`)."""
+    r = load_checkpoint(cfg, workdir)
+    return r.model, r.params, r.step
+
+
+def abstract_params(cfg: ml_collections.ConfigDict, model: Transformer):
+    """The restore target: param shapes with the eval runner's shardings on this machine."""
+    return _placed(cfg, model, jax.eval_shape(lambda: init_params(model.cfg, jax.random.key(0))))
+
+
+def abstract_adapters(cfg: ml_collections.ConfigDict, model: Transformer):
+    """The restore target of a LoRA checkpoint's adapter tree (as :func:`abstract_params`)."""
+    return _placed(cfg, model, jax.eval_shape(lambda: adapters.init_adapters(cfg, model.cfg)))
+
+
+def _placed(cfg: ml_collections.ConfigDict, model: Transformer, shapes):
+    shardings = eval_runner(cfg, model).shardings_for(shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:
+    """A jit runner over this machine's devices (whatever device count saved the checkpoint)."""
+    mesh = (
+        make_mesh(-1, 1)
+        if cfg.parallel.mode == "pmap"
+        else make_mesh(cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp)
+    )
+    return JitRunner(model, tx=None, mesh=mesh, fsdp_min_size=cfg.parallel.fsdp_min_size)
+
+
+# ------------------------------------------------------------------------------ model.init_from
+
+
+def import_params(cfg: ml_collections.ConfigDict, folder: Path, like):
+    """The folder's weights (in ``model.param_dtype``) placed like the arrays of ``like``.
+
+    ``like`` is a freshly initialised params tree as a runner holds it (sharded over a mesh, or
+    stacked per device for pmap); every process reads the files and keeps its shards.
+    """
+    _, imported = hf.import_checkpoint(folder, dtype=jnp.dtype(cfg.model.param_dtype))
+
+    def place(old, new):
+        host = np.asarray(new)
+        if host.shape != old.shape[old.ndim - host.ndim :] or host.dtype != old.dtype:
+            raise UserError(f"{folder}: a weight of shape {host.shape} does not fit {old.shape}")
+        full = np.broadcast_to(host, old.shape)  # adds pmap's device axis
+        return jax.make_array_from_callback(old.shape, old.sharding, lambda index: full[index])
+
+    try:
+        return jax.tree.map(place, like, imported)
+    except ValueError as e:  # different tree structure
+        raise UserError(f"{folder}: weights do not match the model ({e})") from None
+
+
+def load_params(cfg: ml_collections.ConfigDict, like, step: int | None = None):
+    """``(params, step)``: the weights of ``model.init_from`` placed as ``like`` (arrays or
+    ShapeDtypeStructs with shardings; pmap's stacked ones too); ``step`` pins (and returns) the
+    checkpoint step of a workdir, None for a Hugging Face folder."""
+    spec = RunSpec.from_config(cfg)
+    if spec.hf_folder is not None:
+        return import_params(cfg, spec.hf_folder, like), None
+    assert spec.base_run is not None  # a validated init_from is 'hf:FOLDER' or 'workdir:RUN'
+    restored = load_checkpoint(spec.base_config(), spec.base_run, step="latest" if step is None else step)
+
+    def place(x, t):
+        x = x.astype(t.dtype)
+        return jax.device_put(jnp.broadcast_to(x, t.shape) if x.shape != t.shape else x, t.sharding)
+
+    try:
+        return jax.tree.map(place, restored.params, like), restored.step
+    except ValueError as e:  # another tree structure or shape
+        raise UserError(f"model.init_from: {spec.base_run}'s params do not fit this model ({e})") from None
+
+
+# --------------------------------------------------------------------------- a LoRA run's base
+
+
+def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, saved=None):
+    """``(params, record)``: the weights ``model.init_from`` names, placed as ``target`` (arrays or
+    ShapeDtypeStructs with shardings), and ``{'source', 'sha256', 'step'}`` for the checkpoint meta.
+
+    ``saved`` (the record of a resumed run) pins a workdir base to the step the run started from;
+    a base whose checksum changed since is refused. No ``init_from``: the random init of ``seed``.
+    """
+    spec = RunSpec.from_config(cfg)
+    record: dict = {"source": spec.init_from or f"random init (seed {cfg.seed})"}
+    if spec.hf_folder is not None:
+        params, _ = load_params(cfg, target)
+        record["sha256"] = sha256_files(
+            [*hf.safetensors_files(spec.hf_folder), spec.hf_folder / "config.json"]
+        )
+    elif spec.base_run is not None:
+        params, record["step"] = load_params(cfg, target, (saved or {}).get("step"))
+        record["sha256"] = sha256_files([spec.base_run / "checkpoints" / str(record["step"]) / MANIFEST])
+    else:
+        shardings = jax.tree.map(lambda t: t.sharding, target)
+        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)), out_shardings=shardings)()
+        record["sha256"] = None
+    if saved is not None and saved.get("sha256") != record["sha256"]:
+        raise UserError(
+            f"the base model {record['source']} changed since this LoRA run started "
+            f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
+            "restore the original or start a new --workdir"
+        )
+    return params, record
+
+
+def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, saved=None) -> dict:
+    """Loads the base (``model.init_from``) in ``lora.base_dtype`` into ``runner``; returns its
+    record for the checkpoint meta (``saved``: the record a resumed run's checkpoint holds)."""
+    target = runner.frozen_target(adapters.base_shapes(model_cfg))
+    base, record = load_base(cfg, model_cfg, target, saved)
+    if cfg.lora.base_dtype:
+        base = jax.tree.map(lambda x: x.astype(cfg.lora.base_dtype), base)
+    runner.set_frozen(base)
+    record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
+    print(f"LoRA: frozen {record['dtype']} base from {record['source']}", file=sys.stderr)
+    return record
+
+
+def merged_params(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, trained, saved: dict, target):
+    """The base of a LoRA checkpoint (``saved``: its ``meta['lora']``) placed as ``target``, in
+    ``model.param_dtype``, with the adapter tree ``trained`` merged: plain params for eval, generate
+    and export."""
+    base, _ = load_base(cfg, model_cfg, target, saved.get("base"))
+    return jax.jit(lambda b, a: lora.merge(b, a, model_cfg.lora_alpha))(base, trained)

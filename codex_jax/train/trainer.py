@@ -1,0 +1,153 @@
+"""What a training run is made of (:class:`Trainer`), built once, and its first train state."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from codex_jax.checkpoint import Checkpointer, Retention
+from codex_jax.compute.optim import learning_rate_schedule, make_optimizer, scan_steps
+from codex_jax.compute.parallel import make_runner
+from codex_jax.compute.state import TrainState, create_train_state
+from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_data
+from codex_jax.errors import UserError
+from codex_jax.evaluate import evaluate
+from codex_jax.metrics.writers import create_writers
+from codex_jax.models import lora
+from codex_jax.models.transformer import Transformer, init_params
+from codex_jax.setup import adapters
+from codex_jax.setup.checkpoints import open_checkpoints
+from codex_jax.setup.model import check_model, check_vocab, model_config
+from codex_jax.setup.weights import load_params, place_base
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a run is made of, built once by :func:`build_trainer`."""
+
+    cfg: ml_collections.ConfigDict
+    workdir: Path
+    model: Transformer
+    runner: Any
+    checkpointer: Checkpointer
+    data: Any
+    train_iter: Any
+    eval_data: list
+    writers: Any
+    schedule: Any
+    base: dict | None = None  # a LoRA run's frozen base: its source and checksum (meta['lora'])
+
+    def eval_and_log(self, state, step: int) -> dict[str, float]:
+        """Held-out metrics of ``state`` at ``step``, written as ``eval/*`` scalars."""
+        metrics = evaluate(self.runner, self.runner.params(state), self.eval_data)
+        self.writers.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        return {"step": step, **metrics}
+
+    def check_finite(self, host: list, step: int) -> None:
+        """Under ``train.on_nan='raise'``, stops at the first non-finite micro-step of ``host`` (the
+        metrics of whole optimizer steps ending at ``step``), naming it and the last good checkpoint."""
+        bad = [i for i, m in enumerate(host) if not m["finite"]]
+        if not bad or self.cfg.train.on_nan != "raise":
+            return
+        first = step - (len(host) - 1 - bad[0]) // self.cfg.train.grad_accum_steps
+        self.checkpointer.wait()
+        last = self.checkpointer.latest_step()
+        good = "no checkpoint was saved yet"
+        if last is not None:
+            good = f"the last good checkpoint is step {last} in {self.checkpointer.directory}"
+        raise UserError(f"non-finite loss at step {first} (train.on_nan='raise'); {good}")
+
+
+def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | None = None) -> Trainer:
+    """Prepares data, model, optimizer, runner, checkpointer and writers for ``cfg`` (``resume``: the
+    checkpoint step the run continues from, if any)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = Transformer(model_config(cfg))
+    check_model(cfg, model.cfg)
+    if adapters.enabled(cfg) and not cfg.lora.init_from:  # lora.targets, before any data work
+        lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets)
+    data = prepare_data(cfg, workdir)
+    check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
+    runner = make_runner(
+        cfg.parallel,
+        model,
+        make_optimizer(cfg.train),
+        skip_nonfinite=cfg.train.on_nan == "skip",
+        scan_steps=scan_steps(cfg.train),
+    )
+    train_iter, eval_data = _iterators(cfg, data)
+    checkpointer = open_checkpoints(
+        workdir,
+        lora=adapters.enabled(cfg),
+        retention=Retention.from_config(cfg.checkpoint),
+        read_only=False,
+        async_save=cfg.checkpoint.async_save,
+    )
+    main_process = jax.process_index() == 0
+    writers = create_writers(
+        cfg.logging.writers, workdir, is_main_process=main_process, options=cfg.logging, resume_step=resume
+    )
+    schedule = learning_rate_schedule(cfg.train)
+    return Trainer(cfg, workdir, model, runner, checkpointer, data, train_iter, eval_data, writers, schedule)
+
+
+def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
+    """This process's train iterator and its held-out batches."""
+    per_process_batch = cfg.data.batch_size // jax.process_count()
+    train_iter = make_train_iterator(
+        data.train_windows,
+        batch_size=per_process_batch,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=cfg.data.num_workers,
+        prefetch=cfg.data.prefetch,
+    )
+    eval_data = eval_batches(
+        data.eval_windows,
+        batch_size=per_process_batch,
+        num_batches=cfg.eval.num_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return train_iter, eval_data
+
+
+def init_or_restore(t: Trainer, step: int | None):
+    """A fresh train state (``step`` None), or checkpoint ``step``'s (iterator restored in place).
+
+    ``step`` comes from :func:`~codex_jax.setup.resume.find_resume`; step folders newer than it (corrupt
+    ones skipped under ``checkpoint.on_corrupt='previous'``) are moved aside, so that the run can save
+    those again.
+    A LoRA run (``lora.rank > 0``) trains an adapter tree; its frozen base is loaded into the
+    runner on every start, checked against the checksum the checkpoint recorded.
+    """
+    cfg = t.cfg
+    tx = make_optimizer(cfg.train)
+    lora_run = adapters.enabled(cfg)
+
+    def make_state() -> TrainState:
+        if lora_run:
+            return create_train_state(adapters.init_adapters(cfg, t.model.cfg), tx, cfg.seed)
+        params = init_params(t.model.cfg, jax.random.key(cfg.seed))
+        return create_train_state(params, tx, cfg.seed)
+
+    t.checkpointer.discard_after(step)
+    if lora_run:
+        saved = None if step is None else t.checkpointer.restore_meta(step)["lora"]["base"]
+        t.base = place_base(cfg, t.model.cfg, t.runner, saved)
+    if step is None:
+        state = t.runner.init_state(make_state)
+        if cfg.model.init_from and not lora_run:  # start from those weights, placed like the init
+            state = state.replace(params=load_params(cfg, state.params)[0])
+            print(f"initialised from the weights of {cfg.model.init_from}", file=sys.stderr)
+        return state
+    abstract = t.runner.abstract_state(jax.eval_shape(make_state))
+    state = t.checkpointer.restore(step, abstract, t.train_iter)
+    print(f"resumed from {t.checkpointer.directory / str(step)}", file=sys.stderr)
+    return t.runner.put_state(state)
