@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from codex_jax.metrics.base import flatten_hparams as flatten  # noqa: F401 - one flattening, re-exported
 from codex_jax.models.lora import DEFAULT_TARGETS
 
 # key -> (default, meaning). The README's config reference is checked against this table by a test.
@@ -273,18 +274,6 @@ def default_config() -> ml_collections.ConfigDict:
             node = node.setdefault(p, {})
         node[leaf] = default
     return ml_collections.ConfigDict(root)
-
-
-def flatten(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-    """``{'train.steps': 300, ...}`` from a nested config."""
-    out: dict[str, Any] = {}
-    items = cfg.items() if isinstance(cfg, dict) else cfg.to_dict().items()
-    for k, v in items:
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def reference_table() -> str:
