@@ -170,7 +170,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     else:
 
         def make_state():
-            params = init_params(model.cfg, jax.random.key(cfg.seed), cfg.data.seq_len)
+            params = init_params(model.cfg, jax.random.key(cfg.seed))
             return create_train_state(params, tx, cfg.seed)
 
         state = runner.init_state(make_state)
@@ -202,7 +202,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         try:
             bare_tx, bare_step = make_bare_step(model, cfg.train)
             key = jax.random.key(cfg.seed)
-            params = jax.jit(lambda: init_params(model.cfg, key, cfg.data.seq_len))()
+            params = jax.jit(lambda: init_params(model.cfg, key))()
 
             def bare_micro(carry, batch):
                 params, opt_state, loss = bare_step(*carry, jax.device_put(batch))
