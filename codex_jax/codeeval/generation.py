@@ -1,0 +1,113 @@
+"""Completions of problem prompts: prompts bucketed by length, batched KV-cache generation
+(:func:`codex_jax.generate.generate`), cut at EOS and at the first stop sequence."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+
+import jax
+import numpy as np
+import tqdm
+
+from codex_jax.codeeval.problems import Problem
+from codex_jax.codeeval.settings import Settings
+from codex_jax.generate import generate
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """A problem and its prompt's token ids."""
+
+    problem: Problem
+    ids: list[int]
+
+
+def encode_prompts(
+    problems: list[Problem], tokenizer, context: int, max_new_tokens: int
+) -> tuple[list[Prompt], list[str]]:
+    """The prompts that fit: ``len(ids) + max_new_tokens - 1 <= context`` (the model's positions);
+    ``'task_id: why'`` for each problem skipped."""
+    prompts, skipped = [], []
+    for problem in problems:
+        ids = list(tokenizer.encode(problem.prompt))
+        if not ids:
+            skipped.append(f"{problem.task_id}: the prompt encodes to no tokens")
+        elif len(ids) + max_new_tokens - 1 > context:
+            skipped.append(
+                f"{problem.task_id}: prompt of {len(ids)} tokens + codeeval.max_new_tokens={max_new_tokens} "
+                f"exceed the model's context of {context}"
+            )
+        else:
+            prompts.append(Prompt(problem, ids))
+    return prompts, skipped
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to (not including) the first occurrence of any stop sequence."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def bucket_batches(
+    lengths: list[int], batch_size: int, bucket: int, limit: int
+) -> list[tuple[int, list[int]]]:
+    """``(padded length, row indices)`` batches: rows grouped by length rounded up to ``bucket``
+    (at most ``limit``), shortest first, at most ``batch_size`` rows each."""
+
+    def padded(row: int) -> int:
+        return min(-(-lengths[row] // bucket) * bucket, limit)
+
+    order = sorted(range(len(lengths)), key=lambda row: (padded(row), row))
+    batches = []
+    for length, rows in itertools.groupby(order, key=padded):
+        rows = list(rows)
+        batches += [(length, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return batches
+
+
+def _completion(tokenizer, prompt_ids: list[int], new_ids: list[int], eos_id, stop) -> str:
+    if eos_id is not None and eos_id in new_ids:
+        new_ids = new_ids[: new_ids.index(eos_id)]
+    prompt_text = tokenizer.decode(prompt_ids)
+    full = tokenizer.decode(prompt_ids + new_ids)  # decoding in context keeps a leading space
+    text = full[len(prompt_text) :] if full.startswith(prompt_text) else tokenizer.decode(new_ids)
+    return truncate_at_stop(text, stop)
+
+
+def complete_all(
+    model, params, tokenizer, prompts: list[Prompt], settings: Settings, seed: int, progress=True
+):
+    """``settings.num_samples`` completions of each prompt (greedy: one, repeated), in order."""
+    copies = 1 if settings.greedy else settings.num_samples
+    rows = [p for p in range(len(prompts)) for _ in range(copies)]
+    lengths = [len(prompts[p].ids) for p in rows]
+    limit = model.cfg.max_seq_len - settings.max_new_tokens + 1
+    eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
+    texts: list[str] = [""] * len(rows)
+    bar = tqdm.tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress, file=sys.stderr)
+    for number, (T, batch) in enumerate(bucket_batches(lengths, settings.batch_size, settings.bucket, limit)):
+        padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape per bucket
+        tokens_BxT = np.zeros((len(padded), T), np.int32)
+        for i, row in enumerate(padded):
+            tokens_BxT[i, T - lengths[row] :] = prompts[rows[row]].ids
+        new_BxN = generate(
+            model,
+            params,
+            tokens_BxT,
+            settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            eos_id=eos_id,
+            rng=jax.random.fold_in(jax.random.key(seed), number),
+            prompt_lengths=np.array([lengths[row] for row in padded], np.int32),
+        )
+        new_BxN = np.asarray(new_BxN)
+        for i, row in enumerate(batch):
+            ids = prompts[rows[row]].ids
+            texts[row] = _completion(tokenizer, ids, new_BxN[i].tolist(), eos_id, settings.stop)
+        bar.update(len(batch))
+    bar.close()
+    per_prompt = [texts[r * copies : (r + 1) * copies] for r in range(len(prompts))]
+    return [c * settings.num_samples if settings.greedy else c for c in per_prompt]
