@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from codex_jax.errors import UserError
@@ -187,7 +188,13 @@ def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampl
 
 
 def sample(
-    model, params, tokenizer, prompt: str, settings, seed: int, max_new_tokens: int | None = None
+    model,
+    params,
+    tokenizer,
+    prompt: str,
+    settings: ml_collections.ConfigDict,
+    seed: int,
+    max_new_tokens: int | None = None,
 ) -> str:
     """``prompt`` and its completion as the ``generate`` config section ``settings`` says (sampling,
     ``max_new_tokens`` unless given, and ``safety_policy``, which redacts or withholds secrets in

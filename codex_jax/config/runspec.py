@@ -35,14 +35,13 @@ class RunSpec:
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> RunSpec:
-        """The spec of ``cfg`` (a config without ``model.init_from`` / ``lora.init_from`` has none)."""
-        model_from = cfg.model.get("init_from", "")
-        lora_from = cfg.lora.get("init_from", "") if "lora" in cfg else ""
+        """The spec of a (validated) run config."""
+        model_from = cfg.model.init_from
         return cls(
             init_from=model_from,
             hf_folder=_after(model_from, "hf:"),
             base_run=_after(model_from, "workdir:"),
-            peft_folder=_after(lora_from, "peft:"),
+            peft_folder=_after(cfg.lora.init_from, "peft:"),
         )
 
     def base_config(self) -> ml_collections.ConfigDict:
