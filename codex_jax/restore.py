@@ -10,7 +10,8 @@ import ml_collections
 from codex_jax.data.pipeline import eval_batches, prepare_data
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.generate import sample
-from codex_jax.setup.weights import eval_runner, restore_params
+from codex_jax.setup.runners import eval_runner
+from codex_jax.setup.weights import restore_params
 
 
 def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:

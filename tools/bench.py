@@ -148,18 +148,15 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     """Times the trainer's step (and optionally the bare one) on random batches (module doc)."""
     import jax
 
-    from codex_jax.compute.optim import make_optimizer, scan_steps
-    from codex_jax.compute.parallel import make_runner
-    from codex_jax.compute.state import create_train_state
     from codex_jax.metrics import perf
     from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
     from codex_jax.setup.model import model_config
+    from codex_jax.setup.runners import fresh_state_fn, train_runner
 
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     model = Transformer(model_config(cfg))
-    tx = make_optimizer(cfg.train)
-    per_call = scan_steps(cfg.train)  # micro-batches per jitted call: K under train.accum_impl='scan'
-    runner = make_runner(cfg.parallel, model, tx, scan_steps=per_call)
+    runner, tx = train_runner(cfg, model)  # as the trainer builds it
+    per_call = runner.scan_steps  # micro-batches per jitted call: K under train.accum_impl='scan'
     lora_info = None
     if _lora_rank(cfg):
         # ---- LoRA (issue 6) ----------------------------------------------------------------------
@@ -168,11 +165,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         state, lora_info = _lora_state(cfg, model, runner, tx)
         num_params = lora_info["frozen_params"]
     else:
-
-        def make_state():
-            params = init_params(model.cfg, jax.random.key(cfg.seed))
-            return create_train_state(params, tx, cfg.seed)
-
+        make_state = fresh_state_fn(cfg, model.cfg, tx)
         state = runner.init_state(make_state)
         num_params = count_params(jax.eval_shape(make_state).params)
     accum = cfg.train.grad_accum_steps
@@ -267,13 +260,11 @@ def _lora_state(cfg, model, runner, tx):
     """(state, meta['lora']) of a LoRA run, built as ``train/loop.py`` does."""
     import jax
 
-    from codex_jax.compute.state import create_train_state
     from codex_jax.setup import adapters, weights
+    from codex_jax.setup.runners import fresh_state_fn
 
     record = weights.place_base(cfg, model.cfg, runner)
-    state = runner.init_state(
-        lambda: create_train_state(adapters.init_adapters(cfg, model.cfg), tx, cfg.seed)
-    )
+    state = runner.init_state(fresh_state_fn(cfg, model.cfg, tx))
     shapes = jax.eval_shape(lambda: adapters.init_adapters(cfg, model.cfg))
     return state, adapters.meta(cfg, record, shapes, model.cfg)
 

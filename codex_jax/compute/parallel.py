@@ -70,6 +70,7 @@ class JitRunner:
         scan_steps: int = 1,
     ):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
+        self.scan_steps = scan_steps  # micro-batches each train_step call takes
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
         self.train_fn = functools.partial(
             _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite
@@ -181,6 +182,7 @@ class PmapRunner:
     ):
         self.devices = jax.local_devices()[: num_devices or None]
         self.model, self.frozen = model, None
+        self.scan_steps = scan_steps  # micro-batches each train_step call takes
         self._train = jax.pmap(
             functools.partial(
                 _train_step_fn(scan_steps),
@@ -244,16 +246,24 @@ class PmapRunner:
         return _model_params(self.state_for_save(state).params, frozen, self.model)
 
 
-def make_runner(parallel_cfg, model, tx, skip_nonfinite: bool = False, scan_steps: int = 1):
-    """The runner for ``parallel.mode`` (mesh shape from ``parallel.mesh``)."""
-    if parallel_cfg.mode == "pmap":
+def make_runner(
+    model,
+    tx,
+    *,
+    mode: str = "jit",
+    mesh_shape: tuple[int, int] = (-1, 1),
+    fsdp_min_size: int = 1 << 16,
+    skip_nonfinite: bool = False,
+    scan_steps: int = 1,
+):
+    """The runner for ``mode`` ('jit' over a ``(data, fsdp)`` mesh of ``mesh_shape``, or 'pmap')."""
+    if mode == "pmap":
         return PmapRunner(model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps)
-    mesh = make_mesh(parallel_cfg.mesh.data, parallel_cfg.mesh.fsdp)
     return JitRunner(
         model,
         tx,
-        mesh,
-        fsdp_min_size=parallel_cfg.fsdp_min_size,
+        make_mesh(*mesh_shape),
+        fsdp_min_size=fsdp_min_size,
         skip_nonfinite=skip_nonfinite,
         scan_steps=scan_steps,
     )

@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 
 from codex_jax.checkpoint import MANIFEST, PARAMS_ITEMS, Retention
-from codex_jax.compute.parallel import JitRunner, make_mesh
 from codex_jax.config.runspec import RunSpec
 from codex_jax.errors import UserError
 from codex_jax.files import sha256_files
@@ -30,6 +29,7 @@ from codex_jax.setup import adapters
 from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import model_config
 from codex_jax.setup.resume import check_compatible, check_workdir_config
+from codex_jax.setup.runners import eval_runner
 
 
 @dataclasses.dataclass
@@ -100,16 +100,6 @@ def abstract_adapters(cfg: ml_collections.ConfigDict, model: Transformer):
 def _placed(cfg: ml_collections.ConfigDict, model: Transformer, shapes):
     shardings = eval_runner(cfg, model).shardings_for(shapes)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-
-
-def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:
-    """A jit runner over this machine's devices (whatever device count saved the checkpoint)."""
-    mesh = (
-        make_mesh(-1, 1)
-        if cfg.parallel.mode == "pmap"
-        else make_mesh(cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp)
-    )
-    return JitRunner(model, tx=None, mesh=mesh, fsdp_min_size=cfg.parallel.fsdp_min_size)
 
 
 # ------------------------------------------------------------------------------ model.init_from

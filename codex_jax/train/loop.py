@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from codex_jax.compute.optim import scan_steps
 from codex_jax.config.runspec import RUN_CONFIG
 from codex_jax.config.schema import flatten
 from codex_jax.files import write_json
@@ -111,7 +110,7 @@ def _shows_bar(t: Trainer) -> bool:
 def _optimizer_step(t: Trainer, state, p: hooks.Progress):
     """``train.grad_accum_steps`` micro-steps (in jitted calls of ``scan_steps`` micro-batches each);
     their metrics join ``p.window``."""
-    per_call = scan_steps(t.cfg.train)  # micro-batches per jitted call (K under accum_impl='scan')
+    per_call = t.runner.scan_steps  # micro-batches per jitted call (K under accum_impl='scan')
     for _ in range(t.cfg.train.grad_accum_steps // per_call):
         p.timer.data_start()
         local = [next(t.train_iter) for _ in range(per_call)]

@@ -11,18 +11,17 @@ import jax
 import ml_collections
 
 from codex_jax.checkpoint import Checkpointer, Retention
-from codex_jax.compute.optim import learning_rate_schedule, make_optimizer, scan_steps
-from codex_jax.compute.parallel import make_runner
-from codex_jax.compute.state import TrainState, create_train_state
+from codex_jax.compute.optim import learning_rate_schedule
 from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_data
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
 from codex_jax.metrics.writers import create_writers
 from codex_jax.models import lora
-from codex_jax.models.transformer import Transformer, init_params
+from codex_jax.models.transformer import Transformer
 from codex_jax.setup import adapters
 from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import check_model, check_vocab, model_config
+from codex_jax.setup.runners import fresh_state_fn, optimizer_spec, train_runner
 from codex_jax.setup.weights import load_params, place_base
 
 
@@ -34,6 +33,7 @@ class Trainer:
     workdir: Path
     model: Transformer
     runner: Any
+    tx: Any  # the optimizer the runner steps with
     checkpointer: Checkpointer
     data: Any
     train_iter: Any
@@ -73,13 +73,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
         lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets)
     data = prepare_data(cfg, workdir)
     check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
-    runner = make_runner(
-        cfg.parallel,
-        model,
-        make_optimizer(cfg.train),
-        skip_nonfinite=cfg.train.on_nan == "skip",
-        scan_steps=scan_steps(cfg.train),
-    )
+    runner, tx = train_runner(cfg, model)
     train_iter, eval_data = _iterators(cfg, data)
     checkpointer = open_checkpoints(
         workdir,
@@ -92,8 +86,10 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     writers = create_writers(
         cfg.logging.writers, workdir, is_main_process=main_process, options=cfg.logging, resume_step=resume
     )
-    schedule = learning_rate_schedule(cfg.train)
-    return Trainer(cfg, workdir, model, runner, checkpointer, data, train_iter, eval_data, writers, schedule)
+    schedule = learning_rate_schedule(optimizer_spec(cfg))
+    return Trainer(
+        cfg, workdir, model, runner, tx, checkpointer, data, train_iter, eval_data, writers, schedule
+    )
 
 
 def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
@@ -128,14 +124,8 @@ def init_or_restore(t: Trainer, step: int | None):
     runner on every start, checked against the checksum the checkpoint recorded.
     """
     cfg = t.cfg
-    tx = make_optimizer(cfg.train)
     lora_run = adapters.enabled(cfg)
-
-    def make_state() -> TrainState:
-        if lora_run:
-            return create_train_state(adapters.init_adapters(cfg, t.model.cfg), tx, cfg.seed)
-        params = init_params(t.model.cfg, jax.random.key(cfg.seed))
-        return create_train_state(params, tx, cfg.seed)
+    make_state = fresh_state_fn(cfg, t.model.cfg, t.tx)
 
     t.checkpointer.discard_after(step)
     if lora_run:

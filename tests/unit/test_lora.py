@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, tiny_llama
 
-from codex_jax.compute.optim import make_optimizer
+from codex_jax.compute.optim import OptimizerSpec, make_optimizer
 from codex_jax.compute.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.compute.state import create_train_state
 from codex_jax.config.schema import default_config
@@ -90,7 +90,7 @@ def test_merge_matches_unmerged_and_unmerge_reverses(cfg):
 def _train_cfg(accum=1):
     c = default_config().train
     c.steps, c.warmup_steps, c.learning_rate, c.grad_accum_steps = 10, 2, 3e-2, accum
-    return c
+    return OptimizerSpec.from_mapping(c)
 
 
 def _batches(n, batch, seed=0):

@@ -1,11 +1,13 @@
 """The pure train step under jit (1 and 8 devices) and pmap, and gradient accumulation equivalence."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 from conftest import tiny_llama
 
-from codex_jax.compute.optim import make_optimizer
+from codex_jax.compute.optim import OptimizerSpec, make_optimizer
 from codex_jax.compute.parallel import JitRunner, PmapRunner, make_mesh
 from codex_jax.compute.state import create_train_state
 from codex_jax.config.schema import default_config
@@ -17,7 +19,7 @@ MODEL = tiny_llama()
 def _train_cfg(accum=1):
     c = default_config().train
     c.steps, c.warmup_steps, c.learning_rate, c.grad_accum_steps = 10, 2, 1e-2, accum
-    return c
+    return OptimizerSpec.from_mapping(c)
 
 
 def _batches(n, batch, seed=0):
@@ -79,9 +81,7 @@ def test_scan_accumulation_matches_multisteps(kind):
     }
     results = {}
     for impl, feed in (("multisteps", micro), ("scan", [np.stack(micro[i : i + 4]) for i in (0, 4, 8)])):
-        cfg = _train_cfg(4)
-        cfg.accum_impl = impl
-        tx = make_optimizer(cfg)
+        tx = make_optimizer(dataclasses.replace(_train_cfg(4), accum_impl=impl))
         runner = runners[kind](tx, 4 if impl == "scan" else 1)
         state = runner.init_state(
             lambda tx=tx: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)

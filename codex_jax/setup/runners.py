@@ -1,0 +1,54 @@
+"""The compute objects a run config asks for: its optimizer, its train and eval runners, and its fresh
+train state. The one place that reads ``train.*`` / ``parallel.*`` for compute/, which never sees a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import optax
+
+from codex_jax.compute.optim import OptimizerSpec, make_optimizer
+from codex_jax.compute.parallel import JitRunner, make_mesh, make_runner
+from codex_jax.compute.state import TrainState, create_train_state
+from codex_jax.models.config import ModelConfig
+from codex_jax.models.transformer import init_params
+from codex_jax.setup import adapters
+
+
+def optimizer_spec(cfg: ml_collections.ConfigDict) -> OptimizerSpec:
+    """The optimizer that ``train.*`` describes."""
+    return OptimizerSpec.from_mapping(cfg.train)
+
+
+def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.GradientTransformation]:
+    """``(runner, tx)``: the optimizer and the jit (mesh) or pmap runner of ``parallel.*`` that trains it."""
+    spec = optimizer_spec(cfg)
+    tx = make_optimizer(spec)
+    runner = make_runner(
+        model,
+        tx,
+        mode=cfg.parallel.mode,
+        mesh_shape=(cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp),
+        fsdp_min_size=cfg.parallel.fsdp_min_size,
+        skip_nonfinite=cfg.train.on_nan == "skip",
+        scan_steps=spec.scan_steps,
+    )
+    return runner, tx
+
+
+def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:
+    """A jit runner over this machine's devices (whatever device count saved the checkpoint)."""
+    mesh_shape = (-1, 1) if cfg.parallel.mode == "pmap" else (cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp)
+    return JitRunner(model, tx=None, mesh=make_mesh(*mesh_shape), fsdp_min_size=cfg.parallel.fsdp_min_size)
+
+
+def fresh_state_fn(
+    cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tx: optax.GradientTransformation
+) -> Callable[[], TrainState]:
+    """The function that builds step 0's train state: over the params (init of ``seed``), or in a LoRA run
+    over the adapter tree only. Runners call it under their shardings; ``jax.eval_shape`` gives its shapes."""
+    if adapters.enabled(cfg):
+        return lambda: create_train_state(adapters.init_adapters(cfg, model_cfg), tx, cfg.seed)
+    return lambda: create_train_state(init_params(model_cfg, jax.random.key(cfg.seed)), tx, cfg.seed)
