@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from codex_jax.compute import batch as batch_lib
 from codex_jax.compute import step as step_lib
 from codex_jax.errors import UserError
 from codex_jax.models import lora as lora_lib
@@ -140,10 +141,11 @@ class JitRunner:
         return state
 
     def put_batch(self, local_batch: np.ndarray) -> jax.Array:
-        """This process's rows (``[B, L]``, or ``[K, B, L]`` micro-batches) -> one global array whose
-        batch axis is sharded over the mesh."""
-        sharding = self.batch_sharding if local_batch.ndim == 2 else self.stacked_batch_sharding
-        return jax.make_array_from_process_local_data(sharding, local_batch)
+        """This process's rows (``[B, L]``, or ``[K, B, L]`` micro-batches; or a masked batch's dict of
+        them) -> global arrays whose batch axis is sharded over the mesh."""
+        stacked = batch_lib.token_rows(local_batch).ndim == 3
+        sharding = self.stacked_batch_sharding if stacked else self.batch_sharding
+        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_batch)
 
     def train_step(self, state, batch):
         return self._train(state, batch, self.frozen)
@@ -224,12 +226,14 @@ class PmapRunner:
         return jax.tree.map(lambda x: x[0], state)
 
     def put_batch(self, local_batch: np.ndarray):
-        """``[B, L]`` -> ``[devices, B / devices, L]``; ``[K, B, L]`` -> ``[devices, K, B / devices, L]``."""
+        """``[B, L]`` -> ``[devices, B / devices, L]``; ``[K, B, L]`` -> ``[devices, K, B / devices, L]``
+        (every array of a masked batch's dict alike)."""
         n = len(self.devices)
-        if local_batch.ndim == 3:
-            k, b, length = local_batch.shape
-            return local_batch.reshape(k, n, b // n, length).swapaxes(0, 1)
-        return local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
+        if batch_lib.token_rows(local_batch).ndim == 3:
+            return jax.tree.map(
+                lambda a: a.reshape(a.shape[0], n, a.shape[1] // n, *a.shape[2:]).swapaxes(0, 1), local_batch
+            )
+        return jax.tree.map(lambda a: a.reshape(n, a.shape[0] // n, *a.shape[1:]), local_batch)
 
     def train_step(self, state, batch):
         state, metrics = self._train(state, batch, self.frozen)

@@ -74,6 +74,40 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "YAML policy file, '' (off) or 'auto' ('default' for the stdlib source, else off). "
         "Counted in data_manifest.json.",
     ),
+    "data.format": (
+        "text",
+        "'text' (documents, as data.source reads them), 'prompt_completion' (records with "
+        "data.prompt_field and data.completion_field, from 'jsonl:PATH' or 'csv:PATH') or 'chat' "
+        "(records with a data.messages_field list of {role, content}, roles system/user/assistant, "
+        "from 'jsonl:PATH'; rendered with the chat template).",
+    ),
+    "data.prompt_field": ("prompt", "The prompt field (column) of data.format='prompt_completion' records."),
+    "data.completion_field": (
+        "completion",
+        "The completion field (column) of data.format='prompt_completion' records.",
+    ),
+    "data.messages_field": ("messages", "The messages field of data.format='chat' records."),
+    "data.chat_template": (
+        "",
+        "A Jinja chat template file for data.format='chat' and generate.chat ('': the tokenizer's own "
+        "chat_template, or the built-in template for a tokenizer without one).",
+    ),
+    "data.train_on": (
+        "completion",
+        "Which tokens the loss counts in example formats: 'completion' (the completion or assistant "
+        "turns, and the EOS / end-of-turn after them) or 'all'.",
+    ),
+    "data.packing": (
+        "concat",
+        "Rows of data.seq_len+1 tokens: 'concat' (consecutive windows of the token stream), "
+        "'segments' (whole examples or documents packed per row; attention stays inside each and "
+        "positions restart) or 'pad' (one example per row, padded).",
+    ),
+    "data.overlong": (
+        "truncate",
+        "An example longer than a row under 'segments'/'pad' packing: 'truncate' or 'drop' (counted "
+        "in data_manifest.json).",
+    ),
     "model.family": (
         "gpt2",
         "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU).",
@@ -287,6 +321,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "generate.safety_policy": (
         "default",
         "Secret filter on generated text: 'default', a YAML policy file or '' (off).",
+    ),
+    "generate.chat": (
+        False,
+        "--mode=generate wraps generate.prompt as a user turn of the chat template (data.chat_template) "
+        "and stops at the end of the assistant's turn.",
     ),
     "export.format": (
         "params",

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from codex_jax.config.schema import SCHEMA, flatten
+from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
 from codex_jax.metrics.writers import WRITER_NAMES
@@ -38,6 +39,10 @@ _CHOICES = {
     "export.format": ("params", "hf", "peft"),
     "lora.base_dtype": ("", "float32", "bfloat16"),
     "data.on_bad_record": ("skip", "error"),
+    "data.format": FORMATS,
+    "data.packing": PACKINGS,
+    "data.overlong": OVERLONG,
+    "data.train_on": TRAIN_ON,
 }
 _POSITIVE = (
     "data.seq_len",

@@ -22,8 +22,17 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from codex_jax import plugins
+from codex_jax.corpus.examples import (
+    ExampleFields,
+    Turns,
+    example_pattern,
+    example_text,
+    read_csv_examples,
+    read_jsonl_examples,
+)
 from codex_jax.corpus.records import (
     BAD_RECORD_POLICIES,
     FileReport,
@@ -46,6 +55,7 @@ class Document:
     key: str
     file: str
     text: str
+    turns: Turns = ()  # an example's (role, content) turns (data.format 'prompt_completion'/'chat')
 
 
 @dataclasses.dataclass
@@ -65,11 +75,16 @@ class SourceSpec:
     kind: str
     pattern: str
     template: Template | None = None
+    fields: ExampleFields | None = None  # set for example sources (data.format other than 'text')
 
 
-def parse_source(source: str) -> SourceSpec:
+def parse_source(source: str, fields: ExampleFields | None = None) -> SourceSpec:
     """Parses ``'stdlib'``, a glob, ``'jsonl:PATH:FIELD'`` or ``'csv:PATH:COLUMN'`` (FIELD and
-    COLUMN may be templates such as ``'{title}\\n{body}'``)."""
+    COLUMN may be templates such as ``'{title}\\n{body}'``); with example ``fields``, ``'jsonl:PATH'`` or
+    ``'csv:PATH'``."""
+    if fields is not None and fields.format != "text":
+        kind, pattern = example_pattern(source)
+        return SourceSpec(kind, pattern, fields=fields)
     for kind in ("jsonl", "csv"):
         if source.startswith(kind + ":"):
             rest = source[len(kind) + 1 :]
@@ -183,8 +198,9 @@ def relative(path: Path, root: Path) -> str:
 
 def read_file(
     spec: SourceSpec, path: Path, root: Path, on_bad: str = "skip"
-) -> tuple[FileReport, Iterator[tuple[int, str]]]:
-    """The report of one file (checksum) and its ``(line, text)`` records, read lazily."""
+) -> tuple[FileReport, Iterator[tuple[int, Any]]]:
+    """The report of one file (checksum) and its ``(line, text)`` records (``(line, turns)`` for
+    example sources), read lazily."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -196,6 +212,9 @@ def read_file(
         location=str(path),
         on_bad=on_bad,
     )
+    if spec.fields is not None:
+        read = read_jsonl_examples if spec.kind == "jsonl" else read_csv_examples
+        return report, read(data, report, spec.fields)
     if spec.kind in ("jsonl", "csv"):
         assert spec.template is not None  # parse_source gives every jsonl/csv spec a template
         if spec.kind == "jsonl":
@@ -205,11 +224,16 @@ def read_file(
 
 
 def source_files(
-    source: str, max_files: int = 0, include: str = "", exclude: str = "", what="data source"
+    source: str,
+    max_files: int = 0,
+    include: str = "",
+    exclude: str = "",
+    what="data source",
+    fields: ExampleFields | None = None,
 ) -> tuple[SourceSpec, Path, list[Path]]:
     """The parsed spec, root and selected files of ``source``; UserError (naming ``what``) when
     none is left."""
-    spec = parse_source(source)
+    spec = parse_source(source, fields)
     try:
         root, files = list_files(spec)
     except UserError as e:
@@ -224,21 +248,30 @@ def source_files(
 
 
 def read_source(
-    source: str, max_files: int = 0, include: str = "", exclude: str = "", on_bad_record="skip"
+    source: str,
+    max_files: int = 0,
+    include: str = "",
+    exclude: str = "",
+    on_bad_record="skip",
+    fields: ExampleFields | None = None,
 ) -> Corpus:
-    """Reads every document of ``source``; UserError when it yields none."""
+    """Reads every document of ``source`` (examples, when ``fields`` names a format other than
+    'text'); UserError when it yields none."""
     if on_bad_record not in BAD_RECORD_POLICIES:
         raise UserError(f"data.on_bad_record must be 'skip' or 'error', got {on_bad_record!r}")
     plugin_corpus = read_plugin_source(source)
     if plugin_corpus is not None:
         return plugin_corpus
-    spec, root, files = source_files(source, max_files, include, exclude)
+    spec, root, files = source_files(source, max_files, include, exclude, fields=fields)
     reports, documents = [], []
     for path in files:
         report, records = read_file(spec, path, root, on_bad_record)
-        for line, text in records:
+        for line, record in records:
             key = report.path if spec.kind == "text" else f"{report.path}:{line}"
-            documents.append(Document(key, report.path, text))
+            if spec.fields is None:
+                documents.append(Document(key, report.path, record))
+            else:
+                documents.append(Document(key, report.path, example_text(record), record))
             report.records += 1
         reports.append(report)
     warn_bad_records(source, reports)

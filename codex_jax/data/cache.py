@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +140,27 @@ def load_or_build(
 ) -> dict[str, np.ndarray]:
     """The token stream of every split in ``texts``: from the cache when its key matches, else
     tokenized now (and cached when ``write``)."""
+
+    def build():
+        return {split: pack(tokenizer, docs, split, progress) for split, docs in texts.items()}
+
+    return load_or_build_streams(directory, key, list(texts), build, write)
+
+
+def load_or_build_streams(
+    directory: Path, key: dict, names: Sequence[str], build: Callable[[], dict[str, np.ndarray]], write: bool
+) -> dict[str, np.ndarray]:
+    """The streams ``names`` from the cache when its key matches, else ``build()`` (cached when ``write``);
+    every stream is stored in the key's dtype."""
     streams, why = check(directory, key)
-    if streams is not None and set(streams) == set(texts):
+    if streams is not None and set(streams) == set(names):
         print(f"data: reusing token cache {directory}", file=sys.stderr, flush=True)
         return streams
     if streams is not None:
-        why = f"splits {sorted(streams)} differ from {sorted(texts)}"
+        why = f"splits {sorted(streams)} differ from {sorted(names)}"
     print(f"data: building the token cache ({why})", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    streams = {split: pack(tokenizer, docs, split, progress) for split, docs in texts.items()}
+    streams = {name: np.asarray(s, dtype=key["dtype"]) for name, s in build().items()}
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{s} {len(a):,}" for s, a in streams.items())
     print(f"data: tokenized in {seconds:.1f} s ({sizes} tokens)", file=sys.stderr, flush=True)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from codex_jax.compute.batch import STEP_SCALE, TOKENS
+from codex_jax.data.packing import row_target_counts
 from codex_jax.errors import UserError
 
 
@@ -62,6 +64,31 @@ class GatherRows:
         return f"GatherRows({self.source!r}, start={self.start}, stop={self.stop})"
 
 
+class GatherExamples:
+    """Maps global batch ``index`` (its window indices) to this process's rows of every array of a masked
+    batch (int32), with the ``step_scale`` of its optimizer step: ``accum_steps / trained targets`` of the
+    ``accum_steps`` global batches that step takes (see :mod:`codex_jax.compute.batch`)."""
+
+    def __init__(self, rows: dict, start: int, stop: int, order, global_batch: int, accum_steps: int):
+        self.source = {k: WindowSource(v) for k, v in rows.items()}
+        self.start, self.stop, self.order = start, stop, order
+        self.global_batch, self.accum_steps = global_batch, accum_steps
+        self.counts = row_target_counts(rows)  # trained targets per row
+
+    def __call__(self, index: int, indices: np.ndarray) -> dict:
+        rows = {
+            k: np.asarray(v[indices[self.start : self.stop]], dtype=np.int32) for k, v in self.source.items()
+        }
+        first = index // self.accum_steps * self.accum_steps * self.global_batch
+        step_rows = [self.order[i] for i in range(first, first + self.accum_steps * self.global_batch)]
+        trained = max(int(self.counts[np.asarray(step_rows)].sum()), 1)
+        rows[STEP_SCALE] = np.full((self.stop - self.start,), self.accum_steps / trained, np.float32)
+        return rows
+
+    def __repr__(self) -> str:
+        return f"GatherExamples({self.source!r}, start={self.start}, stop={self.stop}, K={self.accum_steps})"
+
+
 def order_seed(seed: int) -> int:
     """The 32-bit shuffle seed for ``seed`` (hashed, so seed+1 is not seed's next epoch)."""
     return int.from_bytes(hashlib.sha256(f"train-order:{seed}".encode()).digest()[:4], "little")
@@ -75,6 +102,7 @@ def make_train_iterator(
     process_count: int = 1,
     num_workers: int = 0,
     prefetch: int = 0,
+    accum_steps: int = 1,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of int32 ``[batch_size, seq_len + 1]`` train batches.
 
@@ -86,19 +114,24 @@ def make_train_iterator(
 
     ``prefetch`` batches are prepared ahead: by one background thread when ``num_workers`` is 0,
     else by each of ``num_workers`` processes. Neither changes the batches or their order.
+
+    ``windows`` may be a dict of row arrays (a masked batch, :mod:`codex_jax.compute.batch`): batches are
+    then dicts, and ``accum_steps`` (micro-batches per optimizer step) sets their ``step_scale``.
     """
-    if not len(windows):
+    if not row_count(windows):
         raise UserError("no training windows: the train split is shorter than data.seq_len + 1")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     start = process_index * batch_size
-    ds = (
-        grain.MapDataset.range(len(windows))
-        .shuffle(seed=order_seed(seed))
-        .repeat()
-        .batch(batch_size * process_count, drop_remainder=True, batch_fn=np.asarray)
-        .map(GatherRows(WindowSource(windows), start, start + batch_size))
-    )
+    order = grain.MapDataset.range(row_count(windows)).shuffle(seed=order_seed(seed)).repeat()
+    ds = order.batch(batch_size * process_count, drop_remainder=True, batch_fn=np.asarray)
+    if isinstance(windows, dict):
+        gather = GatherExamples(
+            windows, start, start + batch_size, order, batch_size * process_count, accum_steps
+        )
+        ds = ds.map_with_index(gather)
+    else:
+        ds = ds.map(GatherRows(WindowSource(windows), start, start + batch_size))
     if num_workers < 0 or prefetch < 0:
         raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0")
     return TrainBatches(ds, num_workers, prefetch)
@@ -175,13 +208,20 @@ def eval_batches(
     """
     global_batch = batch_size * process_count
     needed = num_batches * global_batch
-    if len(windows) < needed:
+    if row_count(windows) < needed:
         raise UserError(
             f"evaluation needs {needed} windows (eval.num_batches={num_batches} x global batch "
-            f"{global_batch}) but the eval split has {len(windows)}; lower eval.num_batches or "
+            f"{global_batch}) but the eval split has {row_count(windows)}; lower eval.num_batches or "
             "data.batch_size, or raise data.eval_fraction"
         )
-    picked = np.linspace(0, len(windows) - 1, needed).round().astype(np.int64)
+    picked = np.linspace(0, row_count(windows) - 1, needed).round().astype(np.int64)
     first = process_index * batch_size
     rows = [picked[k * global_batch + first :][:batch_size] for k in range(num_batches)]
+    if isinstance(windows, dict):
+        return [{k: np.asarray(v[r], dtype=np.int32) for k, v in windows.items()} for r in rows]
     return [np.asarray(windows[r], dtype=np.int32) for r in rows]
+
+
+def row_count(windows) -> int:
+    """Rows of bare windows or of a dict of row arrays."""
+    return len(windows[TOKENS]) if isinstance(windows, dict) else len(windows)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from codex_jax.config.runspec import RunSpec
+from codex_jax.corpus.examples import ExampleFields
 from codex_jax.corpus.sources import Document, read_source
 from codex_jax.corpus.splits import (
     SETTINGS,
@@ -28,14 +29,16 @@ from codex_jax.corpus.splits import (
     split_documents,
     without_files,
 )
-from codex_jax.data import cache
+from codex_jax.data import cache, examples
 from codex_jax.data.iterators import (  # noqa: F401 - re-exported
     GatherRows,
     WindowSource,
     eval_batches,
     make_train_iterator,
     order_seed,
+    row_count,
 )
+from codex_jax.data.packing import pack_examples, text_flags
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers import Tokenizer, load_plugin_tokenizer, load_tokenizer
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from ml_collections import ConfigDict
 
 MANIFEST_FILENAME = "data_manifest.json"
+Rows = np.ndarray | dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +58,8 @@ class DataBundle:
     """What training needs from the data: the tokenizer and the train/eval windows."""
 
     tokenizer: Tokenizer  # SentencePieceTokenizer or HFTokenizer
-    train_windows: np.ndarray  # [N, seq_len + 1], uint16/uint32 (a memmap when cached)
-    eval_windows: np.ndarray  # [M, seq_len + 1]
+    train_windows: Rows  # [N, seq_len + 1], uint16/uint32 (a memmap when cached), or a dict of such rows
+    eval_windows: Rows  # [M, seq_len + 1] (see codex_jax.compute.batch for the dict)
     manifest_path: Path
     manifest: dict[str, Any]
 
@@ -85,10 +89,19 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
     key = cache.cache_key(manifest["checksum"], tokenizer)
     # Eval documents in a hash order, so that the first eval batches sample every held-out file.
     eval_docs = sorted(eval_docs, key=lambda d: hash_fraction("eval-order:" + d.key))
-    texts = {"train": [d.text for d in train_docs], "eval": [d.text for d in eval_docs]}
-    progress = bool(cfg.logging.progress)
-    streams = cache.load_or_build(workdir / "cache", key, tokenizer, texts, write, progress)
-    windows = _windows(streams, seq_len)
+    docs = {"train": train_docs, "eval": eval_docs}
+    if cfg.data.format != "text":
+        streams, flags = _example_streams(cfg, workdir, key, tokenizer, docs, manifest, write)
+    else:
+        texts = {split: [d.text for d in documents] for split, documents in docs.items()}
+        progress = bool(cfg.logging.progress)
+        streams = cache.load_or_build(workdir / "cache", key, tokenizer, texts, write, progress)
+        flags = {split: text_flags(s, tokenizer.eos_id) for split, s in streams.items()}
+        flags = flags if cfg.data.packing != "concat" else {}
+    if cfg.data.format == "text" and cfg.data.packing == "concat":
+        windows = _windows(streams, seq_len)
+    else:
+        windows = _packed_rows(cfg.data, streams, flags, tokenizer.eos_id, manifest)
     manifest["tokenizer"] = {
         "path": tokenizer_path,
         "sha256": tokenizer.checksum,
@@ -96,7 +109,7 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
     }
     manifest["seq_len"] = seq_len
     manifest["tokens"] = {split: len(s) for split, s in streams.items()}
-    manifest["windows"] = {split: len(w) for split, w in windows.items()}
+    manifest["windows"] = {split: row_count(w) for split, w in windows.items()}
     manifest_path = workdir / MANIFEST_FILENAME
     if write:
         write_bytes_atomic(manifest_path, manifest_json(manifest).encode())
@@ -134,10 +147,11 @@ def _read_and_split(cfg: ConfigDict) -> tuple[list[Document], list[Document], di
     d = cfg.data
     started = time.perf_counter()
     safety = CorpusFilter(d.safety_policy, d.source)  # secrets redacted or records dropped
-    corpus = safety(read_source(d.source, d.max_files, d.include, d.exclude, d.on_bad_record))
+    fields = ExampleFields(d.format, d.prompt_field, d.completion_field, d.messages_field)
+    corpus = safety(read_source(d.source, d.max_files, d.include, d.exclude, d.on_bad_record, fields))
     eval_corpus = None
     if d.eval_source:
-        eval_corpus = safety(read_source(d.eval_source, 0, on_bad_record=d.on_bad_record))
+        eval_corpus = safety(read_source(d.eval_source, 0, on_bad_record=d.on_bad_record, fields=fields))
         corpus, overlap = without_files(corpus, eval_corpus)
         if overlap:
             print(
@@ -155,6 +169,8 @@ def _read_and_split(cfg: ConfigDict) -> tuple[list[Document], list[Document], di
     else:
         train_docs, eval_docs = split_documents(corpus.documents, d.eval_fraction)
     settings = {key: d[key] for key in SETTINGS}
+    if d.format != "text":  # text runs keep the checksum (and token cache) they always had
+        settings.update(format=d.format, fields=[d.prompt_field, d.completion_field, d.messages_field])
     manifest = corpus_manifest(corpus, eval_docs, settings, eval_corpus)
     manifest["on_bad_record"] = d.on_bad_record
     safety.add_to_manifest(manifest)
@@ -180,6 +196,36 @@ def report_corpus_change(path: Path, manifest: dict[str, Any]) -> str | None:
         change = f"data: the corpus changed since {path} was written: {change}"
         print(change, file=sys.stderr, flush=True)
     return change
+
+
+def _example_streams(cfg, workdir: Path, key: dict, tokenizer, docs, manifest, write: bool):
+    """``({split: tokens}, {split: flags})`` of an example run, cached; render failures go to the
+    manifest's ``examples`` section."""
+    template = examples.chat_template_text(cfg.data, tokenizer)
+    settings = examples.example_settings(cfg.data, template)
+    key = {**key, "examples": settings}
+    streams, flags, bad = examples.load_or_build(
+        workdir / "cache", key, tokenizer, docs, {"template": template}, cfg.data, write
+    )
+    manifest["examples"] = {**settings, "template_failures": bad}
+    return streams, flags
+
+
+def _packed_rows(d, streams, flags, pad_id: int, manifest) -> dict[str, dict[str, np.ndarray]]:
+    """Rows of every split packed per ``data.packing``; statistics in the manifest's ``packing``."""
+    rows, stats = {}, {}
+    for split, stream in streams.items():
+        rows[split], stats[split] = pack_examples(
+            stream, flags[split], d.seq_len + 1, d.packing, d.overlong, pad_id
+        )
+        if not row_count(rows[split]):
+            raise UserError(
+                f"the {split} split gives no rows of data.seq_len+1={d.seq_len + 1} tokens "
+                f"(data.packing={d.packing!r}, data.overlong={d.overlong!r}); use more data or a "
+                "smaller data.seq_len"
+            )
+    manifest["packing"] = {"packing": d.packing, "overlong": d.overlong, **stats}
+    return rows
 
 
 def _windows(streams: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:

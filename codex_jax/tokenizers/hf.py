@@ -77,6 +77,11 @@ class HFTokenizer(Tokenizer):
             raise UserError(f"{folder}: transformers cannot load the tokenizer ({first})") from None
         return cls(tok, folder, digest.hexdigest())
 
+    @property
+    def hf(self):
+        """The wrapped ``transformers`` tokenizer (chat templates, offsets)."""
+        return self._tok
+
     def save(self, directory: str | os.PathLike) -> list[Path]:
         """Copies the tokenizer files into ``directory``; returns the copies."""
         out = Path(directory)

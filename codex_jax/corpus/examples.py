@@ -1,0 +1,152 @@
+"""Supervised fine-tuning records: prompt/completion pairs (JSONL or CSV) and chat conversations (JSONL).
+
+Every example is a tuple of ``(role, content)`` turns. A prompt/completion record becomes
+``(('prompt', P), ('completion', C))``; a chat record keeps its ``messages`` as
+``(('system'|'user'|'assistant', content), ...)``. The tokenizer layer renders the turns into token
+ids and a loss mask (:mod:`codex_jax.tokenizers.chat`).
+
+Bad records (a missing field, a non-string content, an unknown role, an empty completion, a
+conversation without an assistant turn) are skipped and counted in the file's
+:class:`~codex_jax.corpus.records.FileReport`, or stop the read under ``data.on_bad_record='error'``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Iterator
+
+from codex_jax.corpus.records import BOM, FileReport, normalize
+from codex_jax.errors import UserError
+
+FORMATS = ("text", "prompt_completion", "chat")  # data.format
+PACKINGS = ("concat", "segments", "pad")  # data.packing (codex_jax.data.packing)
+OVERLONG = ("truncate", "drop")  # data.overlong
+TRAIN_ON = ("completion", "all")  # data.train_on (codex_jax.tokenizers.chat)
+ROLES = ("system", "user", "assistant")
+
+Turns = tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFields:
+    """Where a record keeps its parts: the prompt and completion fields, or the messages list."""
+
+    format: str
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+
+
+def example_text(turns: Turns) -> str:
+    """The contents of ``turns`` joined by newlines (what tokenizer training and the safety filter read)."""
+    return "\n".join(content for _, content in turns)
+
+
+def prompt_completion_turns(record: dict, fields: ExampleFields) -> tuple[Turns | None, str]:
+    """``(turns, '')`` of one prompt/completion record, or ``(None, reason)``."""
+    for name in (fields.prompt, fields.completion):
+        if name not in record:
+            return None, f"no field {name!r}"
+        if not isinstance(record[name], str):
+            return None, f"field {name!r} is not a string"
+    prompt, completion = normalize(record[fields.prompt]), normalize(record[fields.completion])
+    if not completion.strip():
+        return None, f"empty completion (field {fields.completion!r})"
+    return (("prompt", prompt), ("completion", completion)), ""
+
+
+def chat_turns(record: dict, fields: ExampleFields) -> tuple[Turns | None, str]:
+    """``(turns, '')`` of one chat record (``{messages: [{role, content}, ...]}``), or ``(None, reason)``."""
+    messages = record.get(fields.messages)
+    if messages is None:
+        return None, f"no field {fields.messages!r}"
+    if not isinstance(messages, list) or not messages:
+        return None, f"field {fields.messages!r} is not a non-empty list of messages"
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return None, f"message {i} is not an object"
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            return None, f"message {i}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+        if not isinstance(content, str):
+            return None, f"message {i}: content is not a string"
+        turns.append((role, normalize(content)))
+    if not any(role == "assistant" and content.strip() for role, content in turns):
+        return None, "no assistant turn with content"
+    return tuple(turns), ""
+
+
+def record_turns(record, fields: ExampleFields) -> tuple[Turns | None, str]:
+    """The turns of one decoded record in ``fields.format``, or ``(None, reason)``."""
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    if fields.format == "chat":
+        return chat_turns(record, fields)
+    return prompt_completion_turns(record, fields)
+
+
+def read_jsonl_examples(
+    data: bytes, report: FileReport, fields: ExampleFields
+) -> Iterator[tuple[int, Turns]]:
+    """``(line, turns)`` of every good JSONL record; bad ones go to ``report``."""
+    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            report.skip(number, "undecodable bytes (not UTF-8)")
+            continue
+        except json.JSONDecodeError as e:
+            report.skip(number, f"invalid JSON ({e.msg})")
+            continue
+        turns, reason = record_turns(record, fields)
+        if turns is None:
+            report.skip(number, reason)
+            continue
+        yield number, turns
+
+
+def read_csv_examples(data: bytes, report: FileReport, fields: ExampleFields) -> Iterator[tuple[int, Turns]]:
+    """``(line, turns)`` of every good CSV row (prompt/completion columns named by the header)."""
+    if fields.format == "chat":
+        raise UserError(f"{report.location or report.path}: data.format='chat' reads JSONL only, not CSV")
+    text = data.removeprefix(BOM).decode("utf-8", errors="replace")
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None) or []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            report.skip(start, f"bad CSV row ({e})")
+            continue
+        if row:
+            turns, reason = prompt_completion_turns(dict(zip(header, row, strict=False)), fields)
+            if turns is None:
+                report.skip(start, reason)
+                continue
+            yield start, turns
+
+
+def example_pattern(source: str) -> tuple[str, str]:
+    """``(kind, path pattern)`` of an example source: ``'jsonl:PATH'``, ``'csv:PATH'`` or a path ending
+    in ``.jsonl``/``.csv``."""
+    for kind in ("jsonl", "csv"):
+        if source.startswith(kind + ":"):
+            return kind, source[len(kind) + 1 :]
+    if source.endswith(".csv"):
+        return "csv", source
+    if source.endswith((".jsonl", ".json")):
+        return "jsonl", source
+    raise UserError(
+        f"data.source {source!r}: examples (data.format='prompt_completion'/'chat') come from "
+        "'jsonl:PATH' or 'csv:PATH' (or a path ending in .jsonl/.csv)"
+    )
