@@ -6,6 +6,7 @@
     api.train(cfg, "runs/base")                 # the same run as `codex-jax train --config=...`
     api.evaluate(cfg, "runs/base")              # {'step', 'loss', 'perplexity', ...}
     api.generate(cfg, "runs/base", ["def fib(n):"])
+    api.eval_code(cfg, "runs/base")            # pass@k on codeeval.problems, run in a sandbox
     cfg = api.workdir_config("runs/base")       # the config a workdir was trained with
 
 Each call validates the config first (one :class:`~codex_jax.errors.UserError` naming the bad key).
@@ -23,6 +24,7 @@ import ml_collections
 
 from codex_jax import distributed, restore
 from codex_jax import export as export_lib
+from codex_jax.codeeval import run as code_eval
 from codex_jax.config.packaged import resolve
 from codex_jax.config.runspec import run_config, set_key
 from codex_jax.config.validation import validate
@@ -85,6 +87,14 @@ def generate(
     ``eval.step`` (sampling as ``generate.*`` says)."""
     prepare(cfg)
     return restore.generate_from_workdir(cfg, Path(workdir), prompts)
+
+
+def eval_code(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Functional correctness of ``workdir``'s checkpoint ``eval.step`` on ``codeeval.problems``:
+    completions run against each problem's tests in a sandbox; writes ``samples.jsonl`` and
+    ``results.json`` to ``WORKDIR/codeeval/<step>/`` and returns the summary (``pass@k``, counts)."""
+    prepare(cfg)
+    return code_eval.eval_code(cfg, Path(workdir))
 
 
 def export(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Path:

@@ -14,6 +14,7 @@ commands:
   eval       evaluate a checkpoint:        codex-jax eval --config=configs/base.py
   generate   sample from a checkpoint:     codex-jax generate --config=configs/base.py
   export     write a checkpoint elsewhere: codex-jax export --config=configs/base.py --config.export.dir=DIR
+  eval-code  pass@k (tests in a sandbox):  codex-jax eval-code --config=configs/base.py --workdir=RUN
   tokenizer  train|encode|decode|inspect|export a tokenizer: codex-jax tokenizer --help
   safety     find secrets in files:        codex-jax safety scan PATH... [--policy=FILE]
   plugins    list installed plugins:       codex-jax plugins [--json]
@@ -24,7 +25,7 @@ Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged co
 any directory (--config=configs/base.py, --config=base). See README.md for every config key.
 """
 
-RUN_MODES = ("train", "eval", "generate", "export")
+RUN_MODES = ("train", "eval", "generate", "export", "eval-code")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 Modes: ``train`` (default; resumes from the workdir's latest checkpoint), ``eval`` (restores params only and
 prints one JSON line), ``generate`` (prints completions of ``generate.prompt``), ``export`` (writes a
-checkpoint in ``export.format`` to ``export.dir``).
+checkpoint in ``export.format`` to ``export.dir``), ``eval-code`` (pass@k of completions run against tests in
+a sandbox; one JSON line).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from codex_jax.errors import EXIT_USER_ERROR, UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path of an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "export"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "export", "eval-code"], "What to do.")
 
 
 def fail(message: str) -> None:
@@ -100,6 +101,10 @@ def _dispatch(cfg, workdir: Path, mode: str) -> None:
         print(f"workdir: {workdir.absolute()} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")
     elif mode == "eval":
         print(json.dumps(api.evaluate(cfg, workdir)))
+        if cfg.eval.functional_correctness:
+            print(json.dumps(api.eval_code(cfg, workdir)))
+    elif mode == "eval-code":
+        print(json.dumps(api.eval_code(cfg, workdir)))
     elif mode == "generate":
         for text in api.generate(cfg, workdir):
             print(text)

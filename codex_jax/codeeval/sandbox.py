@@ -20,12 +20,10 @@ buggy or careless generated code, not a security boundary against a determined a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import itertools
 import math
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -39,9 +37,25 @@ from pathlib import Path
 PRIVATE_UID = 1_900_000_000  # sandbox uids (root only): one per program from here up, owned by no one else
 NOBODY = 65534
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-_LIBC = ctypes.CDLL(None, use_errno=True)
 _TAIL = 4096  # bytes at the end of the output searched for the success token
 _RUNS = itertools.count()
+# Started by this interpreter (no preexec_fn: forking a multithreaded process such as JAX's to run Python
+# code is unsafe), it applies the limits, then becomes the sandbox user and execs the program.
+LAUNCHER = """
+import ctypes, os, resource, sys
+cpu, memory, fsize, nproc, uid, flags = map(int, sys.argv[1:7])
+ctypes.CDLL(None, use_errno=True).unshare(flags)  # no network where the kernel allows it
+R = resource
+for rlimit, value in ((R.RLIMIT_CPU, cpu), (R.RLIMIT_AS, memory), (R.RLIMIT_FSIZE, fsize),
+                      (R.RLIMIT_CORE, 0), (R.RLIMIT_NPROC, nproc)):
+    R.setrlimit(rlimit, (value, value))
+if uid >= 0:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+os.execv(sys.argv[7], sys.argv[7:])
+"""
+KILLER = "import os, signal, sys\nos.setuid(int(sys.argv[1]))\nos.kill(-1, signal.SIGKILL)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +91,8 @@ def _user_tasks(uid: int) -> int:
 
 
 def _kill_user(uid: int) -> None:
-    """Kills every process of ``uid`` (a private sandbox uid) from a forked child that becomes it."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only makes two system calls
-        try:
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    """Kills every process of ``uid`` (a private sandbox uid) from a process that becomes it."""
+    subprocess.run([sys.executable, "-I", "-c", KILLER, str(uid)], stdin=subprocess.DEVNULL, check=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,27 +120,20 @@ class Sandbox:
             return self.uid
         return self.uid + next(_RUNS) % 100_000_000
 
-    def _preexec(self, uid: int | None, nproc: int) -> Callable[[], None]:
+    def _argv(self, program: Path, uid: int | None, nproc: int) -> list[str]:
+        """The launcher's command line: limits, user, then the program under ``python -I -B``."""
         limits = self.limits
-        cpu = math.ceil(limits.timeout_s) + 1
-
-        def preexec() -> None:  # runs in the child between fork and exec
-            flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
-            _LIBC.unshare(flags)  # no network where the kernel allows it; failure is recorded by the probe
-            for rlimit, value in (
-                (resource.RLIMIT_CPU, cpu),
-                (resource.RLIMIT_AS, limits.memory_mb << 20),
-                (resource.RLIMIT_FSIZE, limits.file_size_mb << 20),
-                (resource.RLIMIT_CORE, 0),
-                (resource.RLIMIT_NPROC, nproc),
-            ):
-                resource.setrlimit(rlimit, (value, value))
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-
-        return preexec
+        flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+        numbers = (
+            math.ceil(limits.timeout_s) + 1,
+            limits.memory_mb << 20,
+            limits.file_size_mb << 20,
+            nproc,
+            -1 if uid is None else uid,
+            flags,
+        )
+        launcher = [sys.executable, "-I", "-c", LAUNCHER, *map(str, numbers)]
+        return [*launcher, self.python, "-I", "-B", str(program)]
 
     def run(self, source: str) -> Outcome:
         """Runs ``source`` with a success token appended; see the module docstring."""
@@ -154,14 +154,13 @@ class Sandbox:
             os.chmod(tmp / "program.py", 0o644)
             env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
             with open(tmp / "output", "w+b") as out:
-                returncode, timed_out = self._wait(
-                    [self.python, "-I", "-B", str(tmp / "program.py")], work, env, out, uid, nproc
-                )
+                argv = self._argv(tmp / "program.py", uid, nproc)
+                returncode, timed_out = self._wait(argv, work, env, out, uid)
                 return _outcome(out, token, returncode, timed_out, self.limits.max_output_bytes)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _wait(self, argv, cwd, env, out, uid, nproc) -> tuple[int | None, bool]:
+    def _wait(self, argv, cwd, env, out, uid) -> tuple[int | None, bool]:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -170,7 +169,6 @@ class Sandbox:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=self._preexec(uid, nproc),
         )
         timed_out = False
         try:
@@ -217,10 +215,7 @@ def make_sandbox(limits: Limits, python: str = "") -> Sandbox:
     for uid, private in [*users, (None, False)]:
         for interpreter in candidates if uid is not None else candidates[:1]:
             sandbox = Sandbox(limits, interpreter, uid, private)
-            try:
-                outcome = sandbox.run(probe)
-            except OSError:  # this uid cannot execute this interpreter
-                continue
+            outcome = sandbox.run(probe)  # fails when this uid cannot run this interpreter
             if outcome.passed:
                 isolated = "interfaces 1" in outcome.output  # only the (down) loopback
                 return dataclasses.replace(sandbox, network_isolated=isolated)
