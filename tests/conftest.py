@@ -18,12 +18,16 @@ CONFIGS = REPO / "configs"
 # (``from test_lora import LORA``): the unit folder is importable from both.
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 
-# One persistent XLA compilation cache for the tests and every process they start (run_cli copies
-# os.environ): the tiny config's train/eval steps are compiled once per shape and device count, not once
-# per process. A cached executable is the one XLA would compile again, so results are the same bits.
+# One persistent XLA compilation cache for the processes the tests start (they inherit os.environ): the
+# tiny config's steps are compiled once per shape and device count, not once per process. A cached
+# executable is the one XLA would compile again, so results are the same bits. The test processes
+# themselves do not use it: it costs time on every compile, and their compiles are mostly one-offs.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+import jax  # noqa: E402 (after the environment above: jax reads JAX_PLATFORMS when imported)
+
+jax.config.update("jax_enable_compilation_cache", False)
 
 
 def pytest_collection_modifyitems(config, items):
