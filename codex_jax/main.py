@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from codex_jax import api
 from codex_jax.config.packaged import resolve
 from codex_jax.errors import EXIT_USER_ERROR, UserError
+from codex_jax.train.stop import EXIT_STOPPED, Stopped
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path of an ml_collections config file.", lock_config=True)
@@ -93,6 +94,9 @@ def run(argv: list[str]) -> None:
         _dispatch(cfg, workdir, FLAGS.mode)
     except UserError as e:
         fail(str(e))
+    except Stopped as e:  # SIGTERM/SIGINT: the step is saved; the line says how to resume
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
 
 
 def _dispatch(cfg, workdir: Path, mode: str) -> None:

@@ -10,6 +10,7 @@ import ml_collections
 from codex_jax.data.pipeline import eval_batches, prepare_data
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.generate import sample
+from codex_jax.setup.lock import held_by_another
 from codex_jax.setup.runners import eval_runner
 from codex_jax.setup.weights import restore_params
 
@@ -18,7 +19,7 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Held-out metrics of a checkpoint: ``{'step', 'loss', 'perplexity', 'token_accuracy', ...}``
     (``eval.metrics``), also written to ``workdir/eval_<step>.json``."""
     model, params, step = restore_params(cfg, workdir)
-    data = prepare_data(cfg, workdir)
+    data = prepare_data(cfg, workdir, write=_data_writer(workdir))
     runner = eval_runner(cfg, model)
     batches = eval_batches(
         data.eval_windows,
@@ -36,6 +37,12 @@ def generate_from_workdir(
     """Each of ``prompts`` (default: ``generate.prompt``) followed by its completion by a checkpoint's
     params, restored once (``generate.safety_policy`` redacts or withholds secrets in them)."""
     model, params, _ = restore_params(cfg, workdir)
-    tokenizer = prepare_data(cfg, workdir).tokenizer
+    tokenizer = prepare_data(cfg, workdir, write=_data_writer(workdir)).tokenizer
     prompts = [cfg.generate.prompt] if prompts is None else prompts
     return [sample(model, params, tokenizer, prompt, cfg.generate, cfg.seed) for prompt in prompts]
+
+
+def _data_writer(workdir: Path) -> bool | None:
+    """False while a run trains in ``workdir`` (its files are the run's: read, never written), else
+    None (process 0 writes what is missing)."""
+    return False if held_by_another(workdir) else None

@@ -1,5 +1,5 @@
 """What the training loop does after each optimizer step, as hooks run in this order: log, profile,
-eval, finite (the non-finite check before a save), best-k, save.
+eval, finite (the non-finite check before a save), best-k, save; and before each step, the stop check.
 
 Each hook's ``on_step(step, state, progress)`` sees the step just taken and the :class:`Progress`
 the hooks share (the step timer, the micro-step metrics not yet logged, this step's eval metrics).
@@ -16,6 +16,7 @@ import numpy as np
 from codex_jax.metrics import system
 from codex_jax.metrics.perf import StepTimer, mfu
 from codex_jax.train.profile import Profiler
+from codex_jax.train.stop import Stopped, StopSignals
 from codex_jax.train.trainer import Trainer
 
 
@@ -64,6 +65,12 @@ class LogHook:
             self._log_train(step, host, p.timer)
             p.window = []
         self.bar.update(1)
+
+    def flush(self, step: int, p: Progress) -> None:
+        """Writes the metrics of the steps not logged yet (a stop between two log steps) at ``step``."""
+        if p.window:
+            self._log_train(step, micro_metrics(jax.device_get(p.window)), p.timer)
+            p.window = []
 
     def _log_compile(self, step: int, timer: StepTimer) -> None:
         """Logs the first step's wall time (dominated by compilation) once, and keeps it out of tokens/s."""
@@ -160,3 +167,28 @@ class SaveHook:
         if saves_at(self.t, step, self.last):
             saved = self.t.runner.state_for_save(state)
             self.t.checkpointer.save(step, saved, self.t.train_iter, self.meta, metrics=p.evaluated)
+
+
+class StopHook:
+    """Before each step: a graceful stop (SIGTERM/SIGINT, :mod:`codex_jax.train.stop`) ends the run
+    here. The metrics not logged yet are written, the last step is saved (unless it was already), every
+    save is waited for, and :class:`Stopped` is raised."""
+
+    def __init__(self, t: Trainer, signals: StopSignals, start: int, last: int, meta: dict, log: LogHook):
+        self.t, self.signals, self.start, self.last, self.meta, self.log = t, signals, start, last, meta, log
+
+    def before_step(self, step: int, state, p: Progress) -> None:
+        done = step - 1
+        if not self.signals.requested(done):
+            return
+        self.log.flush(done, p)  # checks finiteness first: an unchecked state is never saved
+        ckpt = self.t.checkpointer
+        if done > self.start and not saves_at(self.t, done, self.last):
+            ckpt.save(done, self.t.runner.state_for_save(state), self.t.train_iter, self.meta, p.evaluated)
+        ckpt.wait()
+        how = f"run the same command again to resume from step {done}"
+        if done == 0:
+            saved, how = "nothing to save", "run the same command again to start"
+        else:
+            saved = f"saved {ckpt.path(done)}"
+        raise Stopped(f"stopped by {self.signals.name} after step {done}: {saved}; {how}", done)

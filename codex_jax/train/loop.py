@@ -19,25 +19,33 @@ from codex_jax.metrics.writers import parse_writer_names
 from codex_jax.models import lora
 from codex_jax.models.transformer import count_params, flops_per_token, init_params
 from codex_jax.setup import adapters
+from codex_jax.setup.lock import workdir_lock
 from codex_jax.setup.resume import find_resume, truncate_metrics
 from codex_jax.train import hooks
+from codex_jax.train.stop import StopSignals
 from codex_jax.train.trainer import Trainer, build_trainer, init_or_restore
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
     """Trains to ``train.steps`` (resuming from the workdir's checkpoints); returns final eval
-    metrics. Saves still in flight are waited for before returning (a failed one raises)."""
-    resume = find_resume(cfg, workdir)
-    truncate_metrics(workdir / "metrics.ndjson", resume)
-    t = build_trainer(cfg, workdir, resume)
-    try:
-        return _train(t, resume)
-    finally:
-        t.writers.close()
-        t.checkpointer.close()  # waits for the last save; a failed one raises UserError
+    metrics. Saves still in flight are waited for before returning (a failed one raises).
+
+    The run holds the workdir's lock throughout (a second run is refused before anything is written).
+    SIGTERM or SIGINT stops it after the current step with that step saved: raises
+    :class:`~codex_jax.train.stop.Stopped`.
+    """
+    with StopSignals() as signals, workdir_lock(workdir):
+        resume = find_resume(cfg, workdir)
+        truncate_metrics(workdir / "metrics.ndjson", resume)
+        t = build_trainer(cfg, workdir, resume)
+        try:
+            return _train(t, resume, signals)
+        finally:
+            t.writers.close()
+            t.checkpointer.close()  # waits for the last save; a failed one raises UserError
 
 
-def _train(t: Trainer, resume: int | None) -> dict[str, float]:
+def _train(t: Trainer, resume: int | None, signals: StopSignals) -> dict[str, float]:
     cfg = t.cfg
     state = init_or_restore(t, resume)
     start = int(jax.device_get(t.runner.state_for_save(state).step))
@@ -56,9 +64,8 @@ def _train(t: Trainer, resume: int | None) -> dict[str, float]:
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
         file=sys.stderr,
     )
-    state, step, final = _train_steps(
-        t, state, start, meta, flops_per_token(t.model.cfg, num_params, cfg.data.seq_len)
-    )
+    model_flops = flops_per_token(t.model.cfg, num_params, cfg.data.seq_len)
+    state, step, final = _train_steps(t, state, start, meta, model_flops, signals)
     final = final or t.eval_and_log(state, step)
     if cfg.generate.max_new_tokens > 0:
         _print_sample(t, state, step)
@@ -76,8 +83,9 @@ def _checkpoint_meta(t: Trainer, state, num_params: int) -> dict:
     return meta
 
 
-def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_token: float):
-    """The step loop: an optimizer step, then the hooks (log, profile, eval, finite, best-k, save).
+def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_token: float, signals):
+    """The step loop: the stop check, an optimizer step, then the hooks (log, profile, eval, finite,
+    best-k, save).
 
     Returns (state, last step, that step's eval metrics or None).
     """
@@ -86,8 +94,10 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
     progress = hooks.Progress(StepTimer())
     bar = tqdm.tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not _shows_bar(t))
     profile = hooks.ProfileHook(t)
+    log = hooks.LogHook(t, start, last, model_flops_per_token, bar)
+    stop = hooks.StopHook(t, signals, start, last, meta, log)
     step_hooks = [
-        hooks.LogHook(t, start, last, model_flops_per_token, bar),
+        log,
         profile,
         hooks.EvalHook(t),
         hooks.FiniteHook(t, last),
@@ -95,6 +105,7 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
         hooks.SaveHook(t, last, meta),
     ]
     for step in range(start + 1, last + 1):
+        stop.before_step(step, state, progress)
         profile.before_step(step)
         state = _optimizer_step(t, state, progress)
         for hook in step_hooks:
