@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
 
@@ -116,15 +117,23 @@ def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str
 
 
 def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Writes the streams and then their key (the old key goes first); returns them as memmaps."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / KEY_FILENAME).unlink(missing_ok=True)
-    for split, stream in streams.items():
-        tmp = directory / f".{split}.tokens.{os.getpid()}.tmp"
-        np.ascontiguousarray(stream).tofile(tmp)
-        os.replace(tmp, directory / f"{split}.tokens")
-    record: dict[str, Any] = {"key": key, "tokens": {s: int(len(a)) for s, a in streams.items()}}
-    write_bytes_atomic(directory / KEY_FILENAME, (json.dumps(record, indent=2) + "\n").encode())
+    """Writes the streams and then their key (the old key goes first); returns them as memmaps. A
+    failed write (disk full, I/O error) is a UserError and leaves no key."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / KEY_FILENAME).unlink(missing_ok=True)
+        for split, stream in streams.items():
+            tmp = directory / f".{split}.tokens.{os.getpid()}.tmp"
+            try:
+                np.ascontiguousarray(stream).tofile(tmp)
+            finally:
+                if tmp.exists() and tmp.stat().st_size != stream.nbytes:  # cut short: not left behind
+                    tmp.unlink()
+            os.replace(tmp, directory / f"{split}.tokens")
+        record: dict[str, Any] = {"key": key, "tokens": {s: int(len(a)) for s, a in streams.items()}}
+        write_bytes_atomic(directory / KEY_FILENAME, (json.dumps(record, indent=2) + "\n").encode())
+    except OSError as e:  # disk full, I/O error: no key is written, so the next run builds it again
+        raise UserError(f"token cache {directory}: cannot write ({e.strerror or e})") from e
     loaded = load(directory, key)
     assert loaded is not None, f"token cache in {directory} did not read back"
     return loaded

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from codex_jax.errors import UserError
 from codex_jax.metrics.base import (
     MetricWriter,
     buckets,
@@ -42,7 +43,8 @@ class NdjsonWriter(MetricWriter):
     """Appends one JSON object a line to ``path`` (format in the module docstring).
 
     Each line is written with one call and flushed, so a killed process leaves complete lines; an
-    incomplete last line left by a crash mid-write is dropped when the file is reopened.
+    incomplete last line left by a crash mid-write is dropped when the file is reopened. A failed
+    write (disk full, I/O error) is a UserError naming the file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -50,10 +52,15 @@ class NdjsonWriter(MetricWriter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_partial_last_line(self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._failed = False
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as e:
+            self._failed = True
+            raise UserError(f"{self.path}: cannot write metrics ({e.strerror or e})") from e
 
     def write_scalars(self, step, scalars):
         for split, metrics in group_by_split(scalars).items():
@@ -84,7 +91,11 @@ class NdjsonWriter(MetricWriter):
         self._file.flush()
 
     def close(self):
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:  # the unwritten tail of a failed write: that failure is the one to report
+            if not self._failed:
+                raise UserError(f"{self.path}: cannot write metrics ({e.strerror or e})") from e
 
 
 def _drop_partial_last_line(path: Path) -> None:

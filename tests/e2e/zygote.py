@@ -1,0 +1,101 @@
+"""Many short real runs without paying the imports each time: a process that imports codex_jax once
+and forks one fresh child per run (no JAX backend is started before the fork, so each child starts its
+own, with its own device count). The children are real processes that the tests signal and kill.
+
+Run as a script: it reads one JSON request a line on stdin (``{"argv": [...], "log": PATH, "env": {},
+"max_file_bytes": 0}``),
+answers ``{"pid": N}`` when the child runs and ``{"exit": CODE}`` (negative: killed by that signal) when
+it ended. :class:`Zygote` is the tests' side.
+"""
+
+import atexit
+import json
+import os
+import resource
+import subprocess
+import sys
+
+
+def _child(request: dict) -> None:
+    """In the forked child: the CLI with ``argv``, stdout and stderr to ``log``; never returns."""
+    code = 1
+    try:
+        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.environ.update(request.get("env", {}))
+        if request.get("max_file_bytes"):  # a write past it fails with EFBIG (Python ignores SIGXFSZ)
+            limit = request["max_file_bytes"]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        sys.argv = ["codex_jax.main", *request["argv"]]
+        from codex_jax import main  # imported (and cached) by the parent already
+
+        main.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported like an uncaught exception in a fresh process
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    import codex_jax.main  # noqa: F401 - the expensive imports, once, before any fork
+
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            _child(json.loads(line))
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+class Zygote:
+    """Starts the zygote; :meth:`start` forks a run, :meth:`wait` returns its exit code."""
+
+    def __init__(self, env: dict, cwd):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+        self.pid: int | None = None
+
+    def start(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0) -> int:
+        """Forks a run of the CLI with ``argv`` (output to ``log``; ``max_file_bytes``: RLIMIT_FSIZE)."""
+        request = {"argv": [str(a) for a in argv], "log": str(log), "env": env or {}}
+        request["max_file_bytes"] = max_file_bytes
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        self.pid = json.loads(self.proc.stdout.readline())["pid"]
+        return self.pid
+
+    def run(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0) -> int:
+        """One run to its end: its exit code."""
+        self.start(argv, log, env, max_file_bytes)
+        return self.wait()
+
+    def wait(self) -> int:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the zygote died")
+        self.pid = None
+        return json.loads(line)["exit"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    serve()
