@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from codex_jax.compute.loss import cross_entropy, inputs_and_targets
+from codex_jax.compute.loss import chunked_token_stats, chunks_apply, cross_entropy, inputs_and_targets
 from codex_jax.data.pipeline import eval_batches
 from codex_jax.files import write_text_atomic
 from codex_jax.generate import generate, left_pad
@@ -98,8 +98,14 @@ def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, conten
     """``totals`` merged with one batch's metrics (all model outputs stay on device)."""
     inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     variables = params if "params" in params else {"params": params}
-    logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True).astype(jnp.float32)
-    loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
+    if chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
+        # Loss and accuracy chunk by chunk; the full logits only if a metric reads them (else XLA drops them).
+        x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True)
+        loss_BxT, correct_BxT = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)
+    else:
+        logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True).astype(jnp.float32)
+        loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
     outputs = {
         "loss": loss_BxT,
         "correct": correct_BxT.astype(jnp.float32),

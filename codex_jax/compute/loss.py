@@ -1,8 +1,18 @@
 """Next-token loss: the float32 cross entropy of a batch of ``seq_len + 1`` token rows, and the summed
-held-out statistics that training's eval and ``eval.metrics`` both use."""
+held-out statistics that training's eval and ``eval.metrics`` both use.
+
+With ``model.loss_chunk = C`` and sequences longer than C, the loss never holds the ``[B, T, V]``
+float32 logits: :func:`chunked_loss_sum` computes them ``[B, C, V]`` at a time from the final hidden
+states and the output head, and (a custom VJP) their gradients in the same pass, so backward holds
+only ``[B, T, D]`` and ``[V, D]`` (no logits recomputed, no extra FLOPs). :func:`chunked_token_stats`
+is the forward-only version for evaluation. Both equal the unchunked path within float32 rounding.
+"""
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -27,3 +37,98 @@ def token_sums(loss_BxT, correct_BxT) -> dict:
         "correct": correct_BxT.sum(dtype=jnp.float32),
         "tokens": jnp.float32(loss_BxT.size),
     }
+
+
+def chunks_apply(chunk: int, seq_len: int) -> bool:
+    """Whether ``model.loss_chunk = chunk`` splits sequences of ``seq_len`` positions (0: never)."""
+    return 0 < chunk < seq_len
+
+
+def _split(a_BxT, chunk):
+    """``[B, T, ...] -> [T/C, B, C, ...]``, zero-padded to a multiple of C positions."""
+    B, T = a_BxT.shape[:2]
+    n = -(-T // chunk)
+    pad = [(0, 0), (0, n * chunk - T)] + [(0, 0)] * (a_BxT.ndim - 2)
+    a = jnp.pad(a_BxT, pad).reshape(B, n, chunk, *a_BxT.shape[2:])
+    return jnp.swapaxes(a, 0, 1)
+
+
+def _join(a_NxBxC, T):
+    """Inverse of :func:`_split`: ``[T/C, B, C, ...] -> [B, T, ...]``."""
+    a = jnp.swapaxes(a_NxBxC, 0, 1)
+    return a.reshape(a.shape[0], -1, *a.shape[3:])[:, :T]
+
+
+def _chunk_logits(x_BxCxD, head_VxD):
+    return jnp.einsum("bcd,vd->bcv", x_BxCxD, head_VxD, preferred_element_type=jnp.float32)
+
+
+def chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk: int):
+    """Per-token float32 cross entropy and argmax hits of ``x @ head.T``, C positions at a time."""
+    T = targets_BxT.shape[1]
+
+    def one(_, xs):
+        x_BxCxD, targets_BxC = xs
+        return None, cross_entropy(_chunk_logits(x_BxCxD, head_VxD), targets_BxC)
+
+    _, (loss_N, correct_N) = jax.lax.scan(one, None, (_split(x_BxTxD, chunk), _split(targets_BxT, chunk)))
+    return _join(loss_N, T), _join(correct_N, T)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int):
+    """``sum(weights * cross_entropy(x @ head.T, targets))`` without the ``[B, T, V]`` logits."""
+    loss_BxT, _ = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk)
+    return (loss_BxT * weights_BxT).sum()
+
+
+def _loss_sum_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk):
+    """The loss and, chunk by chunk, its gradients (d loss / d logits = weight * (softmax - onehot))."""
+    T, V = targets_BxT.shape[1], head_VxD.shape[0]
+
+    def one(dhead_VxD, xs):
+        x_BxCxD, targets_BxC, weights_BxC = xs
+        logits_BxCxV = _chunk_logits(x_BxCxD, head_VxD)
+        loss_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
+        probs_BxCxV = jax.nn.softmax(logits_BxCxV, axis=-1)
+        dlogits_BxCxV = (probs_BxCxV - jax.nn.one_hot(targets_BxC, V)) * weights_BxC[..., None]
+        dlogits_BxCxV = dlogits_BxCxV.astype(head_VxD.dtype)
+        dx_BxCxD = jnp.einsum("bcv,vd->bcd", dlogits_BxCxV, head_VxD, preferred_element_type=jnp.float32)
+        dhead_VxD += jnp.einsum("bcv,bcd->vd", dlogits_BxCxV, x_BxCxD, preferred_element_type=jnp.float32)
+        return dhead_VxD, ((loss_BxC * weights_BxC).sum(), dx_BxCxD.astype(x_BxCxD.dtype))
+
+    xs = (_split(x_BxTxD, chunk), _split(targets_BxT, chunk), _split(weights_BxT, chunk))
+    dhead_VxD = jnp.zeros(head_VxD.shape, jnp.float32)
+    dhead_VxD, (loss_N, dx_N) = jax.lax.scan(one, dhead_VxD, xs)
+    return loss_N.sum(), (_join(dx_N, T), dhead_VxD.astype(head_VxD.dtype), targets_BxT, weights_BxT)
+
+
+def _loss_sum_bwd(chunk, residuals, g):
+    dx_BxTxD, dhead_VxD, targets_BxT, weights_BxT = residuals
+    del chunk, targets_BxT
+    return g.astype(dx_BxTxD.dtype) * dx_BxTxD, g.astype(dhead_VxD.dtype) * dhead_VxD, None, None
+
+
+chunked_loss_sum.defvjp(_loss_sum_fwd, _loss_sum_bwd)
+
+
+def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, rngs=None):
+    """Mean next-token cross entropy of ``model`` on one batch: through the full logits, or in chunks of
+    ``model.cfg.loss_chunk`` positions when that splits the sequence (:func:`chunks_apply`)."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs}
+    if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
+        loss_BxT, _ = cross_entropy(model.apply(variables, inputs_BxT, **kwargs), targets_BxT)
+        return loss_BxT.mean()
+    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
+    return (
+        chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk) / targets_BxT.size
+    )
+
+
+def token_stats(model, variables, inputs_BxT, targets_BxT):
+    """Per-token float32 cross entropy and argmax hits (deterministic), chunked as :func:`mean_loss`."""
+    if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
+        return cross_entropy(model.apply(variables, inputs_BxT, deterministic=True), targets_BxT)
+    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True)
+    return chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from codex_jax.compute.loss import cross_entropy, inputs_and_targets, token_sums
+from codex_jax.compute.loss import inputs_and_targets, mean_loss, token_stats, token_sums
 from codex_jax.compute.state import TrainState
 
 
@@ -28,9 +28,9 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
 
     def loss_fn(params):
         rngs = {"dropout": dropout_rng}
-        logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=False, rngs=rngs)
-        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
-        return loss_BxT.mean()
+        return mean_loss(
+            model, variables(params, frozen), inputs_BxT, targets_BxT, deterministic=False, rngs=rngs
+        )
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     if axis_name is not None:
@@ -120,8 +120,7 @@ def train_step_scan(
 def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
     """Summed loss, correct predictions and token count of one held-out batch."""
     inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
-    logits_BxTxV = model.apply(variables(params, frozen), inputs_BxT, deterministic=True)
-    sums = token_sums(*cross_entropy(logits_BxTxV, targets_BxT))
+    sums = token_sums(*token_stats(model, variables(params, frozen), inputs_BxT, targets_BxT))
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums

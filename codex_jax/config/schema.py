@@ -132,6 +132,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'.",
     ),
     "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
+    "model.loss_chunk": (
+        256,
+        "The loss (and eval's loss/accuracy) computes the float32 logits this many sequence positions at "
+        "a time, never all [batch, seq_len, vocab] at once (its gradients in the same pass: no extra "
+        "FLOPs); 0 or >= data.seq_len: all at once. Same result within float32 rounding.",
+    ),
     "model.rope_theta": (10000.0, "RoPE base (llama)."),
     "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
     "model.tie_embeddings": (True, "Share the input embedding with the output projection."),

@@ -78,6 +78,7 @@ _NON_NEGATIVE = (
     "checkpoint.keep_every",
     "checkpoint.best_k",
     "lora.rank",
+    "model.loss_chunk",
 )
 
 

@@ -32,6 +32,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "xla"
     remat: str = "none"
+    # Loss over this many sequence positions at a time (compute/loss.py; 0: the full [B, T, V] logits).
+    loss_chunk: int = 256
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     attention_bias: bool = False  # q/k/v biases (Qwen2); gpt2 always has biases

@@ -213,14 +213,24 @@ class Transformer(nn.Module):
         kv_cache=None,
         cache_index=None,
         mask_BxTxS=None,
+        hidden: bool = False,
     ):
-        """Logits ``[B, T, V]`` (float32), and the updated cache when ``kv_cache`` is given."""
+        """Logits ``[B, T, V]`` (float32), and the updated cache when ``kv_cache`` is given.
+
+        With ``hidden=True`` (no cache): ``(final hidden states [B, T, D], output head [V, D])`` in the
+        compute dtype instead of the logits, for a loss that computes the logits chunk by chunk
+        (``compute/loss.py``); ``logits == hidden @ head.T`` in float32.
+        """
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         embed, x = self._embed(tokens_BxT, positions_BxT, deterministic)
         x, new_cache = self._blocks(x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS)
-        logits_BxTxV = self._logits(Norm(self.cfg, name="final_norm")(x), embed)
+        x_BxTxD = Norm(self.cfg, name="final_norm")(x)
+        head_VxD = self._head(embed)
+        if hidden:
+            return x_BxTxD, head_VxD
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)
         if kv_cache is None:
             return logits_BxTxV
         return logits_BxTxV, new_cache
@@ -270,16 +280,15 @@ class Transformer(nn.Module):
             new_cache[f"layers_{i}"] = layer_new
         return x, new_cache
 
-    def _logits(self, x, embed):
-        """``x @ head.T`` in float32: the head is the token embedding when tied, else ``lm_head``."""
+    def _head(self, embed):
+        """The output projection ``[V, D]`` in the compute dtype: the token embedding when tied, else
+        ``lm_head``."""
         cfg = self.cfg
         if cfg.tie_embeddings:
-            head_VxD = embed.embedding.astype(cfg.compute_dtype)
-        else:
-            head_VxD = self.param(
-                "lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype
-            ).astype(cfg.compute_dtype)
-        return jnp.einsum("btd,vd->btv", x, head_VxD, preferred_element_type=jnp.float32)
+            return embed.embedding.astype(cfg.compute_dtype)
+        return self.param("lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype).astype(
+            cfg.compute_dtype
+        )
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):
