@@ -35,7 +35,7 @@ _FIXED_KEYS = (
     "lora.targets",
     "lora.init_from",
 )
-_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype")
+_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype", "model.loss_chunk")
 
 
 def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
