@@ -76,38 +76,71 @@ def _completion(tokenizer, prompt_ids: list[int], new_ids: list[int], eos_id, st
     return truncate_at_stop(text, stop)
 
 
-def complete_all(
-    model, params, tokenizer, prompts: list[Prompt], settings: Settings, seed: int, progress=True
-):
-    """``settings.num_samples`` completions of each prompt (greedy: one, repeated), in order."""
-    copies = 1 if settings.greedy else settings.num_samples
-    rows = [p for p in range(len(prompts)) for _ in range(copies)]
-    lengths = [len(prompts[p].ids) for p in rows]
-    limit = model.cfg.max_seq_len - settings.max_new_tokens + 1
+def generate_texts(
+    model,
+    params,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    *,
+    stop: tuple[str, ...] = (),
+    batch_size: int = 8,
+    bucket: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[str]:
+    """The completion of each prompt (each fits: ``len + max_new_tokens - 1 <= max_seq_len``): rows
+    bucketed by length, ``batch_size`` at a time (a last partial batch is padded: one compilation per
+    bucket), cut at EOS and at the first of ``stop``."""
+    lengths = [len(ids) for ids in prompt_ids]
+    limit = model.cfg.max_seq_len - max_new_tokens + 1
     eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
-    texts: list[str] = [""] * len(rows)
-    bar = tqdm.tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress, file=sys.stderr)
-    for number, (T, batch) in enumerate(bucket_batches(lengths, settings.batch_size, settings.bucket, limit)):
-        padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape per bucket
+    texts: list[str] = [""] * len(prompt_ids)
+    bar = tqdm.tqdm(total=len(texts), desc="generate", unit="sample", disable=not progress, file=sys.stderr)
+    for number, (T, batch) in enumerate(bucket_batches(lengths, batch_size, bucket, limit)):
+        padded = batch + [batch[-1]] * (batch_size - len(batch))
         tokens_BxT = np.zeros((len(padded), T), np.int32)
         for i, row in enumerate(padded):
-            tokens_BxT[i, T - lengths[row] :] = prompts[rows[row]].ids
+            tokens_BxT[i, T - lengths[row] :] = prompt_ids[row]
         new_BxN = generate(
             model,
             params,
             tokens_BxT,
-            settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
+            max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
             eos_id=eos_id,
             rng=jax.random.fold_in(jax.random.key(seed), number),
             prompt_lengths=np.array([lengths[row] for row in padded], np.int32),
         )
         new_BxN = np.asarray(new_BxN)
         for i, row in enumerate(batch):
-            ids = prompts[rows[row]].ids
-            texts[row] = _completion(tokenizer, ids, new_BxN[i].tolist(), eos_id, settings.stop)
+            texts[row] = _completion(tokenizer, prompt_ids[row], new_BxN[i].tolist(), eos_id, stop)
         bar.update(len(batch))
     bar.close()
+    return texts
+
+
+def complete_all(
+    model, params, tokenizer, prompts: list[Prompt], settings: Settings, seed: int, progress=True
+) -> list[list[str]]:
+    """``settings.num_samples`` completions of each prompt (greedy: one, repeated), in order."""
+    copies = 1 if settings.greedy else settings.num_samples
+    texts = generate_texts(
+        model,
+        params,
+        tokenizer,
+        [p.ids for p in prompts for _ in range(copies)],
+        settings.max_new_tokens,
+        stop=settings.stop,
+        batch_size=settings.batch_size,
+        bucket=settings.bucket,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=seed,
+        progress=progress,
+    )
     per_prompt = [texts[r * copies : (r + 1) * copies] for r in range(len(prompts))]
     return [c * settings.num_samples if settings.greedy else c for c in per_prompt]

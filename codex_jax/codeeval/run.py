@@ -65,6 +65,11 @@ def evaluate_model(
     prompts, too_long = encode_prompts(
         problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens
     )
+    if too_long:
+        print(
+            f"codeeval: {len(too_long)} of {len(problem_set.problems)} prompts skipped: {too_long[0]}",
+            file=sys.stderr,
+        )
     texts = complete_all(model, params, tokenizer, prompts, settings, seed, progress) if prompts else []
     completions = {p.problem.task_id: t for p, t in zip(prompts, texts, strict=True)}
     generated = time.time()
