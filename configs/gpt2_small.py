@@ -1,9 +1,9 @@
-"""GPT-2 small (124M) for one GPU: 12 layers, 768 wide, seq 1024, batch 32, bf16, cuDNN attention.
+"""GPT-2 small (124M) for one GPU: 12 layers, 768 wide, seq 1024, batch 32, bf16, attention 'auto'.
 
 For benchmarking (``tools/bench.py``) and for training with a pretrained tokenizer
 (``data.tokenizer``): left at ``''``, the trainer would train a 50,304-piece tokenizer on the
-standard library, too small a corpus for a vocabulary that size. ``attention_impl='cudnn'`` needs an
-NVIDIA GPU; on CPU add ``--config.model.attention_impl=xla``.
+standard library, too small a corpus for a vocabulary that size. ``attention_impl='auto'`` is cuDNN
+flash attention on a GPU, the Pallas kernel on a TPU and XLA's attention on CPU.
     python tools/bench.py --config=configs/gpt2_small.py --steps 20
 """
 
@@ -25,7 +25,7 @@ def get_config():
     c.model.dropout = 0.0
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
-    c.model.attention_impl = "cudnn"
+    c.model.attention_impl = "auto"
     c.model.remat = "none"
     c.model.tie_embeddings = True
     c.train.steps = 5000

@@ -4,7 +4,7 @@ For benchmarking (``tools/bench.py``) and for fine-tuning with a pretrained toke
 (``data.tokenizer``, e.g. TinyLlama's 32,000-piece SentencePiece model) and imported weights: left
 at ``''``, the trainer would train a 32,000-piece tokenizer on the standard library, too small a
 corpus for that. Parameters stay float32 (a full fine-tune, like the transformers reference with
-bf16 autocast); ``attention_impl='cudnn'`` needs an NVIDIA GPU.
+bf16 autocast); ``attention_impl='auto'``: cuDNN on a GPU, Pallas on a TPU, XLA on CPU.
     python tools/bench.py --config=configs/llama_1b.py --steps 10
 """
 
@@ -26,7 +26,7 @@ def get_config():
     c.model.dropout = 0.0
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
-    c.model.attention_impl = "cudnn"
+    c.model.attention_impl = "auto"
     c.model.remat = "none"
     c.model.tie_embeddings = False
     c.model.rope_theta = 10000.0

@@ -128,8 +128,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     ),
     "model.param_dtype": ("float32", "Parameter (and optimizer state) dtype."),
     "model.attention_impl": (
-        "xla",
-        "jax.nn.dot_product_attention implementation: 'xla' or 'cudnn'.",
+        "auto",
+        "Attention kernel: 'auto' (cuDNN flash attention on GPU with bfloat16/float16 compute, the Pallas "
+        "flash attention kernel on TPU when data.seq_len is a multiple of 128, XLA on CPU and wherever the "
+        "fast kernel does not apply; the choice and any fallback's reason are logged), 'xla', 'cudnn' or "
+        "'pallas' (TPU).",
     ),
     "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
     "model.loss_chunk": (

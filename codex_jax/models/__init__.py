@@ -1,4 +1,5 @@
-"""Models: the GPT-2 / Llama ``Transformer``, presets (``registry``), LoRA maths (``lora``).
+"""Models: the GPT-2 / Llama ``Transformer``, attention kernels per device (``attention``), presets
+(``registry``), LoRA maths (``lora``).
 
 Hugging Face conversion lives in ``codex_jax.interop``; this package import stays light.
 """

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from codex_jax.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")  # models/attention.py
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
@@ -30,7 +30,7 @@ class ModelConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: str = "none"
     # Loss over this many sequence positions at a time (compute/loss.py; 0: the full [B, T, V] logits).
     loss_chunk: int = 256

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from codex_jax.models.attention import causal_attention
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.rope import apply_rope, rope_frequencies
 
@@ -99,7 +100,7 @@ def attention_mask(T: int, S: int, first_column, sliding_window: int = 0, mask_B
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query attention through ``jax.nn.dot_product_attention``."""
+    """Multi-head / grouped-query attention: the kernel ``models/attention.py`` picks (XLA's with a mask)."""
 
     cfg: ModelConfig
 
@@ -133,15 +134,7 @@ class Attention(nn.Module):
             k_BxSxKxH = new_cache["k"].astype(q_BxTxNxH.dtype)
             v_BxSxKxH = new_cache["v"].astype(q_BxTxNxH.dtype)
         if mask is None:
-            window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
-            out_BxTxNxH = jax.nn.dot_product_attention(
-                q_BxTxNxH,
-                k_BxSxKxH,
-                v_BxSxKxH,
-                is_causal=True,
-                local_window_size=window,
-                implementation=cfg.attention_impl,
-            )
+            out_BxTxNxH = causal_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)
         else:
             out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask)
         out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)

@@ -1,0 +1,54 @@
+"""model.attention_impl='auto': the kernel per platform, the logged choice and fallback reasons, and on CPU
+the same logits as 'xla'."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from codex_jax.models import attention
+from codex_jax.models.config import ModelConfig
+from codex_jax.models.transformer import Transformer, init_params
+
+LOGGER = "codex_jax.models.attention"
+
+
+@pytest.mark.parametrize(
+    "platform, seq_len, changes, expected, reason",
+    [
+        ("cpu", 1024, {}, "xla", "cpu"),
+        ("gpu", 1024, {"dtype": "bfloat16"}, "cudnn", "GPU"),
+        ("gpu", 1024, {}, "xla", "bfloat16/float16"),
+        ("gpu", 1024, {"dtype": "bfloat16", "head_dim": 256}, "xla", "head_dim"),
+        ("tpu", 1024, {}, "pallas", "TPU"),
+        ("tpu", 1000, {}, "xla", "multiple of 128"),
+        ("tpu", 1024, {"sliding_window": 64}, "xla", "sliding_window"),
+        ("tpu", 1024, {"attention_impl": "xla"}, "xla", "model.attention_impl"),
+    ],
+)
+def test_choice_per_platform(platform, seq_len, changes, expected, reason):
+    impl, why = attention.choose(ModelConfig(**changes), platform, seq_len)
+    assert impl == expected and reason in why
+
+
+def test_choice_and_fallback_are_logged(caplog):
+    attention._log_choice.cache_clear()
+    cfg = ModelConfig(num_layers=1, d_model=32, d_ff=64, vocab_size=64, max_seq_len=16)
+    assert cfg.attention_impl == "auto"
+    model, xla = Transformer(cfg), Transformer(cfg.replace(attention_impl="xla"))
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        logits = model.apply({"params": params}, tokens)
+    assert "attention on cpu, 16 positions: xla: cpu: XLA's attention" in caplog.text
+    np.testing.assert_array_equal(logits, xla.apply({"params": params}, tokens))  # same kernel, same bits
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert attention.resolve(cfg, "tpu", 1000).attention_impl == "xla"
+        assert attention.resolve(cfg, "tpu", 1024).attention_impl == "pallas"
+    warning, info = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert "xla (fallback): sequence length 1000" in warning.getMessage()
+    assert info.levelno == logging.INFO and "1024 positions: pallas: TPU" in info.getMessage()
