@@ -39,6 +39,7 @@ class StopSignals:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
         self._preemption_service = True
+        self._others = False  # some process of a multi-process run got a signal
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -63,7 +64,10 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "a preemption notice"
+        """What stopped the run: this process's signal, another process's, or a preemption notice."""
+        if self.signum is not None:
+            return signal.Signals(self.signum).name
+        return "a signal to another process" if self._others else "a preemption notice"
 
     def requested(self, step: int) -> bool:
         """Whether to stop after ``step``. Every process of a multi-process run gets the same answer
@@ -71,7 +75,8 @@ class StopSignals:
         if jax.process_count() == 1:
             return self.signum is not None
         flags = multihost_utils.process_allgather(np.int32(self.signum is not None))
-        return bool(np.any(flags)) or self._preempted(step)
+        self._others = bool(np.any(flags))
+        return self._others or self._preempted(step)
 
     def _preempted(self, step: int) -> bool:
         """The platform's preemption notice (all processes reach the sync step together)."""
