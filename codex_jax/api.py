@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from codex_jax import distributed, restore
+from codex_jax import distributed, restore, runtime
 from codex_jax import export as export_lib
 from codex_jax.codeeval import run as code_eval
 from codex_jax.config.packaged import resolve
@@ -62,7 +62,9 @@ def _with_overrides(
 
 
 def prepare(cfg: ml_collections.ConfigDict) -> None:
-    """Joins a multi-host run when ``dist.*`` says so, then validates ``cfg`` for this device count."""
+    """Joins a multi-host run when ``dist.*`` says so, then validates ``cfg`` for this device count; turns
+    on the persistent compilation cache (``runtime.compilation_cache``)."""
+    runtime.use_compilation_cache(cfg.runtime.compilation_cache)
     distributed.initialize(cfg.dist)
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
     validate(cfg, num_devices=num_devices, num_processes=jax.process_count())

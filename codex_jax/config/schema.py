@@ -300,6 +300,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         65536,
         "Arrays with fewer elements than this stay replicated under FSDP.",
     ),
+    "runtime.compilation_cache": (
+        "auto",
+        "Persistent XLA compilation cache, so a restarted run skips compiling: 'auto' "
+        "($XDG_CACHE_HOME/codex_jax/xla, else ~/.cache/codex_jax/xla; a JAX_COMPILATION_CACHE_DIR already "
+        "set wins), a folder, or '' (off).",
+    ),
     "dist.coordinator_address": (
         "",
         "host:port of process 0 for multi-host runs ('' : single process, or "
