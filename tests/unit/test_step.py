@@ -1,6 +1,7 @@
 """The pure train step under jit (1 and 8 devices) and pmap, and gradient accumulation equivalence."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -37,11 +38,18 @@ def _run(runner, tx, batches):
     return losses, jax.device_get(runner.state_for_save(state))
 
 
+@functools.cache
+def _reference(repeats):
+    """Losses and final state of the 1-device jit run on ``_batches(2, 8) * repeats`` (computed once)."""
+    model, tx = Transformer(MODEL), make_optimizer(_train_cfg())
+    return _run(JitRunner(model, tx, make_mesh(num_devices=1)), tx, _batches(2, 8) * repeats)
+
+
 @pytest.mark.parametrize("kind", ["jit8", "pmap4", "pmap8"])
 def test_modes_match_single_device(kind):
     model, tx = Transformer(MODEL), make_optimizer(_train_cfg())
     batches = _batches(2, 8) * 3  # repeated data, so the loss must fall
-    ref_losses, ref_state = _run(JitRunner(model, tx, make_mesh(num_devices=1)), tx, batches)
+    ref_losses, ref_state = _reference(3)
     runner = {
         "jit8": lambda: JitRunner(model, tx, make_mesh()),
         "pmap4": lambda: PmapRunner(model, tx, 4),
@@ -106,7 +114,7 @@ def test_scan_accumulation_matches_multisteps(kind):
 def test_fsdp_meshes_match_single_device(data, fsdp):
     model, tx = Transformer(MODEL), make_optimizer(_train_cfg())
     batches = _batches(2, 8) * 5
-    ref_losses, _ = _run(JitRunner(model, tx, make_mesh(1, 1, num_devices=1)), tx, batches)
+    ref_losses, _ = _reference(5)  # the 1x1 mesh
     runner = JitRunner(model, tx, make_mesh(data, fsdp), fsdp_min_size=256)
     losses, _ = _run(runner, tx, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
