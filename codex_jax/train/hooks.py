@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -27,6 +28,12 @@ class Progress:
     timer: StepTimer
     window: list = dataclasses.field(default_factory=list)  # micro-step metrics since the last log
     evaluated: dict | None = None  # this step's eval metrics, when it evaluated
+
+
+class StepHook(Protocol):
+    """What the loop calls after each optimizer step."""
+
+    def on_step(self, step: int, state, p: Progress) -> None: ...
 
 
 def micro_metrics(host: list[dict]) -> list[dict]:

@@ -96,7 +96,7 @@ def _train_steps(t: Trainer, state, start: int, meta: dict, model_flops_per_toke
     profile = hooks.ProfileHook(t)
     log = hooks.LogHook(t, start, last, model_flops_per_token, bar)
     stop = hooks.StopHook(t, signals, start, last, meta, log)
-    step_hooks = [
+    step_hooks: list[hooks.StepHook] = [
         log,
         profile,
         hooks.EvalHook(t),

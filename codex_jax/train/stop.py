@@ -35,7 +35,7 @@ class StopSignals:
     """Catches SIGTERM and SIGINT for the duration of a ``with`` block (main thread only: elsewhere
     signals keep their handlers) and says whether the run should stop (:meth:`requested`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
         self._preemption_service = True
@@ -52,7 +52,7 @@ class StopSignals:
             signal.signal(signum, handler)  # type: ignore[arg-type]  # what signal.signal returned
         self._previous = {}
 
-    def _handle(self, signum: int, frame) -> None:
+    def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:  # the second signal: abort now, as the signal would have
             os.write(2, f"error: {name} again: aborting without saving\n".encode())
