@@ -5,10 +5,14 @@
 
 ``--what=train`` builds the model, optimizer and runner exactly as the trainer does and times
 optimizer steps (each ``train.grad_accum_steps`` micro-steps) on random tokens: tokens/s, median
-step time, model TFLOP/s, MFU, peak device memory (GiB) and compile time. ``--compare_bare``
-(default on CPU) also times a bare jitted value_and_grad + AdamW step of the same model on the same
-batches, interleaved step by step with the trainer's, and reports ``overhead_ratio`` = step_ms /
-bare_step_ms.
+step time, model TFLOP/s, MFU, peak device memory (GiB) and compile time; the step compiled ahead of
+time through an empty persistent cache (``compile_cold_s``) and again from it (``compile_warm_s``), its
+per-device memory from ``compiled.memory_analysis()`` (``step_temp_gb``: XLA's temporary buffers) and
+FLOPs; the process's peak RSS (``peak_rss_gb``), kernel CPU time and minor page faults per timed step.
+``compile_s`` is the cold compile (else the first step's time, compile included: the pmap runner).
+``--compare_bare`` (default on CPU) also times a bare jitted value_and_grad + AdamW step of the same
+model on the same batches, interleaved step by step with the trainer's, and reports ``overhead_ratio``
+= step_ms / bare_step_ms.
 ``--what=data`` times the data pipeline: batches drawn to host numpy from ``make_train_iterator``
 (the token cache path, with ``data.num_workers`` and ``data.prefetch``), and the on-the-fly
 tokenizing path: ``encode_batch`` over ``--tokenize_mb`` MB of the source's documents
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -178,6 +183,7 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         return state, metrics["loss"]
 
     stacked = [np.stack(batches[i : i + per_call]) for i in range(0, len(batches) - per_call + 1, per_call)]
+    compiled = compile_fields(runner, state, (batches if per_call == 1 else stacked)[0])
     trainer = _Timed(trainer_micro, state, batches if per_call == 1 else stacked, accum // per_call)
     compile_s = trainer(record=False)
     for _ in range(warmup):
@@ -207,10 +213,12 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         except Exception as e:  # noqa: BLE001 - the comparison must not cost the main measurement
             bare, bare_note = None, f"failed: {type(e).__name__}: {' '.join(str(e).split())[:500]}"
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):  # interleaved, so both see the same machine load
         trainer()
         if bare is not None:
             bare()
+    timed = _usage_since(usage, steps)
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
     tps = tokens_per_step * len(trainer.times) / sum(trainer.times)
@@ -226,7 +234,11 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         "model_tflops_per_second": round(fpt * tps / 1e12, 4),
         "mfu": _round(perf.mfu(fpt, tps, num_devices, device_kind), 4),
         "peak_memory_gb": peak,
-        "compile_s": round(compile_s, 2),
+        "compile_s": compiled.get("compile_cold_s", round(compile_s, 2)),
+        "first_step_s": round(compile_s, 2),
+        **compiled,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
+        **timed,
         "num_params": num_params,
         "flops_per_token": fpt,
         "tokens_per_step": tokens_per_step,
@@ -254,6 +266,38 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
         warmup=warmup,
     )
     return result
+
+
+def compile_fields(runner, state, batch) -> dict:
+    """The train step compiled ahead of time: cold and warm (persistent cache) compile seconds, and its
+    per-device memory (``temp_gb``: XLA's temporary buffers) and FLOPs, from the executable."""
+    from codex_jax.compute import aot
+
+    jitted = getattr(runner, "_train", None)  # the jitted step (the mesh runner; pmap has none)
+    if jitted is None or not hasattr(jitted, "lower"):
+        return {"compile_note": f"no ahead-of-time compile for {type(runner).__name__}"}
+    compiled, cold_s, warm_s = aot.compile_cold_and_warm(
+        jitted, state, runner.put_batch(batch), runner.frozen
+    )
+    return {
+        "compile_cold_s": round(cold_s, 2),
+        "compile_warm_s": round(warm_s, 2),
+        **{f"step_{k}": v for k, v in aot.memory_report(compiled).items()},
+        "step_flops": aot.flops(compiled),
+    }
+
+
+def _usage_since(before, steps: int) -> dict:
+    """Kernel CPU seconds and minor page faults per timed step (trainer and bare step together), and
+    whether glibc's allocator was tuned (codex_jax/runtime.py)."""
+    from codex_jax import runtime
+
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "sys_cpu_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 4),
+        "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps, 1),
+        "malloc_tuned": runtime.tune_malloc(),
+    }
 
 
 def _lora_state(cfg, model, runner, tx):

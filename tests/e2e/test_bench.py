@@ -50,8 +50,14 @@ def test_train_bench_tiny():
         "bare_step_ms",
         "overhead_ratio",
         "loss",
+        "compile_cold_s",
+        "compile_warm_s",
+        "step_temp_gb",
+        "step_flops",
+        "peak_rss_gb",
     ):
         assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["compile_s"] == out["compile_cold_s"] and out["malloc_tuned"] is True
     assert out["mfu"] is None and out["peak_memory_gb"] is None  # unknown on CPU
     assert out["num_params"] == 95616 and out["tokens_per_step"] == 8 * 64
     assert out["device_kind"] == "cpu" and out["num_devices"] == 1 and out["backend"] == "cpu"
