@@ -213,7 +213,8 @@ def test_default_command_trains_a_packaged_config(dockerfile, tmp_path, monkeypa
     assert "config" in flags and "workdir" in flags, cmd
     path = flags["config"].partition(":")[0]
     assert re.fullmatch(r"configs/\w+\.py", path), f"{dockerfile.name}: --config={path} is not configs/X.py"
-    packaged = REPO / "codex_jax" / "configs" / Path(path).name
+    configs_dir = PYPROJECT["tool"]["setuptools"]["package-dir"]["codex_jax.configs"]  # packaged from here
+    packaged = REPO / configs_dir / Path(path).name
     assert packaged.is_file(), f"{dockerfile.name}: no packaged config {packaged.relative_to(REPO)}"
     monkeypatch.chdir(tmp_path)  # as in the image: no configs/ folder in the working directory
     assert Path(configs.resolve(path)) == packaged.resolve()
