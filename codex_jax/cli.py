@@ -20,6 +20,7 @@ commands:
   plugins    list installed plugins:       codex-jax plugins [--json]
   configs    list the packaged configs:    codex-jax configs [--paths]
   plot       loss/lr/throughput PNG:       codex-jax plot WORKDIR... [--out PNG]
+  compile    TPU memory/FLOPs, no TPU:     codex-jax compile --config=configs/gpt2_small.py --topology=v5e:2x2
 
 Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged config is found by name from
 any directory (--config=configs/base.py, --config=base). See README.md for every config key.
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         from codex_jax.metrics import plot
 
         sys.exit(plot.main(argv[2:]))
+    if command == "compile":
+        from codex_jax import cli_compile
+
+        cli_compile.main([argv[0], *argv[2:]])
+        return
     if command in RUN_MODES:
         from codex_jax import main as main_lib
 

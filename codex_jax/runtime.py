@@ -18,6 +18,7 @@ import ctypes.util
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 # mallopt parameters (malloc.h) and the values set: mallopt takes an int, so 2**31 - 1 is "never".
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -54,7 +55,8 @@ def use_compilation_cache(setting: str) -> str | None:
     if not setting:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
-    if not jax.config.jax_compilation_cache_dir:
+    config: Any = jax.config  # its flags are attributes that mypy does not see
+    if not config.jax_compilation_cache_dir:
         folder = default_cache_dir() if setting == "auto" else Path(setting).expanduser()
         jax.config.update("jax_compilation_cache_dir", str(folder))
-    return jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+    return config.jax_compilation_cache_dir if config.jax_enable_compilation_cache else None

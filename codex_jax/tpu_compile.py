@@ -1,0 +1,133 @@
+"""``codex-jax compile``: the exact train step of a config compiled ahead of time for a TPU topology, on a
+machine without a TPU (libtpu from PyPI: ``pip install 'codex-jax[tpu-compile]'``).
+
+The step is the trainer's (same model, optimizer, LoRA split, accumulation and ``(data, fsdp)`` mesh from
+``parallel.mesh``), with ``model.attention_impl`` resolved for TPU (the Pallas kernel where it applies) and
+abstract inputs, so nothing is allocated. The report: per-chip memory from ``memory_analysis()`` and
+whether it fits the chip's HBM, XLA's FLOPs and bytes per step per chip, and the roofline step time
+(the larger of FLOPs / peak and bytes / HBM bandwidth).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import AxisType, Mesh
+
+from codex_jax.compute import aot
+from codex_jax.compute.optim import make_optimizer
+from codex_jax.compute.parallel import BATCH_AXES, JitRunner
+from codex_jax.errors import UserError
+from codex_jax.metrics.perf import peak_flops_per_device
+from codex_jax.models import attention
+from codex_jax.models.transformer import Transformer, init_params
+from codex_jax.setup import adapters
+from codex_jax.setup.model import model_config
+from codex_jax.setup.runners import fresh_state_fn, optimizer_spec
+
+# Per chip: HBM bytes and bandwidth (bytes/s), public figures of each generation.
+TPU_HBM = {"v4": (32e9, 1.2e12), "v5e": (16e9, 8.19e11), "v5p": (95e9, 2.765e12), "v6e": (32e9, 1.64e12)}
+_KIND = {"v4": "tpu v4", "v5e": "tpu v5e", "v5p": "tpu v5p", "v6e": "tpu v6e"}
+
+
+def topology_devices(topology: str) -> list:
+    """The compile-only devices of ``'v5e:2x2'``-style topologies (one host up to 8 chips)."""
+    match = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?", topology)
+    if match is None:
+        raise UserError(
+            f"--topology={topology!r}: expected GENERATION:AxB[xC], GENERATION one of {list(TPU_HBM)}"
+        )
+    bounds = tuple(int(d) for d in match.groups()[1:] if d) + (1,) * (
+        4 - len([d for d in match.groups() if d])
+    )
+    try:
+        desc = topologies.get_topology_desc(
+            platform="tpu",
+            topology_name=topology,
+            chip_config_name="default",
+            chips_per_host_bounds=bounds,
+            num_slices=1,
+        )
+    except RuntimeError as e:
+        raise UserError(f"--topology={topology}: {e} (pip install 'codex-jax[tpu-compile]')") from e
+    return list(desc.devices)
+
+
+def _mesh(cfg: ml_collections.ConfigDict, devices: list) -> Mesh:
+    """``parallel.mesh`` (one axis may be -1) over the topology's devices."""
+    n, data, fsdp = len(devices), cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp
+    data, fsdp = (n // fsdp if data == -1 else data), (n // data if fsdp == -1 and data != -1 else fsdp)
+    if data * fsdp != n:
+        raise UserError(f"config key 'parallel.mesh': data={data} x fsdp={fsdp} does not cover {n} chips")
+    grid = np.array(devices).reshape(data, fsdp)
+    return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):
+    """ShapeDtypeStructs (with shardings) of the state, the batch and the frozen base (LoRA) of one step."""
+    frozen = None
+    if adapters.enabled(cfg):
+        dtype = jnp.dtype(cfg.lora.base_dtype or model_cfg.param_dtype)
+        shapes = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), shapes)
+        runner.frozen_sharding = runner.shardings_for(shapes)  # as set_frozen does, without the arrays
+        frozen = runner.frozen_target(shapes)
+    state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model_cfg, tx)))
+    rows = (cfg.data.batch_size, cfg.data.seq_len + 1)
+    shape = (runner.scan_steps, *rows) if runner.scan_steps > 1 else rows
+    batch = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=runner.train_batch_sharding)
+    return state, batch, frozen
+
+
+def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
+    """Compiles ``cfg``'s train step for ``topology``; the report (module docstring) as a dict."""
+    devices = topology_devices(topology)
+    generation = topology.split(":")[0]
+    model_cfg = attention.resolve(model_config(cfg), "tpu", cfg.data.seq_len)
+    spec = optimizer_spec(cfg)
+    tx = make_optimizer(spec)
+    mesh = _mesh(cfg, devices)
+    runner = JitRunner(
+        Transformer(model_cfg), tx, mesh, fsdp_min_size=cfg.parallel.fsdp_min_size, scan_steps=spec.scan_steps
+    )
+    args = _abstract_step_args(cfg, runner, model_cfg, tx)
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):  # the Pallas kernel runs per batch shard (models/attention.py)
+        compiled = runner._train.lower(*args).compile()  # type: ignore[union-attr] # the trainer's jitted step
+    compile_s = time.perf_counter() - start
+    return report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
+
+
+def report(
+    compiled, generation: str, topology: str, chips: int, attention_impl: str, compile_s: float
+) -> dict:
+    """The JSON line of ``codex-jax compile``: memory, fit, FLOPs and roofline time per chip."""
+    hbm, bandwidth = TPU_HBM[generation]
+    memory = aot.memory_report(compiled)
+    flops = aot.flops(compiled)
+    costs = compiled.cost_analysis()
+    costs = costs[0] if isinstance(costs, list) else costs
+    moved = float(costs.get("bytes accessed", 0.0)) if costs else 0.0
+    peak = peak_flops_per_device(_KIND[generation])
+    times = [t for t in ((flops or 0) / peak if peak else 0.0, moved / bandwidth) if t]
+    text = compiled.as_text()
+    return {
+        "topology": topology,
+        "chips": chips,
+        "attention_impl": attention_impl,
+        "pallas_attention_in_step": "flash_attention" in text,
+        **{f"per_chip_{k}": v for k, v in memory.items()},
+        "hbm_per_chip_gb": hbm / aot.GB,
+        "fits": memory["total_gb"] is not None and memory["total_gb"] * aot.GB <= hbm,
+        "flops_per_chip_per_step": flops,
+        "bytes_per_chip_per_step": moved,
+        "peak_tflops_per_chip": peak / 1e12 if peak else None,
+        "roofline_step_ms": round(max(times) * 1e3, 3) if times else None,
+        "compile_s": round(compile_s, 2),
+    }

@@ -1,0 +1,43 @@
+"""``codex-jax compile``: a config's train step compiled for a TPU topology on this CPU host (libtpu from
+PyPI, ``pip install 'codex-jax[tpu-compile]'``; skipped without it), the Pallas attention kernel inside."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"),
+    reason="libtpu not installed (pip install 'codex-jax[tpu-compile]')",
+)
+
+
+def _compile(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "codex_jax.cli", "compile", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_compile_tiny_for_v5e_with_the_pallas_kernel():
+    proc = _compile("--config=configs/tiny.py", "--config.data.seq_len=128", "--topology=v5e:2x2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = proc.stdout.splitlines()
+    out = json.loads(line)
+    assert (out["topology"], out["chips"], out["attention_impl"]) == ("v5e:2x2", 4, "pallas")
+    assert out["pallas_attention_in_step"] is True  # the TPU kernel is in the compiled step
+    assert out["fits"] is True and 0 < out["per_chip_total_gb"] < out["hbm_per_chip_gb"] == 16.0
+    assert out["flops_per_chip_per_step"] > 0 and out["roofline_step_ms"] > 0
+
+
+def test_compile_falls_back_and_refuses_bad_topology():
+    out = json.loads(_compile("--config=configs/tiny.py", "--topology=v5e:2x2").stdout)  # seq_len 64
+    assert out["attention_impl"] == "xla" and out["pallas_attention_in_step"] is False
+    proc = _compile("--config=configs/tiny.py", "--topology=v9:2x2")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --topology='v9:2x2'")
