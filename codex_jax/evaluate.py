@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
+from codex_jax.compute.batch import is_masked, model_inputs
 from codex_jax.compute.loss import chunked_token_stats, chunks_apply, cross_entropy, inputs_and_targets
 from codex_jax.data.pipeline import eval_batches
 from codex_jax.files import write_text_atomic
@@ -96,20 +97,25 @@ def _collection(metrics: tuple[tuple[str, type], ...]) -> type[clu_metrics.Colle
 @functools.partial(jax.jit, static_argnames=("model", "collection"))
 def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, content_V):
     """``totals`` merged with one batch's metrics (all model outputs stay on device)."""
-    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
+    if is_masked(batch_BxL):  # only the trained targets count; segments keep to themselves
+        inputs_BxT, targets_BxT, weights_BxT, kw = model_inputs(batch_BxL)
+        mask_BxT = weights_BxT > 0
+    else:
+        inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
+        mask_BxT, kw = jnp.ones(targets_BxT.shape, bool), {}
     variables = params if "params" in params else {"params": params}
     if chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
         # Loss and accuracy chunk by chunk; the full logits only if a metric reads them (else XLA drops them).
-        x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True)
+        x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True, **kw)
         loss_BxT, correct_BxT = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)
         logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)
     else:
-        logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True).astype(jnp.float32)
+        logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True, **kw).astype(jnp.float32)
         loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)
     outputs = {
         "loss": loss_BxT,
         "correct": correct_BxT.astype(jnp.float32),
-        "mask": jnp.ones(targets_BxT.shape, bool),
+        "mask": mask_BxT,
         "targets": targets_BxT,
         "line_end": line_end_V[targets_BxT],
         "content": content_V[targets_BxT],

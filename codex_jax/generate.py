@@ -21,6 +21,7 @@ import numpy as np
 from codex_jax.errors import UserError
 from codex_jax.models.transformer import init_cache
 from codex_jax.safety import filter_output
+from codex_jax.tokenizers.chat import chat_prompt, end_of_turn_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +169,17 @@ def generate(
     return _generate(model, sampler, int(max_new_tokens), eos_id, variables, prompts_BxT, lengths_B, rng)
 
 
-def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
-    """The text after ``prompt`` (up to the tokenizer's EOS). ``sampling``: see :func:`generate`."""
-    ids = list(tokenizer.encode(prompt))
+def complete(
+    model, params, tokenizer, prompt: str, max_new_tokens: int, chat_template=None, **sampling
+) -> str:
+    """The text after ``prompt`` (up to the tokenizer's EOS). ``sampling``: see :func:`generate`.
+
+    With a ``chat_template`` (text; '' for the tokenizer's own or the built-in one) the prompt is one user
+    turn followed by the assistant's generation prompt, and the answer ends at an end-of-turn token.
+    """
+    ids = list(
+        tokenizer.encode(prompt) if chat_template is None else chat_prompt(tokenizer, prompt, chat_template)
+    )
     if not ids:
         bos = getattr(tokenizer, "bos_id", None)
         if bos is None or bos < 0:
@@ -181,10 +190,9 @@ def complete(model, params, tokenizer, prompt: str, max_new_tokens: int, **sampl
     eos_id = getattr(tokenizer, "eos_id", None)
     sampling.setdefault("eos_id", eos_id)
     new = np.asarray(generate(model, params, [ids], max_new_tokens, **sampling))[0].tolist()
-    eos = sampling["eos_id"]
-    if eos is not None and eos in new:
-        new = new[: new.index(eos)]
-    return tokenizer.decode(new)
+    stops = [sampling["eos_id"]] if chat_template is None else end_of_turn_ids(tokenizer)
+    ends = [new.index(i) for i in stops if i is not None and i in new]
+    return tokenizer.decode(new[: min(ends)] if ends else new)
 
 
 def sample(
@@ -195,10 +203,12 @@ def sample(
     settings: ml_collections.ConfigDict,
     seed: int,
     max_new_tokens: int | None = None,
+    chat_template: str = "",
 ) -> str:
     """``prompt`` and its completion as the ``generate`` config section ``settings`` says (sampling,
     ``max_new_tokens`` unless given, and ``safety_policy``, which redacts or withholds secrets in
-    the completion); ``seed`` seeds the draws."""
+    the completion); ``seed`` seeds the draws. Under ``settings.chat`` the prompt is a user turn of
+    ``chat_template`` ('': the tokenizer's own, or the built-in one) and the answer follows a newline."""
     completion = complete(
         model,
         params,
@@ -209,5 +219,6 @@ def sample(
         top_k=settings.top_k,
         top_p=settings.top_p,
         rng=jax.random.key(seed),
+        chat_template=chat_template if settings.chat else None,
     )
-    return prompt + filter_output(completion, settings.safety_policy)
+    return prompt + ("\n" if settings.chat else "") + filter_output(completion, settings.safety_policy)

@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from codex_jax.data.examples import chat_template_text
 from codex_jax.data.pipeline import eval_batches, prepare_data
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.generate import sample
@@ -39,7 +40,10 @@ def generate_from_workdir(
     model, params, _ = restore_params(cfg, workdir)
     tokenizer = prepare_data(cfg, workdir, write=_data_writer(workdir)).tokenizer
     prompts = [cfg.generate.prompt] if prompts is None else prompts
-    return [sample(model, params, tokenizer, prompt, cfg.generate, cfg.seed) for prompt in prompts]
+    template = chat_template_text(cfg.data, tokenizer)
+    return [
+        sample(model, params, tokenizer, p, cfg.generate, cfg.seed, chat_template=template) for p in prompts
+    ]
 
 
 def _data_writer(workdir: Path) -> bool | None:

@@ -30,8 +30,15 @@ def cross_entropy(logits_BxTxV, targets_BxT):
     return loss_BxT, correct_BxT
 
 
-def token_sums(loss_BxT, correct_BxT) -> dict:
-    """``{'loss_sum', 'correct', 'tokens'}`` of one batch (float32; summed over batches and devices)."""
+def token_sums(loss_BxT, correct_BxT, weights_BxT=None) -> dict:
+    """``{'loss_sum', 'correct', 'tokens'}`` of one batch (float32; summed over batches and devices); with
+    ``weights`` (a masked batch) only the weighted targets count."""
+    if weights_BxT is not None:
+        return {
+            "loss_sum": (loss_BxT * weights_BxT).sum(),
+            "correct": (correct_BxT * weights_BxT).sum(dtype=jnp.float32),
+            "tokens": weights_BxT.sum(dtype=jnp.float32),
+        }
     return {
         "loss_sum": loss_BxT.sum(),
         "correct": correct_BxT.sum(dtype=jnp.float32),
@@ -126,9 +133,21 @@ def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, 
     )
 
 
-def token_stats(model, variables, inputs_BxT, targets_BxT):
-    """Per-token float32 cross entropy and argmax hits (deterministic), chunked as :func:`mean_loss`."""
+def loss_sum(model, variables, inputs_BxT, targets_BxT, weights_BxT, *, deterministic=True, rngs=None, **kw):
+    """``sum(weights * cross entropy)`` of one masked batch (``kw``: the model's segment positions and
+    attention mask, :func:`codex_jax.compute.batch.model_inputs`), through the full logits or in chunks."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs, **kw}
     if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
-        return cross_entropy(model.apply(variables, inputs_BxT, deterministic=True), targets_BxT)
-    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True)
+        loss_BxT, _ = cross_entropy(model.apply(variables, inputs_BxT, **kwargs), targets_BxT)
+        return (loss_BxT * weights_BxT).sum()
+    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    return chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk)
+
+
+def token_stats(model, variables, inputs_BxT, targets_BxT, **kw):
+    """Per-token float32 cross entropy and argmax hits (deterministic), chunked as :func:`mean_loss`
+    (``kw``: segment positions and attention mask of a masked batch)."""
+    if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
+        return cross_entropy(model.apply(variables, inputs_BxT, deterministic=True, **kw), targets_BxT)
+    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True, **kw)
     return chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)

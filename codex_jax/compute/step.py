@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from codex_jax.compute.loss import inputs_and_targets, mean_loss, token_stats, token_sums
+from codex_jax.compute.batch import STEP_SCALE, is_masked, model_inputs, token_rows
+from codex_jax.compute.loss import inputs_and_targets, loss_sum, mean_loss, token_stats, token_sums
 from codex_jax.compute.state import TrainState
 
 
@@ -21,10 +22,14 @@ def variables(params, frozen=None) -> dict:
 def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
     """(advanced rng, loss, grads, grad_norm, finite) of one micro-batch: forward, backward and (under
     pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step."""
-    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     rng, dropout_rng = jax.random.split(rng)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+    if is_masked(batch_BxL):
+        loss, grads = _masked_grads(params, frozen, batch_BxL, dropout_rng, model=model, axis_name=axis_name)
+        grad_norm = optax.tree.norm(grads)
+        return rng, loss, grads, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
 
     def loss_fn(params):
         rngs = {"dropout": dropout_rng}
@@ -39,6 +44,35 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     return rng, loss, grads, grad_norm, finite
+
+
+def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name):
+    """(loss, grads) of a masked micro-batch. The loss is the mean over its trained targets; the gradients
+    are those of ``sum(weights * loss) * step_scale`` summed over devices, so that MultiSteps' (or scan's)
+    mean of the K micro-steps is the gradient of the mean over every trained target of the optimizer step
+    (micro-batches weighted by their trained targets)."""
+    inputs_BxT, targets_BxT, weights_BxT, kw = model_inputs(batch)
+    scale = jnp.max(batch[STEP_SCALE])  # the same in every row
+
+    def objective(params):
+        rngs = {"dropout": dropout_rng}
+        total = loss_sum(
+            model,
+            variables(params, frozen),
+            inputs_BxT,
+            targets_BxT,
+            weights_BxT,
+            deterministic=False,
+            rngs=rngs,
+            **kw,
+        )
+        return total * scale, total
+
+    (_, total), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    count = weights_BxT.sum()
+    if axis_name is not None:
+        total, count, grads = jax.lax.psum((total, count, grads), axis_name)
+    return total / jnp.maximum(count, 1.0), grads
 
 
 def _zero_unless(finite, grads):
@@ -105,7 +139,7 @@ def train_step_scan(
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     rng = jax.random.wrap_key_data(state.rng)
     (rng, grads_sum), metrics_K = jax.lax.scan(micro, (rng, zeros), batches_KxBxL)
-    grads = jax.tree.map(lambda g: g / batches_KxBxL.shape[0], grads_sum)
+    grads = jax.tree.map(lambda g: g / token_rows(batches_KxBxL).shape[0], grads_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = dataclasses.replace(
         state,
@@ -118,9 +152,15 @@ def train_step_scan(
 
 
 def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
-    """Summed loss, correct predictions and token count of one held-out batch."""
-    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
-    sums = token_sums(*token_stats(model, variables(params, frozen), inputs_BxT, targets_BxT))
+    """Summed loss, correct predictions and token count of one held-out batch (a masked batch: of its
+    trained targets)."""
+    if is_masked(batch_BxL):
+        inputs_BxT, targets_BxT, weights_BxT, kw = model_inputs(batch_BxL)
+        stats = token_stats(model, variables(params, frozen), inputs_BxT, targets_BxT, **kw)
+        sums = token_sums(*stats, weights_BxT)
+    else:
+        inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
+        sums = token_sums(*token_stats(model, variables(params, frozen), inputs_BxT, targets_BxT))
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums

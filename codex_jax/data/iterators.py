@@ -79,9 +79,14 @@ class GatherExamples:
         rows = {
             k: np.asarray(v[indices[self.start : self.stop]], dtype=np.int32) for k, v in self.source.items()
         }
-        first = index // self.accum_steps * self.accum_steps * self.global_batch
-        step_rows = [self.order[i] for i in range(first, first + self.accum_steps * self.global_batch)]
-        trained = max(int(self.counts[np.asarray(step_rows)].sum()), 1)
+        if self.accum_steps == 1:
+            step_rows = indices
+        else:
+            first = index // self.accum_steps * self.accum_steps * self.global_batch
+            step_rows = np.asarray(
+                [self.order[i] for i in range(first, first + self.accum_steps * self.global_batch)]
+            )
+        trained = max(int(self.counts[step_rows].sum()), 1)
         rows[STEP_SCALE] = np.full((self.stop - self.start,), self.accum_steps / trained, np.float32)
         return rows
 
@@ -204,10 +209,16 @@ def eval_batches(
     The windows are taken at evenly spaced positions so every held-out file contributes in
     proportion to its size. Process p gets rows ``[p * batch_size, (p + 1) * batch_size)`` of every
     global batch, as in :func:`make_train_iterator`. UserError when there are fewer than
-    ``num_batches * batch_size * process_count`` windows.
+    ``num_batches * batch_size * process_count`` windows; masked rows (a dict) are topped up with blank rows
+    instead (mask 0: they count nothing), since example splits are often small.
     """
     global_batch = batch_size * process_count
     needed = num_batches * global_batch
+    if isinstance(windows, dict) and row_count(windows) < needed:  # blank rows (mask 0) count nothing
+        windows = {
+            k: np.concatenate([v, np.zeros((needed - len(v), *v.shape[1:]), v.dtype)])
+            for k, v in windows.items()
+        }
     if row_count(windows) < needed:
         raise UserError(
             f"evaluation needs {needed} windows (eval.num_batches={num_batches} x global batch "

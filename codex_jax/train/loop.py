@@ -7,11 +7,12 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
+from codex_jax.compute.batch import stack as stack_batches
 from codex_jax.config.runspec import RUN_CONFIG
 from codex_jax.config.schema import flatten
+from codex_jax.data.examples import chat_template_text
 from codex_jax.files import write_json
 from codex_jax.generate import sample
 from codex_jax.metrics.perf import StepTimer
@@ -125,7 +126,7 @@ def _optimizer_step(t: Trainer, state, p: hooks.Progress):
     for _ in range(t.cfg.train.grad_accum_steps // per_call):
         p.timer.data_start()
         local = [next(t.train_iter) for _ in range(per_call)]
-        batch = t.runner.put_batch(local[0] if per_call == 1 else np.stack(local))
+        batch = t.runner.put_batch(local[0] if per_call == 1 else stack_batches(local))
         p.timer.data_end()
         state, metrics = t.runner.train_step(state, batch)
         p.window.append(metrics)
@@ -139,7 +140,10 @@ def _print_sample(t: Trainer, state, step: int) -> None:
     if model.cfg.family == "gpt2":  # learned positions: prompt + new tokens must fit
         n = min(n, model.cfg.max_seq_len)
     params = t.runner.model_params(state)  # every process joins the (sharded) computation
-    text = sample(model, params, t.data.tokenizer, g.prompt, g, t.cfg.seed, max_new_tokens=n)
+    template = chat_template_text(t.cfg.data, t.data.tokenizer)
+    text = sample(
+        model, params, t.data.tokenizer, g.prompt, g, t.cfg.seed, max_new_tokens=n, chat_template=template
+    )
     t.writers.write_texts(step, {"sample": text})  # the console writer prints it to stdout
     if jax.process_index() == 0 and "console" not in parse_writer_names(t.cfg.logging.writers):
         print(f"step {step} sample: {text}", flush=True)

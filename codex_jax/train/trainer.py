@@ -103,6 +103,7 @@ def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
         process_count=jax.process_count(),
         num_workers=cfg.data.num_workers,
         prefetch=cfg.data.prefetch,
+        accum_steps=cfg.train.grad_accum_steps,
     )
     eval_data = eval_batches(
         data.eval_windows,
