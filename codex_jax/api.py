@@ -71,7 +71,10 @@ def prepare(cfg: ml_collections.ConfigDict) -> None:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Trains (or resumes) to ``train.steps`` in ``workdir``; returns the final held-out metrics."""
+    """Trains (or resumes) to ``train.steps`` in ``workdir``; returns the final held-out metrics.
+
+    Holds ``workdir``'s lock (another run there: UserError). SIGTERM or SIGINT (the main thread's) stop
+    it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`."""
     prepare(cfg)
     return loop.train(cfg, Path(workdir))
 
