@@ -22,14 +22,18 @@ from codex_jax.data import cache
 TRAINED, START = 1, 2
 
 
-def text_flags(stream: np.ndarray, eos_id: int) -> np.ndarray:
+def text_flags(stream: np.ndarray, eos_id: int, piece_len: int = 0) -> np.ndarray:
     """Flags of a text stream (documents each followed by EOS): every token trained, a start after
-    every EOS."""
+    every EOS, and (``piece_len > 0``) every ``piece_len`` tokens inside a longer document, so that
+    documents are cut into whole rows rather than truncated."""
     flags = np.full(len(stream), TRAINED, np.uint8)
     if len(stream):
         flags[0] |= START
         ends = np.flatnonzero(np.asarray(stream) == eos_id)
         flags[ends[ends + 1 < len(stream)] + 1] |= START
+    if piece_len:
+        for start, stop in zip(*example_bounds(flags), strict=True):
+            flags[start + piece_len : stop : piece_len] |= START
     return flags
 
 

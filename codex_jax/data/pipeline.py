@@ -96,7 +96,7 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         texts = {split: [d.text for d in documents] for split, documents in docs.items()}
         progress = bool(cfg.logging.progress)
         streams = cache.load_or_build(workdir / "cache", key, tokenizer, texts, write, progress)
-        flags = {split: text_flags(s, tokenizer.eos_id) for split, s in streams.items()}
+        flags = {split: text_flags(s, tokenizer.eos_id, seq_len + 1) for split, s in streams.items()}
         flags = flags if cfg.data.packing != "concat" else {}
     if cfg.data.format == "text" and cfg.data.packing == "concat":
         windows = _windows(streams, seq_len)

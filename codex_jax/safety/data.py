@@ -54,7 +54,8 @@ class CorpusFilter:
                     report.bad.append(f"{report.path}:{line}: safety: {block.rule}")
             elif result.findings:
                 self.redacted += 1
-                kept.append(dataclasses.replace(doc, text=result.text))
+                turns = tuple((role, self.policy.apply(content).text or "") for role, content in doc.turns)
+                kept.append(dataclasses.replace(doc, text=result.text, turns=turns))  # examples: each turn
             else:
                 kept.append(doc)
         return dataclasses.replace(corpus, documents=kept)

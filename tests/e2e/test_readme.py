@@ -83,6 +83,10 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_codeeval_run.py::test_trained_model_passes_every_problem_and_writes_both_files",
     ),
     (r"^pip install nvidia-ml-py$", "pyproject.toml"),
+    (
+        r"configs/sft\.py",
+        "tests/e2e/test_sft_run.py::test_sft_full_fine_tune_learns_and_answers_a_training_prompt",
+    ),
 ]
 RUN_HERE = (
     r"^(python -m codex_jax\.main|codex-jax (train|eval|generate|export|tokenizer|configs|plot|--help))"

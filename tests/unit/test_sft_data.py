@@ -140,6 +140,8 @@ def test_segments_pack_whole_examples_and_count_overlong():
 def test_text_flags_mark_documents_after_each_eos():
     flags = text_flags(np.asarray([5, 6, 2, 7, 2, 8, 9, 2]), eos_id=2)
     assert (np.flatnonzero(flags & START)).tolist() == [0, 3, 5] and (flags & TRAINED).all()
+    pieces = text_flags(np.asarray([5, 6, 7, 8, 9, 2, 7, 2]), eos_id=2, piece_len=2)
+    assert (np.flatnonzero(pieces & START)).tolist() == [0, 2, 4, 6]  # long documents in whole rows
 
 
 # --- pipeline and iterators ------------------------------------------------------------------------
