@@ -35,7 +35,7 @@ def train_steps(workdir):
     return [r["step"] for r in map(json.loads, lines) if r["split"] == "train" and "loss" in r]
 
 
-def wait_for(pid, condition, timeout=120):
+def wait_for(pid, condition, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not condition():
         os.kill(pid, 0)  # raises once the run has ended
