@@ -84,6 +84,10 @@ ELSEWHERE = [  # (pattern, the test that runs it)
     ),
     (r"^pip install nvidia-ml-py$", "pyproject.toml"),
     (
+        r"^(pip install '?codex-jax\[tpu-compile\]'?|codex-jax compile )",
+        "tests/e2e/test_compile_tpu.py::test_compile_tiny_for_v5e_with_the_pallas_kernel",
+    ),
+    (
         r"configs/sft\.py",
         "tests/e2e/test_sft_run.py::test_sft_full_fine_tune_learns_and_answers_a_training_prompt",
     ),
