@@ -225,6 +225,14 @@ def _packed_rows(d, streams, flags, pad_id: int, manifest) -> dict[str, dict[str
                 "smaller data.seq_len"
             )
     manifest["packing"] = {"packing": d.packing, "overlong": d.overlong, **stats}
+    for split, st in stats.items():
+        print(
+            f"data: {split}: {st['examples']} examples in {st['rows']} rows ({d.packing}): "
+            f"{st['padding_fraction']:.1%} padding, {st['trained_fraction']:.1%} trained targets, "
+            f"{st['truncated']} truncated, {st['dropped']} dropped",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 

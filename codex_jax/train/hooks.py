@@ -58,6 +58,8 @@ class LogHook:
         self.model_flops_per_token = model_flops_per_token
         cfg = t.cfg
         self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum_steps
+        packing = t.data.manifest.get("packing", {}).get("train", {})  # packed examples: real tokens only
+        self.tokens_per_step *= 1.0 - packing.get("padding_fraction", 0.0)
 
     def on_step(self, step: int, state, p: Progress) -> None:
         first = step == self.start + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,14 @@ def test_masked_iterator_scales_by_the_whole_optimizer_step_and_resumes(hf_tok, 
         np.testing.assert_array_equal(v, nxt[k])
     evals = eval_batches(bundle.eval_windows, 2, 1)
     assert set(evals[0]) == {TOKENS, MASK, SEGMENTS}
+
+
+def test_a_template_that_fails_to_render_is_a_bad_record(tmp_path):
+    template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+    folder = chat_tokenizer_folder(tmp_path / "tok", template + CHATML)
+    bundle = prepare_data(sft_config(folder, packing="pad"), tmp_path / "run", write=True)
+    failures = bundle.manifest["examples"]["template_failures"]
+    assert failures[-1] == "... 12 in all" and "no system turns" in failures[0]
+    assert re.match(r"chat\.jsonl:\d+: the chat template failed: TemplateError", failures[0])
+    with pytest.raises(UserError, match=r"chat.jsonl:\d+: the chat template failed"):
+        prepare_data(sft_config(folder, on_bad_record="error"), tmp_path / "other", write=True)
