@@ -1,7 +1,7 @@
 """Graceful stop and one writer per workdir, with real processes and real signals: SIGINT and SIGTERM
 stop after the current step with it saved (exit 75), a second signal aborts at once, a second run on
 the workdir is refused naming the holder, and two processes stop at the same step when only one of
-them is told."""
+them is told, and a locked workdir stops every process of a multi-process run."""
 
 import json
 import os
@@ -123,3 +123,31 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
     )
     assert step0 == step1 and verified_steps(wd) == [step0]  # both processes' data iterators in it
     assert train_steps(wd)[-1] == step0
+
+
+def test_a_locked_workdir_stops_every_process_with_the_holders_name(tmp_path):
+    """Process 0 finds the workdir locked (by a live holder on another host) and tells process 1."""
+    wd = tmp_path / "multi"
+    wd.mkdir()
+    holder = {"host": "elsewhere", "pid": 4321, "started": time.time(), "heartbeat": time.time()}
+    (wd / "run.lock").write_text(json.dumps(holder))
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "codex_jax.main", f"--workdir={wd}", *ARGS, *_dist_flags(port, i)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errors
+    for err in errors:
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "another run is writing to this workdir: pid 4321 on host elsewhere" in line, line
+    assert [p.name for p in wd.iterdir()] == ["run.lock"]
+    assert json.loads((wd / "run.lock").read_text()) == holder
