@@ -36,6 +36,8 @@ _FIXED_KEYS = (
     "lora.init_from",
 )
 _FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype", "model.loss_chunk")
+# Keys only other modes read (eval-code, export, sampling): a change is no news to a resumed run.
+_OTHER_MODES = ("codeeval.", "export.", "generate.")
 
 
 def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
@@ -55,7 +57,8 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> 
             continue
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
             raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
-        print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
+        if not key.startswith(_OTHER_MODES):
+            print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
 
 def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
