@@ -4,8 +4,8 @@ The flags stream runs beside the tokens: bit :data:`TRAINED` marks a trained tok
 first token of an example (or of a text document). Packings:
 
     'concat'    consecutive windows of the stream, as text runs always had (examples may straddle rows)
-    'segments'  whole examples packed in order into rows, each with its segment id (1, 2, ...; 0 pads
-                the row's end): attention stays inside a segment and positions restart at each one
+    'segments'  whole examples packed into rows (first fit, in order), each with its segment id (1, 2,
+                ...; 0 pads the row's end): attention stays inside a segment and positions restart
     'pad'       one example per row, padded at the end
 
 An example longer than a row is cut to the row (``data.overlong='truncate'``) or left out ('drop');
@@ -60,15 +60,22 @@ def _fit(starts, stops, row_len: int, overlong: str) -> tuple[list[tuple[int, in
 
 
 def _assign(examples: list[tuple[int, int]], row_len: int, packing: str) -> list[list[tuple[int, int]]]:
-    """Examples grouped into rows: in order, a new row when the next one does not fit ('pad': always)."""
+    """Examples grouped into rows: each into the first row with room for it (first fit, in example order),
+    else a new row; one per row under 'pad'."""
+    if packing == "pad":
+        return [[example] for example in examples]
     rows: list[list[tuple[int, int]]] = []
-    used = row_len
+    free = np.zeros((max(len(examples), 1),), np.int64)  # room left in each row so far
     for start, length in examples:
-        if packing == "pad" or used + length > row_len:
+        fits = np.flatnonzero(free[: len(rows)] >= length)
+        if len(fits):
+            row = int(fits[0])
+        else:
+            row = len(rows)
             rows.append([])
-            used = 0
-        rows[-1].append((start, length))
-        used += length
+            free[row] = row_len
+        rows[row].append((start, length))
+        free[row] -= length
     return rows
 
 

@@ -120,20 +120,19 @@ def _stream(lengths):
 def test_segments_pack_whole_examples_and_count_overlong():
     tokens, flags = _stream([3, 4, 2, 9, 5])
     rows, stats = pack_examples(tokens, flags, 8, "segments", "truncate")
-    assert rows[SEGMENTS].tolist() == [
+    assert rows[SEGMENTS].tolist() == [  # first fit: the 5-token example fills the second row
         [1, 1, 1, 2, 2, 2, 2, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 2, 2, 2, 2, 2, 0],
         [1, 1, 1, 1, 1, 1, 1, 1],
-        [1, 1, 1, 1, 1, 0, 0, 0],
     ]
-    assert stats["truncated"] == 1 and stats["dropped"] == 0 and stats["rows"] == 4
+    assert stats["truncated"] == 1 and stats["dropped"] == 0 and stats["rows"] == 3
     assert rows[TOKENS][0, :7].tolist() == [1, 2, 3, 11, 12, 13, 14]
     dropped, stats = pack_examples(tokens, flags, 8, "segments", "drop")
     assert stats["dropped"] == 1 and len(dropped[TOKENS]) == 2
     padded, stats = pack_examples(tokens, flags, 8, "pad")
     assert len(padded[TOKENS]) == 5 and SEGMENTS not in padded and stats["padding_fraction"] > 0.3
     # targets never cross a segment: row 0 has (3 - 1) + (4 - 1) trained targets
-    assert row_target_counts(rows).tolist() == [5, 1, 7, 4]
+    assert row_target_counts(rows).tolist() == [5, 5, 7]
     positions = np.asarray(segment_positions(rows[SEGMENTS].astype(np.int32)))
     assert positions[0].tolist() == [0, 1, 2, 0, 1, 2, 3, 0]
 
