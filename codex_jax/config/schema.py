@@ -130,9 +130,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "model.attention_impl": (
         "auto",
         "Attention kernel: 'auto' (cuDNN flash attention on GPU with bfloat16/float16 compute, the Pallas "
-        "flash attention kernel on TPU when data.seq_len is a multiple of 128, XLA on CPU and wherever the "
-        "fast kernel does not apply; the choice and any fallback's reason are logged), 'xla', 'cudnn' or "
-        "'pallas' (TPU).",
+        "flash attention kernel on TPU when data.seq_len is a multiple of 128, XLA on CPU ('blocked' for "
+        "sequences over 512 that are multiples of 256) and wherever the fast kernel does not apply; the "
+        "choice and any fallback's reason are logged), 'xla', 'cudnn', 'pallas' (TPU) or 'blocked' (256 "
+        "queries at a time, their probabilities recomputed in backward: far less memory than 'xla').",
     ),
     "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
     "model.loss_chunk": (

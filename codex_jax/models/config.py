@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from codex_jax.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")  # models/attention.py
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blocked")  # models/attention.py
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 

@@ -1,9 +1,10 @@
-"""model.attention_impl='auto': the kernel per platform, the logged choice and fallback reasons, and on CPU
-the same logits as 'xla'."""
+"""model.attention_impl='auto': the kernel per platform, the logged choice and fallback reasons, on CPU the
+same logits as 'xla'; the blocked attention equals XLA's in value and gradients."""
 
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +18,9 @@ LOGGER = "codex_jax.models.attention"
 @pytest.mark.parametrize(
     "platform, seq_len, changes, expected, reason",
     [
-        ("cpu", 1024, {}, "xla", "cpu"),
+        ("cpu", 512, {}, "xla", "cpu"),
+        ("cpu", 1024, {}, "blocked", "long sequence"),
+        ("cpu", 1000, {}, "xla", "cpu"),
         ("gpu", 1024, {"dtype": "bfloat16"}, "cudnn", "GPU"),
         ("gpu", 1024, {}, "xla", "bfloat16/float16"),
         ("gpu", 1024, {"dtype": "bfloat16", "head_dim": 256}, "xla", "head_dim"),
@@ -52,3 +55,24 @@ def test_choice_and_fallback_are_logged(caplog):
     assert warning.levelno == logging.WARNING
     assert "xla (fallback): sequence length 1000" in warning.getMessage()
     assert info.levelno == logging.INFO and "1024 positions: pallas: TPU" in info.getMessage()
+
+
+@pytest.mark.parametrize("window", [0, 12])
+def test_blocked_attention_matches_xla(window):
+    keys = jax.random.split(jax.random.key(2), 3)
+    q = jax.random.normal(keys[0], (2, 32, 4, 8))
+    k, v = (jax.random.normal(key, (2, 32, 2, 8)) for key in keys[1:])  # grouped-query: 4 / 2 heads
+    local = (window - 1, 0) if window else None
+
+    def xla(q, k, v):
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)
+        return jnp.square(out).sum()
+
+    def blocked(q, k, v):
+        return jnp.square(attention.blocked_attention(q, k, v, window, block=8)).sum()
+
+    v0, g0 = jax.value_and_grad(xla, argnums=(0, 1, 2))(q, k, v)
+    v1, g1 = jax.jit(jax.value_and_grad(blocked, argnums=(0, 1, 2)))(q, k, v)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for a, b in zip(g1, g0, strict=True):
+        assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
