@@ -83,6 +83,7 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_codeeval_run.py::test_trained_model_passes_every_problem_and_writes_both_files",
     ),
     (r"^pip install nvidia-ml-py$", "pyproject.toml"),
+    (r"^tools/bench\.py --config=configs/gpt2_small\.py ", "tests/e2e/test_bench.py::test_gpu_configs"),
     (
         r"^(pip install '?codex-jax\[tpu-compile\]'?|codex-jax compile )",
         "tests/e2e/test_compile_tpu.py::test_compile_tiny_for_v5e_with_the_pallas_kernel",
