@@ -92,7 +92,9 @@ def test_sft_lora_adapters_export_to_peft(base, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(base), out
     ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(base)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     ids = tok(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits
