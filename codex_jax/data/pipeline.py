@@ -42,6 +42,7 @@ from codex_jax.data.packing import pack_examples, text_flags
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers import Tokenizer, load_plugin_tokenizer, load_tokenizer
+from codex_jax.tokenizers.chat import CHAT_MARKERS
 from codex_jax.tokenizers.hf import HFTokenizer, is_hf_tokenizer_folder
 from codex_jax.tokenizers.sentencepiece import write_bytes_atomic
 from codex_jax.tokenizers.train import load_or_train
@@ -136,8 +137,9 @@ def load_run_tokenizer(
     directory = workdir / "tokenizer"
     if not path and train_texts is None and not (directory / "spm.model").is_file():
         raise UserError(f"no tokenizer in {directory}; train first (--mode=train)")
+    symbols = CHAT_MARKERS if cfg.data.format == "chat" else ()  # the built-in template's markers
     tok = load_or_train(
-        path, directory, cfg.model.vocab_size, train_texts, cfg.data.tokenizer_train_bytes, write
+        path, directory, cfg.model.vocab_size, train_texts, cfg.data.tokenizer_train_bytes, write, symbols
     )
     return tok, path or str(directory)
 

@@ -23,10 +23,12 @@ from codex_jax.tokenizers.hf import HFTokenizer
 _GENERATION = re.compile(r"{%-?\s*generation\s*-?%}")
 
 BUILTIN_TEMPLATE = """\
-Built-in chat template (tokenizers without their own): every turn is the plain-text marker
-'<|system|>', '<|user|>' or '<|assistant|>', a newline and the content; a user or system turn ends
-with a newline, an assistant turn with EOS (trained with the answer). A prompt for generation ends
-with '<|assistant|>' and a newline; generation stops at EOS."""
+Built-in chat template (tokenizers without their own): every turn is the marker '<|system|>',
+'<|user|>' or '<|assistant|>', a newline and the content; a user or system turn ends with a newline,
+an assistant turn with EOS (trained with the answer). A prompt for generation ends with
+'<|assistant|>' and a newline; generation stops at EOS. A tokenizer trained here for a chat run has
+the markers as single pieces (:data:`CHAT_MARKERS`); any other encodes them as text."""
+CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
 
 Turns = Sequence[tuple[str, str]]
 

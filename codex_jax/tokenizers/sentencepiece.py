@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ TRAINER_OPTIONS: dict[str, Any] = {
     "hard_vocab_limit": True,
     "num_threads": 8,
 }
+
+
+def trainer_options(model_type: str = "bpe", symbols: Sequence[str] = ()) -> dict[str, Any]:
+    """:data:`TRAINER_OPTIONS` for ``model_type``, with ``symbols`` added to the user-defined symbols."""
+    options = {**TRAINER_OPTIONS, "model_type": model_type}
+    if symbols:
+        options["user_defined_symbols"] = [*TRAINER_OPTIONS["user_defined_symbols"], *symbols]
+    return options
 
 
 def sha256_hex(data: bytes) -> str:
@@ -187,11 +195,13 @@ def train_model(
     model_type: str = "bpe",
     seed: int = TRAINER_SEED,
     vocab_flag: str = "model.vocab_size",
+    symbols: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
     """Trains a lossless model of exactly ``vocab_size`` pieces on ``sentences`` (lines without
     ``'\\n'``), pulled one by one; the same sentences and seed give byte-identical models.
 
-    ``vocab_flag`` names the setting to change in the error raised when training fails.
+    ``vocab_flag`` names the setting to change in the error raised when training fails; ``symbols``
+    become single pieces besides ``'\\n'`` (e.g. the built-in chat template's role markers).
     """
     if model_type not in MODEL_TYPES:
         raise UserError(f"model type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
@@ -211,7 +221,7 @@ def train_model(
             model_writer=model,
             vocab_size=vocab_size,
             minloglevel=2,
-            **{**TRAINER_OPTIONS, "model_type": model_type},
+            **trainer_options(model_type, symbols),
         )
     except RuntimeError as e:
         if failures:

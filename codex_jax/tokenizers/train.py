@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from codex_jax.tokenizers.sentencepiece import (
     TRAINER_SEED,
     SentencePieceTokenizer,
     train_model,
+    trainer_options,
     training_lines,
 )
 
@@ -159,12 +160,14 @@ def load_or_train(
     train_texts: Callable[[], Iterable[str]],
     max_train_bytes: int,
     write: bool = True,
+    symbols: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
     """The tokenizer of a run: ``tokenizer_path``, else ``directory``'s, else a newly trained one.
 
     A given model may have at most ``vocab_size`` pieces; one found in ``directory`` must have
     exactly ``vocab_size``. A new BPE model is trained on ``train_texts()`` (at most
-    ``max_train_bytes``) and, when ``write``, saved to ``directory`` with a ``manifest.json``.
+    ``max_train_bytes``; ``symbols`` become single pieces) and, when ``write``, saved to ``directory``
+    with a ``manifest.json``.
     """
     if tokenizer_path:
         tok = SentencePieceTokenizer.load(tokenizer_path)
@@ -184,7 +187,7 @@ def load_or_train(
         flush=True,
     )
     start = time.perf_counter()
-    tok = train_model(lines, vocab_size)
+    tok = train_model(lines, vocab_size, symbols=symbols)
     seconds = time.perf_counter() - start
     print(f"tokenizer: trained in {seconds:.1f} s", file=sys.stderr, flush=True)
     if write:
@@ -196,7 +199,7 @@ def load_or_train(
             "train_lines": len(lines),
             "train_seconds": round(seconds, 3),
             "seed": TRAINER_SEED,
-            "options": {**TRAINER_OPTIONS, "vocab_size": vocab_size},
+            "options": {**trainer_options("bpe", symbols), "vocab_size": vocab_size},
             "sentencepiece_version": spm.__version__,
         }
         write_model(tok, directory, manifest)

@@ -204,3 +204,15 @@ def test_a_template_that_fails_to_render_is_a_bad_record(tmp_path):
     assert re.match(r"chat\.jsonl:\d+: the chat template failed: TemplateError", failures[0])
     with pytest.raises(UserError, match=r"chat.jsonl:\d+: the chat template failed"):
         prepare_data(sft_config(folder, on_bad_record="error"), tmp_path / "other", write=True)
+
+
+def test_a_tokenizer_trained_for_chat_has_the_builtin_markers_as_pieces(tmp_path):
+    cfg = sft_config("", packing="segments")
+    cfg.model.vocab_size = 340
+    bundle = prepare_data(cfg, tmp_path, write=True)
+    tok = bundle.tokenizer
+    for marker in ("<|system|>", "<|user|>", "<|assistant|>"):
+        assert len(tok.encode(marker)) == 1 and tok.decode(tok.encode(marker)) == marker
+    rows = bundle.train_windows
+    first = tok.decode(rows[TOKENS][0][rows[SEGMENTS][0] == 1].tolist(), skip_special_tokens=False)
+    assert first.startswith(("<|user|>\nWrite a function", "<|system|>\nYou write")), first
