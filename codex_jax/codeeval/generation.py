@@ -61,8 +61,8 @@ def bucket_batches(
 
     order = sorted(range(len(lengths)), key=lambda row: (padded(row), row))
     batches = []
-    for length, rows in itertools.groupby(order, key=padded):
-        rows = list(rows)
+    for length, group in itertools.groupby(order, key=padded):
+        rows = list(group)
         batches += [(length, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
     return batches
 

@@ -56,7 +56,8 @@ def _problem(line: str) -> Problem:
         raise ValueError(f"missing or empty field(s) {', '.join(missing)}")
     if not record["entry_point"].isidentifier():
         raise ValueError(f"entry_point {record['entry_point']!r} is not a Python name")
-    return Problem(*(record[k] for k in REQUIRED), record.get("canonical_solution") or "")
+    fields = {k: record[k] for k in REQUIRED}
+    return Problem(**fields, canonical_solution=record.get("canonical_solution") or "")
 
 
 def read_problems(source: str) -> ProblemSet:
