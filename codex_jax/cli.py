@@ -6,6 +6,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+
+from codex_jax import cli_compile, cli_plugins
+from codex_jax import main as main_lib
+from codex_jax.config import packaged as configs
+from codex_jax.metrics import plot
+from codex_jax.safety import cli as safety_cli
+from codex_jax.tokenizers import cli as tokenizer_cli
 
 USAGE = """usage: codex-jax COMMAND [flags]
 
@@ -29,45 +37,32 @@ any directory (--config=configs/base.py, --config=base). See README.md for every
 RUN_MODES = ("train", "eval", "generate", "export", "eval-code")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Dispatches to the subcommand named by the first argument.
+def _compile(argv: list[str]) -> int:
+    cli_compile.main([sys.argv[0], *argv])  # an absl app: it exits itself
+    return 0
 
-    Each subcommand's module is imported only when that subcommand runs: most of them import jax,
-    which ``codex-jax --help`` (and a mistyped command) need not wait for.
-    """
+
+# Subcommands that take their own arguments: name -> main(argv after the name) -> exit code.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "tokenizer": tokenizer_cli.main,
+    "safety": safety_cli.main,
+    "plugins": cli_plugins.main,
+    "configs": configs.main,
+    "plot": plot.main,
+    "compile": _compile,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatches to the subcommand named by the first argument."""
     argv = list(sys.argv if argv is None else argv)
     command = argv[1] if len(argv) > 1 else "--help"
     if command in ("-h", "--help", "help"):
         print(USAGE)
         return
-    if command == "tokenizer":
-        from codex_jax.tokenizers import cli as tokenizer_cli
-
-        sys.exit(tokenizer_cli.main(argv[2:]))
-    if command == "safety":
-        from codex_jax.safety import cli as safety_cli
-
-        sys.exit(safety_cli.main(argv[2:]))
-    if command == "plugins":
-        from codex_jax import cli_plugins
-
-        sys.exit(cli_plugins.main(argv[2:]))
-    if command == "configs":
-        from codex_jax.config import packaged as configs
-
-        sys.exit(configs.main(argv[2:]))
-    if command == "plot":
-        from codex_jax.metrics import plot
-
-        sys.exit(plot.main(argv[2:]))
-    if command == "compile":
-        from codex_jax import cli_compile
-
-        cli_compile.main([argv[0], *argv[2:]])
-        return
+    if command in SUBCOMMANDS:
+        sys.exit(SUBCOMMANDS[command](argv[2:]))
     if command in RUN_MODES:
-        from codex_jax import main as main_lib
-
         sys.argv = [argv[0], f"--mode={command}", *argv[2:]]
         main_lib.main()
         return

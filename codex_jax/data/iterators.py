@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -197,12 +198,12 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def eval_batches(
-    windows: np.ndarray,
+    windows: np.ndarray | dict[str, np.ndarray],
     batch_size: int,
     num_batches: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> list[np.ndarray]:
+) -> list[Any]:
     """``num_batches`` global batches of eval windows spread evenly over the eval split; this
     process's rows.
 

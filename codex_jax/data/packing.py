@@ -44,7 +44,7 @@ def example_bounds(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, stops
 
 
-def _fit(starts, stops, row_len: int, overlong: str) -> tuple[list[tuple[int, int]], dict[str, int]]:
+def _fit(starts, stops, row_len: int, overlong: str) -> tuple[list[tuple[int, int]], dict[str, float]]:
     """The ``(start, length)`` of every example that is kept, cut to ``row_len`` under 'truncate'."""
     kept, truncated, dropped = [], 0, 0
     for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
@@ -87,7 +87,11 @@ def pack_examples(tokens, flags, row_len: int, packing: str, overlong: str = "tr
             TOKENS: cache.windows(tokens, row_len),
             MASK: cache.windows(np.asarray(flags) & TRAINED, row_len),
         }
-        stats = {"examples": int(np.count_nonzero(np.asarray(flags) & START)), "truncated": 0, "dropped": 0}
+        stats: dict[str, float] = {
+            "examples": int(np.count_nonzero(np.asarray(flags) & START)),
+            "truncated": 0,
+            "dropped": 0,
+        }
     else:
         kept, stats = _fit(*example_bounds(flags), row_len, overlong)
         grouped = _assign(kept, row_len, packing)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,7 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         streams = cache.load_or_build(workdir / "cache", key, tokenizer, texts, write, progress)
         flags = {split: text_flags(s, tokenizer.eos_id, seq_len + 1) for split, s in streams.items()}
         flags = flags if cfg.data.packing != "concat" else {}
+    windows: Mapping[str, Rows]
     if cfg.data.format == "text" and cfg.data.packing == "concat":
         windows = _windows(streams, seq_len)
     else:

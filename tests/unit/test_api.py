@@ -14,7 +14,7 @@ from codex_jax.errors import UserError
 
 
 def test_packaged_configs_resolve_by_name_and_a_real_file_wins(tmp_path, monkeypatch):
-    assert set(packaged()) == {"base", "tiny", "lora", "gpt2_small", "llama_1b"}
+    assert set(packaged()) == {"base", "tiny", "lora", "sft", "gpt2_small", "llama_1b"}
     monkeypatch.chdir(tmp_path)
     for spec in ("configs/tiny.py", "tiny.py", "tiny"):
         assert resolve(spec) == str(CONFIGS / "tiny.py")

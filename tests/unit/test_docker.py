@@ -147,14 +147,14 @@ def test_copied_sources_exist_in_the_context(dockerfile):
         if rel != ".":
             assert not ignored(rel, patterns), f"{dockerfile.name}: COPY source {src!r} is in .dockerignore"
     copied = {s.removeprefix("./").rstrip("/") or "." for s in sources}
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"], "codex_jax"}
+    needed = {"pyproject.toml", "setup.py", PYPROJECT["project"]["readme"], "codex_jax", "configs"}
     assert "." in copied or needed <= copied, f"{dockerfile.name} copies {sorted(copied)}, needs {needed}"
 
 
 def test_dockerignore_keeps_the_package_and_drops_clutter():
     """The package, pyproject and README stay in the context; venvs, runs, git and build output do not."""
     patterns = dockerignore()
-    for rel in ["pyproject.toml", PYPROJECT["project"]["readme"], *package_files()]:
+    for rel in ["pyproject.toml", "setup.py", PYPROJECT["project"]["readme"], *package_files()]:
         assert not ignored(rel, patterns), f".dockerignore leaves out {rel}"
     clutter = [
         ".venv/bin/python",
@@ -213,8 +213,7 @@ def test_default_command_trains_a_packaged_config(dockerfile, tmp_path, monkeypa
     assert "config" in flags and "workdir" in flags, cmd
     path = flags["config"].partition(":")[0]
     assert re.fullmatch(r"configs/\w+\.py", path), f"{dockerfile.name}: --config={path} is not configs/X.py"
-    configs_dir = PYPROJECT["tool"]["setuptools"]["package-dir"]["codex_jax.configs"]  # packaged from here
-    packaged = REPO / configs_dir / Path(path).name
+    packaged = REPO / "configs" / Path(path).name  # setup.py installs configs/ as codex_jax.configs
     assert packaged.is_file(), f"{dockerfile.name}: no packaged config {packaged.relative_to(REPO)}"
     monkeypatch.chdir(tmp_path)  # as in the image: no configs/ folder in the working directory
     assert Path(configs.resolve(path)) == packaged.resolve()
