@@ -35,6 +35,11 @@ def train_steps(workdir):
     return [r["step"] for r in map(json.loads, lines) if r["split"] == "train" and "loss" in r]
 
 
+def log_text(path) -> str:
+    """What a run has written to its log so far ('' before the forked run has opened it)."""
+    return path.read_text() if path.exists() else ""
+
+
 def wait_for(pid, condition, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not condition():
@@ -80,9 +85,9 @@ def test_sigint_stops_after_the_step_saves_it_and_a_second_run_is_refused(tmp_pa
         # a second signal during the stop aborts at once (here: both during the start-up)
         log = tmp_path / "aborted.log"
         pid = zygote.start([f"--workdir={wd}", *ARGS], log, ONE_DEVICE)
-        wait_for(pid, lambda: "data: " in log.read_text())
+        wait_for(pid, lambda: "data: " in log_text(log))
         os.kill(pid, signal.SIGTERM)
-        wait_for(pid, lambda: "note: SIGTERM: stopping" in log.read_text())
+        wait_for(pid, lambda: "note: SIGTERM: stopping" in log_text(log))
         os.kill(pid, signal.SIGTERM)
         assert zygote.wait() == -signal.SIGTERM
         assert "error: SIGTERM again: aborting without saving" in log.read_text()
