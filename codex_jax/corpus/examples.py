@@ -15,10 +15,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from collections.abc import Iterator
 
-from codex_jax.corpus.records import BOM, FileReport, normalize
+from codex_jax.corpus.records import BOM, FileReport, jsonl_records, normalize
 from codex_jax.errors import UserError
 
 FORMATS = ("text", "prompt_completion", "chat")  # data.format
@@ -93,17 +92,7 @@ def read_jsonl_examples(
     data: bytes, report: FileReport, fields: ExampleFields
 ) -> Iterator[tuple[int, Turns]]:
     """``(line, turns)`` of every good JSONL record; bad ones go to ``report``."""
-    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            report.skip(number, "undecodable bytes (not UTF-8)")
-            continue
-        except json.JSONDecodeError as e:
-            report.skip(number, f"invalid JSON ({e.msg})")
-            continue
+    for number, record in jsonl_records(data, report):
         turns, reason = record_turns(record, fields)
         if turns is None:
             report.skip(number, reason)

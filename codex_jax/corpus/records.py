@@ -15,6 +15,7 @@ import json
 import re
 import string
 from collections.abc import Iterator
+from typing import Any
 
 from codex_jax.errors import UserError
 
@@ -141,19 +142,23 @@ def read_text_file(data: bytes, report: FileReport) -> Iterator[tuple[int, str]]
         yield 1, text
 
 
-def read_jsonl_file(data: bytes, report: FileReport, template: Template) -> Iterator[tuple[int, str]]:
-    """One document per non-blank line: ``template`` rendered from its JSON object."""
+def jsonl_records(data: bytes, report: FileReport) -> Iterator[tuple[int, Any]]:
+    """``(line, value)`` of every non-blank JSONL line that parses; undecodable or invalid lines go to
+    ``report``."""
     for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw.decode("utf-8"))
+            yield number, json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             report.skip(number, "undecodable bytes (not UTF-8)")
-            continue
         except json.JSONDecodeError as e:
             report.skip(number, f"invalid JSON ({e.msg})")
-            continue
+
+
+def read_jsonl_file(data: bytes, report: FileReport, template: Template) -> Iterator[tuple[int, str]]:
+    """One document per non-blank line: ``template`` rendered from its JSON object."""
+    for number, record in jsonl_records(data, report):
         if not isinstance(record, dict):
             report.skip(number, "not a JSON object")
             continue
