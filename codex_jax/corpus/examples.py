@@ -12,12 +12,10 @@ conversation without an assistant turn) are skipped and counted in the file's
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from collections.abc import Iterator
 
-from codex_jax.corpus.records import BOM, FileReport, jsonl_records, normalize
+from codex_jax.corpus.records import BOM, FileReport, csv_rows, jsonl_records, normalize
 from codex_jax.errors import UserError
 
 FORMATS = ("text", "prompt_completion", "chat")  # data.format
@@ -104,25 +102,13 @@ def read_csv_examples(data: bytes, report: FileReport, fields: ExampleFields) ->
     """``(line, turns)`` of every good CSV row (prompt/completion columns named by the header)."""
     if fields.format == "chat":
         raise UserError(f"{report.location or report.path}: data.format='chat' reads JSONL only, not CSV")
-    text = data.removeprefix(BOM).decode("utf-8", errors="replace")
-    csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None) or []
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            report.skip(start, f"bad CSV row ({e})")
+    _, rows = csv_rows(data.removeprefix(BOM).decode("utf-8", errors="replace"), report)
+    for start, values in rows:
+        turns, reason = prompt_completion_turns(values, fields)
+        if turns is None:
+            report.skip(start, reason)
             continue
-        if row:
-            turns, reason = prompt_completion_turns(dict(zip(header, row, strict=False)), fields)
-            if turns is None:
-                report.skip(start, reason)
-                continue
-            yield start, turns
+        yield start, turns
 
 
 def example_pattern(source: str) -> tuple[str, str]:

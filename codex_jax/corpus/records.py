@@ -171,34 +171,42 @@ def read_jsonl_file(data: bytes, report: FileReport, template: Template) -> Iter
             yield number, text
 
 
-def read_csv_file(data: bytes, report: FileReport, template: Template) -> Iterator[tuple[int, str]]:
-    """One document per row: ``template`` rendered from the row (columns named by the header)."""
-    text = data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+def csv_rows(text: str, report: FileReport) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The CSV header, and ``(line, {column: value})`` of every non-empty row after it; rows the csv module
+    cannot parse go to ``report``, a header it cannot parse is a UserError naming the file."""
     csv.field_size_limit(2**31 - 1)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None) or []
     except csv.Error as e:
         raise UserError(f"{report.location or report.path}: bad CSV header ({e})") from None
-    if not header:
-        return
+
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        while header:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                report.skip(start, f"bad CSV row ({e})")
+                continue
+            if row:
+                yield start, dict(zip(header, row, strict=False))
+
+    return header, rows()
+
+
+def read_csv_file(data: bytes, report: FileReport, template: Template) -> Iterator[tuple[int, str]]:
+    """One document per row: ``template`` rendered from the row (columns named by the header)."""
+    text = data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+    header, rows = csv_rows(text, report)
     missing = [f for f in template.fields if f not in header]
-    if missing:
+    if header and missing:
         raise UserError(
             f"{report.location or report.path}: no column {missing[0]!r} in the CSV header {header}"
         )
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            report.skip(start, f"bad CSV row ({e})")
-            continue
-        if not row:
-            continue
-        values = dict(zip(header, row, strict=False))
+    for start, values in rows:
         absent = [f for f in template.fields if f not in values]
         if absent:
             report.skip(start, f"no column {absent[0]!r} in this row")
