@@ -30,12 +30,32 @@ from codex_jax.metrics.base import json_number
 
 def evaluate(runner, params, batches: list[np.ndarray]) -> dict[str, float]:
     """Token-weighted loss, perplexity and accuracy of ``params`` on ``batches`` (this process's
-    rows)."""
+    rows); a mixture's batches (``batches.sources``: ``{name: (start, stop)}``) add ``NAME/loss``,
+    ``NAME/perplexity`` and ``NAME/token_accuracy`` of each source's."""
+    parts = getattr(batches, "sources", None) or {"": (0, len(batches))}
+    per_source = {name: _eval_sums(runner, params, batches[a:b]) for name, (a, b) in parts.items()}
+    metrics = _token_metrics(functools.reduce(_add_sums, per_source.values()))
+    for name, sums in per_source.items() if len(per_source) > 1 else ():
+        metrics.update({f"{name}/{k}": v for k, v in _token_metrics(sums).items()})
+    return metrics
+
+
+def _add_sums(a, b):
+    """Two eval sums added, leaf by leaf."""
+    return jax.tree.map(lambda x, y: x + y, a, b)
+
+
+def _eval_sums(runner, params, batches: list[np.ndarray]):
+    """The runner's eval sums (loss_sum, correct, tokens) over ``batches``, on the host."""
     totals = None
     for batch in batches:
         sums = runner.eval_step(params, runner.put_batch(batch))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
+        totals = sums if totals is None else _add_sums(totals, sums)
+    return jax.device_get(totals)
+
+
+def _token_metrics(totals) -> dict[str, float]:
+    """Loss, perplexity and token accuracy from eval sums."""
     loss = float(totals["loss_sum"] / totals["tokens"])
     return {
         "loss": loss,
@@ -125,7 +145,9 @@ def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, conten
 
 
 def evaluate_metrics(spec: str, ctx: EvalContext, put_batch=jnp.asarray) -> dict[str, float]:
-    """The metrics named by ``spec`` (and loss, perplexity, token_accuracy) on ``ctx.batches``.
+    """The metrics named by ``spec`` (and loss, perplexity, token_accuracy) on ``ctx.batches``; a
+    mixture's batches (``ctx.batches.sources``) add each source's ``NAME/loss``, ``NAME/perplexity`` and
+    ``NAME/token_accuracy``.
 
     A sample metric that returns None (nothing to measure) is left out; ``ctx.details`` (e.g.
     ``line_completion_samples``, ``eval_bytes``) is added to the result.
@@ -139,10 +161,21 @@ def evaluate_metrics(spec: str, ctx: EvalContext, put_batch=jnp.asarray) -> dict
         tables = line_tables(ctx.tokenizer, size)
     else:
         tables = (np.zeros(size, bool), np.zeros(size, bool))
-    totals = collection.empty()
-    for batch in ctx.batches:
-        totals = _accumulate(ctx.model, collection, totals, ctx.params, put_batch(batch), *tables)
+    parts = getattr(ctx.batches, "sources", None) or {"": (0, len(ctx.batches))}  # a mixture's sources
+    per_source = {}
+    for source, (start, stop) in parts.items():
+        totals = collection.empty()
+        for batch in ctx.batches[start:stop]:
+            totals = _accumulate(ctx.model, collection, totals, ctx.params, put_batch(batch), *tables)
+        per_source[source] = totals
+    totals = functools.reduce(lambda a, b: a.merge(b), per_source.values())
     computed = jax.device_get(totals.compute())
+    by_source: dict[str, float] = {}
+    for source, part in per_source.items() if len(per_source) > 1 else ():  # NAME/loss, ... per source
+        values = jax.device_get(part.compute())
+        for name in registry.ALWAYS:
+            mean, finalize = float(values[fields[name]]), token[name].finalize
+            by_source[f"{source}/{name}"] = finalize(mean, ctx) if finalize else mean
     results: dict[str, float] = {}
     for name, metric in metrics.items():
         value: float | None
@@ -153,7 +186,7 @@ def evaluate_metrics(spec: str, ctx: EvalContext, put_batch=jnp.asarray) -> dict
             value = metric.fn(ctx)
         if value is not None:
             results[name] = float(value)
-    return {**results, **ctx.details}
+    return {**results, **by_source, **ctx.details}
 
 
 def evaluate_checkpoint(cfg, workdir: Path, model, params, step: int, data, put_batch, batches):

@@ -39,6 +39,14 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "A source (as data.source) holding the held-out split; '' holds out "
         "data.eval_fraction of data.source by a hash of each path.",
     ),
+    "data.mixture": (
+        "",
+        "A weighted mixture of named sources instead of data.source: a JSON object "
+        '\'{"NAME": {"source": ..., "weight": 0.8, ...}, ...}\' (weights are relative; each source may '
+        "also set format, include, exclude, eval_fraction, eval_source and max_files, else the data.* "
+        "value). Train batches mix them at those proportions; eval reports eval/NAME/loss per source. "
+        "'': no mixture.",
+    ),
     "data.on_bad_record": (
         "skip",
         "Bad records (invalid JSON, missing field, undecodable bytes, "

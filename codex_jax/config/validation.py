@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from codex_jax.config.mixture import SOURCE_KEYS, parse_mixture
 from codex_jax.config.schema import SCHEMA, flatten
 from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
@@ -138,6 +139,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
             _check(rule[0](flat[key]), key, rule[1], flat[key])
     _check_cross_keys(flat, num_devices, num_processes)
     _check_writers(flat)
+    parse_mixture(flat["data.mixture"], {k: flat[f"data.{k}"] for k in SOURCE_KEYS})  # names a bad key
 
 
 def _check_keys_and_types(flat: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ class WindowSource:
 class GatherRows:
     """Maps a global batch of window indices to this process's int32 rows ``[start:stop]``."""
 
-    def __init__(self, source: WindowSource, start: int, stop: int):
+    def __init__(self, source: WindowSource | MixedRows, start: int, stop: int):
         self.source, self.start, self.stop = source, start, stop
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ class GatherExamples:
     ``accum_steps`` global batches that step takes (see :mod:`codex_jax.compute.batch`)."""
 
     def __init__(self, rows: dict, start: int, stop: int, order, global_batch: int, accum_steps: int):
-        self.source = {k: WindowSource(v) for k, v in rows.items()}
+        self.source = {k: as_row_source(v) for k, v in rows.items()}
         self.start, self.stop, self.order = start, stop, order
         self.global_batch, self.accum_steps = global_batch, accum_steps
         self.counts = row_target_counts(rows)  # trained targets per row
@@ -126,21 +126,73 @@ def make_train_iterator(
     """
     if not row_count(windows):
         raise UserError("no training windows: the train split is shorter than data.seq_len + 1")
+    order = grain.MapDataset.range(row_count(windows)).shuffle(seed=order_seed(seed)).repeat()
+    ds = batches_of(windows, order, batch_size, process_index, process_count, accum_steps)
+    return TrainBatches(ds, num_workers, prefetch)
+
+
+def batches_of(
+    rows,
+    order: grain.MapDataset,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    accum_steps: int = 1,
+) -> grain.MapDataset:
+    """The MapDataset of this process's batches: global batch k is rows ``order[k * G : (k + 1) * G]``
+    (G = ``batch_size * process_count``), of which process p takes its block of ``batch_size``.
+
+    ``rows``: windows (an array, or :class:`MixedRows`) or a dict of row arrays (masked batches, with
+    the ``step_scale`` of ``accum_steps`` micro-batches per optimizer step).
+    """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     start = process_index * batch_size
-    order = grain.MapDataset.range(row_count(windows)).shuffle(seed=order_seed(seed)).repeat()
     ds = order.batch(batch_size * process_count, drop_remainder=True, batch_fn=np.asarray)
-    if isinstance(windows, dict):
+    if isinstance(rows, dict):
         gather = GatherExamples(
-            windows, start, start + batch_size, order, batch_size * process_count, accum_steps
+            rows, start, start + batch_size, order, batch_size * process_count, accum_steps
         )
-        ds = ds.map_with_index(gather)
-    else:
-        ds = ds.map(GatherRows(WindowSource(windows), start, start + batch_size))
-    if num_workers < 0 or prefetch < 0:
-        raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0")
-    return TrainBatches(ds, num_workers, prefetch)
+        return ds.map_with_index(gather)
+    return ds.map(GatherRows(as_row_source(rows), start, start + batch_size))
+
+
+def as_row_source(rows) -> WindowSource | MixedRows:
+    """``rows`` ready for worker processes: :class:`MixedRows` as they are, arrays in a WindowSource."""
+    return rows if isinstance(rows, MixedRows) else WindowSource(rows)
+
+
+class MixedRows:
+    """The rows of several sources as one array: row ``offsets[j] + r`` is source j's row r.
+
+    Index it with an int or an int array; every part is a :class:`WindowSource`, so it pickles
+    memmaps by path (grain worker processes reopen them).
+    """
+
+    def __init__(self, parts):
+        self.parts = [as_row_source(p) for p in parts]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        first = np.asarray(self.parts[0][0])
+        self.dtype, self.shape = first.dtype, (int(self.offsets[-1]), *first.shape)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index):
+        flat = np.atleast_1d(np.asarray(index, np.int64))
+        which = np.searchsorted(self.offsets, flat, side="right") - 1
+        out = np.empty((len(flat), *self.shape[1:]), self.dtype)
+        for j in np.unique(which):
+            picked = which == j
+            out[picked] = self.parts[j][flat[picked] - self.offsets[j]]
+        return out[0] if np.ndim(index) == 0 else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate([np.asarray(p[np.arange(len(p))]) for p in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:  # stable across runs and processes
+        return f"MixedRows({', '.join(repr(p) for p in self.parts)})"
 
 
 class TrainBatches(grain.DatasetIterator):
@@ -156,6 +208,8 @@ class TrainBatches(grain.DatasetIterator):
         self._dataset, self._num_workers, self._prefetch = dataset, num_workers, prefetch
         self._next_index = 0
         self._it: Iterator[np.ndarray] | None = None  # the readers, once started
+        if num_workers < 0 or prefetch < 0:
+            raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0")
 
     def _start(self):
         threaded = self._prefetch if self._num_workers == 0 else 0

@@ -9,6 +9,7 @@ an earlier manifest there describes another corpus. The iterators live in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -17,8 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ml_collections
 import numpy as np
 
+from codex_jax.config.mixture import MixtureSource, parse_mixture
 from codex_jax.config.runspec import RunSpec
 from codex_jax.corpus.examples import ExampleFields
 from codex_jax.corpus.sources import Document, read_source
@@ -30,15 +33,9 @@ from codex_jax.corpus.splits import (
     split_documents,
     without_files,
 )
-from codex_jax.data import cache, examples
-from codex_jax.data.iterators import (  # noqa: F401 - re-exported
-    GatherRows,
-    WindowSource,
-    eval_batches,
-    make_train_iterator,
-    order_seed,
-    row_count,
-)
+from codex_jax.data import cache, examples, iterators, mixture
+from codex_jax.data.iterators import GatherRows, WindowSource, order_seed, row_count  # noqa: F401 - re-exported
+from codex_jax.data.mixture import EvalMixture, TrainMixture
 from codex_jax.data.packing import pack_examples, text_flags
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
@@ -52,7 +49,7 @@ if TYPE_CHECKING:
     from ml_collections import ConfigDict
 
 MANIFEST_FILENAME = "data_manifest.json"
-Rows = np.ndarray | dict[str, np.ndarray]
+Rows = mixture.Rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +57,15 @@ class DataBundle:
     """What training needs from the data: the tokenizer and the train/eval windows."""
 
     tokenizer: Tokenizer  # SentencePieceTokenizer or HFTokenizer
-    train_windows: Rows  # [N, seq_len + 1], uint16/uint32 (a memmap when cached), or a dict of such rows
-    eval_windows: Rows  # [M, seq_len + 1] (see codex_jax.compute.batch for the dict)
+    train_windows: Rows | TrainMixture  # [N, seq_len + 1], uint16/uint32 (a memmap when cached), or a dict
+    eval_windows: Rows | EvalMixture  # [M, seq_len + 1] (see codex_jax.compute.batch for the dict)
     manifest_path: Path
     manifest: dict[str, Any]
 
 
 def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None) -> DataBundle:
-    """Reads, splits, tokenizes and windows ``cfg.data.source``; files go under ``workdir``.
+    """Reads, splits, tokenizes and windows ``cfg.data.source`` (or every source of ``data.mixture``);
+    files go under ``workdir``.
 
     Only the writer (by default process 0 of ``jax.process_index()``) writes files; every other
     process builds the same deterministic result in memory or reads what is already there.
@@ -77,9 +75,37 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         import jax
 
         write = jax.process_index() == 0
-    train_docs, eval_docs, manifest = _read_and_split(cfg)
+    sources = mixture_sources(cfg)
+    if sources:
+        return _prepare_mixture(cfg, workdir, write, sources)
+    train_docs, eval_docs, manifest = _read_and_split(cfg.data)
     if write:
         report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
+    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, train_docs, write)
+    windows, tokens = _source_rows(
+        cfg, cfg.data, workdir / "cache", tokenizer, train_docs, eval_docs, manifest, write
+    )
+    manifest["tokenizer"] = {
+        "path": tokenizer_path,
+        "sha256": tokenizer.checksum,
+        "vocab_size": tokenizer.vocab_size,
+    }
+    manifest["seq_len"] = cfg.data.seq_len
+    manifest["tokens"] = tokens
+    manifest["windows"] = {split: row_count(w) for split, w in windows.items()}
+    manifest_path = workdir / MANIFEST_FILENAME
+    if write:
+        write_bytes_atomic(manifest_path, manifest_json(manifest).encode())
+    return DataBundle(tokenizer, windows["train"], windows["eval"], manifest_path, manifest)
+
+
+def mixture_sources(cfg: ConfigDict) -> tuple[MixtureSource, ...]:
+    """The sources of ``data.mixture`` (``()``: no mixture, ``data.source`` alone)."""
+    return parse_mixture(cfg.data.get("mixture", ""), cfg.data)
+
+
+def _run_tokenizer(cfg: ConfigDict, workdir: Path, train_docs: list[Document], write: bool):
+    """``(tokenizer, where)``, trained on ``train_docs`` when there is none yet; it must have an EOS."""
 
     def tokenizer_texts():  # training documents in a hash order, so a budget samples them all
         return (d.text for d in sorted(train_docs, key=lambda d: hash_fraction("tok:" + d.key)))
@@ -87,36 +113,135 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
     tokenizer, tokenizer_path = load_run_tokenizer(cfg, workdir, tokenizer_texts, write)
     if tokenizer.eos_id < 0:
         raise UserError(f"the tokenizer {tokenizer_path} has no EOS token to end documents")
-    seq_len = cfg.data.seq_len
+    return tokenizer, tokenizer_path
+
+
+def _source_rows(
+    cfg: ConfigDict,
+    d,
+    cache_dir: Path,
+    tokenizer: Tokenizer,
+    train_docs: list[Document],
+    eval_docs: list[Document],
+    manifest: dict[str, Any],
+    write: bool,
+    masked: bool = False,
+) -> tuple[Mapping[str, Rows], dict[str, int]]:
+    """``({'train', 'eval'} rows, tokens per split)`` of one source (data section ``d``), its streams
+    cached in ``cache_dir``; ``masked``: dict rows even for text under 'concat' packing (a mixture with
+    example sources)."""
     key = cache.cache_key(manifest["checksum"], tokenizer)
     # Eval documents in a hash order, so that the first eval batches sample every held-out file.
-    eval_docs = sorted(eval_docs, key=lambda d: hash_fraction("eval-order:" + d.key))
+    eval_docs = sorted(eval_docs, key=lambda doc: hash_fraction("eval-order:" + doc.key))
     docs = {"train": train_docs, "eval": eval_docs}
-    if cfg.data.format != "text":
-        streams, flags = _example_streams(cfg, workdir, key, tokenizer, docs, manifest, write)
+    if d.format != "text":
+        streams, flags = _example_streams(d, cache_dir, key, tokenizer, docs, manifest, write)
     else:
-        texts = {split: [d.text for d in documents] for split, documents in docs.items()}
+        texts = {split: [doc.text for doc in documents] for split, documents in docs.items()}
         progress = bool(cfg.logging.progress)
-        streams = cache.load_or_build(workdir / "cache", key, tokenizer, texts, write, progress)
-        flags = {split: text_flags(s, tokenizer.eos_id, seq_len + 1) for split, s in streams.items()}
-        flags = flags if cfg.data.packing != "concat" else {}
-    windows: Mapping[str, Rows]
-    if cfg.data.format == "text" and cfg.data.packing == "concat":
-        windows = _windows(streams, seq_len)
-    else:
-        windows = _packed_rows(cfg.data, streams, flags, tokenizer.eos_id, manifest)
+        streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress)
+        flags = {split: text_flags(s, tokenizer.eos_id, d.seq_len + 1) for split, s in streams.items()}
+        flags = flags if d.packing != "concat" or masked else {}
+    tokens = {split: len(s) for split, s in streams.items()}
+    if d.format == "text" and d.packing == "concat" and not masked:
+        return _windows(streams, d.seq_len), tokens
+    return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), tokens
+
+
+def _prepare_mixture(
+    cfg: ConfigDict, workdir: Path, write: bool, sources: tuple[MixtureSource, ...]
+) -> DataBundle:
+    """:func:`prepare_data` of ``data.mixture``: every source read, split, cached (``cache/<name>``) and
+    packed on its own, with one tokenizer trained on all of their training documents."""
+    sections = {s.name: _source_section(cfg.data, s) for s in sources}
+    read = {}
+    for s in sources:
+        with _named(s.name):
+            read[s.name] = _read_and_split(sections[s.name], f"{s.name}: ")
+    manifest = mixture.corpus_manifest(sources, {name: m for name, (_, _, m) in read.items()})
+    if write:
+        report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
+    all_train = [doc for train_docs, _, _ in read.values() for doc in train_docs]
+    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, all_train, write)
+    masked = cfg.data.packing != "concat" or any(s.format != "text" for s in sources)
+    rows, tokens = {}, {}
+    for s in sources:
+        train_docs, eval_docs, part = read[s.name]
+        with _named(s.name):
+            cache_dir = workdir / "cache" / s.name
+            rows[s.name], tokens[s.name] = _source_rows(
+                cfg, sections[s.name], cache_dir, tokenizer, train_docs, eval_docs, part, write, masked
+            )
+    train = mixture.TrainMixture(
+        tuple(rows),
+        mixture.proportions([s.weight for s in sources]),
+        tuple(r["train"] for r in rows.values()),
+    )
+    sequences = cfg.train.steps * cfg.train.grad_accum_steps * cfg.data.batch_size
+    mixture.finish_manifest(
+        manifest, {name: m for name, (_, _, m) in read.items()}, rows, tokens, train, sequences
+    )
     manifest["tokenizer"] = {
         "path": tokenizer_path,
         "sha256": tokenizer.checksum,
         "vocab_size": tokenizer.vocab_size,
     }
-    manifest["seq_len"] = seq_len
-    manifest["tokens"] = {split: len(s) for split, s in streams.items()}
-    manifest["windows"] = {split: row_count(w) for split, w in windows.items()}
+    manifest["seq_len"] = cfg.data.seq_len
     manifest_path = workdir / MANIFEST_FILENAME
     if write:
         write_bytes_atomic(manifest_path, manifest_json(manifest).encode())
-    return DataBundle(tokenizer, windows["train"], windows["eval"], manifest_path, manifest)
+    evals = mixture.EvalMixture({name: r["eval"] for name, r in rows.items()})
+    return DataBundle(tokenizer, train, evals, manifest_path, manifest)
+
+
+def _source_section(d, source: MixtureSource) -> ml_collections.ConfigDict:
+    """``cfg.data`` with a mixture source's settings: what reads, splits and packs that source."""
+    return ml_collections.ConfigDict({**d.to_dict(), **source.settings(), "mixture": ""})
+
+
+@contextlib.contextmanager
+def _named(name: str):
+    """Errors of a mixture source's data work name it: ``data.mixture.NAME: ...``."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"data.mixture.{name}: {e}") from None
+
+
+def make_train_iterator(
+    windows,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
+    prefetch: int = 0,
+    accum_steps: int = 1,
+):
+    """:func:`codex_jax.data.iterators.make_train_iterator`, or a mixture's
+    (:func:`codex_jax.data.mixture.make_mixture_iterator`) when ``windows`` is a TrainMixture."""
+    make = (
+        mixture.make_mixture_iterator
+        if isinstance(windows, mixture.TrainMixture)
+        else iterators.make_train_iterator
+    )
+    return make(windows, batch_size, seed, process_index, process_count, num_workers, prefetch, accum_steps)
+
+
+def eval_batches(windows, batch_size: int, num_batches: int, process_index: int = 0, process_count: int = 1):
+    """:func:`codex_jax.data.iterators.eval_batches`; of every source (a :class:`SourceBatches`) when
+    ``windows`` is an EvalMixture."""
+    if isinstance(windows, mixture.EvalMixture):
+        return mixture.mixture_eval_batches(windows, batch_size, num_batches, process_index, process_count)
+    return iterators.eval_batches(windows, batch_size, num_batches, process_index, process_count)
+
+
+def mixture_scalars(train_iter) -> dict[str, float]:
+    """``{'train/mix/<source>': fraction}`` of the sequences a mixture's iterator returned so far ({}
+    without a mixture)."""
+    if not isinstance(train_iter, mixture.MixtureBatches):
+        return {}
+    return {f"train/mix/{name}": f for name, f in train_iter.realised().items()}
 
 
 def load_run_tokenizer(
@@ -139,16 +264,17 @@ def load_run_tokenizer(
     directory = workdir / "tokenizer"
     if not path and train_texts is None and not (directory / "spm.model").is_file():
         raise UserError(f"no tokenizer in {directory}; train first (--mode=train)")
-    symbols = CHAT_MARKERS if cfg.data.format == "chat" else ()  # the built-in template's markers
+    formats = {cfg.data.format, *(s.format for s in mixture_sources(cfg))}
+    symbols = CHAT_MARKERS if "chat" in formats else ()  # the built-in template's markers
     tok = load_or_train(
         path, directory, cfg.model.vocab_size, train_texts, cfg.data.tokenizer_train_bytes, write, symbols
     )
     return tok, path or str(directory)
 
 
-def _read_and_split(cfg: ConfigDict) -> tuple[list[Document], list[Document], dict[str, Any]]:
-    """(train documents, eval documents, corpus manifest) of ``cfg.data``, with a log line."""
-    d = cfg.data
+def _read_and_split(d, label: str = "") -> tuple[list[Document], list[Document], dict[str, Any]]:
+    """(train documents, eval documents, corpus manifest) of the data section ``d``, with a log line
+    (``data: LABEL...``)."""
     started = time.perf_counter()
     safety = CorpusFilter(d.safety_policy, d.source)  # secrets redacted or records dropped
     fields = ExampleFields(d.format, d.prompt_field, d.completion_field, d.messages_field)
@@ -180,7 +306,7 @@ def _read_and_split(cfg: ConfigDict) -> tuple[list[Document], list[Document], di
     safety.add_to_manifest(manifest)
     t = manifest["totals"]
     print(
-        f"data: {t['files']} files, {t['bytes'] / 1e6:.1f} MB, {t['records']} documents "
+        f"data: {label}{t['files']} files, {t['bytes'] / 1e6:.1f} MB, {t['records']} documents "
         f"({t['eval_documents']} held out), {t['skipped']} skipped, read in "
         f"{time.perf_counter() - started:.1f} s",
         file=sys.stderr,
@@ -202,14 +328,14 @@ def report_corpus_change(path: Path, manifest: dict[str, Any]) -> str | None:
     return change
 
 
-def _example_streams(cfg, workdir: Path, key: dict, tokenizer, docs, manifest, write: bool):
-    """``({split: tokens}, {split: flags})`` of an example run, cached; render failures go to the
-    manifest's ``examples`` section."""
-    template = examples.chat_template_text(cfg.data, tokenizer)
-    settings = examples.example_settings(cfg.data, template)
+def _example_streams(d, cache_dir: Path, key: dict, tokenizer, docs, manifest, write: bool):
+    """``({split: tokens}, {split: flags})`` of an example source (data section ``d``), cached in
+    ``cache_dir``; render failures go to the manifest's ``examples`` section."""
+    template = examples.chat_template_text(d, tokenizer)
+    settings = examples.example_settings(d, template)
     key = {**key, "examples": settings}
     streams, flags, bad = examples.load_or_build(
-        workdir / "cache", key, tokenizer, docs, {"template": template}, cfg.data, write
+        cache_dir, key, tokenizer, docs, {"template": template}, d, write
     )
     manifest["examples"] = {**settings, "template_failures": bad}
     return streams, flags

@@ -27,6 +27,7 @@ _FIXED_KEYS = (
     "model.",
     "data.seq_len",
     "data.source",
+    "data.mixture",
     "data.tokenizer",
     "data.max_files",
     "data.eval_fraction",
