@@ -13,14 +13,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO
+from zygote import Zygote
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 COMMAND_WORDS = ("python", "codex-jax", "pip", "bash", "srun", "gcloud", "docker", "mlflow", "MLFLOW_")
@@ -60,6 +60,23 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_commands.py::test_scan_command_prints_findings_without_secrets",
     ),
     (r"^codex-jax plugins", "tests/e2e/test_plugins.py::test_plugins_command_lists_loaded_and_failed"),
+    (
+        r"^codex-jax config print ",
+        "tests/unit/test_cli_config.py::test_print_shows_every_key_and_marks_those_that_differ_from_the_defaults",
+    ),
+    (
+        r"^codex-jax config validate ",
+        "tests/unit/test_cli_config.py::test_validate_says_ok_or_stops_with_the_runs_own_error_and_does_no_work",
+    ),
+    (
+        r"^codex-jax config diff ",
+        "tests/unit/test_cli_config.py::test_diff_prints_the_keys_that_differ_and_exits_like_diff",
+    ),
+    (
+        r"--config\.train\.hooks=",
+        "tests/e2e/test_plugins.py::test_training_on_a_plugin_source_and_tokenizer_with_a_plugin_hook",
+    ),
+    (r"--config\.generate\.temperature=0$", "tests/unit/test_sample.py::test_greedy_is_one_key_away"),
     (r"^tools/bench\.py --config=FILE", "tests/e2e/test_bench.py::test_train_bench_tiny"),
     (
         r"^tools/bench\.py --config\.train\.grad_accum_steps=\d+$",
@@ -194,35 +211,43 @@ def _argv(command: str, swaps: dict[str, str]) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_commands_run(tmp_path):
-    """codex_jax's README commands in order in one directory; the Python API block after them."""
+    """codex_jax's README commands in order in one directory; the Python API block after them.
+
+    Each runs as a real process forked from one zygote (tests/e2e/zygote.py) that imported codex_jax once.
+    """
     swaps = _scratch(tmp_path)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    ran = []
-    for command in readme_commands():
+    zygote = Zygote(env, tmp_path)
+    try:
+        outputs = _run_readme_commands(zygote, tmp_path, swaps)
+        assert len(outputs) >= 18
+        assert '"perplexity"' in outputs["python -m codex_jax.main --config=configs/base.py --mode=eval"]
+        assert (tmp_path / "docs/metrics.png").is_file() and (tmp_path / "runs/lora-adapter").is_dir()
+        assert (tmp_path / "tmp/ft-hf/model.safetensors").is_file() and (tmp_path / "tok-hf").is_dir()
+        code = python_blocks()[0].replace('{"train.steps": 200}', repr(TINY))
+        log = tmp_path / "api.log"
+        assert zygote.run([], log, code=code) == 0, log.read_text()[-3000:]
+        assert (tmp_path / "out/model.safetensors").is_file()
+    finally:
+        zygote.close()
+
+
+def _run_readme_commands(zygote: Zygote, tmp_path: Path, swaps: dict[str, str]) -> dict[str, str]:
+    """Runs the README commands tested here, in order; their outputs (stdout and stderr) by command."""
+    outputs = {}
+    for i, command in enumerate(readme_commands()):
         if where_tested(command) != "here":
             continue
         if "/models/" in command and not Path(swaps["/models/gpt2"]).exists():
             # the README's example Hugging Face folder: the base run exported by codex_jax itself
-            run_cli(
-                tmp_path / "runs/base",
-                *TINY_FLAGS,
-                "--config.export.format=hf",
-                f"--config.export.dir={swaps['/models/gpt2']}",
-                mode="export",
-                config="base.py",
-            )
-        argv = _argv(command, swaps)
-        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"README: {command}\n{result.stderr[-3000:]}"
-        ran.append((command, result.stdout))
-    outputs = dict(ran)
-    assert len(ran) >= 18
-    assert '"perplexity"' in outputs["python -m codex_jax.main --config=configs/base.py --mode=eval"]
-    assert (tmp_path / "docs/metrics.png").is_file() and (tmp_path / "runs/lora-adapter").is_dir()
-    assert (tmp_path / "tmp/ft-hf/model.safetensors").is_file() and (tmp_path / "tok-hf").is_dir()
-    code = python_blocks()[0].replace('{"train.steps": 200}', repr(TINY))
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "out/model.safetensors").is_file()
+            argv = ["--config=base.py", f"--workdir={tmp_path / 'runs/base'}", "--mode=export", *TINY_FLAGS]
+            argv += ["--config.export.format=hf", f"--config.export.dir={swaps['/models/gpt2']}"]
+            log = tmp_path / "export-gpt2.log"
+            assert zygote.run(argv, log) == 0, log.read_text()[-3000:]
+        python, dash_m, module, *argv = _argv(command, swaps)
+        assert (python, dash_m) == (sys.executable, "-m"), command
+        log = tmp_path / f"command-{i}.log"
+        code = zygote.run(argv, log, module=module)
+        assert code == 0, f"README: {command}\n{log.read_text()[-3000:]}"
+        outputs[command] = log.read_text()
+    return outputs

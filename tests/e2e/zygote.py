@@ -3,12 +3,14 @@ and forks one fresh child per run (no JAX backend is started before the fork, so
 own, with its own device count). The children are real processes that the tests signal and kill.
 
 Run as a script: it reads one JSON request a line on stdin (``{"argv": [...], "log": PATH, "env": {},
-"max_file_bytes": 0}``),
+"max_file_bytes": 0}``; ``"module": NAME`` runs ``NAME.main()`` as ``python -m NAME`` does, instead of
+codex_jax.main; ``"code": SRC`` runs ``python -c SRC``),
 answers ``{"pid": N}`` when the child runs and ``{"exit": CODE}`` (negative: killed by that signal) when
 it ended. :class:`Zygote` is the tests' side.
 """
 
 import atexit
+import importlib
 import json
 import os
 import resource
@@ -27,10 +29,17 @@ def _child(request: dict) -> None:
         if request.get("max_file_bytes"):  # a write past it fails with EFBIG (Python ignores SIGXFSZ)
             limit = request["max_file_bytes"]
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        sys.argv = ["codex_jax.main", *request["argv"]]
-        from codex_jax import main  # imported (and cached) by the parent already
+        if "code" in request:  # python -c SRC
+            sys.argv = ["-c", *request["argv"]]
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
+        elif "module" in request:  # python -m MODULE, for a module whose __main__ block calls main()
+            sys.argv = [request["module"], *request["argv"]]
+            importlib.import_module(request["module"]).main()
+        else:
+            sys.argv = ["codex_jax.main", *request["argv"]]
+            from codex_jax import main  # imported (and cached) by the parent already
 
-        main.main()
+            main.main()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -71,18 +80,21 @@ class Zygote:
         )
         self.pid: int | None = None
 
-    def start(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0) -> int:
-        """Forks a run of the CLI with ``argv`` (output to ``log``; ``max_file_bytes``: RLIMIT_FSIZE)."""
-        request = {"argv": [str(a) for a in argv], "log": str(log), "env": env or {}}
+    def start(
+        self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what: str
+    ) -> int:
+        """Forks a run of the CLI with ``argv`` (output to ``log``; ``max_file_bytes``: RLIMIT_FSIZE;
+        ``module=NAME`` or ``code=SRC`` to run another module or a ``-c`` program instead)."""
+        request = {"argv": [str(a) for a in argv], "log": str(log), "env": env or {}, **what}
         request["max_file_bytes"] = max_file_bytes
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         self.pid = json.loads(self.proc.stdout.readline())["pid"]
         return self.pid
 
-    def run(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0) -> int:
+    def run(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what: str) -> int:
         """One run to its end: its exit code."""
-        self.start(argv, log, env, max_file_bytes)
+        self.start(argv, log, env, max_file_bytes, **what)
         return self.wait()
 
     def wait(self) -> int:
