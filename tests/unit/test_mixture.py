@@ -191,3 +191,28 @@ def test_a_mixture_trains_and_reports_per_source_eval_losses(corpora, tmp_path):
     resumed.set_state(state)
     batches = [next(whole) for _ in range(4)]
     np.testing.assert_array_equal(next(resumed), batches[3])
+
+
+def test_text_and_prompt_completion_sources_mix_as_masked_rows(corpora, tmp_path):
+    with open(tmp_path / "pc.jsonl", "w") as f:
+        for i in range(200):
+            f.write(
+                json.dumps({"prompt": f"def add_{i}(a, b):", "completion": f"\n    return a + b + {i}\n"})
+                + "\n"
+            )
+    cfg = mixture_config(corpora)
+    spec = json.loads(cfg.data.mixture)
+    spec["docs"] = {"source": f"jsonl:{tmp_path}/pc.jsonl", "weight": 1, "format": "prompt_completion"}
+    cfg.data.mixture = json.dumps(spec)
+    bundle = prepare_data(cfg, tmp_path / "work", write=True)
+    code, pc = bundle.train_windows.parts
+    assert (
+        code["mask"].all() and 0 < pc["mask"].mean() < 1
+    )  # text trains on every token, examples on completions
+    whole = make_train_iterator(bundle.train_windows, 4, 0, accum_steps=2)
+    halves = [make_train_iterator(bundle.train_windows, 2, 0, p, 2, accum_steps=2) for p in (0, 1)]
+    for _ in range(3):
+        batch, parts = next(whole), [next(h) for h in halves]
+        for key in batch:  # tokens, mask and each step's loss scale agree across processes
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+    assert bundle.manifest["mixture"]["sources"]["docs"]["examples"]["format"] == "prompt_completion"
