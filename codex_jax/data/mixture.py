@@ -5,10 +5,9 @@ Each source has its own train/eval rows (and token cache). The train order is gr
 name), so sequence i of the run is a pure function of the seed and i: the iterator state is the count of
 batches read (as for one source) and resumes exactly. grain mixes by integer proportions; the weights
 become integers with the smallest at 100 (:func:`proportions`), and the first n sequences hold
-:func:`counts` of each source exactly (within fewer sequences of ``n * proportion`` than there are
-sources). Evaluation takes
-``eval.num_batches`` batches of every source's held-out rows (:class:`SourceBatches`), so losses are
-reported per source and over all of them.
+:func:`counts` of each source (each within fewer sequences of ``n * proportion`` than there are
+sources). Evaluation takes ``eval.num_batches`` batches of every source's held-out rows
+(:class:`SourceBatches`), so losses are reported per source and over all of them.
 """
 
 from __future__ import annotations
@@ -37,8 +36,9 @@ def proportions(weights: Sequence[float]) -> tuple[int, ...]:
 
 
 def counts(n: int, props: Sequence[int]) -> list[int]:
-    """How many of the first ``n`` mixed sequences come from each source (grain's selection rule:
-    source i's count is the rest's count cut by its share, floored)."""
+    """How many of the first ``n`` mixed sequences come from each source, by grain's selection rule: the
+    first source gives ``n - floor(n * rest / total)`` of them (``rest``: the other sources' proportions),
+    and the others share what is left the same way, in order."""
     remaining, left, out = sum(props), n, []
     for p in props:
         rest = left * (remaining - p) // remaining
