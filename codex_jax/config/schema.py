@@ -71,6 +71,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "At most this many bytes of training text are used to train the tokenizer.",
     ),
     "data.num_workers": (0, "grain worker processes (0: read in the main process)."),
+    "data.cache_workers": (
+        1,
+        "Processes that tokenize the corpus into the token cache (1: this process, with the tokenizer's "
+        "threads); more are spawned and tokenize with one thread each. The cache bytes are the same.",
+    ),
     "data.prefetch": (
         0,
         "Batches prepared ahead: by a background thread (num_workers=0) or by "

@@ -47,6 +47,7 @@ _CHOICES = {
 }
 _POSITIVE = (
     "data.seq_len",
+    "data.cache_workers",
     "data.batch_size",
     "train.steps",
     "train.grad_accum_steps",

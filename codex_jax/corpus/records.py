@@ -129,6 +129,30 @@ def _checked(text: str, report: FileReport, line: int) -> str | None:
     return text
 
 
+def render_record(template: Template, record: Any, report: FileReport, line: int) -> str | None:
+    """The text of one structured record (a dict) per ``template``, or None (one bad record counted in
+    ``report``) when it is not an object, a field is missing or of the wrong type, or the text is blank."""
+    if not isinstance(record, dict):
+        report.skip(line, "not an object")
+        return None
+    value, reason = template.render(record)
+    if value is None:
+        report.skip(line, reason)
+        return None
+    return _checked(value, report, line)
+
+
+def decode_text(data: bytes, report: FileReport, line: int) -> str | None:
+    """One UTF-8 text record (BOM dropped, CRLF -> LF), or None (a bad record counted in ``report``) when
+    it is undecodable or blank."""
+    try:
+        text = data.removeprefix(BOM).decode("utf-8")
+    except UnicodeDecodeError:
+        report.skip(line, "undecodable bytes (not UTF-8)")
+        return None
+    return _checked(text, report, line)
+
+
 def read_text_file(data: bytes, report: FileReport) -> Iterator[tuple[int, str]]:
     """The whole file as one document (line 1); nothing for an empty or blank file."""
     try:

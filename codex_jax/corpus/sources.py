@@ -5,6 +5,8 @@
     'jsonl:/d/*.jsonl:text'           one per line: a field, or a template of fields:
     'jsonl:/d/*.jsonl:{title}\\n{body}'
     'csv:/d/rows.csv:code'            one per row: a column (or a template of columns)
+    'parquet:/d/*.parquet:text'       one per row: a column (template); also 'arrayrecord:PATH[:FIELD]'
+    'hf_disk:/d/saved:text'           and datasets save_to_disk folders (codex_jax.corpus.formats)
 
 Files are listed in sorted order, filtered by include/exclude globs relative to the source's
 root, checksummed, and read one at a time (:mod:`codex_jax.corpus.records` reads the records and
@@ -33,6 +35,7 @@ from codex_jax.corpus.examples import (
     read_csv_examples,
     read_jsonl_examples,
 )
+from codex_jax.corpus.formats import RECORD_KINDS, hf_disk_files, read_record_file
 from codex_jax.corpus.records import (
     BAD_RECORD_POLICIES,
     FileReport,
@@ -70,7 +73,8 @@ class Corpus:
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """A parsed ``data.source``: kind ('text', 'jsonl', 'csv'), a path pattern, a template."""
+    """A parsed ``data.source``: kind ('text', 'jsonl', 'csv', or one of
+    :data:`~codex_jax.corpus.formats.RECORD_KINDS`), a path pattern, a template."""
 
     kind: str
     pattern: str
@@ -85,12 +89,14 @@ def parse_source(source: str, fields: ExampleFields | None = None) -> SourceSpec
     if fields is not None and fields.format != "text":
         kind, pattern = example_pattern(source)
         return SourceSpec(kind, pattern, fields=fields)
-    for kind in ("jsonl", "csv"):
+    for kind in ("jsonl", "csv", *RECORD_KINDS):
         if source.startswith(kind + ":"):
             rest = source[len(kind) + 1 :]
             head = rest[: rest.index("{")] if "{" in rest else rest
             pattern, sep, _ = head.rpartition(":")
             field = rest[len(pattern) + 1 :]
+            if kind == "arrayrecord" and not (field.isidentifier() or "{" in field):
+                return SourceSpec(kind, rest)  # records are UTF-8 text, not JSON objects
             if not sep or not pattern or not field:
                 raise UserError(f"data.source {source!r}: expected '{kind}:PATH:FIELD'")
             return SourceSpec(kind, pattern, parse_template(field))
@@ -113,6 +119,8 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[Path]]:
             dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
             files += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
         return root, sorted(files)
+    if spec.kind == "hf_disk":
+        return hf_disk_files(spec.pattern)
     pattern = os.path.expanduser(spec.pattern)
     files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not files:
@@ -212,6 +220,8 @@ def read_file(
         location=str(path),
         on_bad=on_bad,
     )
+    if spec.kind in RECORD_KINDS:
+        return report, read_record_file(spec.kind, path, report, spec.template)
     if spec.fields is not None:
         read = read_jsonl_examples if spec.kind == "jsonl" else read_csv_examples
         return report, read(data, report, spec.fields)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from codex_jax.data import cache_build
 from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
@@ -146,21 +147,36 @@ def load_or_build(
     texts: Mapping[str, Sequence[str]],
     write: bool = True,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, np.ndarray]:
     """The token stream of every split in ``texts``: from the cache when its key matches, else
-    tokenized now (and cached when ``write``)."""
+    tokenized now (and cached when ``write``).
 
-    def build():
+    A local cache is built by :func:`codex_jax.data.cache_build.build_texts`: in ``workers``
+    processes, resumably (a killed build continues where it stopped), the same bytes as :func:`pack`.
+    """
+
+    def build() -> dict[str, np.ndarray] | None:
+        if write and cache_build.is_local(directory):
+            try:
+                cache_build.build_texts(directory, key, tokenizer, dict(texts), workers, progress=progress)
+            except OSError as e:  # disk full, I/O error: no key is written
+                raise UserError(f"token cache {directory}: cannot write ({e.strerror or e})") from e
+            return None  # saved, key included
         return {split: pack(tokenizer, docs, split, progress) for split, docs in texts.items()}
 
     return load_or_build_streams(directory, key, list(texts), build, write)
 
 
 def load_or_build_streams(
-    directory: Path, key: dict, names: Sequence[str], build: Callable[[], dict[str, np.ndarray]], write: bool
+    directory: Path,
+    key: dict,
+    names: Sequence[str],
+    build: Callable[[], dict[str, np.ndarray] | None],
+    write: bool,
 ) -> dict[str, np.ndarray]:
-    """The streams ``names`` from the cache when its key matches, else ``build()`` (cached when ``write``);
-    every stream is stored in the key's dtype."""
+    """The streams ``names`` from the cache when its key matches, else ``build()`` (cached when ``write``;
+    a ``build`` that saved the cache itself returns None); every stream is stored in the key's dtype."""
     streams, why = check(directory, key)
     if streams is not None and set(streams) == set(names):
         print(f"data: reusing token cache {directory}", file=sys.stderr, flush=True)
@@ -169,11 +185,14 @@ def load_or_build_streams(
         why = f"splits {sorted(streams)} differ from {sorted(names)}"
     print(f"data: building the token cache ({why})", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    streams = {name: np.asarray(s, dtype=key["dtype"]) for name, s in build().items()}
+    built = build()
+    saved = load(directory, key) if built is None else None
+    assert built is not None or saved is not None, f"token cache in {directory} did not read back"
+    streams = saved or {name: np.asarray(s, dtype=key["dtype"]) for name, s in (built or {}).items()}
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{s} {len(a):,}" for s, a in streams.items())
     print(f"data: tokenized in {seconds:.1f} s ({sizes} tokens)", file=sys.stderr, flush=True)
-    return save(directory, key, streams) if write else streams
+    return save(directory, key, streams) if write and saved is None else streams
 
 
 def windows(stream: np.ndarray, window_len: int) -> np.ndarray:

@@ -139,7 +139,8 @@ def _source_rows(
     else:
         texts = {split: [doc.text for doc in documents] for split, documents in docs.items()}
         progress = bool(cfg.logging.progress)
-        streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress)
+        workers = cfg.data.cache_workers
+        streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress, workers)
         flags = {split: text_flags(s, tokenizer.eos_id, d.seq_len + 1) for split, s in streams.items()}
         flags = flags if d.packing != "concat" or masked else {}
     tokens = {split: len(s) for split, s in streams.items()}

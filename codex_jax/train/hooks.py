@@ -14,6 +14,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
+from codex_jax.data.pipeline import mixture_scalars
 from codex_jax.metrics import system
 from codex_jax.metrics.perf import StepTimer, mfu
 from codex_jax.train.profile import Profiler
@@ -112,6 +113,7 @@ class LogHook:
                 scalars["train/mfu"] = utilization
             self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         scalars.update(system.collect())  # host/accelerator memory, CPU, GPU utilisation
+        scalars.update(mixture_scalars(self.t.train_iter))  # data.mixture: train/mix/NAME so far
         self.t.writers.write_scalars(step, scalars)
 
 

@@ -183,6 +183,8 @@ def test_a_mixture_trains_and_reports_per_source_eval_losses(corpora, tmp_path):
     assert evals[-1]["loss"] == final["loss"]
     low, high = sorted((evals[-1]["code/loss"], evals[-1]["docs/loss"]))
     assert low <= final["loss"] <= high  # the overall loss lies between the sources'
+    train = [r for r in records if r.get("split") == "train" and "loss" in r]
+    assert [train[-1]["mix/code"], train[-1]["mix/docs"]] == pytest.approx([20 / 24, 4 / 24])  # of 3 x 8
     # the checkpoint's iterator state continues the mixture where the run stopped, exactly
     state = json.loads((tmp_path / "checkpoints/3/data/process_0-of-1.json").read_text())
     assert state == {"next_index": 3}

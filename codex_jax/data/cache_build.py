@@ -1,0 +1,548 @@
+"""Building token streams in parallel, resumably, and in shares across hosts.
+
+A build is a fixed, ordered list of *tasks*; each tokenizes some documents into shard files in a
+build folder (``cache/build-<key digest>/``)::
+
+    000012.train.tokens  000012.eval.tokens  000012.eval.order.npy  000012.json
+
+``NNNNNN.json`` is written last and atomically: a task whose marker is there is done and is not run
+again, so a killed build continues where it stopped. Tasks run in worker processes
+(``data.cache_workers``; ``spawn``ed, so no JAX state is forked; a worker tokenizes with one thread),
+each holding one task's documents at a time. In a multi-host run host ``p`` of ``P`` runs the tasks
+``i`` with ``i % P == p`` into the same (shared) build folder; the streams are then *combined*
+without tokenizing anything again: ``train`` is the shards' ``train`` tokens concatenated in task
+order (a file copy), ``eval`` is every shard's eval documents gathered in the order of their order
+keys (``hash_fraction('eval-order:' + key)``, the order the in-memory path sorts them in). Neither
+depends on the number of processes or hosts, so every build of the same tasks gives the same bytes.
+
+Two kinds of task: :class:`TextsTask` (documents already in memory, one split) and
+:class:`FilesTask` (files read by the worker itself and split by the hash of each document's key,
+so no process ever holds the whole corpus: :func:`file_tasks` cuts a file list into tasks of about
+``task_bytes`` each).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from codex_jax.corpus.records import FileReport
+from codex_jax.corpus.sources import SourceSpec, read_file
+from codex_jax.corpus.splits import hash_fraction
+from codex_jax.errors import UserError
+from codex_jax.files import write_bytes_atomic
+from codex_jax.tokenizers.base import Tokenizer
+
+SPLITS = ("train", "eval")
+_ENCODE_CHARS = 4_000_000  # texts encoded per encode_batch call
+_COPY_BYTES = 64 << 20  # buffer of the combining copies
+
+
+@dataclasses.dataclass(frozen=True)
+class TextsTask:
+    """Documents already in memory, all of ``split``, in stream order."""
+
+    split: str
+    texts: tuple[str, ...]
+
+    def documents(self) -> Iterator[tuple[str, str, float, float]]:
+        """``(split, text, split hash, eval order key)`` of every document (both 0: already ordered)."""
+        for text in self.texts:
+            yield self.split, text, 0.0, 0.0
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits this task writes shards of."""
+        return (self.split,)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesTask:
+    """Files of a source read by the worker: every document goes to ``split``, or (``split=''``) to
+    eval when ``hash_fraction(key) < eval_fraction``, as :func:`~codex_jax.corpus.splits.split_documents`
+    decides."""
+
+    spec: SourceSpec
+    root: str
+    files: tuple[str, ...]
+    split: str = ""
+    eval_fraction: float = 0.0
+    on_bad_record: str = "skip"
+    reports: list[FileReport] = dataclasses.field(default_factory=list, compare=False)
+    eval_records: dict[str, int] = dataclasses.field(default_factory=dict, compare=False)
+
+    def documents(self) -> Iterator[tuple[str, str, float, float]]:
+        """``(split, text, split hash, eval order key)`` of every good record; one report per file in
+        ``reports``."""
+        for name in self.files:
+            report, records = read_file(self.spec, Path(name), Path(self.root), self.on_bad_record)
+            self.reports.append(report)
+            for line, text in records:
+                key = report.path if self.spec.kind == "text" else f"{report.path}:{line}"
+                report.records += 1
+                fraction = hash_fraction(key)
+                split = self.split or ("eval" if fraction < self.eval_fraction else "train")
+                if split == "eval":
+                    self.eval_records[report.path] = self.eval_records.get(report.path, 0) + 1
+                yield split, text, fraction, hash_fraction("eval-order:" + key)
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits this task writes shards of."""
+        return SPLITS
+
+
+Task = TextsTask | FilesTask
+
+
+def text_tasks(texts: Sequence[str], split: str, task_chars: int) -> list[TextsTask]:
+    """``texts`` cut into consecutive tasks of about ``task_chars`` characters."""
+    tasks, start = [], 0
+    while start < len(texts):
+        stop, size = start, 0
+        while stop < len(texts) and (size < task_chars or stop == start):
+            size += len(texts[stop])
+            stop += 1
+        tasks.append(TextsTask(split, tuple(texts[start:stop])))
+        start = stop
+    return tasks
+
+
+def file_tasks(
+    spec: SourceSpec,
+    root: Path,
+    files: Iterable[Path],
+    task_bytes: int,
+    split: str = "",
+    eval_fraction: float = 0.0,
+    on_bad_record: str = "skip",
+) -> Iterator[FilesTask]:
+    """Consecutive files cut into tasks of about ``task_bytes`` bytes each (lazily: ``files`` may be a
+    generator)."""
+    batch: list[str] = []
+    size = 0
+    for path in files:
+        batch.append(str(path))
+        size += os.path.getsize(path)
+        if size >= task_bytes:
+            yield FilesTask(spec, str(root), tuple(batch), split, eval_fraction, on_bad_record)
+            batch, size = [], 0
+    if batch:
+        yield FilesTask(spec, str(root), tuple(batch), split, eval_fraction, on_bad_record)
+
+
+def is_local(directory: Path) -> bool:
+    """Whether ``directory`` is on a local (or mounted) filesystem: a build folder needs one."""
+    return "://" not in os.fspath(directory)
+
+
+def build_folder(directory: Path, key: dict) -> Path:
+    """The build folder of the streams under ``key`` (a digest of the key: a new key starts afresh)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return directory / f"build-{digest}"
+
+
+def _marker(folder: Path, index: int) -> Path:
+    return folder / f"{index:06d}.json"
+
+
+def _shard(folder: Path, index: int, name: str) -> Path:
+    return folder / f"{index:06d}.{name}"
+
+
+def read_marker(folder: Path, index: int, dtype: np.dtype) -> dict | None:
+    """The marker of task ``index`` when the task is done (its shard files have the sizes it records)."""
+    try:
+        marker = json.loads(_marker(folder, index).read_text())
+    except (OSError, ValueError):
+        return None
+    for split, count in marker["tokens"].items():
+        path = _shard(folder, index, f"{split}.tokens")
+        if (path.stat().st_size if path.exists() else -1) != count * dtype.itemsize:
+            return None
+    return marker
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    np.ascontiguousarray(array).tofile(tmp)
+    os.replace(tmp, path)
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _run_in_worker(folder: str, index: int, task: Task, dtype: str) -> tuple[int, int, float]:
+    assert _WORKER_TOKENIZER is not None
+    return run_task(Path(folder), index, task, _WORKER_TOKENIZER, np.dtype(dtype), num_threads=1)
+
+
+def run_task(
+    folder: Path, index: int, task: Task, tokenizer: Tokenizer, dtype: np.dtype, num_threads: int = -1
+) -> tuple[int, int, float]:
+    """Tokenizes one task into its shard files, then writes its marker; ``(index, chars, cpu seconds)``.
+
+    Each document is followed by EOS. The eval shard keeps each document's order key and length in
+    ``eval.order.npy``; the marker keeps the extreme documents of each split (for the never-empty
+    split rule) and the task's file reports.
+    """
+    started = time.process_time()
+    eos = np.asarray([tokenizer.eos_id], dtype=dtype)
+    pieces: dict[str, list[np.ndarray]] = {s: [] for s in task.splits()}
+    counts = {s: 0 for s in task.splits()}
+    order: list[tuple[float, int]] = []
+    extremes: dict[str, list[float | int] | None] = {s: None for s in task.splits()}
+    chars = 0
+    pending: list[tuple[str, str, float, float]] = []
+
+    def flush() -> None:
+        rows = tokenizer.encode_batch([doc[1] for doc in pending], num_threads)
+        for (split, _, fraction, order_key), ids in zip(pending, rows, strict=True):
+            tokens = np.asarray(ids, dtype=dtype)
+            length = len(tokens) + 1
+            best = extremes[split]
+            # train: the lowest hash (moved to eval when eval is empty); eval: the highest (moved to train)
+            if best is None or (fraction < best[0] if split == "train" else fraction > best[0]):
+                extremes[split] = [fraction, counts[split], length]
+            if split == "eval":
+                order.append((order_key, length))
+            pieces[split] += [tokens, eos]
+            counts[split] += length
+        pending.clear()
+
+    size = 0
+    for document in task.documents():
+        pending.append(document)
+        size += len(document[1])
+        chars += len(document[1])
+        if size >= _ENCODE_CHARS:
+            flush()
+            size = 0
+    flush()
+    for split in task.splits():
+        _write_array(
+            _shard(folder, index, f"{split}.tokens"), np.concatenate([np.zeros(0, dtype), *pieces[split]])
+        )
+    keys = np.asarray([k for k, _ in order], dtype=np.float64)
+    lengths = np.asarray([n for _, n in order], dtype=np.int64)
+    np.save(
+        _shard(folder, index, "eval.order.npy"),
+        np.stack([keys.view(np.int64), lengths]) if order else np.zeros((2, 0), np.int64),
+    )
+    eval_records = getattr(task, "eval_records", {})
+    reports = [
+        {**dataclasses.asdict(r), "eval_records": eval_records.get(r.path, 0)}
+        for r in getattr(task, "reports", [])
+    ]
+    marker = {"tokens": counts, "chars": chars, "extremes": extremes, "reports": reports}
+    write_bytes_atomic(_marker(folder, index), (json.dumps(marker) + "\n").encode())
+    return index, chars, time.process_time() - started
+
+
+@dataclasses.dataclass
+class BuildStats:
+    """What a build did: tasks run here and skipped (done before), characters, worker CPU seconds."""
+
+    tasks: int = 0
+    ran: int = 0
+    skipped: int = 0
+    chars: int = 0
+    cpu_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def run_tasks(
+    folder: Path,
+    tasks: Iterable[Task],
+    tokenizer: Tokenizer,
+    dtype: np.dtype,
+    workers: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+) -> BuildStats:
+    """Runs this process's share of ``tasks`` (index ``i`` with ``i % process_count == process_index``)
+    that are not done yet, in ``workers`` processes (1: in this process); returns the stats.
+
+    At most ``2 * workers`` tasks are in flight, so memory stays bounded however many tasks there are.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stats, started = BuildStats(), time.perf_counter()
+    bar = tqdm.tqdm(
+        unit="char", unit_scale=True, desc="tokenizing", file=sys.stderr, disable=not progress, leave=False
+    )
+
+    def done(result: tuple[int, int, float]) -> None:
+        stats.ran += 1
+        stats.chars += result[1]
+        stats.cpu_seconds += result[2]
+        bar.update(result[1])
+
+    def todo() -> Iterator[tuple[int, Task]]:
+        for index, task in enumerate(tasks):
+            stats.tasks += 1
+            if index % process_count != process_index:
+                continue
+            if read_marker(folder, index, dtype) is not None:
+                stats.skipped += 1
+                continue
+            yield index, task
+
+    with bar:
+        if workers <= 1:
+            for index, task in todo():
+                done(run_task(folder, index, task, tokenizer, dtype))
+        else:
+            try:
+                _run_pool(folder, todo(), tokenizer, dtype, workers, done)
+            except concurrent.futures.process.BrokenProcessPool as e:
+                raise UserError(
+                    f"data.cache_workers={workers}: a tokenizing worker process died ({e}); a script that "
+                    "starts training must guard it with `if __name__ == '__main__':` (workers are spawned "
+                    "and import the main module), or set data.cache_workers=1"
+                ) from None
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _run_pool(
+    folder: Path,
+    todo: Iterator[tuple[int, Task]],
+    tokenizer: Tokenizer,
+    dtype: np.dtype,
+    workers: int,
+    done: Callable[[tuple[int, int, float]], None],
+) -> None:
+    """Runs ``todo`` in ``workers`` spawned processes (no JAX threads or state are forked), at most
+    ``2 * workers`` tasks in flight."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer,)
+    ) as pool:
+        pending: set[concurrent.futures.Future] = set()
+        for index, task in todo:
+            pending.add(pool.submit(_run_in_worker, str(folder), index, task, dtype.name))
+            if len(pending) >= 2 * workers:
+                finished, pending = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
+                for future in finished:
+                    done(future.result())
+        for future in concurrent.futures.as_completed(pending):
+            done(future.result())
+
+
+def _copy_range(source, out, start: int, stop: int) -> None:
+    """Bytes ``[start, stop)`` of the open file ``source`` appended to ``out``."""
+    source.seek(start)
+    left = stop - start
+    while left > 0:
+        chunk = source.read(min(left, _COPY_BYTES))
+        if not chunk:
+            raise UserError(f"token cache shard {source.name} is shorter than its marker says")
+        out.write(chunk)
+        left -= len(chunk)
+
+
+def combine(folder: Path, count: int, dtype: np.dtype, directory: Path) -> dict[str, int]:
+    """Writes ``directory/{train,eval}.tokens`` from the shards of tasks ``0..count-1`` (all done, by
+    every host); returns the token count of each split.
+
+    ``train`` is the shards' train tokens in task order; ``eval`` is every eval document in the order
+    of its order key (a stable sort: ties keep task order). As in
+    :func:`~codex_jax.corpus.splits.split_documents`, an empty eval split takes the train document with
+    the lowest split hash, and an empty train split the eval document with the highest.
+    """
+    markers = []
+    for index in range(count):
+        marker = read_marker(folder, index, dtype)
+        if marker is None:
+            raise UserError(
+                f"token cache build {folder}: task {index} of {count} is not done (a host's share is missing)"
+            )
+        markers.append(marker)
+    totals = {s: sum(m["tokens"][s] for m in markers) for s in SPLITS}
+    documents = sum(1 for m in markers for s in SPLITS if m["extremes"][s] is not None)
+    moved: tuple[str, int, int, int] | None = None  # (from split, task, offset, length)
+    for split, other, pick in (("train", "eval", min), ("eval", "train", max)):
+        if not totals[other] and totals[split]:
+            candidates = [(m["extremes"][split], i) for i, m in enumerate(markers) if m["extremes"][split]]
+            best = pick(candidates, key=lambda c: (c[0][0], c[1] if pick is min else -c[1]))
+            moved = (split, best[1], int(best[0][1]), int(best[0][2]))
+    if documents and not (totals["train"] and totals["eval"]) and moved is None:
+        raise UserError("data.source has too few usable documents to hold one out for evaluation")
+    item = dtype.itemsize
+    counts = {}
+    tmp = {s: directory / f".{s}.tokens.{os.getpid()}.tmp" for s in SPLITS}
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(tmp["train"], "wb") as out:
+        for index in range(count):
+            with open(_shard(folder, index, "train.tokens"), "rb") as source:
+                size = markers[index]["tokens"]["train"] * item
+                if moved and moved[0] == "train" and moved[1] == index:
+                    _copy_range(source, out, 0, moved[2] * item)
+                    _copy_range(source, out, (moved[2] + moved[3]) * item, size)
+                else:
+                    _copy_range(source, out, 0, size)
+        if moved and moved[0] == "eval":
+            with open(_shard(folder, moved[1], "eval.tokens"), "rb") as source:
+                _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
+        counts["train"] = out.tell() // item
+    keys, lengths, tasks, offsets = [], [], [], []
+    for index in range(count):
+        order = np.load(_shard(folder, index, "eval.order.npy"), allow_pickle=False)
+        keys.append(order[0].view(np.float64))
+        lengths.append(order[1])
+        tasks.append(np.full(order.shape[1], index, np.int64))
+        offsets.append(np.cumsum(order[1]) - order[1])
+    key_all, length_all = np.concatenate(keys), np.concatenate(lengths)
+    task_all, offset_all = np.concatenate(tasks), np.concatenate(offsets)
+    if moved and moved[0] == "eval":
+        keep = ~((task_all == moved[1]) & (offset_all == moved[2]))
+        key_all, length_all, task_all, offset_all = (
+            key_all[keep],
+            length_all[keep],
+            task_all[keep],
+            offset_all[keep],
+        )
+    order_all = np.argsort(key_all, kind="stable")
+    sources: dict[int, Any] = {}
+    with open(tmp["eval"], "wb") as out:
+        if moved and moved[0] == "train":
+            with open(_shard(folder, moved[1], "train.tokens"), "rb") as source:
+                _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
+        for i in order_all:
+            task, offset, length = int(task_all[i]), int(offset_all[i]), int(length_all[i])
+            if task not in sources:
+                sources[task] = open(_shard(folder, task, "eval.tokens"), "rb")  # noqa: SIM115
+            _copy_range(sources[task], out, offset * item, (offset + length) * item)
+        counts["eval"] = out.tell() // item
+    for source in sources.values():
+        source.close()
+    for split in SPLITS:
+        os.replace(tmp[split], directory / f"{split}.tokens")
+    return counts
+
+
+def concatenate(
+    folder: Path, count: int, dtype: np.dtype, directory: Path, names: Sequence[str]
+) -> dict[str, int]:
+    """Writes ``directory/{name}.tokens`` for every split in ``names``: the shards of that split of tasks
+    ``0..count-1`` (all done) in task order; returns the token counts."""
+    markers = [read_marker(folder, index, dtype) for index in range(count)]
+    missing = [i for i, m in enumerate(markers) if m is None]
+    if missing:
+        raise UserError(f"token cache build {folder}: task {missing[0]} of {count} is not done")
+    directory.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name in names:
+        tmp = directory / f".{name}.tokens.{os.getpid()}.tmp"
+        with open(tmp, "wb") as out:
+            for index, marker in enumerate(markers):
+                assert marker is not None
+                if name in marker["tokens"]:
+                    with open(_shard(folder, index, f"{name}.tokens"), "rb") as source:
+                        _copy_range(source, out, 0, marker["tokens"][name] * dtype.itemsize)
+            counts[name] = out.tell() // dtype.itemsize
+        os.replace(tmp, directory / f"{name}.tokens")
+    return counts
+
+
+def write_key(directory: Path, key: dict, counts: dict[str, int]) -> None:
+    """The cache's ``key.json`` (as :func:`codex_jax.data.cache.save` writes it), written last."""
+    record = {"key": key, "tokens": {s: int(n) for s, n in counts.items()}}
+    write_bytes_atomic(directory / "key.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def build_texts(
+    directory: Path,
+    key: dict,
+    tokenizer: Tokenizer,
+    texts: dict[str, Sequence[str]],
+    workers: int = 1,
+    task_chars: int = 16_000_000,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Tokenizes in-memory ``texts`` (``{split: documents}``) into ``directory/{split}.tokens`` with
+    ``workers`` processes, resumably; writes the key and removes the build folder; returns the counts."""
+    folder = build_folder(directory, key)
+    dtype = np.dtype(key["dtype"])
+    tasks = [task for split, docs in texts.items() for task in text_tasks(docs, split, task_chars)]
+    stats = run_tasks(folder, tasks, tokenizer, dtype, workers, progress=progress)
+    if stats.skipped:
+        print(
+            f"data: resumed the token cache build: {stats.skipped} of {stats.tasks} tasks were done",
+            file=sys.stderr,
+        )
+    (directory / "key.json").unlink(missing_ok=True)
+    counts = concatenate(folder, len(tasks), dtype, directory, list(texts))
+    write_key(directory, key, counts)
+    shutil.rmtree(folder, ignore_errors=True)
+    return counts
+
+
+def write_file_reports(folder: Path, count: int, path: Path) -> dict[str, int]:
+    """Writes every file's report (tasks ``0..count-1``, in order) to ``path`` as JSON lines, one task at
+    a time (a million-file corpus is never in memory at once); returns the totals."""
+    totals = {"files": 0, "bytes": 0, "records": 0, "skipped": 0, "eval_records": 0}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as out:
+        for index in range(count):
+            for report in json.loads(_marker(folder, index).read_text())["reports"]:
+                report.pop("on_bad", None)
+                out.write(json.dumps(report) + "\n")
+                totals["files"] += 1
+                for name in ("bytes", "records", "skipped", "eval_records"):
+                    totals[name] += report[name]
+    os.replace(tmp, path)
+    return totals
+
+
+def build_files(
+    directory: Path,
+    key: dict,
+    tokenizer: Tokenizer,
+    tasks: Iterable[FilesTask],
+    workers: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+) -> BuildStats:
+    """Runs this host's share of ``tasks`` (see :func:`file_tasks`) into ``directory``'s build folder;
+    a single host (``process_count=1``) also finishes the cache (:func:`finish_files`). In a multi-host
+    run every host calls this with its own index, and then, after a barrier, one host calls
+    :func:`finish_files` with ``stats.tasks``."""
+    folder = build_folder(directory, key)
+    dtype = np.dtype(key["dtype"])
+    stats = run_tasks(folder, tasks, tokenizer, dtype, workers, process_index, process_count, progress)
+    if process_count == 1:
+        finish_files(directory, key, stats.tasks)
+    return stats
+
+
+def finish_files(directory: Path, key: dict, count: int) -> dict[str, int]:
+    """Combines the ``count`` finished tasks of a files build into ``directory/{train,eval}.tokens``,
+    writes ``directory/files.jsonl`` (one report per file) and the key, removes the build folder;
+    returns the token counts."""
+    folder = build_folder(directory, key)
+    (directory / "key.json").unlink(missing_ok=True)
+    counts = combine(folder, count, np.dtype(key["dtype"]), directory)
+    write_file_reports(folder, count, directory / "files.jsonl")
+    write_key(directory, key, counts)
+    shutil.rmtree(folder, ignore_errors=True)
+    return counts
