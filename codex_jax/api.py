@@ -4,6 +4,7 @@
 
     cfg = api.load_config("configs/base.py", {"train.steps": 200})
     api.train(cfg, "runs/base")                 # the same run as `codex-jax train --config=...`
+    api.train(cfg, "runs/base", hooks=[MyHook()])  # + code on step end, eval end, checkpoint save
     api.evaluate(cfg, "runs/base")              # {'step', 'loss', 'perplexity', ...}
     api.generate(cfg, "runs/base", ["def fib(n):"])
     api.eval_code(cfg, "runs/base")            # pass@k on codeeval.problems, run in a sandbox
@@ -15,7 +16,7 @@ Each call validates the config first (one :class:`~codex_jax.errors.UserError` n
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from codex_jax.config.runspec import run_config, set_key
 from codex_jax.config.validation import validate
 from codex_jax.errors import UserError
 from codex_jax.train import loop
+from codex_jax.train.hooks import Hook  # noqa: F401 - api.Hook: the base class of a user's hooks
 
 
 def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -70,13 +72,16 @@ def prepare(cfg: ml_collections.ConfigDict) -> None:
     validate(cfg, num_devices=num_devices, num_processes=jax.process_count())
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path, hooks: Sequence[Any] = ()) -> dict[str, float]:
     """Trains (or resumes) to ``train.steps`` in ``workdir``; returns the final held-out metrics.
 
+    ``hooks``: objects with any of ``on_step_end``, ``on_eval_end``, ``on_checkpoint_save`` (each
+    ``(step, metrics)``; subclass :class:`Hook`), run after the ``train.hooks`` entry points; one
+    that raises stops the run with a UserError naming it, once the saves in flight are committed.
     Holds ``workdir``'s lock (another run there: UserError). SIGTERM or SIGINT (the main thread's) stop
     it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`."""
     prepare(cfg)
-    return loop.train(cfg, Path(workdir))
+    return loop.train(cfg, Path(workdir), hooks)
 
 
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:

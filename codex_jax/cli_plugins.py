@@ -12,6 +12,7 @@ import sys
 from codex_jax import plugins
 from codex_jax.metrics import registry as metrics
 from codex_jax.models import registry as models
+from codex_jax.train import hooks
 
 
 def report() -> dict[str, dict[str, dict[str, str]]]:
@@ -21,6 +22,7 @@ def report() -> dict[str, dict[str, dict[str, str]]]:
         plugins.METRICS: metrics.plugins_group(),
         plugins.TOKENIZERS: plugins.load(plugins.TOKENIZERS, plugins.callable_plugin),
         plugins.DATA_SOURCES: plugins.load(plugins.DATA_SOURCES, plugins.callable_plugin),
+        plugins.HOOKS: plugins.load(plugins.HOOKS, hooks.check_hook),
     }
     return {
         group: {"loaded": dict(found.origin), "failed": dict(found.failed)} for group, found in groups.items()

@@ -201,14 +201,15 @@ def sample(
     tokenizer,
     prompt: str,
     settings: ml_collections.ConfigDict,
-    seed: int,
     max_new_tokens: int | None = None,
     chat_template: str = "",
 ) -> str:
-    """``prompt`` and its completion as the ``generate`` config section ``settings`` says (sampling,
-    ``max_new_tokens`` unless given, and ``safety_policy``, which redacts or withholds secrets in
-    the completion); ``seed`` seeds the draws. Under ``settings.chat`` the prompt is a user turn of
-    ``chat_template`` ('': the tokenizer's own, or the built-in one) and the answer follows a newline."""
+    """``prompt`` and its completion as the ``generate`` config section ``settings`` says: drawn with
+    ``temperature`` and ``top_k``/``top_p`` from ``jax.random.key(seed)`` (the same seed, settings and
+    params give the same text; ``temperature=0``: greedy), ``max_new_tokens`` unless given, and
+    ``safety_policy``, which redacts or withholds secrets in the completion. Under ``settings.chat``
+    the prompt is a user turn of ``chat_template`` ('': the tokenizer's own, or the built-in one) and
+    the answer follows a newline."""
     completion = complete(
         model,
         params,
@@ -218,7 +219,7 @@ def sample(
         temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,
-        rng=jax.random.key(seed),
+        rng=jax.random.key(settings.seed),
         chat_template=chat_template if settings.chat else None,
     )
     return prompt + ("\n" if settings.chat else "") + filter_output(completion, settings.safety_policy)

@@ -52,12 +52,28 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         fail(" ".join(str(e).split()))
     except (KeyError, AttributeError) as e:
-        name = str(e).strip("\"'")
+        text = str(e.args[0] if e.args else e).replace("\\n", "\n").replace("\\'", "'")
+        name, _, hint = text.partition("\n")  # ConfigDict's KeyError: 'name'\nDid you mean "..." instead...?
+        name = name.strip("\"'")
+        hint = hint.rstrip("'")  # the end of the quoted key error
+        hint = f"; {hint[0].lower()}{hint[1:]}" if hint else ""
         bad = [a for a in argv if a.startswith("--config.") and name in a.split("=")[0]]
-        fail(f"{bad[0] if bad else '--config'}: unknown config key '{name}' (see README.md)")
+        fail(f"{bad[0] if bad else '--config'}: unknown config key '{name}' (see README.md{hint})")
     except (ValueError, TypeError, SyntaxError, OSError) as e:
         fail(f"--config: {' '.join(str(e).split())}")
     return []
+
+
+def parse_config_flags(argv: list[str]):
+    """``(config, leftover arguments)`` of ``argv`` (``[program, --config=..., --config.KEY=V, ...]``)
+    parsed as a run parses them, with the same one-line errors (exit 2). Callable more than once in a
+    process: the flags of an earlier parse are forgotten first."""
+    sys.argv = list(argv)  # ml_collections finds the --config.KEY overrides in sys.argv
+    for name in [n for n in FLAGS if n.startswith("config.")]:
+        delattr(FLAGS, name)  # the overrides an earlier parse defined
+    FLAGS.unparse_flags()
+    leftover = parse_flags(argv)
+    return load_config(), leftover[1:]
 
 
 def load_config():

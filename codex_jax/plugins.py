@@ -1,4 +1,5 @@
-"""Plugins: entry points of installed packages that add models, metrics, tokenizers and sources.
+"""Plugins: entry points of installed packages that add models, metrics, tokenizers, sources and
+training hooks.
 
 =========================  ==================================================================
 group                      each entry point's object
@@ -10,6 +11,9 @@ group                      each entry point's object
                            (tokenizers/__init__.py)
 ``codex_jax.data_sources`` ``read(arg) -> iterable of (key, text)`` for ``data.source='NAME:ARG'``
                            (corpus/sources.py)
+``codex_jax.hooks``        a hook (``on_step_end``/``on_eval_end``/``on_checkpoint_save``), or a
+                           callable making one per run, for ``train.hooks='NAME'``
+                           (train/hooks.py)
 =========================  ==================================================================
 
 This module is the generic loader only: each group's owner passes the check of its objects. A
@@ -29,7 +33,8 @@ MODELS = "codex_jax.models"
 METRICS = "codex_jax.metrics"
 TOKENIZERS = "codex_jax.tokenizers"
 DATA_SOURCES = "codex_jax.data_sources"
-GROUPS = (MODELS, METRICS, TOKENIZERS, DATA_SOURCES)
+HOOKS = "codex_jax.hooks"
+GROUPS = (MODELS, METRICS, TOKENIZERS, DATA_SOURCES, HOOKS)
 
 
 @dataclasses.dataclass

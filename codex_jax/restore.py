@@ -41,9 +41,7 @@ def generate_from_workdir(
     tokenizer = prepare_data(cfg, workdir, write=_data_writer(workdir)).tokenizer
     prompts = [cfg.generate.prompt] if prompts is None else prompts
     template = chat_template_text(cfg.data, tokenizer)
-    return [
-        sample(model, params, tokenizer, p, cfg.generate, cfg.seed, chat_template=template) for p in prompts
-    ]
+    return [sample(model, params, tokenizer, p, cfg.generate, chat_template=template) for p in prompts]
 
 
 def _data_writer(workdir: Path) -> bool | None:

@@ -225,6 +225,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "raise",
         "Non-finite loss: 'raise' (stop, naming the last checkpoint) or 'skip' the update.",
     ),
+    "train.hooks": (
+        "",
+        "Comma-separated names of installed codex_jax.hooks entry points to run on step end, eval end "
+        "and checkpoint save ('': none; see Hooks in README.md).",
+    ),
     "train.profile_steps": (
         "",
         "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none.",
@@ -344,8 +349,13 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Prompt for --mode=generate and the sample after training.",
     ),
     "generate.max_new_tokens": (64, "Tokens to generate."),
-    "generate.temperature": (0.0, "Sampling temperature (0: greedy)."),
-    "generate.top_k": (0, "Keep only the k most likely tokens (0: off)."),
+    "generate.temperature": (
+        0.8,
+        "Sampling temperature of --mode=generate and the sample after training (0: greedy, the same "
+        "tokens every time; a greedy loop on a small model tends to repeat one phrase).",
+    ),
+    "generate.top_k": (40, "Draw only from the k most likely tokens (0: off)."),
+    "generate.seed": (0, "Seed of the draws (the same seed, settings and checkpoint: the same text)."),
     "generate.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
     "generate.safety_policy": (
         "default",

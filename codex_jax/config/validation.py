@@ -76,6 +76,7 @@ _NON_NEGATIVE = (
     "generate.max_new_tokens",
     "generate.top_k",
     "generate.temperature",
+    "generate.seed",
     "seed",
     "checkpoint.keep_every",
     "checkpoint.best_k",

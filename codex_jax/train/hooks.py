@@ -1,205 +1,175 @@
-"""What the training loop does after each optimizer step, as hooks run in this order: log, profile,
-eval, finite (the non-finite check before a save), best-k, save; and before each step, the stop check.
+"""Hooks: code that runs when a training step ends, an evaluation ends and a checkpoint is saved.
 
-Each hook's ``on_step(step, state, progress)`` sees the step just taken and the :class:`Progress`
-the hooks share (the step timer, the micro-step metrics not yet logged, this step's eval metrics).
+A hook is an object with any of the three methods of :class:`Hook`; each gets the step and a
+read-only mapping of metrics (plain ints and floats, named as the metric writers name them):
+
+=======================  ==========================================================================
+method                   ``metrics``
+=======================  ==========================================================================
+``on_step_end``          after every optimizer step: ``train/*`` and ``system/*`` on the steps that
+                         log them (``train.log_every``, the first step's ``train/compile_seconds``,
+                         and the last), ``{}`` on the others
+``on_eval_end``          after each held-out evaluation (step 0, ``train.eval_every``, the end):
+                         ``eval/*``
+``on_checkpoint_save``   when a checkpoint of the step is saved (in the background under
+                         ``checkpoint.async_save``): the ``eval/*`` metrics saved with it, or ``{}``
+=======================  ==========================================================================
+
+The run's own metric writers, evaluation and checkpointing are hooks of this kind
+(:mod:`codex_jax.train.builtin`) and run first, in that order. A user's hooks come from two places:
+the ``train.hooks`` config key names entry points of the ``codex_jax.hooks`` group (each a hook, or a
+zero-argument callable such as a :class:`Hook` subclass that makes one per run), and
+``api.train(cfg, workdir, hooks=[...])`` passes hook objects. They run after the built-ins, once
+all of a step's built-ins have run, so a step's checkpoint is saved before any user hook sees the
+step. A user hook that raises stops the run: the saves in flight are waited for, then
+``error: hook NAME failed at step N: ...`` names it and the last checkpoint (exit code 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
-import jax
-import numpy as np
+from codex_jax import plugins
+from codex_jax.errors import UserError
 
-from codex_jax.data.pipeline import mixture_scalars
-from codex_jax.metrics import system
-from codex_jax.metrics.perf import StepTimer, mfu
-from codex_jax.train.profile import Profiler
-from codex_jax.train.stop import Stopped, StopSignals
-from codex_jax.train.trainer import Trainer
+EVENTS = ("on_step_end", "on_eval_end", "on_checkpoint_save")
+Metrics = Mapping[str, float]
 
 
-@dataclasses.dataclass
-class Progress:
-    """What the hooks of one run share from step to step."""
+class Hook:
+    """A hook that does nothing: subclass it and override the methods you need (``name``: how an
+    error names it; default the class name)."""
 
-    timer: StepTimer
-    window: list = dataclasses.field(default_factory=list)  # micro-step metrics since the last log
-    evaluated: dict | None = None  # this step's eval metrics, when it evaluated
+    name = ""
+
+    def on_step_end(self, step: int, metrics: Metrics) -> None:
+        """After optimizer step ``step`` (``metrics``: what it logged, often ``{}``)."""
+
+    def on_eval_end(self, step: int, metrics: Metrics) -> None:
+        """After the held-out evaluation at ``step`` (``eval/*`` metrics)."""
+
+    def on_checkpoint_save(self, step: int, metrics: Metrics) -> None:
+        """After the checkpoint of ``step`` was saved (``eval/*`` metrics saved with it, or ``{}``)."""
 
 
-class StepHook(Protocol):
-    """What the loop calls after each optimizer step."""
+def is_hook(obj: Any) -> bool:
+    """Whether ``obj`` (not a class) has at least one hook method."""
+    return not isinstance(obj, type) and any(callable(getattr(obj, m, None)) for m in EVENTS)
 
-    def on_step(self, step: int, state, p: Progress) -> None: ...
+
+def check_hook(name: str, obj: Any) -> Any:
+    """The check of ``codex_jax.hooks`` entry points: a hook, or a callable that makes one."""
+    if not (is_hook(obj) or callable(obj)):
+        raise TypeError(f"expected a hook (with {', '.join(EVENTS)}) or a callable returning one")
+    return obj
 
 
-def micro_metrics(host: list[dict]) -> list[dict]:
-    """One metrics dict per micro-step (a scan step returns its K micro-steps' metrics stacked)."""
+def hook_name(hook: Any) -> str:
+    """The name an error gives ``hook``: its ``name`` attribute, else its class name."""
+    return getattr(hook, "name", "") or type(hook).__name__
+
+
+def user_hooks(names: str, given: Sequence[Any] = ()) -> list[tuple[str, Any]]:
+    """``(name, hook)`` for each entry point ``names`` lists (``train.hooks``; one new hook per run),
+    then each of ``given`` (the API's). A name not installed, an entry point that failed to load or
+    a factory that fails is a UserError naming ``train.hooks``."""
+    group = plugins.load(plugins.HOOKS, check_hook)
     out = []
-    for m in host:
-        k = np.size(m["loss"])
-        out += [m] if np.ndim(m["loss"]) == 0 else [{name: v[i] for name, v in m.items()} for i in range(k)]
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        if name in group.failed:
+            raise UserError(f"config key 'train.hooks': hook {name!r} failed to load: {group.failed[name]}")
+        if name not in group.loaded:
+            installed = ", ".join(sorted(group.loaded)) or "none"
+            raise UserError(
+                f"config key 'train.hooks': no hook {name!r} is installed (installed: {installed}; "
+                "codex-jax plugins lists them)"
+            )
+        out.append((name, _instance(name, group.loaded[name])))
+    for hook in given:
+        if not is_hook(hook):
+            raise UserError(f"hooks: {hook!r} has none of the hook methods ({', '.join(EVENTS)})")
+        out.append((hook_name(hook), hook))
     return out
 
 
-def saves_at(t: Trainer, step: int, last: int) -> bool:
-    """Whether ``step`` is a checkpoint step (every ``checkpoint.every_steps`` and the last)."""
-    return step % t.cfg.checkpoint.every_steps == 0 or step == last
+def _instance(name: str, obj: Any) -> Any:
+    if is_hook(obj):
+        return obj
+    try:
+        hook = obj()
+    except Exception as e:  # noqa: BLE001 - any failure of the user's factory is one error line
+        raise UserError(f"config key 'train.hooks': hook {name!r} could not be created: {_why(e)}") from e
+    if not is_hook(hook):
+        raise UserError(f"config key 'train.hooks': hook {name!r} made {hook!r}, which has no hook methods")
+    return hook
 
 
-class LogHook:
-    """Train metrics every ``train.log_every`` steps and at the last; the first step's compile time."""
-
-    def __init__(self, t: Trainer, start: int, last: int, model_flops_per_token: float, bar):
-        self.t, self.start, self.last, self.bar = t, start, last, bar
-        self.model_flops_per_token = model_flops_per_token
-        cfg = t.cfg
-        self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum_steps
-        packing = t.data.manifest.get("packing", {}).get("train", {})  # packed examples: real tokens only
-        self.tokens_per_step *= 1.0 - packing.get("padding_fraction", 0.0)
-
-    def on_step(self, step: int, state, p: Progress) -> None:
-        first = step == self.start + 1
-        log_now = step % self.t.cfg.train.log_every == 0 or step == self.last
-        host = micro_metrics(jax.device_get(p.window)) if log_now or first else None  # blocks
-        if first:
-            self._log_compile(step, p.timer)
-        else:
-            p.timer.step_end(self.tokens_per_step)
-        if log_now:
-            assert host is not None  # fetched above whenever log_now
-            self._log_train(step, host, p.timer)
-            p.window = []
-        self.bar.update(1)
-
-    def flush(self, step: int, p: Progress) -> None:
-        """Writes the metrics of the steps not logged yet (a stop between two log steps) at ``step``."""
-        if p.window:
-            self._log_train(step, micro_metrics(jax.device_get(p.window)), p.timer)
-            p.window = []
-
-    def _log_compile(self, step: int, timer: StepTimer) -> None:
-        """Logs the first step's wall time (dominated by compilation) once, and keeps it out of tokens/s."""
-        timer.step_end(0)
-        seconds = timer.summary()["step_time_mean"]
-        print(f"compiled the train step in {seconds:.1f}s", file=sys.stderr)
-        self.t.writers.write_scalars(step, {"train/compile_seconds": seconds})
-
-    def _log_train(self, step: int, host: list, timer: StepTimer) -> None:
-        """Averages the window's metrics (on host), checks finiteness and writes them."""
-        nonfinite = sum(not m["finite"] for m in host)
-        self.t.check_finite(host, step)
-        finite = [m for m in host if m["finite"]] or host
-        loss = float(np.mean([m["loss"] for m in finite]))
-        scalars = {
-            "train/loss": loss,
-            "train/grad_norm": float(np.mean([m["grad_norm"] for m in finite])),
-            "train/learning_rate": float(self.t.schedule(step - 1)),
-            "train/skipped_nonfinite": nonfinite,
-        }
-        perf = timer.summary()
-        if perf:
-            tps = perf["tokens_per_second"]
-            scalars["train/tokens_per_second"] = tps
-            scalars["train/step_time"] = perf["step_time_mean"]
-            scalars["train/data_wait_fraction"] = perf["data_wait_fraction"]
-            kind = jax.devices()[0].device_kind
-            utilization = mfu(self.model_flops_per_token, tps, jax.device_count(), kind)
-            if utilization is not None:
-                scalars["train/mfu"] = utilization
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-        scalars.update(system.collect())  # host/accelerator memory, CPU, GPU utilisation
-        scalars.update(mixture_scalars(self.t.train_iter))  # data.mixture: train/mix/NAME so far
-        self.t.writers.write_scalars(step, scalars)
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
-class ProfileHook:
-    """A profiler trace of steps ``train.profile_steps`` (started before its first step)."""
-
-    def __init__(self, t: Trainer):
-        self.profiler = Profiler(t.cfg.train.profile_steps, t.workdir / "profile")
-
-    def before_step(self, step: int) -> None:
-        self.profiler.before(step)
-
-    def on_step(self, step: int, state, p: Progress) -> None:
-        self.profiler.after(step, state)
+def read_only(metrics: Mapping[str, Any]) -> Metrics:
+    """A read-only copy of ``metrics`` whose values are plain Python numbers (numpy scalars unwrapped)."""
+    return MappingProxyType({k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()})
 
 
-class EvalHook:
-    """Held-out metrics every ``train.eval_every`` steps (the last step's are the loop's to take)."""
+class HookFailed(Exception):
+    """A user hook raised: the run stops (the loop waits for its saves, then reports it)."""
 
-    def __init__(self, t: Trainer):
-        self.t = t
-
-    def on_step(self, step: int, state, p: Progress) -> None:
-        p.evaluated = None
-        if step % self.t.cfg.train.eval_every == 0 and step != self.t.cfg.train.steps:
-            p.evaluated = self.t.eval_and_log(state, step)
-            p.timer.start()
+    def __init__(self, name: str, step: int, cause: Exception):
+        super().__init__(f"hook {name} failed at step {step}: {_why(cause)}")
+        self.name, self.step = name, step
 
 
-class FiniteHook:
-    """Before a save: the non-finite check of the micro-steps not logged yet (never save a state
-    the check has not seen)."""
+@dataclasses.dataclass
+class Hooks:
+    """Sends each event to the built-in hooks at once, in order, and to the user's hooks once the
+    outermost event is done (a step's built-ins, saving included, all run before any user hook)."""
 
-    def __init__(self, t: Trainer, last: int):
-        self.t, self.last = t, last
+    builtin: list[Any]
+    user: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    _pending: list[tuple[str, int, Metrics]] = dataclasses.field(default_factory=list)
+    _depth: int = 0
 
-    def on_step(self, step: int, state, p: Progress) -> None:
-        if saves_at(self.t, step, self.last) and p.window:
-            self.t.check_finite(micro_metrics(jax.device_get(p.window)), step)
+    def step_end(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Optimizer step ``step`` ended (``metrics``: what it logged)."""
+        self._emit("on_step_end", step, metrics)
 
+    def eval_end(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """The evaluation at ``step`` ended (``eval/*`` metrics)."""
+        self._emit("on_eval_end", step, metrics)
 
-class BestKHook:
-    """With best-k retention every checkpoint step is also an eval step (its metrics rank it)."""
+    def checkpoint_save(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """The checkpoint of ``step`` was saved (with these ``eval/*`` metrics)."""
+        self._emit("on_checkpoint_save", step, metrics)
 
-    def __init__(self, t: Trainer, last: int):
-        self.t, self.last = t, last
+    def _emit(self, event: str, step: int, metrics: Mapping[str, Any]) -> None:
+        view = read_only(metrics)
+        self._pending.append((event, step, view))
+        self._depth += 1
+        try:
+            for hook in self.builtin:
+                method = getattr(hook, event, None)
+                if method is not None:
+                    method(step, view)
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            pending, self._pending = self._pending, []
+            for args in pending:
+                self._run_user(*args)
 
-    def on_step(self, step: int, state, p: Progress) -> None:
-        if saves_at(self.t, step, self.last) and self.t.checkpointer.retention.best_k and p.evaluated is None:
-            p.evaluated = self.t.eval_and_log(state, step)
-            p.timer.start()
-
-
-class SaveHook:
-    """A checkpoint every ``checkpoint.every_steps`` steps and at the last (with the step's eval
-    metrics, if any)."""
-
-    def __init__(self, t: Trainer, last: int, meta: dict):
-        self.t, self.last, self.meta = t, last, meta
-
-    def on_step(self, step: int, state, p: Progress) -> None:
-        if saves_at(self.t, step, self.last):
-            saved = self.t.runner.state_for_save(state)
-            self.t.checkpointer.save(step, saved, self.t.train_iter, self.meta, metrics=p.evaluated)
-
-
-class StopHook:
-    """Before each step: a graceful stop (SIGTERM/SIGINT, :mod:`codex_jax.train.stop`) ends the run
-    here. The metrics not logged yet are written, the last step is saved (unless it was already), every
-    save is waited for, and :class:`Stopped` is raised."""
-
-    def __init__(self, t: Trainer, signals: StopSignals, start: int, last: int, meta: dict, log: LogHook):
-        self.t, self.signals, self.start, self.last, self.meta, self.log = t, signals, start, last, meta, log
-
-    def before_step(self, step: int, state, p: Progress) -> None:
-        done = step - 1
-        if not self.signals.requested(done):
-            return
-        self.log.flush(done, p)  # checks finiteness first: an unchecked state is never saved
-        ckpt = self.t.checkpointer
-        if done > self.start and not saves_at(self.t, done, self.last):
-            ckpt.save(done, self.t.runner.state_for_save(state), self.t.train_iter, self.meta, p.evaluated)
-        ckpt.wait()
-        how = f"run the same command again to resume from step {done}"
-        if done == 0:
-            saved, how = "nothing to save", "run the same command again to start"
-        else:
-            saved = f"saved {ckpt.path(done)}"
-        raise Stopped(f"stopped by {self.signals.name} after step {done}: {saved}; {how}", done)
+    def _run_user(self, event: str, step: int, view: Metrics) -> None:
+        for name, hook in self.user:
+            method = getattr(hook, event, None)
+            if method is None:
+                continue
+            try:
+                method(step, view)
+            except Exception as e:  # noqa: BLE001 - any failure of a user's hook stops the run the same way
+                raise HookFailed(name, step, e) from e

@@ -42,11 +42,9 @@ class Trainer:
     schedule: Any
     base: dict | None = None  # a LoRA run's frozen base: its source and checksum (meta['lora'])
 
-    def eval_and_log(self, state, step: int) -> dict[str, float]:
-        """Held-out metrics of ``state`` at ``step``, written as ``eval/*`` scalars."""
-        metrics = evaluate(self.runner, self.runner.params(state), self.eval_data)
-        self.writers.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-        return {"step": step, **metrics}
+    def evaluate(self, state) -> dict[str, float]:
+        """Held-out metrics of ``state`` (``train.builtin.evaluate`` sends them to the writers)."""
+        return evaluate(self.runner, self.runner.params(state), self.eval_data)
 
     def check_finite(self, host: list, step: int) -> None:
         """Under ``train.on_nan='raise'``, stops at the first non-finite micro-step of ``host`` (the

@@ -13,6 +13,9 @@ import pytest
 from conftest import REPO, run_cli
 
 GOOD = '''
+import json
+import os
+
 from clu import metrics
 
 from codex_jax.metrics.registry import TokenMetric
@@ -46,6 +49,23 @@ class Bytes(Tokenizer):
 
 def load_bytes(arg):
     return Bytes()
+
+
+class RecordHook:
+    """A training hook: appends [event, step, metric names] to the file $HOOK_LOG."""
+
+    def _write(self, event, step, metrics):
+        with open(os.environ["HOOK_LOG"], "a") as f:
+            f.write(json.dumps([event, step, sorted(metrics)]) + "\\n")
+
+    def on_step_end(self, step, metrics):
+        self._write("step", step, metrics)
+
+    def on_eval_end(self, step, metrics):
+        self._write("eval", step, metrics)
+
+    def on_checkpoint_save(self, step, metrics):
+        self._write("save", step, metrics)
 '''
 
 BAD = """
@@ -70,6 +90,10 @@ broken_source = badplug:read
 [codex_jax.tokenizers]
 bytes = goodplug:load_bytes
 broken_tok = badplug:load
+
+[codex_jax.hooks]
+record = goodplug:RecordHook
+broken_hook = badplug:HOOK
 """
 
 
@@ -114,6 +138,8 @@ def test_plugins_command_lists_loaded_and_failed(site):
     assert "TokenMetric or SampleMetric" in metrics["failed"]["not_a_metric"]
     assert list(report["codex_jax.data_sources"]["loaded"]) == ["paragraphs"]
     assert list(report["codex_jax.tokenizers"]["loaded"]) == ["bytes"]
+    assert list(report["codex_jax.hooks"]["loaded"]) == ["record"]
+    assert list(report["codex_jax.hooks"]["failed"]) == ["broken_hook"]
     text = run_py(site, "-m", "codex_jax.cli", "plugins")
     assert "FAILED  broken_tok" in text.stdout and "ok      mean_target" in text.stdout
     assert "4 plugin(s) failed" not in text.stderr and "plugin(s) failed to load" in text.stderr
@@ -150,8 +176,9 @@ def test_plugins_work_and_builtins_survive_broken_ones(site):
     assert got["docs"] == 40 and got["gpt2"] == 12 and got["tok"] == "héllo"
 
 
-def test_training_on_a_plugin_source_and_tokenizer(site, tmp_path):
-    env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+def test_training_on_a_plugin_source_and_tokenizer_with_a_plugin_hook(site, tmp_path):
+    hook_log = tmp_path / "hook.log"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "HOOK_LOG": str(hook_log)}
     run_cli(
         tmp_path / "run",
         f"--config.data.source=paragraphs:{site / 'corpus.txt'}",
@@ -162,8 +189,19 @@ def test_training_on_a_plugin_source_and_tokenizer(site, tmp_path):
         "--config.generate.max_new_tokens=0",
         "--config.eval.num_batches=1",
         "--config.logging.writers=ndjson",
+        "--config.train.hooks=record",
         env_extra=env,
     )
+    events = [json.loads(line) for line in hook_log.read_text().splitlines()]
+    assert [(event, step) for event, step, _ in events] == [
+        ("eval", 0),
+        ("step", 1),
+        ("step", 2),
+        ("save", 2),
+        ("eval", 2),
+    ]
+    assert events[1][2] == ["train/compile_seconds"] and "train/loss" in events[2][2]
+    assert events[-1][2] == ["eval/loss", "eval/perplexity", "eval/token_accuracy"]
     manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
     assert manifest["root"] == "plugin:paragraphs" and manifest["totals"]["records"] == 40
     assert manifest["tokenizer"]["sha256"] == "bytes-v1" and "safety" not in manifest

@@ -72,7 +72,7 @@ def test_params_export_is_a_workdir_for_eval_and_generate(run, tmp_path):
     )
     sample = [json.loads(r) for r in (run / "metrics.ndjson").read_text().splitlines() if '"sample"' in r]
     gen = run_cli(out, mode="generate")
-    assert gen.stdout.rstrip("\n") == sample[-1]["text"].rstrip("\n")  # greedy: the same tokens
+    assert gen.stdout.rstrip("\n") == sample[-1]["text"].rstrip("\n")  # same params, keys, seed: same tokens
 
     again = run_cli(run, f"--config.export.dir={out}", mode="export", check=False)
     assert again.returncode == 2 and "export.dir" in again.stderr
