@@ -77,23 +77,6 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_plugins.py::test_training_on_a_plugin_source_and_tokenizer_with_a_plugin_hook",
     ),
     (r"--config\.generate\.temperature=0$", "tests/unit/test_sample.py::test_greedy_is_one_key_away"),
-    (
-        r"^codex-jax config print ",
-        "tests/unit/test_cli_config.py::test_print_shows_every_key_and_marks_those_that_differ_from_the_defaults",
-    ),
-    (
-        r"^codex-jax config validate ",
-        "tests/unit/test_cli_config.py::test_validate_says_ok_or_stops_with_the_runs_own_error_and_does_no_work",
-    ),
-    (
-        r"^codex-jax config diff ",
-        "tests/unit/test_cli_config.py::test_diff_prints_the_keys_that_differ_and_exits_like_diff",
-    ),
-    (
-        r"--config\.train\.hooks=",
-        "tests/e2e/test_plugins.py::test_training_on_a_plugin_source_and_tokenizer_with_a_plugin_hook",
-    ),
-    (r"--config\.generate\.temperature=0$", "tests/unit/test_sample.py::test_greedy_is_one_key_away"),
     (r"^tools/bench\.py --config=FILE", "tests/e2e/test_bench.py::test_train_bench_tiny"),
     (
         r"^tools/bench\.py --config\.train\.grad_accum_steps=\d+$",
