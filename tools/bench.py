@@ -16,7 +16,10 @@ model on the same batches, interleaved step by step with the trainer's, and repo
 ``--what=data`` times the data pipeline: batches drawn to host numpy from ``make_train_iterator``
 (the token cache path, with ``data.num_workers`` and ``data.prefetch``), and the on-the-fly
 tokenizing path: ``encode_batch`` over ``--tokenize_mb`` MB of the source's documents
-(``tokenize_tokens_per_second``).
+(``tokenize_tokens_per_second``), and a token cache build of the source from its files
+(:func:`codex_jax.data.cache_build.build_files`) in ``data.cache_workers`` processes: tokens/s, tokens per
+CPU-second of the workers (``cache_build_tokens_per_core_second``: per core) and the peak RSS of this
+process and of its largest worker.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +39,8 @@ import numpy as np
 from absl import app, flags
 
 from codex_jax import main as cli  # defines --config and --workdir (its --mode is ignored here)
+from codex_jax.corpus.sources import source_files
+from codex_jax.data import cache, cache_build
 from codex_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -43,6 +49,7 @@ flags.DEFINE_integer("steps", 10, "Timed optimizer steps (--what=data: timed bat
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_bool("compare_bare", None, "Also time a bare jitted step (default: on CPU only).")
 flags.DEFINE_float("tokenize_mb", 8.0, "--what=data: MB of text timed through encode_batch.")
+flags.DEFINE_float("cache_task_mb", 32.0, "--what=data: MB of files per cache build task.")
 flags.DEFINE_string("label", "", "Free text copied into the JSON line (to tell variants apart).")
 
 GIB = 2**30
@@ -370,6 +377,7 @@ def bench_data(cfg, workdir: Path, steps: int, warmup: int) -> dict:
         "num_workers": cfg.data.num_workers,
         "prefetch": cfg.data.prefetch,
         **bench_tokenize(cfg, bundle.tokenizer, FLAGS.tokenize_mb),
+        **bench_cache_build(cfg, bundle.tokenizer, workdir / "bench_cache"),
         "batch_dtype": str(batch.dtype),
         "steps": steps,
         "warmup": warmup,
@@ -396,6 +404,35 @@ def bench_tokenize(cfg, tokenizer, megabytes: float) -> dict:
         "tokenize_mb_per_second": round(size / 1e6 / seconds, 3),
         "tokenize_mb": round(size / 1e6, 3),
         "tokenize_documents": len(texts),
+    }
+
+
+def bench_cache_build(cfg, tokenizer, directory: Path) -> dict:
+    """Times a token cache build of the source's files (tasks of ``--cache_task_mb`` MB) in
+    ``data.cache_workers`` processes, into ``directory`` (removed afterwards)."""
+    d = cfg.data
+    spec, root, files = source_files(d.source, d.max_files, d.include, d.exclude)
+    key = {**cache.cache_key("bench", tokenizer), "eval_fraction": d.eval_fraction}
+    tasks = cache_build.file_tasks(
+        spec, root, iter(files), int(FLAGS.cache_task_mb * 1e6), "", d.eval_fraction, d.on_bad_record
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    stats = cache_build.build_files(directory, key, tokenizer, tasks, d.cache_workers, progress=False)
+    seconds = time.perf_counter() - start
+    cpu_seconds = stats.cpu_seconds if d.cache_workers > 1 else time.process_time() - cpu
+    tokens = sum(json.loads((directory / cache.KEY_FILENAME).read_text())["tokens"].values())
+    shutil.rmtree(directory)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return {
+        "cache_build_workers": d.cache_workers,
+        "cache_build_tasks": stats.tasks,
+        "cache_build_mb": round(stats.chars / 1e6, 3),
+        "cache_build_s": round(seconds, 2),
+        "cache_build_tokens_per_second": round(tokens / seconds, 1),
+        "cache_build_tokens_per_core_second": round(tokens / max(cpu_seconds, 1e-9), 1),
+        "cache_build_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "cache_build_worker_peak_rss_gb": round(children, 3),
     }
 
 

@@ -17,8 +17,11 @@ depends on the number of processes or hosts, so every build of the same tasks gi
 
 Two kinds of task: :class:`TextsTask` (documents already in memory, one split) and
 :class:`FilesTask` (files read by the worker itself and split by the hash of each document's key,
-so no process ever holds the whole corpus: :func:`file_tasks` cuts a file list into tasks of about
-``task_bytes`` each).
+so no process holds the corpus's texts or tokens: :func:`file_tasks` cuts a file list, or a lazy
+iterator of files, into tasks of about ``task_bytes`` each; their file reports are written to
+``files.jsonl`` one task at a time). ``prepare_data`` builds a run's cache from TextsTasks (it reads
+the corpus into memory first: the manifest, the safety filter and tokenizer training use it);
+FilesTask builds (:func:`build_files`, ``tools/bench.py --what=data``) apply no safety filter.
 """
 
 from __future__ import annotations
@@ -375,7 +378,7 @@ def combine(folder: Path, count: int, dtype: np.dtype, directory: Path) -> dict[
             raise UserError(
                 f"token cache build {folder}: task {index} of {count} is not done (a host's share is missing)"
             )
-        markers.append(marker)
+        markers.append({"tokens": marker["tokens"], "extremes": marker["extremes"]})  # not the file reports
     totals = {s: sum(m["tokens"][s] for m in markers) for s in SPLITS}
     documents = sum(1 for m in markers for s in SPLITS if m["extremes"][s] is not None)
     moved: tuple[str, int, int, int] | None = None  # (from split, task, offset, length)
