@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, xla_flags
 from zygote import Zygote
 
 from codex_jax.checkpoint import TRAIN_ITEMS, Checkpointer
@@ -44,7 +44,7 @@ ARGS = [
 ]
 CLI = [sys.executable, "-m", "codex_jax.main"]
 SAVE_LAST = f"--config.checkpoint.every_steps={STEPS}"
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+ONE_DEVICE = {"XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
 # Timing and machine load, not results: left out of the comparison.
 UNTIMED = {"compile_seconds", "tokens_per_second", "step_time", "data_wait_fraction", "mfu"}
 

@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, xla_flags
 from zygote import Zygote
 
 from codex_jax.checkpoint import TRAIN_ITEMS, Checkpointer
@@ -24,7 +24,7 @@ ARGS = [
     "--config.generate.max_new_tokens=0",
     "--config.logging.writers=ndjson",
 ]
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ONE_DEVICE = {"XLA_FLAGS": xla_flags(1)}
 LIMIT = 200_000  # above every file of a run but the checkpoint's biggest (~265 KB) and the token cache
 
 

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, read_metrics, restore_params, run_cli
+from conftest import CONFIGS, REPO, read_metrics, restore_params, run_cli, xla_flags
 
 from codex_jax.checkpoint import MANIFEST, TRAIN_ITEMS, Checkpointer
 from codex_jax.setup.resume import truncate_metrics
@@ -26,7 +26,7 @@ def popen_cli(workdir, *overrides, log):
     """The training CLI in the background (stderr to ``log``), to be killed or broken mid-run."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
         "JAX_PLATFORMS": "cpu",
     }
     cmd = [

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import CONFIGS, REPO, read_metrics, run_cli
+from conftest import CONFIGS, REPO, read_metrics, run_cli, xla_flags
 
 COMMON = [
     "--config.train.steps=8",
@@ -53,7 +53,7 @@ def _run_two_processes(workdir, *overrides, slurm=False):
     port = _free_port(61440 if slurm else 0)
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": xla_flags(2),
         "JAX_PLATFORMS": "cpu",
     }
     procs = [

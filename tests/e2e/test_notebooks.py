@@ -13,7 +13,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, xla_flags
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -39,7 +39,7 @@ def execute(name: str, tmp_path: Path, monkeypatch, **parameters) -> nbformat.No
     source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
     injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(index + 1, injected)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     client = nbclient.NotebookClient(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from conftest import CONFIGS, REPO, run_cli
+from conftest import CONFIGS, REPO, run_cli, xla_flags
 from test_multihost import _dist_flags, _free_port
 from zygote import Zygote
 
@@ -25,7 +25,7 @@ ARGS = [
     "--config.generate.max_new_tokens=0",
     "--config.logging.writers=ndjson",
 ]
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ONE_DEVICE = {"XLA_FLAGS": xla_flags(1)}
 EXIT_STOPPED = 75
 
 
@@ -106,7 +106,7 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
 
     def start(port, i):
         cmd = [sys.executable, "-m", "codex_jax.main", f"--workdir={wd}", *args, *_dist_flags(port, i)]
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu"}
         with open(tmp_path / f"p{i}.log", "w") as log:
             return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -137,7 +137,7 @@ def test_a_locked_workdir_stops_every_process_with_the_holders_name(tmp_path):
     holder = {"host": "elsewhere", "pid": 4321, "started": time.time(), "heartbeat": time.time()}
     (wd / "run.lock").write_text(json.dumps(holder))
     port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "codex_jax.main", f"--workdir={wd}", *ARGS, *_dist_flags(port, i)],

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, xla_flags
 from zygote import Zygote
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -216,7 +216,7 @@ def test_readme_commands_run(tmp_path):
     Each runs as a real process forked from one zygote (tests/e2e/zygote.py) that imported codex_jax once.
     """
     swaps = _scratch(tmp_path)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     zygote = Zygote(env, tmp_path)
     try:
         outputs = _run_readme_commands(zygote, tmp_path, swaps)

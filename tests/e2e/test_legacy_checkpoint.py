@@ -1,17 +1,29 @@
 """A checkpoint written by the code before the layered refactor (tests/fixtures/legacy_run, made by its
-make.py at commit 42e06b5) must restore, and resume to the same bits an uninterrupted run of that code got."""
+make.py at commit 42e06b5) must restore, and resume to the same bits an uninterrupted run of that code got.
+
+The run is a process of its own with XLA's default optimisation (the bits were recorded that way; the other
+tests compile at -O0: conftest.TEST_XLA_FLAGS)."""
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from conftest import REPO, xla_flags
 
+FIXTURE = REPO / "tests" / "fixtures" / "legacy_run"
+RESUME = """
 from codex_jax import api
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_run"
+restored = api.evaluate(api.workdir_config("run"), "run")
+assert restored["step"] == 4, restored
+api.train(api.workdir_config("run"), "run")
+"""
 
 
 def _digest(tree) -> str:
@@ -32,21 +44,19 @@ def _train_losses(workdir: Path) -> dict[str, float]:
     return out
 
 
-def test_legacy_checkpoint_restores_and_resumes_bit_exactly(tmp_path, monkeypatch):
-    import orbax.checkpoint as ocp
-
+def test_legacy_checkpoint_restores_and_resumes_bit_exactly(tmp_path):
     expected = json.loads((FIXTURE / "expected.json").read_text())
     shutil.copytree(FIXTURE / "corpus", tmp_path / "corpus")
     shutil.copytree(FIXTURE / "run", tmp_path / "run")
-    monkeypatch.chdir(tmp_path)  # data.source is the relative 'corpus/*.py'
     cache_key = (tmp_path / "run" / "cache" / "key.json").read_text()
     tokens = (tmp_path / "run" / "cache" / "train.tokens").read_bytes()
 
-    cfg = api.workdir_config("run")
-    restored = api.evaluate(cfg, "run")
-    assert restored["step"] == 4
-
-    api.train(api.workdir_config("run"), "run")
+    env = {**os.environ, "XLA_FLAGS": xla_flags(8, optimized=True), "JAX_PLATFORMS": "cpu"}
+    # from tmp_path: data.source is the relative 'corpus/*.py'
+    run = subprocess.run(
+        [sys.executable, "-c", RESUME], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
     losses = _train_losses(tmp_path / "run")
     assert losses == expected["train_loss"]  # steps 1-4 kept, 5-8 recomputed to the same bits
     for step in ("4", "8"):
