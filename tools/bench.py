@@ -19,7 +19,7 @@ tokenizing path: ``encode_batch`` over ``--tokenize_mb`` MB of the source's docu
 (``tokenize_tokens_per_second``), and a token cache build of the source from its files
 (:func:`codex_jax.data.cache_build.build_files`) in ``data.cache_workers`` processes: tokens/s, tokens per
 CPU-second of the workers (``cache_build_tokens_per_core_second``: per core) and the peak RSS of this
-process and of its largest worker.
+process (``prepare_data`` before it included) and of its largest worker.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 
 from codex_jax import main as cli  # defines --config and --workdir (its --mode is ignored here)
+from codex_jax.corpus.listing import lazy_source_files
 from codex_jax.corpus.sources import source_files
 from codex_jax.data import cache, cache_build
 from codex_jax.errors import UserError
@@ -49,7 +51,7 @@ flags.DEFINE_integer("steps", 10, "Timed optimizer steps (--what=data: timed bat
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_bool("compare_bare", None, "Also time a bare jitted step (default: on CPU only).")
 flags.DEFINE_float("tokenize_mb", 8.0, "--what=data: MB of text timed through encode_batch.")
-flags.DEFINE_float("cache_task_mb", 32.0, "--what=data: MB of files per cache build task.")
+flags.DEFINE_float("cache_task_mb", 8.0, "--what=data: MB of files per cache build task.")
 flags.DEFINE_string("label", "", "Free text copied into the JSON line (to tell variants apart).")
 
 GIB = 2**30
@@ -411,10 +413,14 @@ def bench_cache_build(cfg, tokenizer, directory: Path) -> dict:
     """Times a token cache build of the source's files (tasks of ``--cache_task_mb`` MB) in
     ``data.cache_workers`` processes, into ``directory`` (removed afterwards)."""
     d = cfg.data
-    spec, root, files = source_files(d.source, d.max_files, d.include, d.exclude)
+    if d.max_files:  # a hashed subset: listed at once
+        spec, root, listed = source_files(d.source, d.max_files, d.include, d.exclude)
+        files: Iterator[Path] = iter(listed)
+    else:  # listed lazily, one folder at a time
+        spec, root, files = lazy_source_files(d.source, d.include, d.exclude)
     key = {**cache.cache_key("bench", tokenizer), "eval_fraction": d.eval_fraction}
     tasks = cache_build.file_tasks(
-        spec, root, iter(files), int(FLAGS.cache_task_mb * 1e6), "", d.eval_fraction, d.on_bad_record
+        spec, root, files, int(FLAGS.cache_task_mb * 1e6), "", d.eval_fraction, d.on_bad_record
     )
     shutil.rmtree(directory, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()

@@ -1,8 +1,13 @@
 """Data sources on real files: stdlib, globs with include/exclude, JSONL/CSV fields and templates,
 and every kind of bad record under both policies (skip: counted and warned; error: file:line)."""
 
+import glob
+import os
+from pathlib import Path
+
 import pytest
 
+from codex_jax.corpus import listing
 from codex_jax.corpus.records import parse_template
 from codex_jax.corpus.sources import (
     glob_regex,
@@ -10,6 +15,7 @@ from codex_jax.corpus.sources import (
     parse_source,
     read_source,
     select_files,
+    source_files,
 )
 from codex_jax.errors import UserError
 
@@ -224,3 +230,21 @@ def test_sources_that_give_nothing_are_user_errors(tmp_path):
         read_source("jsonl:nofield")
     with pytest.raises(UserError, match="on_bad_record must be"):
         read_source("stdlib", on_bad_record="ignore")
+
+
+def test_lazy_listing_gives_the_sorted_glob_files(tmp_path):
+    names = ["a.py", "a/b.py", "a/.hidden.py", ".h/c.py", "b.py", "a/b/c/d.py", "x.txt", "a b.py", "ab/e.py"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    (tmp_path / "a/sub.py").mkdir()  # a folder that matches is no file
+    patterns = ["**/*.py", "*.py", "a/*.py", "**", "**/b.py", ".h/*.py", "*/*.py", "a.py", "?.py", "[ab].py"]
+    patterns += ["a/**/*.py", "**/.*.py", "nothing/*.py"]
+    for pattern in patterns:
+        full = f"{tmp_path}/{pattern}"
+        expected = sorted(Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p))
+        assert list(listing.iter_glob(full)) == expected, pattern
+    spec, root, files = listing.lazy_source_files(f"{tmp_path}/**/*.py", exclude="a/**")
+    assert (root, list(files)) == source_files(f"{tmp_path}/**/*.py", exclude="a/**")[1:]
+    with pytest.raises(UserError, match="no files match"):
+        list(listing.lazy_source_files(f"{tmp_path}/**/*.rs")[2])
