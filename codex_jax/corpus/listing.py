@@ -97,8 +97,8 @@ def lazy_source_files(
     are listed at once."""
     spec = parse_source(source)
     if spec.pattern == "stdlib" or spec.kind == "hf_disk" or "://" in spec.pattern:
-        spec, root, files = source_files(source, 0, include, exclude)
-        return spec, root, iter(files)
+        spec, root, listed = source_files(source, 0, include, exclude)
+        return spec, root, iter(listed)
     pattern = os.path.expanduser(spec.pattern)
     root = glob_split(pattern)[0]
 
