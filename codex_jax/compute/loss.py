@@ -6,6 +6,9 @@ float32 logits: :func:`chunked_loss_sum` computes them ``[B, C, V]`` at a time f
 states and the output head, and (a custom VJP) their gradients in the same pass, so backward holds
 only ``[B, T, D]`` and ``[V, D]`` (no logits recomputed, no extra FLOPs). :func:`chunked_token_stats`
 is the forward-only version for evaluation. Both equal the unchunked path within float32 rounding.
+
+``train.z_loss > 0`` adds ``z_loss * logsumexp(logits)**2`` per trained target to the training objective
+(:func:`z_objective_sums`, chunked by :func:`chunked_z_objective`); evaluation never includes it.
 """
 
 from __future__ import annotations
@@ -91,6 +94,14 @@ def chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int):
 
 def _loss_sum_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk):
     """The loss and, chunk by chunk, its gradients (d loss / d logits = weight * (softmax - onehot))."""
+    total, _, residuals = _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, 0.0)
+    return total, residuals
+
+
+def _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss):
+    """``(sum(w * (ce + z_loss * lse**2)), sum(w * lse**2), residuals)``, chunk by chunk, with the gradients
+    (d / d logits = weight * (softmax * (1 + 2 z_loss lse) - onehot)) as the residuals. ``z_loss == 0``
+    computes no log-partition terms at all (its second sum is 0)."""
     T, V = targets_BxT.shape[1], head_VxD.shape[0]
 
     def one(dhead_VxD, xs):
@@ -98,16 +109,23 @@ def _loss_sum_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk):
         logits_BxCxV = _chunk_logits(x_BxCxD, head_VxD)
         loss_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
         probs_BxCxV = jax.nn.softmax(logits_BxCxV, axis=-1)
+        z_sums = ()
+        if z_loss:
+            lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+            z_sums = ((lse_BxC**2 * weights_BxC).sum(),)
+            loss_BxC = loss_BxC + z_loss * lse_BxC**2
+            probs_BxCxV = probs_BxCxV * (1.0 + 2.0 * z_loss * lse_BxC)[..., None]
         dlogits_BxCxV = (probs_BxCxV - jax.nn.one_hot(targets_BxC, V)) * weights_BxC[..., None]
         dlogits_BxCxV = dlogits_BxCxV.astype(head_VxD.dtype)
         dx_BxCxD = jnp.einsum("bcv,vd->bcd", dlogits_BxCxV, head_VxD, preferred_element_type=jnp.float32)
         dhead_VxD += jnp.einsum("bcv,bcd->vd", dlogits_BxCxV, x_BxCxD, preferred_element_type=jnp.float32)
-        return dhead_VxD, ((loss_BxC * weights_BxC).sum(), dx_BxCxD.astype(x_BxCxD.dtype))
+        return dhead_VxD, ((loss_BxC * weights_BxC).sum(), dx_BxCxD.astype(x_BxCxD.dtype), *z_sums)
 
     xs = (_split(x_BxTxD, chunk), _split(targets_BxT, chunk), _split(weights_BxT, chunk))
     dhead_VxD = jnp.zeros(head_VxD.shape, jnp.float32)
-    dhead_VxD, (loss_N, dx_N) = jax.lax.scan(one, dhead_VxD, xs)
-    return loss_N.sum(), (_join(dx_N, T), dhead_VxD.astype(head_VxD.dtype), targets_BxT, weights_BxT)
+    dhead_VxD, (loss_N, dx_N, *z_N) = jax.lax.scan(one, dhead_VxD, xs)
+    residuals = (_join(dx_N, T), dhead_VxD.astype(head_VxD.dtype), targets_BxT, weights_BxT)
+    return loss_N.sum(), (z_N[0].sum() if z_N else jnp.float32(0.0)), residuals
 
 
 def _loss_sum_bwd(chunk, residuals, g):
@@ -117,6 +135,64 @@ def _loss_sum_bwd(chunk, residuals, g):
 
 
 chunked_loss_sum.defvjp(_loss_sum_fwd, _loss_sum_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def chunked_z_objective(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int, z_loss: float):
+    """``(sum(weights * (ce + z_loss * lse**2)), sum(weights * lse**2))`` of ``x @ head.T`` without the
+    ``[B, T, V]`` logits (lse: the log-partition of each position's logits). Only the first output is
+    differentiated; the second is a statistic (its cotangent is ignored)."""
+    total, z_sum, _ = _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss)
+    return total, z_sum
+
+
+def _z_objective_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss):
+    total, z_sum, residuals = _chunked_sums_and_grads(
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss
+    )
+    return (total, z_sum), residuals
+
+
+def _z_objective_bwd(chunk, z_loss, residuals, g):
+    del z_loss
+    return _loss_sum_bwd(chunk, residuals, g[0])
+
+
+chunked_z_objective.defvjp(_z_objective_fwd, _z_objective_bwd)
+
+
+def log_partition(logits_BxTxV):
+    """Per-position float32 ``logsumexp`` of the logits (the z-loss penalises its square)."""
+    return jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
+
+
+def z_objective_sums(
+    model,
+    variables,
+    inputs_BxT,
+    targets_BxT,
+    weights_BxT,
+    z_loss: float,
+    *,
+    deterministic=True,
+    rngs=None,
+    **kw,
+):
+    """``(objective, cross_entropy, lse_squared)`` sums of one batch, each weighted by ``weights``: the
+    objective is ``cross_entropy + z_loss * lse**2`` (the z-loss of PaLM, keeping the log-partition near 0),
+    through the full logits or in chunks (``kw``: as :func:`loss_sum`)."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs, **kw}
+    if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
+        logits_BxTxV = model.apply(variables, inputs_BxT, **kwargs)
+        loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
+        z_sum = (log_partition(logits_BxTxV) ** 2 * weights_BxT).sum()
+        ce_sum = (loss_BxT * weights_BxT).sum()
+        return ce_sum + z_loss * z_sum, ce_sum, z_sum
+    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    total, z_sum = chunked_z_objective(
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, z_loss
+    )
+    return total, total - z_loss * z_sum, z_sum
 
 
 def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, rngs=None):

@@ -5,6 +5,8 @@ Both runners expose the same methods, so the training loop never asks which mode
 ``put_state``.
 With ``scan_steps = K > 1`` (``train.accum_impl='scan'``) the train step takes K stacked micro-batches
 (``put_batch`` of a ``[K, B, L]`` array) and makes one optimizer step of them.
+``params(state)`` is what evaluation uses: the trained tree, or with ``eval_ema`` the EMA of it that the
+optimizer keeps (``train.ema_decay``, ``eval.use_ema``).
 A LoRA run first hands the runner its frozen base (``frozen_target``: where to load it,
 ``set_frozen``: place it); every step then gets it as a separate, non-donated argument.
 """
@@ -22,6 +24,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from codex_jax.compute import batch as batch_lib
+from codex_jax.compute import optim as optim_lib
 from codex_jax.compute import step as step_lib
 from codex_jax.errors import UserError
 from codex_jax.models import lora as lora_lib
@@ -69,12 +72,15 @@ class JitRunner:
         fsdp_min_size: int = 1 << 16,
         skip_nonfinite: bool = False,
         scan_steps: int = 1,
+        z_loss: float = 0.0,
+        eval_ema: bool = False,
     ):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
         self.scan_steps = scan_steps  # micro-batches each train_step call takes
+        self.eval_ema = eval_ema  # params(state): the EMA of the parameters the optimizer keeps
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
         self.train_fn = functools.partial(
-            _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite
+            _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite, z_loss=z_loss
         )
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
@@ -154,11 +160,16 @@ class JitRunner:
         return self._eval(params, batch, self.frozen)
 
     def params(self, state):
-        return state.params
+        """The trained tree that evaluation uses: ``state.params``, or their EMA (``eval_ema``)."""
+        return _eval_params(state, self.eval_ema)
 
     def model_params(self, state):
         """The full model parameters: ``state.params``, or the frozen base + merged adapters."""
         return _model_params(self.state_for_save(state).params, self.frozen, self.model)
+
+
+def _eval_params(state, eval_ema: bool):
+    return optim_lib.ema_params(state.opt_state, state.params) if eval_ema else state.params
 
 
 def _train_step_fn(scan_steps: int):
@@ -181,10 +192,13 @@ class PmapRunner:
         num_devices: int | None = None,
         skip_nonfinite: bool = False,
         scan_steps: int = 1,
+        z_loss: float = 0.0,
+        eval_ema: bool = False,
     ):
         self.devices = jax.local_devices()[: num_devices or None]
         self.model, self.frozen = model, None
         self.scan_steps = scan_steps  # micro-batches each train_step call takes
+        self.eval_ema = eval_ema  # params(state): the EMA of the parameters the optimizer keeps
         self._train = jax.pmap(
             functools.partial(
                 _train_step_fn(scan_steps),
@@ -192,6 +206,7 @@ class PmapRunner:
                 tx=tx,
                 axis_name=self.AXIS,
                 skip_nonfinite=skip_nonfinite,
+                z_loss=z_loss,
             ),
             axis_name=self.AXIS,
             donate_argnums=0,
@@ -243,7 +258,8 @@ class PmapRunner:
         return jax.tree.map(lambda x: x[0], self._eval(params, batch, self.frozen))
 
     def params(self, state):
-        return state.params
+        """The trained tree that evaluation uses: ``state.params``, or their EMA (``eval_ema``)."""
+        return _eval_params(state, self.eval_ema)
 
     def model_params(self, state):
         frozen = None if self.frozen is None else self.state_for_save(self.frozen)
@@ -259,10 +275,15 @@ def make_runner(
     fsdp_min_size: int = 1 << 16,
     skip_nonfinite: bool = False,
     scan_steps: int = 1,
+    z_loss: float = 0.0,
+    eval_ema: bool = False,
 ):
-    """The runner for ``mode`` ('jit' over a ``(data, fsdp)`` mesh of ``mesh_shape``, or 'pmap')."""
+    """The runner for ``mode`` ('jit' over a ``(data, fsdp)`` mesh of ``mesh_shape``, or 'pmap');
+    ``z_loss``: the train step's z-loss coefficient; ``eval_ema``: evaluation uses the parameters' EMA."""
     if mode == "pmap":
-        return PmapRunner(model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps)
+        return PmapRunner(
+            model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps, z_loss=z_loss, eval_ema=eval_ema
+        )
     return JitRunner(
         model,
         tx,
@@ -270,4 +291,6 @@ def make_runner(
         fsdp_min_size=fsdp_min_size,
         skip_nonfinite=skip_nonfinite,
         scan_steps=scan_steps,
+        z_loss=z_loss,
+        eval_ema=eval_ema,
     )

@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import optax
 
 from codex_jax.compute.batch import STEP_SCALE, is_masked, model_inputs, token_rows
-from codex_jax.compute.loss import inputs_and_targets, loss_sum, mean_loss, token_stats, token_sums
+from codex_jax.compute.loss import (
+    inputs_and_targets,
+    loss_sum,
+    mean_loss,
+    token_stats,
+    token_sums,
+    z_objective_sums,
+)
 from codex_jax.compute.state import TrainState
 
 
@@ -19,67 +26,83 @@ def variables(params, frozen=None) -> dict:
     return {"params": params} if frozen is None else {"params": frozen, "lora": params}
 
 
-def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name):
-    """(advanced rng, loss, grads, grad_norm, finite) of one micro-batch: forward, backward and (under
-    pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step."""
+def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0):
+    """(advanced rng, loss, grads, grad_norm, finite, extra metrics) of one micro-batch: forward, backward and
+    (under pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step.
+    With ``z_loss > 0`` the gradients are those of cross entropy + z-loss, ``loss`` is still the cross
+    entropy and the extra metrics hold the z-loss term (``{'z_loss'}``)."""
     rng, dropout_rng = jax.random.split(rng)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+    extra: dict = {}
     if is_masked(batch_BxL):
-        loss, grads = _masked_grads(params, frozen, batch_BxL, dropout_rng, model=model, axis_name=axis_name)
-        grad_norm = optax.tree.norm(grads)
-        return rng, loss, grads, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
-
-    def loss_fn(params):
-        rngs = {"dropout": dropout_rng}
-        return mean_loss(
-            model, variables(params, frozen), inputs_BxT, targets_BxT, deterministic=False, rngs=rngs
+        loss, grads, extra = _masked_grads(
+            params, frozen, batch_BxL, dropout_rng, model=model, axis_name=axis_name, z_loss=z_loss
         )
+        grad_norm = optax.tree.norm(grads)
+        return rng, loss, grads, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm), extra
+    inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
+    rngs = {"dropout": dropout_rng}
+    if z_loss:
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+        def objective(params):
+            weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
+            args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
+            total, ce, z = z_objective_sums(*args, z_loss, deterministic=False, rngs=rngs)
+            return total / targets_BxT.size, (ce / targets_BxT.size, z_loss * z / targets_BxT.size)
+
+        (_, (loss, z_term)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        extra = {"z_loss": z_term}
+    else:
+
+        def loss_fn(params):
+            return mean_loss(
+                model, variables(params, frozen), inputs_BxT, targets_BxT, deterministic=False, rngs=rngs
+            )
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
     if axis_name is not None:
-        loss = jax.lax.pmean(loss, axis_name)
+        loss, extra = jax.lax.pmean((loss, extra), axis_name)
         grads = jax.lax.pmean(grads, axis_name)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    return rng, loss, grads, grad_norm, finite
+    return rng, loss, grads, grad_norm, finite, extra
 
 
-def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name):
-    """(loss, grads) of a masked micro-batch. The loss is the mean over its trained targets; the gradients
-    are those of ``sum(weights * loss) * step_scale`` summed over devices, so that MultiSteps' (or scan's)
-    mean of the K micro-steps is the gradient of the mean over every trained target of the optimizer step
-    (micro-batches weighted by their trained targets)."""
+def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name, z_loss=0.0):
+    """(loss, grads, extra metrics) of a masked micro-batch. The loss is the mean over its trained targets;
+    the gradients are those of ``sum(weights * loss) * step_scale`` summed over devices, so that MultiSteps'
+    (or scan's) mean of the K micro-steps is the gradient of the mean over every trained target of the
+    optimizer step (micro-batches weighted by their trained targets). ``z_loss > 0`` adds the z-loss of
+    every trained target to the differentiated sum (``extra``: its mean term, ``{'z_loss'}``)."""
     inputs_BxT, targets_BxT, weights_BxT, kw = model_inputs(batch)
     scale = jnp.max(batch[STEP_SCALE])  # the same in every row
+    rngs = {"dropout": dropout_rng}
 
     def objective(params):
-        rngs = {"dropout": dropout_rng}
-        total = loss_sum(
-            model,
-            variables(params, frozen),
-            inputs_BxT,
-            targets_BxT,
-            weights_BxT,
-            deterministic=False,
-            rngs=rngs,
-            **kw,
-        )
-        return total * scale, total
+        args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
+        if z_loss:
+            total, ce, z = z_objective_sums(*args, z_loss, deterministic=False, rngs=rngs, **kw)
+            return total * scale, (ce, z)
+        total = loss_sum(*args, deterministic=False, rngs=rngs, **kw)
+        return total * scale, (total, None)
 
-    (_, total), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (_, (total, z)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     count = weights_BxT.sum()
     if axis_name is not None:
-        total, count, grads = jax.lax.psum((total, count, grads), axis_name)
-    return total / jnp.maximum(count, 1.0), grads
+        total, z, count, grads = jax.lax.psum((total, z, count, grads), axis_name)
+    count = jnp.maximum(count, 1.0)
+    extra = {} if z is None else {"z_loss": z_loss * z / count}
+    return total / count, grads, extra
 
 
 def _zero_unless(finite, grads):
     return jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
 
 
-def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False):
+def train_step(
+    state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False, z_loss=0.0
+):
     """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
 
     Gradients and optimizer state exist only for ``state.params``; a LoRA run passes its frozen base
@@ -89,10 +112,12 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
     ``optax.MultiSteps`` the optimizer step only advances on the last micro-step of each accumulation.
     With ``skip_nonfinite`` a micro-step whose loss or gradients are not finite changes nothing but the
     PRNG key (and, when accumulating, contributes a zero gradient), and ``metrics['finite']`` is False.
+    ``z_loss > 0`` adds the z-loss to the objective (``metrics['z_loss']``: its term; ``loss`` stays the
+    cross entropy).
     """
     rng = jax.random.wrap_key_data(state.rng)
-    rng, loss, grads, grad_norm, finite = _micro_grads(
-        state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+    rng, loss, grads, grad_norm, finite, extra = _micro_grads(
+        state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name, z_loss=z_loss
     )
     if skip_nonfinite:
         grads = _zero_unless(finite, grads)
@@ -111,12 +136,20 @@ def train_step(state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_nam
         opt_state=opt_state,
         rng=jax.random.key_data(rng),
     )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **extra}
     return new_state, metrics
 
 
 def train_step_scan(
-    state: TrainState, batches_KxBxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False
+    state: TrainState,
+    batches_KxBxL,
+    frozen=None,
+    *,
+    model,
+    tx,
+    axis_name=None,
+    skip_nonfinite=False,
+    z_loss=0.0,
 ):
     """One optimizer step over K micro-batches in one call (``train.accum_impl='scan'``).
 
@@ -128,13 +161,13 @@ def train_step_scan(
 
     def micro(carry, batch_BxL):
         rng, grads_sum = carry
-        rng, loss, grads, grad_norm, finite = _micro_grads(
-            state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name
+        rng, loss, grads, grad_norm, finite, extra = _micro_grads(
+            state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name, z_loss=z_loss
         )
         if skip_nonfinite:
             grads = _zero_unless(finite, grads)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-        return (rng, grads_sum), {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return (rng, grads_sum), {"loss": loss, "grad_norm": grad_norm, "finite": finite, **extra}
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     rng = jax.random.wrap_key_data(state.rng)

@@ -203,15 +203,65 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.warmup_steps": (30, "Linear warmup, in optimizer steps."),
     "train.min_lr_ratio": (
         0.1,
-        "Cosine decay ends at learning_rate * min_lr_ratio at train.steps.",
+        "The cosine, linear and wsd schedules end at learning_rate * min_lr_ratio at train.steps.",
     ),
     "train.weight_decay": (
         0.1,
-        "AdamW weight decay (not applied to norms, biases and embeddings).",
+        "Decoupled weight decay of adamw, lion and muon's matrices (not applied to norms, biases and "
+        "embeddings).",
     ),
-    "train.beta1": (0.9, "AdamW beta1."),
-    "train.beta2": (0.95, "AdamW beta2."),
+    "train.beta1": (0.9, "AdamW beta1 (also muon's AdamW part)."),
+    "train.beta2": (0.95, "AdamW beta2 (also muon's AdamW part)."),
     "train.grad_clip": (1.0, "Global-norm gradient clipping (0: off)."),
+    "train.optimizer": (
+        "adamw",
+        "'adamw', 'adafactor' (factored second moments, train.adafactor.*), 'lion' (train.lion.*) or "
+        "'muon' (optax.contrib.muon on the hidden weight matrices, train.muon.*; AdamW with train.beta1/2 "
+        "for embeddings, output head, norms and biases). A resumed run keeps its optimizer.",
+    ),
+    "train.schedule": (
+        "cosine",
+        "Learning rate after the linear warmup: 'cosine' or 'linear' decay to learning_rate * "
+        "min_lr_ratio at train.steps, 'constant', or 'wsd' (warmup-stable-decay: constant, then linear "
+        "decay over the last train.wsd_decay_fraction of train.steps).",
+    ),
+    "train.wsd_decay_fraction": (0.1, "train.schedule='wsd': the fraction of train.steps that decays."),
+    "train.z_loss": (
+        0.0,
+        "Adds z_loss * logsumexp(logits)^2 per target to the training loss (PaLM's z-loss; 1e-4 is "
+        "usual; 0: off). train/loss stays the cross entropy.",
+    ),
+    "train.ema_decay": (
+        0.0,
+        "Keep an exponential moving average of the parameters (in the optimizer state, so "
+        "checkpointed) with this decay per optimizer step, e.g. 0.999 (0: off). See eval.use_ema.",
+    ),
+    "train.adafactor.decay_rate": (0.8, "Adafactor: second-moment decay exponent (optax decay_rate)."),
+    "train.adafactor.min_dim_size_to_factor": (
+        128,
+        "Adafactor: factor the second moments of weights whose two largest dims are at least this.",
+    ),
+    "train.adafactor.clipping_threshold": (1.0, "Adafactor: update clipping by block RMS (0: off)."),
+    "train.adafactor.multiply_by_parameter_scale": (
+        False,
+        "Adafactor: scale steps by the parameter's RMS (a relative learning rate).",
+    ),
+    "train.adafactor.momentum": (0.0, "Adafactor: first-moment EMA decay (0: no momentum)."),
+    "train.adafactor.weight_decay_rate": (
+        0.0,
+        "Adafactor: decoupled weight decay, not scaled by the learning rate (optax's; norms, biases and "
+        "embeddings excluded; 0: off).",
+    ),
+    "train.lion.b1": (0.9, "Lion: interpolation rate of the update direction."),
+    "train.lion.b2": (0.99, "Lion: momentum decay. Lion wants a 3-10x smaller train.learning_rate."),
+    "train.muon.learning_rate": (
+        0.02,
+        "Muon: peak learning rate of the hidden weight matrices (same warmup and train.schedule; "
+        "train.learning_rate drives the AdamW part).",
+    ),
+    "train.muon.beta": (0.95, "Muon: momentum decay."),
+    "train.muon.ns_steps": (5, "Muon: Newton-Schulz iterations orthogonalising each update."),
+    "train.muon.nesterov": (True, "Muon: Nesterov momentum."),
     "train.log_every": (10, "Log train metrics every this many optimizer steps."),
     "train.eval_every": (
         100,
@@ -250,6 +300,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "latest",
         "Checkpoint that --mode=eval/generate/export restores: 'latest', 'best' "
         "(checkpoint.best_k) or a step number.",
+    ),
+    "eval.use_ema": (
+        False,
+        "Training's held-out evaluation (and best-k ranking) uses the parameters' EMA "
+        "(needs train.ema_decay > 0).",
     ),
     "eval.functional_correctness": (
         False,

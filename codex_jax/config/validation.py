@@ -34,6 +34,8 @@ _CHOICES = {
     "parallel.mode": ("jit", "pmap"),
     "train.on_nan": ("raise", "skip"),
     "train.accum_impl": ("multisteps", "scan"),
+    "train.optimizer": ("adamw", "adafactor", "lion", "muon"),  # compute/optim.py OPTIMIZERS
+    "train.schedule": ("cosine", "linear", "constant", "wsd"),  # compute/optim.py SCHEDULES
     "checkpoint.best_metric": ("loss", "perplexity", "token_accuracy"),
     "checkpoint.best_mode": ("min", "max"),
     "checkpoint.on_corrupt": ("error", "previous"),
@@ -107,6 +109,19 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str] | Callable[[Any], str | None
     "model.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "train.learning_rate": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "train.wsd_decay_fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "train.z_loss": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.adafactor.decay_rate": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "train.adafactor.min_dim_size_to_factor": (lambda v: v > 0, "must be > 0"),
+    "train.adafactor.clipping_threshold": (lambda v: v >= 0, "must be >= 0"),
+    "train.adafactor.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.adafactor.weight_decay_rate": (lambda v: v >= 0, "must be >= 0"),
+    "train.lion.b1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.lion.b2": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.muon.learning_rate": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "train.muon.beta": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "train.muon.ns_steps": (lambda v: v > 0, "must be > 0"),
     "generate.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "eval.step": (
         lambda v: v in ("latest", "best") or v.isdigit(),
@@ -181,6 +196,12 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         "train.warmup_steps",
         f"must be <= train.steps={flat['train.steps']}",
         flat["train.warmup_steps"],
+    )
+    _check(
+        flat["train.ema_decay"] > 0 or not flat["eval.use_ema"],
+        "eval.use_ema",
+        "needs train.ema_decay > 0 (an EMA of the parameters to evaluate)",
+        flat["eval.use_ema"],
     )
     lora_from = flat["lora.init_from"]
     _check(

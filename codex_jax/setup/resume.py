@@ -13,7 +13,7 @@ import jax
 import ml_collections
 
 from codex_jax.checkpoint import TRAIN_ITEMS
-from codex_jax.compute.optim import accumulates_with_multisteps
+from codex_jax.compute.optim import opt_state_layout
 from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import flatten
 from codex_jax.errors import UserError
@@ -75,13 +75,11 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
         if step is not None:
             meta = checkpointer.restore_meta(step)
             check_compatible(meta, cfg, checkpointer.path(step))
-            saved_multisteps = _uses_multisteps(meta["config"]["train"])
-            if saved_multisteps != _uses_multisteps(cfg.train):
+            saved, now = opt_state_layout(meta["config"]["train"]), opt_state_layout(cfg.train)
+            for what in (w for w in saved if saved[w] != now[w]):
                 raise UserError(
-                    f"{checkpointer.path(step)}: its optimizer state was saved "
-                    f"{'with' if saved_multisteps else 'without'} optax.MultiSteps; "
-                    "resume with the same train.grad_accum_steps > 1 / train.accum_impl choice, or use a "
-                    "new --workdir"
+                    f"{checkpointer.path(step)}: its optimizer state was saved with {what}={saved[what]!r}, "
+                    f"the config says {now[what]!r}; resume with the same choice, or use a new --workdir"
                 )
     finally:
         checkpointer.close()
@@ -110,8 +108,3 @@ def truncate_metrics(path: Path, step: int | None) -> None:
             if record_step is None or record_step <= step:
                 keep.append(line)
     write_text_atomic(path, "".join(keep))
-
-
-def _uses_multisteps(train) -> bool:
-    """Whether a ``train`` section (a config's, or a checkpoint's saved dict) accumulates with MultiSteps."""
-    return accumulates_with_multisteps(train["grad_accum_steps"], train.get("accum_impl", "multisteps"))

@@ -23,7 +23,8 @@ def optimizer_spec(cfg: ml_collections.ConfigDict) -> OptimizerSpec:
 
 
 def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.GradientTransformation]:
-    """``(runner, tx)``: the optimizer and the jit (mesh) or pmap runner of ``parallel.*`` that trains it."""
+    """``(runner, tx)``: the optimizer and the jit (mesh) or pmap runner of ``parallel.*`` that trains it
+    (with ``train.z_loss``; its evaluation uses the parameters' EMA under ``eval.use_ema``)."""
     spec = optimizer_spec(cfg)
     tx = make_optimizer(spec)
     runner = make_runner(
@@ -34,6 +35,8 @@ def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.G
         fsdp_min_size=cfg.parallel.fsdp_min_size,
         skip_nonfinite=cfg.train.on_nan == "skip",
         scan_steps=spec.scan_steps,
+        z_loss=cfg.train.z_loss,
+        eval_ema=cfg.eval.use_ema,
     )
     return runner, tx
 
