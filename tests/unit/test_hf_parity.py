@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_helpers import random_hf_model
 
 from codex_jax.errors import UserError
 from codex_jax.generate import generate
@@ -81,19 +82,6 @@ KINDS = [
 ]
 
 
-def _randomize(model):
-    """Default init leaves biases at 0 and norms at 1: perturb all, so every mapping is tested."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "ln" in name or "norm" in name:
-                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
-            else:
-                p.copy_(0.08 * noise)
-    return model.eval()
-
-
 _CACHE: dict = {}
 
 
@@ -103,11 +91,8 @@ def checkpoint(tmp_path_factory):
 
     def build(kind):
         if kind not in _CACHE:
-            torch.manual_seed(0)
-            model = _randomize(transformers.AutoModelForCausalLM.from_config(_hf_config(kind)))
             folder = tmp_path_factory.mktemp(kind)
-            model.save_pretrained(folder, safe_serialization=True)
-            _CACHE[kind] = (model, folder)
+            _CACHE[kind] = (random_hf_model(_hf_config(kind), folder), folder)
         return _CACHE[kind]
 
     return build

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_helpers import random_hf_model
 from sft_helpers import SFT, chat_tokenizer_folder
 
 from codex_jax.compute.batch import MASK, SEGMENTS, TOKENS, model_inputs
@@ -45,16 +46,8 @@ def examples(tmp_path_factory):
 
 
 def _hf_model(kind: str, folder):
-    torch.manual_seed(0)
     config = transformers.Qwen2Config(**HF) if kind == "qwen2" else transformers.LlamaConfig(**HF)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.08 * noise)
-    model.eval().save_pretrained(folder, safe_serialization=True)
-    return model
+    return random_hf_model(config, folder)
 
 
 def _stream(examples):
