@@ -330,6 +330,12 @@ class Checkpointer:
         args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)})
         return self._restore(step, args)[item]
 
+    def restore_train(self, step: int, abstract_train: dict):
+        """Restores only the ``train`` item, ``{'step', 'opt_state', 'rng'}`` (e.g. for the parameters' EMA
+        that an optimizer state holds), into ``abstract_train``'s shapes and shardings."""
+        args = ocp.args.Composite(train=ocp.args.StandardRestore(abstract_train))
+        return self._restore(step, args)["train"]
+
     def restore_meta(self, step: int) -> dict[str, Any]:
         """The JSON metadata saved with ``step``."""
         meta = self._restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

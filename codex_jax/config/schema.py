@@ -303,8 +303,8 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     ),
     "eval.use_ema": (
         False,
-        "Training's held-out evaluation (and best-k ranking) uses the parameters' EMA "
-        "(needs train.ema_decay > 0).",
+        "Evaluate the parameters' EMA instead of the parameters (needs train.ema_decay > 0): training's "
+        "held-out evaluation and best-k ranking, and the checkpoint --mode=eval/generate/export restore.",
     ),
     "eval.functional_correctness": (
         False,

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from codex_jax.checkpoint import MANIFEST, PARAMS_ITEMS, Retention
+from codex_jax.compute.optim import ema_params, make_optimizer
 from codex_jax.config.runspec import RunSpec
 from codex_jax.errors import UserError
 from codex_jax.files import sha256_files
@@ -29,7 +30,7 @@ from codex_jax.setup import adapters
 from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import model_config
 from codex_jax.setup.resume import check_compatible, check_workdir_config
-from codex_jax.setup.runners import eval_runner
+from codex_jax.setup.runners import eval_runner, fresh_state_fn, optimizer_spec
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ def load_checkpoint(
 
     Its params and metadata files are checked against the step's sha256 manifest (a corrupt step
     is an error, or skipped under ``checkpoint.on_corrupt='previous'``); no optimizer state is
-    read, and the params land on this machine's devices whatever device count saved them.
+    read (but for ``eval.use_ema``: the parameters' EMA it holds replaces the params), and the params
+    land on this machine's devices whatever device count saved them.
     """
     if not (workdir / "checkpoints").is_dir():
         raise UserError(f"no checkpoints in {workdir / 'checkpoints'}; train first (--mode=train)")
@@ -71,6 +73,8 @@ def load_checkpoint(
         model = Transformer(model_config(cfg, meta.get("model")))
         target = abstract_adapters(cfg, model) if lora_run else abstract_params(cfg, model)
         trained = checkpointer.restore_params(step, target)
+        if cfg.eval.use_ema:
+            trained = _ema_of(cfg, model, checkpointer, step, trained)
     finally:
         checkpointer.close()
     if not lora_run:
@@ -79,6 +83,19 @@ def load_checkpoint(
     if merge:  # a LoRA run: its base (model.init_from) with the adapters merged
         params = merged_params(cfg, model.cfg, trained, meta["lora"], abstract_params(cfg, model))
     return Restored(model, params, step, meta, trained)
+
+
+def _ema_of(cfg: ml_collections.ConfigDict, model: Transformer, checkpointer, step: int, trained):
+    """``eval.use_ema``: the EMA of the trained tree that checkpoint ``step``'s optimizer state holds
+    (``train.ema_decay > 0``), read from its ``train`` item (checked against the manifest first)."""
+    checkpointer.verify(step, ("train",))
+    shapes = jax.eval_shape(fresh_state_fn(cfg, model.cfg, make_optimizer(optimizer_spec(cfg))))
+    train = {"step": shapes.step, "opt_state": shapes.opt_state, "rng": shapes.rng}
+    restored = checkpointer.restore_train(step, _placed(cfg, model, train))
+    try:
+        return ema_params(restored["opt_state"], trained)
+    except ValueError as e:
+        raise UserError(f"config key 'eval.use_ema': checkpoint {checkpointer.path(step)}: {e}") from None
 
 
 def restore_params(cfg: ml_collections.ConfigDict, workdir: Path):

@@ -12,6 +12,7 @@ import optax
 import pytest
 from conftest import tiny_llama
 
+from codex_jax import api
 from codex_jax.compute import step as step_lib
 from codex_jax.compute.loss import inputs_and_targets, log_partition, z_objective_sums
 from codex_jax.compute.optim import OptimizerSpec, ema_params, make_optimizer, with_params_ema
@@ -92,3 +93,24 @@ def test_no_ema_is_an_error_when_asked_for():
     params = {"w": jnp.ones(2)}
     with pytest.raises(ValueError, match="train.ema_decay"):
         ema_params(tx.init(params), params)
+
+
+def test_eval_mode_restores_the_ema(tmp_path):
+    """``eval.use_ema``: --mode=eval evaluates the EMA the checkpoint's optimizer state holds (the same
+    loss as training's last evaluation of it), not the saved params."""
+    overrides = {
+        "train.steps": 2,
+        "train.warmup_steps": 0,
+        "train.ema_decay": 0.5,
+        "eval.use_ema": True,
+        "eval.num_batches": 1,
+        "data.seq_len": 32,
+        "generate.max_new_tokens": 0,
+        "logging.writers": "ndjson",
+    }
+    run = tmp_path / "run"
+    final = api.train(api.load_config("tiny", overrides), run)
+    with_ema = api.evaluate(api.workdir_config(run), run)
+    raw = api.evaluate(api.workdir_config(run, {"eval.use_ema": False}), run)
+    assert with_ema["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    assert raw["loss"] != pytest.approx(with_ema["loss"], rel=1e-3)
