@@ -105,9 +105,11 @@ class MixtureBatches(TrainBatches):
         super().__init__(dataset, num_workers, prefetch)
         self.mixture, self.global_batch = mixture, global_batch
 
-    def realised(self) -> dict[str, float]:
-        """``{source: fraction}`` of the global sequences returned so far (all processes')."""
-        return self.mixture.realised(self.get_state()["next_index"] * self.global_batch)
+    def realised(self, state: dict | None = None) -> dict[str, float]:
+        """``{source: fraction}`` of the global sequences returned so far (all processes'), or up to
+        ``state`` (a state of this iterator)."""
+        state = self.get_state() if state is None else state
+        return self.mixture.realised(state["next_index"] * self.global_batch)
 
 
 def make_mixture_iterator(

@@ -11,7 +11,6 @@ import jax
 import ml_collections
 import tqdm
 
-from codex_jax.compute.batch import stack as stack_batches
 from codex_jax.config.runspec import RUN_CONFIG
 from codex_jax.config.schema import flatten
 from codex_jax.data.examples import chat_template_text
@@ -143,14 +142,15 @@ def _shows_bar(t: Trainer) -> bool:
 def _optimizer_step(t: Trainer, state, p: builtin.Progress):
     """``train.grad_accum_steps`` micro-steps (in jitted calls of ``scan_steps`` micro-batches each);
     their metrics join ``p.window``."""
-    per_call = t.runner.scan_steps  # micro-batches per jitted call (K under accum_impl='scan')
-    for _ in range(t.cfg.train.grad_accum_steps // per_call):
+    for _ in range(t.cfg.train.grad_accum_steps // t.runner.scan_steps):
         p.timer.data_start()
-        local = [next(t.train_iter) for _ in range(per_call)]
-        batch = t.runner.put_batch(local[0] if per_call == 1 else stack_batches(local))
+        batch = next(t.train_iter)  # read and put while the previous call ran
         p.timer.data_end()
         state, metrics = t.runner.train_step(state, batch)
         p.window.append(metrics)
+        p.timer.data_start()
+        t.train_iter.fill()  # the next call's batch, while the devices run this one
+        p.timer.data_end()
     return state
 
 

@@ -12,6 +12,7 @@ import ml_collections
 
 from codex_jax.checkpoint import Checkpointer, Retention
 from codex_jax.compute.optim import learning_rate_schedule
+from codex_jax.data.feed import DeviceFeed
 from codex_jax.data.pipeline import eval_batches, make_train_iterator, prepare_data
 from codex_jax.errors import UserError
 from codex_jax.evaluate import evaluate
@@ -36,7 +37,7 @@ class Trainer:
     tx: Any  # the optimizer the runner steps with
     checkpointer: Checkpointer
     data: Any
-    train_iter: Any
+    train_iter: DeviceFeed  # device batches, one jitted call ahead
     eval_data: list
     writers: Any
     schedule: Any
@@ -72,7 +73,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     data = prepare_data(cfg, workdir)
     check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
     runner, tx = train_runner(cfg, model)
-    train_iter, eval_data = _iterators(cfg, data)
+    train_iter, eval_data = _iterators(cfg, data, runner)
     checkpointer = open_checkpoints(
         workdir,
         lora=adapters.enabled(cfg),
@@ -90,8 +91,8 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     )
 
 
-def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
-    """This process's train iterator and its held-out batches."""
+def _iterators(cfg: ml_collections.ConfigDict, data, runner) -> tuple[DeviceFeed, list]:
+    """This process's train batches (on the devices, one jitted call ahead) and its held-out batches."""
     per_process_batch = cfg.data.batch_size // jax.process_count()
     train_iter = make_train_iterator(
         data.train_windows,
@@ -103,6 +104,7 @@ def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
         prefetch=cfg.data.prefetch,
         accum_steps=cfg.train.grad_accum_steps,
     )
+    train_feed = DeviceFeed(train_iter, runner.put_batch, runner.scan_steps)
     eval_data = eval_batches(
         data.eval_windows,
         batch_size=per_process_batch,
@@ -110,7 +112,7 @@ def _iterators(cfg: ml_collections.ConfigDict, data) -> tuple[Any, list]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    return train_iter, eval_data
+    return train_feed, eval_data
 
 
 def init_or_restore(t: Trainer, step: int | None):
