@@ -99,7 +99,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     args = _abstract_step_args(cfg, runner, model_cfg, tx)
     start = time.perf_counter()
     with jax.set_mesh(mesh):  # the Pallas kernel runs per batch shard (models/attention.py)
-        compiled = runner._train.lower(*args).compile()  # type: ignore[union-attr] # the trainer's jitted step
+        compiled = runner.lower_train_step(*args).compile()  # the trainer's jitted step
     compile_s = time.perf_counter() - start
     return report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
 

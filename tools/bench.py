@@ -282,12 +282,8 @@ def compile_fields(runner, state, batch) -> dict:
     per-device memory (``temp_gb``: XLA's temporary buffers) and FLOPs, from the executable."""
     from codex_jax.compute import aot
 
-    jitted = getattr(runner, "_train", None)  # the jitted step (the mesh runner; pmap has none)
-    if jitted is None or not hasattr(jitted, "lower"):
-        return {"compile_note": f"no ahead-of-time compile for {type(runner).__name__}"}
-    compiled, cold_s, warm_s = aot.compile_cold_and_warm(
-        jitted, state, runner.put_batch(batch), runner.frozen
-    )
+    device_batch = runner.put_batch(batch)
+    compiled, cold_s, warm_s = aot.compile_cold_and_warm(lambda: runner.lower_train_step(state, device_batch))
     return {
         "compile_cold_s": round(cold_s, 2),
         "compile_warm_s": round(warm_s, 2),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 from jax._src import compilation_cache  # private: reset() makes a changed cache folder take effect
@@ -36,17 +37,17 @@ def _fresh_cache():
                 jax.config.update(name, value)
 
 
-def compile_cold_and_warm(jitted, *args):
-    """``(compiled, cold_s, warm_s)``: ``jitted.lower(*args).compile()`` through an empty persistent cache
-    (cold) and again after dropping the in-memory caches, so the executable comes from that cache (warm:
-    what a restarted run pays)."""
+def compile_cold_and_warm(lower: Callable[[], jax.stages.Lowered]):
+    """``(compiled, cold_s, warm_s)``: ``lower().compile()`` (e.g. a runner's ``lower_train_step``) through
+    an empty persistent cache (cold) and again after dropping the in-memory caches, so the executable comes
+    from that cache (warm: what a restarted run pays)."""
     with _fresh_cache():
         start = time.perf_counter()
-        compiled = jitted.lower(*args).compile()
+        compiled = lower().compile()
         cold_s = time.perf_counter() - start
         jax.clear_caches()
         start = time.perf_counter()
-        jitted.lower(*args).compile()
+        lower().compile()
         warm_s = time.perf_counter() - start
     return compiled, cold_s, warm_s
 

@@ -14,7 +14,6 @@ A LoRA run first hands the runner its frozen base (``frozen_target``: where to l
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -87,7 +86,7 @@ class JitRunner:
         self.stacked_batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))  # [K, B, L]
         self.train_batch_sharding = self.stacked_batch_sharding if scan_steps > 1 else self.batch_sharding
         self.state_sharding = None
-        self._train: Callable[..., Any] | None = None  # compiled once the state's shapes are known
+        self._train: Any = None  # the jitted step (jax.stages.Wrapped), once the state's shapes are known
         self._eval = jax.jit(
             functools.partial(step_lib.eval_step, model=model), out_shardings=self.replicated
         )
@@ -155,6 +154,12 @@ class JitRunner:
 
     def train_step(self, state, batch):
         return self._train(state, batch, self.frozen)
+
+    def lower_train_step(self, state, batch, frozen=None) -> jax.stages.Lowered:
+        """The train step lowered for these arguments (arrays, or ShapeDtypeStructs with shardings; the
+        frozen base defaults to the runner's): ``.compile()`` gives the executable ``train_step`` runs."""
+        assert self._train is not None, "init_state or abstract_state first: they fix the state's shardings"
+        return self._train.lower(state, batch, self.frozen if frozen is None else frozen)
 
     def eval_step(self, params, batch):
         return self._eval(params, batch, self.frozen)
@@ -253,6 +258,10 @@ class PmapRunner:
     def train_step(self, state, batch):
         state, metrics = self._train(state, batch, self.frozen)
         return state, jax.tree.map(lambda x: x[0], metrics)
+
+    def lower_train_step(self, state, batch, frozen=None) -> jax.stages.Lowered:
+        """The pmapped train step lowered for these (replicated/sharded) arguments."""
+        return self._train.lower(state, batch, self.frozen if frozen is None else frozen)
 
     def eval_step(self, params, batch):
         return jax.tree.map(lambda x: x[0], self._eval(params, batch, self.frozen))
