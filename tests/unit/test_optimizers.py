@@ -256,13 +256,14 @@ def test_resume_through_orbax_is_bit_exact(kind, optimizer, schedule, tmp_path):
     """2 steps, a save and restore through the trainer's Checkpointer (with the grain iterator), 2 more ==
     4 uninterrupted steps, bit for bit: losses, params, optimizer state (with the EMA) and PRNG key, with
     dropout and the z-loss on. Under FSDP every optimizer-state array as large as the sharding threshold
-    (moments, the EMA) is sharded over 'fsdp'."""
+    (moments, the EMA) is sharded over 'fsdp'. With ``eval_ema`` the runner evaluates the EMA."""
     cfg = _train_cfg(optimizer, schedule)
     cfg.ema_decay = 0.9
     tx = make_optimizer(OptimizerSpec.from_mapping(cfg))
     model = Transformer(tiny_llama(num_layers=1, dropout=0.1))
+    mode = "pmap" if kind == "pmap" else "jit"
     runner = make_runner(
-        model, tx, mode="pmap" if kind == "pmap" else "jit", mesh_shape=(2, 4), fsdp_min_size=256, z_loss=1e-3
+        model, tx, mode=mode, mesh_shape=(2, 4), fsdp_min_size=256, z_loss=1e-3, eval_ema=True
     )
     make_state = lambda: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)  # noqa: E731
 
@@ -279,10 +280,15 @@ def test_resume_through_orbax_is_bit_exact(kind, optimizer, schedule, tmp_path):
     abstract, fresh_it = runner.abstract_state(jax.eval_shape(make_state)), _iterator()
     restored = _checkpointed(tmp_path, runner.state_for_save(part), it, 2, abstract, fresh_it)
     resumed, more_losses = _steps(runner, runner.put_state(restored), fresh_it, 2)
-    resumed = jax.device_get(runner.state_for_save(resumed))
+    on_device, resumed = resumed, jax.device_get(runner.state_for_save(resumed))
 
     assert part_losses + more_losses == full_losses
     jax.tree.map(np.testing.assert_array_equal, resumed, full)
+    # eval_ema: evaluation gets the EMA the optimizer state holds, not the raw parameters
+    same = lambda a, ema: np.testing.assert_array_equal(a, np.broadcast_to(ema, a.shape))  # noqa: E731
+    jax.tree.map(same, jax.device_get(runner.params(on_device)), resumed.opt_state.ema)  # pmap: stacked
+    raw = evaluate(runner, on_device.params, [HELD_OUT])
+    assert evaluate(runner, runner.params(on_device), [HELD_OUT])["loss"] != raw["loss"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lion"])
@@ -305,18 +311,3 @@ def test_optimizer_state_round_trips_orbax_bit_exactly(optimizer, tmp_path):
     abstract = jax.eval_shape(lambda: fresh)
     restored = _checkpointed(tmp_path, run(fresh, TRAIN[:2]), _iterator(), 2, abstract, _iterator())
     jax.tree.map(np.testing.assert_array_equal, run(restored, TRAIN[2:]), full)
-
-
-def test_eval_uses_the_ema_when_asked():
-    """``eval_ema``: the runner evaluates the EMA the optimizer state holds, not the raw parameters."""
-    cfg = _train_cfg("adamw", "constant")
-    cfg.ema_decay = 0.5
-    tx = make_optimizer(OptimizerSpec.from_mapping(cfg))
-    model = Transformer(MODEL)
-    plain = make_runner(model, tx)
-    ema = make_runner(model, tx, eval_ema=True)
-    make_state = lambda: create_train_state(init_params(model.cfg, jax.random.key(0)), tx, 0)  # noqa: E731
-    state, _ = _steps(plain, plain.init_state(make_state), _iterator(), 3)
-    ema_tree = ema.params(state)
-    jax.tree.map(lambda e, s: np.testing.assert_array_equal(e, s), ema_tree, state.opt_state.ema)
-    assert evaluate(ema, ema.params(state), [HELD_OUT]) != evaluate(plain, plain.params(state), [HELD_OUT])

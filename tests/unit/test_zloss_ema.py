@@ -4,6 +4,7 @@ cross entropy and the z term apart) and the parameters' EMA kept in the optimize
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from codex_jax.compute.loss import inputs_and_targets, log_partition, z_objectiv
 from codex_jax.compute.optim import OptimizerSpec, ema_params, make_optimizer, with_params_ema
 from codex_jax.compute.state import create_train_state
 from codex_jax.config.schema import default_config
+from codex_jax.errors import UserError
 from codex_jax.models.transformer import Transformer, init_params
 
 MODEL = tiny_llama(num_layers=1)
@@ -37,13 +39,20 @@ def test_chunked_z_objective_matches_the_full_logits():
     weights = jnp.asarray(np.random.default_rng(1).integers(0, 2, (4, 16)), jnp.float32)
     full = dataclasses.replace(MODEL, loss_chunk=0)
     chunked = dataclasses.replace(MODEL, loss_chunk=4)
-    for a, b in zip(_sums(chunked, params, weights), _sums(full, params, weights), strict=True):
+
+    @jax.jit
+    def both(params):  # one compile: sums and gradient of each path
+        def objective(cfg):
+            return lambda p: _sums(cfg, p, weights)[0]
+
+        return [(_sums(cfg, params, weights), jax.grad(objective(cfg))(params)) for cfg in (chunked, full)]
+
+    (sums_chunked, grad_chunked), (sums_full, grad_full) = both(params)
+    for a, b in zip(sums_chunked, sums_full, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)
-    grad_full = jax.grad(lambda p: _sums(full, p, weights)[0])(params)
-    grad_chunked = jax.grad(lambda p: _sums(chunked, p, weights)[0])(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_chunked, grad_full)
-    ce, z = _sums(full, params, weights)[1:]
-    assert float(_sums(full, params, weights)[0]) == pytest.approx(float(ce + Z * z), rel=1e-6)
+    total, ce, z = sums_full
+    assert float(total) == pytest.approx(float(ce + Z * z), rel=1e-6)
 
 
 def test_train_step_reports_cross_entropy_and_the_z_term():
@@ -53,8 +62,8 @@ def test_train_step_reports_cross_entropy_and_the_z_term():
     tx = make_optimizer(OptimizerSpec.from_mapping(c))
     model = Transformer(MODEL)
     state = create_train_state(init_params(MODEL, jax.random.key(0)), tx, 0)
-    _, plain = step_lib.train_step(state, ROWS, model=model, tx=tx)
-    _, with_z = step_lib.train_step(state, ROWS, model=model, tx=tx, z_loss=Z)
+    _, plain = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx))(state, ROWS)
+    _, with_z = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, z_loss=Z))(state, ROWS)
     np.testing.assert_allclose(with_z["loss"], plain["loss"], rtol=1e-6)
     inputs, _ = inputs_and_targets(ROWS)
     lse = log_partition(model.apply({"params": state.params}, inputs))
@@ -95,9 +104,10 @@ def test_no_ema_is_an_error_when_asked_for():
         ema_params(tx.init(params), params)
 
 
-def test_eval_mode_restores_the_ema(tmp_path):
+def test_eval_mode_restores_the_ema_and_resume_keeps_the_optimizer(tmp_path):
     """``eval.use_ema``: --mode=eval evaluates the EMA the checkpoint's optimizer state holds (the same
-    loss as training's last evaluation of it), not the saved params."""
+    loss as training's last evaluation of it), not the saved params. Resuming the run with another
+    optimizer, or without the EMA, is refused before anything is written."""
     overrides = {
         "train.steps": 2,
         "train.warmup_steps": 0,
@@ -114,3 +124,10 @@ def test_eval_mode_restores_the_ema(tmp_path):
     raw = api.evaluate(api.workdir_config(run, {"eval.use_ema": False}), run)
     assert with_ema["loss"] == pytest.approx(final["loss"], rel=1e-5)
     assert raw["loss"] != pytest.approx(with_ema["loss"], rel=1e-3)
+    for change, key in (
+        ({"train.optimizer": "lion"}, "train.optimizer"),
+        ({"train.ema_decay": 0.0}, "train.ema_decay"),
+    ):
+        more = api.workdir_config(run, {"train.steps": 3, "eval.use_ema": False, **change})
+        with pytest.raises(UserError, match=f"optimizer state was saved with {key}"):
+            api.train(more, run)
