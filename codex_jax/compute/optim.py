@@ -35,13 +35,23 @@ def opt_state_layout(train: Mapping[str, Any]) -> dict[str, Any]:
     """What fixes the optimizer state's tree structure, from a ``train`` section (a config's, or a saved
     checkpoint's dict: keys it predates take their defaults). Two runs with different layouts cannot share
     a checkpoint's optimizer state."""
-    return {
-        "train.optimizer": train.get("optimizer", "adamw"),
+    optimizer = train.get("optimizer", "adamw")
+    layout = {
+        "train.optimizer": optimizer,
         "train.ema_decay > 0": train.get("ema_decay", 0.0) > 0,
+        "train.grad_clip > 0": train["grad_clip"] > 0,
         "optax.MultiSteps (train.grad_accum_steps > 1 with train.accum_impl='multisteps')": (
             accumulates_with_multisteps(train["grad_accum_steps"], train.get("accum_impl", "multisteps"))
         ),
     }
+    if optimizer == "adafactor":
+        # its optional parts are links of optax's chain, and factoring shapes its moments
+        a = {**dataclasses.asdict(AdafactorSpec()), **dict(train.get("adafactor", {}))}
+        layout["train.adafactor.min_dim_size_to_factor"] = a["min_dim_size_to_factor"]
+        for key in ("clipping_threshold", "momentum", "weight_decay_rate"):
+            layout[f"train.adafactor.{key} > 0"] = a[key] > 0
+        layout["train.adafactor.multiply_by_parameter_scale"] = a["multiply_by_parameter_scale"]
+    return layout
 
 
 @dataclasses.dataclass(frozen=True)
