@@ -30,6 +30,7 @@ from codex_jax.config.packaged import resolve
 from codex_jax.config.runspec import run_config, set_key
 from codex_jax.config.validation import validate
 from codex_jax.errors import UserError
+from codex_jax.files import as_path
 from codex_jax.train import loop
 from codex_jax.train.hooks import Hook  # noqa: F401 - api.Hook: the base class of a user's hooks
 
@@ -51,7 +52,7 @@ def workdir_config(
     workdir: str | Path, overrides: Mapping[str, Any] | None = None
 ) -> ml_collections.ConfigDict:
     """The config a run in ``workdir`` was started with (its ``config.json``), with ``overrides``."""
-    return _with_overrides(run_config(Path(workdir)), overrides)
+    return _with_overrides(run_config(as_path(workdir)), overrides)
 
 
 def _with_overrides(
@@ -81,13 +82,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, hooks: Sequence[A
     Holds ``workdir``'s lock (another run there: UserError). SIGTERM or SIGINT (the main thread's) stop
     it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`."""
     prepare(cfg)
-    return loop.train(cfg, Path(workdir), hooks)
+    return loop.train(cfg, as_path(workdir), hooks)
 
 
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Held-out metrics of ``workdir``'s checkpoint ``eval.step`` (``eval.metrics``)."""
     prepare(cfg)
-    return restore.evaluate_workdir(cfg, Path(workdir))
+    return restore.evaluate_workdir(cfg, as_path(workdir))
 
 
 def generate(
@@ -96,7 +97,7 @@ def generate(
     """Each prompt (default: ``generate.prompt``) with its completion by ``workdir``'s checkpoint
     ``eval.step`` (sampling as ``generate.*`` says)."""
     prepare(cfg)
-    return restore.generate_from_workdir(cfg, Path(workdir), prompts)
+    return restore.generate_from_workdir(cfg, as_path(workdir), prompts)
 
 
 def eval_code(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -104,10 +105,10 @@ def eval_code(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     completions run against each problem's tests in a sandbox; writes ``samples.jsonl`` and
     ``results.json`` to ``WORKDIR/codeeval/<step>/`` and returns the summary (``pass@k``, counts)."""
     prepare(cfg)
-    return code_eval.eval_code(cfg, Path(workdir))
+    return code_eval.eval_code(cfg, as_path(workdir))
 
 
 def export(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     """Writes ``workdir``'s checkpoint in ``export.format`` to ``export.dir``; returns that folder."""
     prepare(cfg)
-    return export_lib.export(cfg, Path(workdir))
+    return export_lib.export(cfg, as_path(workdir))

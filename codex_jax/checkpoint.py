@@ -17,6 +17,9 @@ is written into that temporary folder just before the rename, so a step folder i
 exactly when it has a manifest: :meth:`Checkpointer.steps` ignores temporary folders and
 manifest-less ones (a deletion cut short), and :meth:`Checkpointer.select` checks the files it
 will read against it.
+
+On a bucket (``gs://``) there is no rename: Orbax writes ``<step>/`` in place and marks it complete
+with ``commit_success.txt``, written after the manifest. There a step is complete when it has both.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from codex_jax import files
 from codex_jax.errors import UserError
 from codex_jax.files import sha256_file
 
 MANIFEST = "manifest.sha256.json"
 # Top-level orbax bookkeeping rewritten after the manifest (at the commit), so not hashed.
-_UNHASHED = frozenset({MANIFEST, "_CHECKPOINT_METADATA", "commit_success.txt"})
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a committed step (the only one on a bucket)
+_UNHASHED = frozenset({MANIFEST, "_CHECKPOINT_METADATA", COMMIT_FILE})
 TRAIN_ITEMS = ("params", "train", "data", "meta")
 PARAMS_ITEMS = ("params", "meta")
 
@@ -100,7 +105,7 @@ class Checkpointer:
         read_only: bool = False,
         params_item: str = "params",
     ):
-        self.directory = Path(directory).absolute()
+        self.directory = files.absolute(directory)  # a local folder or a gs:// prefix
         self.params_item = params_item  # the item of the trained tree: 'params', or 'lora' (LoRA)
         self.retention = retention or Retention(max_to_keep=max_to_keep)
         self.async_save = async_save
@@ -129,9 +134,7 @@ class Checkpointer:
         """Complete steps (a committed folder with its manifest), oldest first."""
         if not self.directory.is_dir():
             return []
-        return sorted(
-            int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()
-        )
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and _complete(p))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint step, or None."""
@@ -212,13 +215,13 @@ class Checkpointer:
         """Raises CorruptCheckpoint unless every file of ``items`` matches ``step``'s manifest."""
         path = self.path(step)
         try:
-            files = json.loads((path / MANIFEST).read_text())["files"]
+            listed = json.loads((path / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CorruptCheckpoint(f"checkpoint {path}: unreadable {MANIFEST} ({_first_line(e)})") from e
         for item in items or ():
-            if not any(name.startswith(item + "/") for name in files):
+            if not any(name.startswith(item + "/") for name in listed):
                 raise CorruptCheckpoint(f"checkpoint {path}: has no '{item}' item")
-        for name, record in sorted(files.items()):
+        for name, record in sorted(listed.items()):
             if items is None or name.split("/")[0] in items:
                 _check_file(path, name, record)
 
@@ -229,9 +232,7 @@ class Checkpointer:
             return
         step = self._saving
         assert step is not None  # orbax calls this while _save's step is being saved
-        pending = sorted(
-            self.directory.glob(f"{step}.orbax-checkpoint-tmp*"), key=lambda p: p.stat().st_mtime
-        )
+        pending = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"), key=files.mtime)
         write_manifest(pending[-1] if pending else self.path(step))
 
     # --- save ------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ class Checkpointer:
         """Moves step folders newer than ``step`` aside (``<step>.corrupt``): the corrupt or
         incomplete ones a resume skipped, so that the resumed run can save those steps again."""
         newest = -1 if step is None else step
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and self.directory.is_dir():  # a bucket has no empty folders
             for p in sorted(self.directory.iterdir()):
                 if p.name.isdigit() and int(p.name) > newest:
                     target = p.with_name(f"{p.name}.corrupt")
@@ -352,19 +353,27 @@ class Checkpointer:
 
 def write_manifest(root: Path) -> None:
     """Writes ``root/MANIFEST``: size and sha256 of every file under ``root`` (but orbax's own)."""
-    files = {}
-    for p in sorted(root.rglob("*")):
+    records = {}
+    for p in files.walk_files(root):
         name = p.relative_to(root).as_posix()
-        if p.is_file() and name not in _UNHASHED:
-            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    (root / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+        if name not in _UNHASHED:
+            records[name] = {"bytes": files.size(p), "sha256": sha256_file(p)}
+    (root / MANIFEST).write_text(json.dumps({"files": records}, indent=1) + "\n")
+
+
+def _complete(step_dir: Path) -> bool:
+    """Whether a step folder is complete: it has its manifest (and, on a bucket, Orbax's commit file,
+    written after the manifest: there is no atomic rename to finish a step)."""
+    if not (step_dir / MANIFEST).is_file():
+        return False
+    return not files.is_remote(step_dir) or (step_dir / COMMIT_FILE).is_file()
 
 
 def _check_file(path: Path, name: str, record: dict) -> None:
     f = path / name
     if not f.is_file():
         raise CorruptCheckpoint(f"checkpoint {path}: {name} is missing")
-    size = f.stat().st_size
+    size = files.size(f)
     if size != record["bytes"]:
         raise CorruptCheckpoint(
             f"checkpoint {path}: {name} has {size} bytes, {record['bytes']} when saved (truncated or altered)"

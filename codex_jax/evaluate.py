@@ -22,7 +22,7 @@ from clu import metrics as clu_metrics
 from codex_jax.compute.batch import is_masked, model_inputs
 from codex_jax.compute.loss import chunked_token_stats, chunks_apply, cross_entropy, inputs_and_targets
 from codex_jax.data.pipeline import eval_batches
-from codex_jax.files import write_text_atomic
+from codex_jax.files import as_path, write_text_atomic
 from codex_jax.generate import generate, left_pad
 from codex_jax.metrics import registry
 from codex_jax.metrics.base import json_number
@@ -207,6 +207,6 @@ def evaluate_checkpoint(cfg, workdir: Path, model, params, step: int, data, put_
     if jax.process_index() == 0:
         record = {k: json_number(v) for k, v in result.items()}
         write_text_atomic(
-            Path(workdir) / f"eval_{step}.json", json.dumps(record, indent=2, allow_nan=False) + "\n"
+            as_path(workdir) / f"eval_{step}.json", json.dumps(record, indent=2, allow_nan=False) + "\n"
         )
     return result

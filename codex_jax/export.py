@@ -19,7 +19,6 @@ plain run: ``lora.rank=0`` in the written config) and ``hf``, or alone with ``pe
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from jax.experimental import multihost_utils
 from codex_jax.config.runspec import RUN_CONFIG, RunSpec
 from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.errors import UserError
-from codex_jax.files import write_json
+from codex_jax.files import absolute, as_path, copytree, write_json
 from codex_jax.interop import hf_config, peft
 from codex_jax.interop.hf_weights import export_checkpoint
 from codex_jax.setup.checkpoints import open_checkpoints
@@ -41,7 +40,7 @@ from codex_jax.tokenizers.hf import HFTokenizer, save_sentencepiece_as_hf
 
 def export(cfg: ml_collections.ConfigDict, workdir: Path) -> Path:
     """Exports ``workdir``'s checkpoint ``eval.step``; returns the folder written."""
-    out = Path(cfg.export.dir or workdir / "export").absolute()
+    out = absolute(cfg.export.dir or workdir / "export")  # a local folder or a gs:// prefix
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"config key 'export.dir': {out} exists and is not an empty folder")
     return EXPORTERS[cfg.export.format](cfg, workdir, out)
@@ -52,7 +51,7 @@ def export_params(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> P
     restored = load_checkpoint(cfg, workdir)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.data.tokenizer and (workdir / "tokenizer").is_dir() and jax.process_index() == 0:
-        shutil.copytree(workdir / "tokenizer", out / "tokenizer")
+        copytree(workdir / "tokenizer", out / "tokenizer")
     meta, config = dict(restored.meta), cfg.to_dict()
     if meta.pop("lora", None) is not None:  # merged: the folder is a plain (non-LoRA) run
         meta["config"] = config = _without_lora(config)
@@ -108,7 +107,7 @@ def export_hf(cfg: ml_collections.ConfigDict, workdir: Path, out: Path) -> Path:
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.save(out)
     else:
-        spm_model = Path(where) / "spm.model" if Path(where).is_dir() else Path(where)
+        spm_model = as_path(where) / "spm.model" if as_path(where).is_dir() else as_path(where)
         save_sentencepiece_as_hf(spm_model, out)
     return out
 

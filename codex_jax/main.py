@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from codex_jax import api
 from codex_jax.config.packaged import resolve
 from codex_jax.errors import EXIT_USER_ERROR, UserError
+from codex_jax.files import absolute, as_path
 from codex_jax.train.stop import EXIT_STOPPED, Stopped
 
 FLAGS = flags.FLAGS
@@ -105,7 +106,7 @@ def run(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:  # Orbax and jax log every save at INFO; keep the console readable
         absl_logging.set_verbosity(absl_logging.WARNING)
     cfg = load_config()
-    workdir = Path(FLAGS.workdir or default_workdir(config_filename()))
+    workdir = as_path(FLAGS.workdir or default_workdir(config_filename()))  # a folder or gs://
     try:
         _dispatch(cfg, workdir, FLAGS.mode)
     except UserError as e:
@@ -118,7 +119,7 @@ def run(argv: list[str]) -> None:
 def _dispatch(cfg, workdir: Path, mode: str) -> None:
     if mode == "train":
         print(json.dumps(api.train(cfg, workdir)))
-        print(f"workdir: {workdir.absolute()} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")
+        print(f"workdir: {absolute(workdir)} (checkpoints/, metrics.ndjson, tensorboard/, config.json)")
     elif mode == "eval":
         print(json.dumps(api.evaluate(cfg, workdir)))
         if cfg.eval.functional_correctness:

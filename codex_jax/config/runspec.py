@@ -15,13 +15,17 @@ import ml_collections
 
 from codex_jax.config.schema import SCHEMA, default_config, flatten
 from codex_jax.errors import UserError
-from codex_jax.files import read_json
+from codex_jax.files import as_path, is_remote, read_json
 
 RUN_CONFIG = "config.json"  # the config a run was started with, in its workdir
 
 
 def _after(value: str, prefix: str) -> Path | None:
-    return Path(value[len(prefix) :]).expanduser() if value.startswith(prefix) else None
+    """The path after ``prefix`` in ``value`` (user-expanded; a ``gs://`` URI as an epath), or None."""
+    if not value.startswith(prefix):
+        return None
+    rest = value[len(prefix) :]
+    return as_path(rest) if is_remote(rest) else Path(rest).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ from codex_jax.corpus.records import (
     read_text_file,
 )
 from codex_jax.errors import UserError
+from codex_jax.files import as_path, glob_files, is_remote
 
 # pydoc_data holds one 750 KB generated string of documentation prose, not code.
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "pydoc_data"})
@@ -121,8 +122,8 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[Path]]:
         return root, sorted(files)
     if spec.kind == "hf_disk":
         return hf_disk_files(spec.pattern)
-    pattern = os.path.expanduser(spec.pattern)
-    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    pattern = spec.pattern if is_remote(spec.pattern) else os.path.expanduser(spec.pattern)
+    files = glob_files(pattern)  # a local glob, or one on a bucket (gs://b/src/**/*.py)
     if not files:
         if not glob.has_magic(pattern):
             raise UserError(f"file not found: {pattern}")
@@ -132,6 +133,14 @@ def list_files(spec: SourceSpec) -> tuple[Path, list[Path]]:
 
 def _glob_root(pattern: str) -> Path:
     """The longest leading directory of ``pattern`` without glob characters."""
+    if is_remote(pattern):  # 'gs://b/src/**/*.py' -> gs://b/src (pathlib would fold the '//')
+        scheme, rest = pattern.split("://", 1)
+        head = []
+        for part in rest.split("/")[:-1]:
+            if glob.has_magic(part):
+                break
+            head.append(part)
+        return as_path(f"{scheme}://{'/'.join(head)}")
     parts = Path(pattern).parts
     fixed = []
     for part in parts[:-1]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from codex_jax import files
 from codex_jax.data import cache_build
 from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic
@@ -110,10 +111,11 @@ def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str
         path = directory / f"{split}.tokens"
         if not path.is_file():
             return None, f"{path.name} is missing"
-        if path.stat().st_size != length * dtype.itemsize or not length:
-            size, expected = path.stat().st_size, length * dtype.itemsize
+        if files.size(path) != length * dtype.itemsize or not length:
+            size, expected = files.size(path), length * dtype.itemsize
             return None, f"{path.name} has {size} bytes, not {expected}"
-        streams[split] = np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+        # a gs:// cache is memory-mapped from a local copy (files.local_copy)
+        streams[split] = np.memmap(files.local_copy(path), dtype=dtype, mode="r", shape=(length,))
     return streams, ""
 
 
@@ -124,6 +126,9 @@ def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str
         directory.mkdir(parents=True, exist_ok=True)
         (directory / KEY_FILENAME).unlink(missing_ok=True)
         for split, stream in streams.items():
+            if files.is_remote(directory):  # one upload per stream: an object appears whole or not at all
+                (directory / f"{split}.tokens").write_bytes(np.ascontiguousarray(stream).tobytes())
+                continue
             tmp = directory / f".{split}.tokens.{os.getpid()}.tmp"
             try:
                 np.ascontiguousarray(stream).tofile(tmp)

@@ -19,6 +19,7 @@ from codex_jax.corpus.sources import Document
 from codex_jax.data import cache
 from codex_jax.data.packing import START, TRAINED
 from codex_jax.errors import UserError
+from codex_jax.files import as_path
 from codex_jax.tokenizers.base import Tokenizer
 from codex_jax.tokenizers.chat import RenderError, encode_example, hf_template
 
@@ -41,8 +42,7 @@ def chat_template_text(d, tokenizer: Tokenizer) -> str:
     if not d.chat_template:
         return hf_template(tokenizer)
     try:
-        with open(d.chat_template, encoding="utf-8") as f:
-            return f.read()
+        return as_path(d.chat_template).read_text(encoding="utf-8")  # a local file or gs://
     except OSError as e:
         raise UserError(f"data.chat_template {d.chat_template!r}: {e.strerror}") from None
 

@@ -39,6 +39,7 @@ from codex_jax.data.iterators import GatherRows, WindowSource, order_seed, row_c
 from codex_jax.data.mixture import EvalMixture, TrainMixture
 from codex_jax.data.packing import pack_examples, text_flags
 from codex_jax.errors import UserError
+from codex_jax.files import as_path
 from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers import Tokenizer, load_plugin_tokenizer, load_tokenizer
 from codex_jax.tokenizers.chat import CHAT_MARKERS
@@ -71,7 +72,7 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
     Only the writer (by default process 0 of ``jax.process_index()``) writes files; every other
     process builds the same deterministic result in memory or reads what is already there.
     """
-    workdir = Path(workdir)
+    workdir = as_path(workdir)  # a folder or gs://
     if write is None:
         import jax
 

@@ -8,10 +8,10 @@ GPT2LMHeadModel (family 'gpt2'), LlamaForCausalLM, MistralForCausalLM and Qwen2F
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from codex_jax.errors import UserError
+from codex_jax.files import as_path
 from codex_jax.models.config import ModelConfig
 
 ARCHITECTURES = {
@@ -28,7 +28,7 @@ _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def read_config(path) -> dict[str, Any]:
     """The parsed ``config.json`` of a Hugging Face folder."""
-    file = Path(path) / "config.json"
+    file = as_path(path) / "config.json"
     if not file.is_file():
         raise UserError(f"{path}: no config.json; expected a Hugging Face model folder")
     return json.loads(file.read_text())

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy: safetensors.numpy then handles it)
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save, save_file
 
 from codex_jax.errors import UserError
+from codex_jax.files import as_path, is_remote, local_copy
 from codex_jax.interop.hf_config import config_from_hf, config_to_hf, model_type_of, read_config
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
@@ -109,7 +110,7 @@ def _pickle_refusal(folder: Path) -> UserError:
 
 def safetensors_files(folder) -> list[Path]:
     """A folder's weights: the files of ``model.safetensors.index.json``, else ``*.safetensors``."""
-    folder = Path(folder)
+    folder = as_path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -128,7 +129,8 @@ class _Reader:
     """Lazy access to the tensors of several safetensors files (numpy arrays, bfloat16 too)."""
 
     def __init__(self, files: list[Path]):
-        self.handles = [safe_open(str(f), framework="np") for f in files]
+        # safe_open maps a local file; a gs:// shard is read from a local copy (files.local_copy)
+        self.handles = [safe_open(str(local_copy(f)), framework="np") for f in files]
         self.where = {}
         for handle in self.handles:
             for name in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
@@ -150,11 +152,12 @@ def _strip_base(name: str) -> str:
 
 
 def import_checkpoint(path, dtype=jnp.float32, **overrides):
-    """``(Transformer, params)`` from a local Hugging Face folder; params and compute in ``dtype``.
+    """``(Transformer, params)`` from a Hugging Face folder (local or ``gs://``); params and compute in
+    ``dtype``.
 
     ``overrides`` set other ModelConfig fields (``remat='full'``, ``dtype='bfloat16'`` compute...).
     """
-    folder = Path(path)
+    folder = as_path(path)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")
     hf_config = read_config(folder)
@@ -197,7 +200,7 @@ def export_checkpoint(model, params, out_dir, *, dtype=None, extra_config: dict 
     config.json (e.g. ``{'eos_token_id': 2}``).
     """
     cfg: ModelConfig = model.cfg
-    out = Path(out_dir)
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for hf_name, paths, transpose in weight_table(cfg):
@@ -211,6 +214,9 @@ def export_checkpoint(model, params, out_dir, *, dtype=None, extra_config: dict 
     stored = tensors[weight_table(cfg)[0][0]].dtype.name  # the embedding's
     hf.update(dtype=stored, torch_dtype=stored)
     hf.update(extra_config or {})
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if is_remote(out):  # one upload of the serialized file (the same bytes save_file writes)
+        (out / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
+    else:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     return out

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from codex_jax.errors import UserError
+from codex_jax.files import as_path, is_remote
 from codex_jax.metrics.base import (
     MetricWriter,
     buckets,
@@ -45,17 +46,31 @@ class NdjsonWriter(MetricWriter):
     Each line is written with one call and flushed, so a killed process leaves complete lines; an
     incomplete last line left by a crash mid-write is dropped when the file is reopened. A failed
     write (disk full, I/O error) is a UserError naming the file.
+
+    On a bucket (``gs://``) an object cannot be appended to: the writer keeps the file's text and
+    uploads it whole after every line (an upload replaces the object at once, so a reader or a
+    killed writer leaves complete lines there too). That costs one upload of the whole file a line:
+    fine for metrics logged every few seconds; raise ``train.log_every`` for very long runs.
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = as_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._failed = False
+        self._text: list[str] | None = None  # a bucket's file: its text, uploaded whole
+        if is_remote(self.path):
+            old = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+            self._text = [old[: old.rfind("\n") + 1]]  # without a cut-short last line
+            return
         _drop_partial_last_line(self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._failed = False
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
+            if self._text is not None:
+                self._text.append(json.dumps(record, allow_nan=False) + "\n")
+                self.path.write_text("".join(self._text), encoding="utf-8")
+                return
             self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
         except OSError as e:
@@ -88,9 +103,12 @@ class NdjsonWriter(MetricWriter):
             self._write(record)
 
     def flush(self):
-        self._file.flush()
+        if self._text is None:
+            self._file.flush()
 
     def close(self):
+        if self._text is not None:
+            return  # every line is uploaded already
         try:
             self._file.close()
         except OSError as e:  # the unwritten tail of a failed write: that failure is the one to report
@@ -123,7 +141,7 @@ def read_ndjson(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     An unparsable last line without a newline (a writer killed mid-line) is skipped.
     """
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    lines = as_path(path).read_text(encoding="utf-8").split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from codex_jax.files import as_path
 from codex_jax.metrics.base import MetricWriter, flatten_hparams, scalar_hparam, to_scalar
 
 
@@ -39,7 +39,9 @@ class TensorBoardWriter(MetricWriter):
 
     def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
         tensorboardx = _import_tensorboardx()
-        self.logdir = Path(logdir)
+        # tensorboardX writes a gs:// logdir itself (google-cloud-storage: the whole event file is
+        # uploaded at each flush; it honours STORAGE_EMULATOR_HOST like gcsfs).
+        self.logdir = as_path(logdir)
         self._writer = tensorboardx.SummaryWriter(logdir=str(self.logdir), purge_step=purge_step)
 
     def write_scalars(self, step, scalars):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from codex_jax.errors import UserError
+from codex_jax.files import as_path
 from codex_jax.metrics import mlflow_writer
 from codex_jax.metrics.base import (  # noqa: F401 (re-exported)
     MetricWriter,
@@ -116,7 +116,7 @@ def create_writers(
     still checked but the result writes nothing.
     """
     parsed = parse_writer_names(names)
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     if "mlflow" in parsed:  # checked on every process, before anything is written
         allow_remote = _option(options, "mlflow_allow_remote", False)
         uri = mlflow_writer.tracking_uri(_option(options, "mlflow_uri", ""), workdir, allow_remote)

@@ -6,6 +6,11 @@ whose flock is free is stale. A holder on another host (a shared filesystem, whe
 reach) refreshes its heartbeat every ``HEARTBEAT_SECONDS``; one silent for ``STALE_SECONDS`` is stale.
 A stale lock is taken over with a ``note:`` line; a live one is a :class:`UserError` naming its holder,
 and nothing in the workdir is written. The holder removes the file when it releases the lock.
+
+On a bucket (``gs://``) there is no flock: the record alone decides, as on a filesystem without flock
+(on the holder's host: whether its pid is alive; elsewhere: its heartbeat). The record is one object,
+read and then written: two runs started within the same moment could both pass the check (gcsfs
+offers no create-if-absent), so the lock there guards against a second run started later, not a race.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from codex_jax import files
 from codex_jax.errors import UserError
 
 LOCK_FILE = "run.lock"
@@ -37,8 +43,10 @@ class WorkdirLock:
     """The lock on ``workdir`` (:meth:`acquire` / :meth:`release`, or a ``with`` block)."""
 
     def __init__(self, workdir: Path):
-        self.path = Path(workdir) / LOCK_FILE
+        self.path = files.as_path(workdir) / LOCK_FILE
         self._fd: int | None = None
+        self._remote = files.is_remote(self.path)  # a bucket: no file descriptor, no flock
+        self._held = False
         self._record: dict = {}
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -46,15 +54,17 @@ class WorkdirLock:
     def acquire(self) -> None:
         """Takes the lock, or raises UserError naming the live holder (the workdir is left as it was)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, flocked = self._open_locked()
+        fd, flocked = (None, False) if self._remote else self._open_locked()
         holder = _read_record(self.path)
         if holder and not _is_stale(holder, flocked):
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             raise UserError(held_message(self.path, holder))
         if holder:
             print(f"note: {self.path}: taking over the stale lock of {describe(holder)}", file=sys.stderr)
         now = time.time()
         self._fd = fd
+        self._held = True
         self._record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
         self._write_record()
         self._stop.clear()
@@ -87,8 +97,11 @@ class WorkdirLock:
             os.close(fd)  # the holder released (and removed) the file meanwhile: open the new one
 
     def _write_record(self) -> None:
-        assert self._fd is not None
         data = (json.dumps(self._record) + "\n").encode()
+        if self._remote:
+            self.path.write_bytes(data)  # one object upload: readers see the old record or the new
+            return
+        assert self._fd is not None
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
         os.fsync(self._fd)
@@ -96,12 +109,12 @@ class WorkdirLock:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             self._record["heartbeat"] = time.time()
-            with contextlib.suppress(OSError):  # a full disk must not end the run here
+            with contextlib.suppress(Exception):  # a full disk or a failed upload must not end the run
                 self._write_record()
 
     def release(self) -> None:
         """Removes the lock file (if it still names this process) and drops the flock."""
-        if self._fd is None:
+        if not self._held:
             return
         self._stop.set()
         if self._heartbeat is not None:
@@ -109,8 +122,10 @@ class WorkdirLock:
         with contextlib.suppress(OSError):
             if _read_record(self.path).get("pid") == os.getpid():
                 self.path.unlink()
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = None
+        self._held = False
 
     def __enter__(self) -> WorkdirLock:
         self.acquire()
@@ -168,7 +183,12 @@ def held_message(path: Path, holder: dict) -> str:
 def held_by_another(workdir: Path) -> str | None:
     """The live holder of ``workdir``'s lock when another process holds it (readers use this to
     write nothing into a workdir being trained), else None."""
-    path = Path(workdir) / LOCK_FILE
+    path = files.as_path(workdir) / LOCK_FILE
+    if files.is_remote(path):  # a bucket: the record alone decides
+        holder = _read_record(path)
+        if not holder or _is_stale(holder, False) or holder.get("pid") == os.getpid():
+            return None
+        return describe(holder)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from codex_jax.errors import EXIT_USER_ERROR, UserError
+from codex_jax.files import as_path
 from codex_jax.tokenizers import HFTokenizer, SentencePieceTokenizer, load_tokenizer
 from codex_jax.tokenizers.hf import save_sentencepiece_as_hf
 from codex_jax.tokenizers.sentencepiece import MODEL_FILENAME
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_text(args) -> str:
     if args.text is not None:
         return args.text
-    data = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
+    data = as_path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -104,7 +104,7 @@ def _read_ids(args, vocab_size: int) -> list[int]:
     if args.ids is not None:
         text, where = args.ids, "--ids"
     else:
-        text = Path(args.file).read_text() if args.file else sys.stdin.read()
+        text = as_path(args.file).read_text() if args.file else sys.stdin.read()
         where = args.file or "stdin"
     try:
         value = json.loads(text)
@@ -122,7 +122,7 @@ def _read_ids(args, vocab_size: int) -> list[int]:
 
 
 def _load(path: str):
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise UserError(f"tokenizer not found: {path}")
     return load_tokenizer(path)
 
@@ -136,7 +136,7 @@ def cmd_train(args) -> dict:
     files = sum(len(i["files"]) for i in manifest["inputs"])
     return {
         "out": str(args.out),
-        "model": str(Path(args.out) / "spm.model"),
+        "model": str(as_path(args.out) / "spm.model"),
         "sha256": tok.checksum,
         "vocab_size": tok.vocab_size,
         "model_type": args.model_type,
@@ -185,14 +185,14 @@ def cmd_inspect(args) -> dict:
 
 def cmd_export(args) -> dict:
     tok = _load(args.tokenizer)
-    out = Path(args.out)
+    out = as_path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder")
     if isinstance(tok, HFTokenizer):
         tok.save(out)
     else:
         assert isinstance(tok, SentencePieceTokenizer)
-        source = Path(args.tokenizer)
+        source = as_path(args.tokenizer)
         save_sentencepiece_as_hf(source / MODEL_FILENAME if source.is_dir() else source, out)
     return {"out": str(out), "files": sorted(p.name for p in out.iterdir())}
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from codex_jax.errors import UserError
+from codex_jax.files import as_path, copy_file, copytree, is_remote, local_copy
 from codex_jax.tokenizers.base import Tokenizer
 
 # The files that make a tokenizer (in the order they are hashed); the first two define it.
@@ -34,13 +36,14 @@ TOKENIZER_FILES = (
 
 def is_hf_tokenizer_folder(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder holding ``tokenizer.json`` or ``tokenizer.model``."""
-    path = Path(path)
+    path = as_path(path)
     return path.is_dir() and any((path / n).is_file() for n in TOKENIZER_FILES[:2])
 
 
 def tokenizer_files(folder: str | os.PathLike) -> list[Path]:
     """The tokenizer files present in ``folder`` (see :data:`TOKENIZER_FILES`)."""
-    return [Path(folder) / n for n in TOKENIZER_FILES if (Path(folder) / n).is_file()]
+    folder = as_path(folder)
+    return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
 
 
 def _id(value) -> int:
@@ -58,20 +61,22 @@ class HFTokenizer(Tokenizer):
     @classmethod
     def load(cls, folder: str | os.PathLike) -> HFTokenizer:
         """Loads ``folder``; UserError when it has no tokenizer files or transformers fails."""
-        folder = Path(folder)
+        folder = as_path(folder)
         if not is_hf_tokenizer_folder(folder):
             raise UserError(
                 f"{folder}: no tokenizer.json or tokenizer.model; expected a Hugging Face tokenizer folder"
             )
         digest = hashlib.sha256()
+        local = folder  # transformers reads a local folder: a gs:// one is copied (files.local_copy)
         for file in tokenizer_files(folder):
             data = file.read_bytes()
             digest.update(f"{file.name}\0{len(data)}\0".encode())
             digest.update(data)
+            local = local_copy(file).parent
         from transformers import AutoTokenizer  # slow import: only when a folder is used
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{folder}: transformers cannot load the tokenizer ({first})") from None
@@ -84,9 +89,11 @@ class HFTokenizer(Tokenizer):
 
     def save(self, directory: str | os.PathLike) -> list[Path]:
         """Copies the tokenizer files into ``directory``; returns the copies."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        return [Path(shutil.copyfile(f, out / f.name)) for f in tokenizer_files(self.folder)]
+        out = as_path(directory)
+        copies = [out / f.name for f in tokenizer_files(self.folder)]
+        for f, copy in zip(tokenizer_files(self.folder), copies, strict=True):
+            copy_file(f, copy)
+        return copies
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no BOS/EOS added)."""
@@ -144,6 +151,11 @@ def save_sentencepiece_as_hf(spm_model: str | os.PathLike, directory: str | os.P
     """
     from transformers import LlamaTokenizer
 
+    if is_remote(directory) or is_remote(spm_model):  # transformers writes a local folder: copy it over
+        with tempfile.TemporaryDirectory() as tmp:
+            save_sentencepiece_as_hf(local_copy(as_path(spm_model)), tmp)
+            copytree(Path(tmp), as_path(directory))
+        return as_path(directory)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spm_model, out / "tokenizer.model")

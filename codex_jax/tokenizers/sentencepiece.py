@@ -18,7 +18,7 @@ from typing import Any
 import sentencepiece as spm
 
 from codex_jax.errors import UserError
-from codex_jax.files import write_bytes_atomic
+from codex_jax.files import as_path, write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
 
 MODEL_FILENAME = "spm.model"
@@ -85,7 +85,7 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
         """Loads a ``.model`` file, or ``spm.model`` in a directory; UserError when missing/bad."""
-        path = Path(path)
+        path = as_path(path)
         if path.is_dir():
             path = path / MODEL_FILENAME
         if not path.is_file():
@@ -97,7 +97,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Writes the model to ``directory/spm.model`` (atomically); returns its path."""
-        path = Path(directory) / MODEL_FILENAME
+        path = as_path(directory) / MODEL_FILENAME
         write_bytes_atomic(path, self._model_bytes)
         return path
 

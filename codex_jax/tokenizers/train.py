@@ -22,7 +22,7 @@ import sentencepiece as spm
 from codex_jax.corpus.records import FileReport
 from codex_jax.corpus.sources import SourceSpec, read_file, source_files, warn_bad_records
 from codex_jax.errors import UserError
-from codex_jax.files import write_bytes_atomic
+from codex_jax.files import as_path, write_bytes_atomic
 from codex_jax.tokenizers.sentencepiece import (
     MODEL_FILENAME,
     TRAINER_OPTIONS,
@@ -142,7 +142,7 @@ def train_from_inputs(
         "options": {**TRAINER_OPTIONS, "model_type": model_type, "vocab_size": vocab_size},
         "sentencepiece_version": spm.__version__,
     }
-    write_model(tok, Path(out), manifest)
+    write_model(tok, as_path(out), manifest)
     return tok, manifest
 
 
