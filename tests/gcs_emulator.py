@@ -113,12 +113,14 @@ def reset_gcsfs() -> None:
 
 
 @pytest.fixture(scope="module")
-def gcs():
-    """A running emulator with its bucket, its endpoint variables set in ``os.environ`` for the module."""
+def gcs(tmp_path_factory):
+    """A running emulator with its bucket, its endpoint variables set in ``os.environ`` for the module
+    (and ``CODEX_JAX_CACHE``, where local copies of objects go, in a temporary folder)."""
     emulator = GcsEmulator()
     emulator.start()
-    saved = {k: os.environ.get(k) for k in emulator.env()}
-    os.environ.update(emulator.env())
+    env = {**emulator.env(), "CODEX_JAX_CACHE": str(tmp_path_factory.mktemp("remote_copies"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     reset_gcsfs()
     try:
         yield emulator

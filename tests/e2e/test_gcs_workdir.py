@@ -52,8 +52,9 @@ def cloud(tmp_path_factory):
     """The emulator (its variables in os.environ), a zygote that forks runs, and a gs:// corpus of 12
     stdlib files."""
     emulator = GcsEmulator().start()
-    saved = {k: os.environ.get(k) for k in emulator.env()}
-    os.environ.update(emulator.env())
+    env = {**emulator.env(), "CODEX_JAX_CACHE": str(tmp_path_factory.mktemp("remote_copies"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     reset_gcsfs()
     zygote = Zygote({**os.environ, "JAX_PLATFORMS": "cpu"}, REPO)
     corpus = epath.Path(f"gs://{emulator.bucket}/corpus")
