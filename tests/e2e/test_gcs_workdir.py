@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, xla_flags
 from etils import epath
 from gcs_emulator import GcsEmulator, reset_gcsfs
 from zygote import Zygote
@@ -43,7 +43,7 @@ ARGS = [
     "--config.eval.num_batches=1",
     "--config.data.max_files=0",
 ]
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+ONE_DEVICE = {"XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
 UNTIMED = {"compile_seconds", "tokens_per_second", "step_time", "data_wait_fraction", "mfu"}
 
 
