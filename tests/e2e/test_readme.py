@@ -50,6 +50,10 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
     ),
     (r"^srun ", "tests/e2e/test_multihost.py::test_slurm_environment_is_detected"),
+    (
+        r"^gcloud compute tpus .*--workdir=gs://",
+        "tests/e2e/test_gcs_workdir.py::test_a_killed_run_on_a_bucket_resumes_to_the_uninterrupted_bits",
+    ),
     (r"^gcloud compute tpus", "tests/e2e/test_multihost.py::test_tpu_pod_slice_is_detected"),
     (
         r"^MLFLOW_ALLOW_FILE_STORE=true mlflow ui",
