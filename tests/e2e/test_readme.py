@@ -82,6 +82,7 @@ ELSEWHERE = [  # (pattern, the test that runs it)
     ),
     (r"--config\.generate\.temperature=0$", "tests/unit/test_sample.py::test_greedy_is_one_key_away"),
     (r"^tools/bench\.py --config=FILE", "tests/e2e/test_bench.py::test_train_bench_tiny"),
+    (r"^tools/bench\.py --what=data", "tests/e2e/test_bench.py::test_data_bench_tiny"),
     (
         r"^tools/bench\.py --config\.train\.grad_accum_steps=\d+$",
         "tests/e2e/test_bench.py::test_train_bench_times_scan_accumulation",
