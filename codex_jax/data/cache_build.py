@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -314,15 +315,31 @@ def run_tasks(
                 done(run_task(folder, index, task, tokenizer, dtype))
         else:
             try:
-                _run_pool(folder, todo(), tokenizer, dtype, workers, done)
+                with _main_module_hidden():
+                    _run_pool(folder, todo(), tokenizer, dtype, workers, done)
             except concurrent.futures.process.BrokenProcessPool as e:
                 raise UserError(
-                    f"data.cache_workers={workers}: a tokenizing worker process died ({e}); a script that "
-                    "starts training must guard it with `if __name__ == '__main__':` (workers are spawned "
-                    "and import the main module), or set data.cache_workers=1"
+                    f"data.cache_workers={workers}: a tokenizing worker process died ({e}); the tasks done "
+                    "so far are kept: rerun to continue, or set data.cache_workers=1"
                 ) from None
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawned workers do not run the main module again: multiprocessing re-imports ``__main__`` from its
+    ``__file__`` or ``__spec__`` in every child, which re-runs an unguarded script (and its training). The
+    workers need only codex_jax's modules, so both are hidden while the pool starts them."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _run_pool(
@@ -486,6 +503,7 @@ def build_texts(
     folder = build_folder(directory, key)
     dtype = np.dtype(key["dtype"])
     tasks = [task for split, docs in texts.items() for task in text_tasks(docs, split, task_chars)]
+    workers = min(workers, len(tasks))  # one task: no process to spawn
     stats = run_tasks(folder, tasks, tokenizer, dtype, workers, progress=progress)
     if stats.skipped:
         print(

@@ -73,8 +73,8 @@ from codex_jax.tokenizers.sentencepiece import SentencePieceTokenizer
 tok = SentencePieceTokenizer.load(sys.argv[1])
 texts = Path(sys.argv[2]).read_text().split("\\0")
 key = cache.cache_key("test", tok)
-cache_build.build_texts(Path(sys.argv[3]), key, tok, {"train": texts}, 1, 20_000, False)
-"""
+cache_build.build_texts(Path(sys.argv[3]), key, tok, {"train": texts}, 2, 20_000, False)
+"""  # no `if __name__ == "__main__":` guard: the spawned workers must not run this script again
 
 
 def test_a_killed_build_finishes_on_rerun_to_the_same_bytes(tmp_path, tokenizer, texts, capsys):
@@ -84,20 +84,21 @@ def test_a_killed_build_finishes_on_rerun_to_the_same_bytes(tmp_path, tokenizer,
     directory = tmp_path / "cache"
     key = cache.cache_key("test", tokenizer)
     folder = cache_build.build_folder(directory, key)
+    (tmp_path / "build.py").write_text(_KILLED_BUILD)
     args = [
         sys.executable,
-        "-c",
-        _KILLED_BUILD,
+        str(tmp_path / "build.py"),
         str(tmp_path / "tok"),
         str(tmp_path / "texts"),
         str(directory),
     ]
-    proc = subprocess.Popen(args)
+    proc = subprocess.Popen(args, start_new_session=True)  # its own process group: the workers die with it
     deadline = time.monotonic() + 60
     while len(list(folder.glob("*.json"))) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(0.2)  # the workers' exits
     done = len(list(folder.glob("*.json")))
     tasks = len(cache_build.text_tasks(many, "train", 20_000))
     assert 5 <= done < tasks, (done, tasks)
