@@ -94,7 +94,12 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     tx = make_optimizer(spec)
     mesh = _mesh(cfg, devices)
     runner = JitRunner(
-        Transformer(model_cfg), tx, mesh, fsdp_min_size=cfg.parallel.fsdp_min_size, scan_steps=spec.scan_steps
+        Transformer(model_cfg),
+        tx,
+        mesh,
+        fsdp_min_size=cfg.parallel.fsdp_min_size,
+        scan_steps=spec.scan_steps,
+        z_loss=cfg.train.z_loss,
     )
     args = _abstract_step_args(cfg, runner, model_cfg, tx)
     start = time.perf_counter()

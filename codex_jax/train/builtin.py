@@ -101,6 +101,8 @@ class TrainMetrics:
             "train/learning_rate": float(self.t.schedule(step - 1)),
             "train/skipped_nonfinite": nonfinite,
         }
+        if "z_loss" in finite[0]:  # train.z_loss > 0: the z-loss term, beside the cross entropy
+            scalars["train/z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
         perf = self.p.timer.summary()
         if perf:
             tps = perf["tokens_per_second"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,8 @@ def test_eval_mode_restores_the_ema_and_resume_keeps_the_optimizer(tmp_path):
         "train.steps": 2,
         "train.warmup_steps": 0,
         "train.ema_decay": 0.5,
+        "train.z_loss": 1e-4,
+        "train.log_every": 1,
         "eval.use_ema": True,
         "eval.num_batches": 1,
         "data.seq_len": 32,
@@ -120,6 +123,9 @@ def test_eval_mode_restores_the_ema_and_resume_keeps_the_optimizer(tmp_path):
     }
     run = tmp_path / "run"
     final = api.train(api.load_config("tiny", overrides), run)
+    logged = [json.loads(line) for line in (run / "metrics.ndjson").read_text().splitlines()]
+    z_terms = [r["z_loss"] for r in logged if r.get("split") == "train" and "loss" in r]
+    assert len(z_terms) == 2 and all(0 < z < 1 for z in z_terms)  # train.z_loss's term is logged
     with_ema = api.evaluate(api.workdir_config(run), run)
     raw = api.evaluate(api.workdir_config(run, {"eval.use_ema": False}), run)
     assert with_ema["loss"] == pytest.approx(final["loss"], rel=1e-5)
