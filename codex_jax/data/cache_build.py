@@ -332,7 +332,9 @@ def _main_module_hidden() -> Iterator[None]:
     ``__file__`` or ``__spec__`` in every child, which re-runs an unguarded script (and its training). The
     workers need only codex_jax's modules, so both are hidden while the pool starts them."""
     main = sys.modules["__main__"]
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    saved: dict[str, Any] = {
+        name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__
+    }
     main.__dict__.pop("__file__", None)
     main.__dict__["__spec__"] = None
     try:
