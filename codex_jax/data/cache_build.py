@@ -48,7 +48,7 @@ from codex_jax.corpus.records import FileReport
 from codex_jax.corpus.sources import SourceSpec, read_file
 from codex_jax.corpus.splits import hash_fraction
 from codex_jax.errors import UserError
-from codex_jax.files import write_bytes_atomic
+from codex_jax.files import is_remote, write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
 
 SPLITS = ("train", "eval")
@@ -149,7 +149,7 @@ def file_tasks(
 
 def is_local(directory: Path) -> bool:
     """Whether ``directory`` is on a local (or mounted) filesystem: a build folder needs one."""
-    return "://" not in os.fspath(directory)
+    return not is_remote(directory)
 
 
 def build_folder(directory: Path, key: dict) -> Path:
