@@ -1,19 +1,13 @@
 """Building token streams in parallel, resumably, and in shares across hosts.
 
 A build is a fixed, ordered list of *tasks*; each tokenizes some documents into shard files in a
-build folder (``cache/build-<key digest>/``)::
-
-    000012.train.tokens  000012.eval.tokens  000012.eval.order.npy  000012.json
-
-``NNNNNN.json`` is written last and atomically: a task whose marker is there is done and is not run
-again, so a killed build continues where it stopped. Tasks run in worker processes
+build folder (its layout: :mod:`codex_jax.data.cache_combine`). A task whose marker is there is done
+and is not run again, so a killed build continues where it stopped. Tasks run in worker processes
 (``data.cache_workers``; ``spawn``ed, so no JAX state is forked; a worker tokenizes with one thread),
 each holding one task's documents at a time. In a multi-host run host ``p`` of ``P`` runs the tasks
 ``i`` with ``i % P == p`` into the same (shared) build folder; the streams are then *combined*
-without tokenizing anything again: ``train`` is the shards' ``train`` tokens concatenated in task
-order (a file copy), ``eval`` is every shard's eval documents gathered in the order of their order
-keys (``hash_fraction('eval-order:' + key)``, the order the in-memory path sorts them in). Neither
-depends on the number of processes or hosts, so every build of the same tasks gives the same bytes.
+(:func:`~codex_jax.data.cache_combine.combine`) without tokenizing anything again, to the same bytes
+whatever the number of processes or hosts.
 
 Two kinds of task: :class:`TextsTask` (documents already in memory, one split) and
 :class:`FilesTask` (files read by the worker itself and split by the hash of each document's key,
@@ -30,7 +24,6 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -47,13 +40,21 @@ import tqdm
 from codex_jax.corpus.records import FileReport
 from codex_jax.corpus.sources import SourceSpec, read_file
 from codex_jax.corpus.splits import hash_fraction
+from codex_jax.data.cache_combine import (
+    SPLITS,
+    build_folder,
+    concatenate,
+    finish_files,
+    marker_path,
+    read_marker,
+    shard_path,
+    write_key,
+)
 from codex_jax.errors import UserError
 from codex_jax.files import is_remote, write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
 
-SPLITS = ("train", "eval")
 _ENCODE_CHARS = 4_000_000  # texts encoded per encode_batch call
-_COPY_BYTES = 64 << 20  # buffer of the combining copies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,33 +153,6 @@ def is_local(directory: Path) -> bool:
     return not is_remote(directory)
 
 
-def build_folder(directory: Path, key: dict) -> Path:
-    """The build folder of the streams under ``key`` (a digest of the key: a new key starts afresh)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return directory / f"build-{digest}"
-
-
-def _marker(folder: Path, index: int) -> Path:
-    return folder / f"{index:06d}.json"
-
-
-def _shard(folder: Path, index: int, name: str) -> Path:
-    return folder / f"{index:06d}.{name}"
-
-
-def read_marker(folder: Path, index: int, dtype: np.dtype) -> dict | None:
-    """The marker of task ``index`` when the task is done (its shard files have the sizes it records)."""
-    try:
-        marker = json.loads(_marker(folder, index).read_text())
-    except (OSError, ValueError):
-        return None
-    for split, count in marker["tokens"].items():
-        path = _shard(folder, index, f"{split}.tokens")
-        if (path.stat().st_size if path.exists() else -1) != count * dtype.itemsize:
-            return None
-    return marker
-
-
 def _write_array(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     np.ascontiguousarray(array).tofile(tmp)
@@ -242,12 +216,12 @@ def run_task(
     flush()
     for split in task.splits():
         _write_array(
-            _shard(folder, index, f"{split}.tokens"), np.concatenate([np.zeros(0, dtype), *pieces[split]])
+            shard_path(folder, index, f"{split}.tokens"), np.concatenate([np.zeros(0, dtype), *pieces[split]])
         )
     keys = np.asarray([k for k, _ in order], dtype=np.float64)
     lengths = np.asarray([n for _, n in order], dtype=np.int64)
     np.save(
-        _shard(folder, index, "eval.order.npy"),
+        shard_path(folder, index, "eval.order.npy"),
         np.stack([keys.view(np.int64), lengths]) if order else np.zeros((2, 0), np.int64),
     )
     eval_records = getattr(task, "eval_records", {})
@@ -256,7 +230,7 @@ def run_task(
         for r in getattr(task, "reports", [])
     ]
     marker = {"tokens": counts, "chars": chars, "extremes": extremes, "reports": reports}
-    write_bytes_atomic(_marker(folder, index), (json.dumps(marker) + "\n").encode())
+    write_bytes_atomic(marker_path(folder, index), (json.dumps(marker) + "\n").encode())
     return index, chars, time.process_time() - started
 
 
@@ -369,128 +343,6 @@ def _run_pool(
             done(future.result())
 
 
-def _copy_range(source, out, start: int, stop: int) -> None:
-    """Bytes ``[start, stop)`` of the open file ``source`` appended to ``out``."""
-    source.seek(start)
-    left = stop - start
-    while left > 0:
-        chunk = source.read(min(left, _COPY_BYTES))
-        if not chunk:
-            raise UserError(f"token cache shard {source.name} is shorter than its marker says")
-        out.write(chunk)
-        left -= len(chunk)
-
-
-def combine(folder: Path, count: int, dtype: np.dtype, directory: Path) -> dict[str, int]:
-    """Writes ``directory/{train,eval}.tokens`` from the shards of tasks ``0..count-1`` (all done, by
-    every host); returns the token count of each split.
-
-    ``train`` is the shards' train tokens in task order; ``eval`` is every eval document in the order
-    of its order key (a stable sort: ties keep task order). As in
-    :func:`~codex_jax.corpus.splits.split_documents`, an empty eval split takes the train document with
-    the lowest split hash, and an empty train split the eval document with the highest.
-    """
-    markers = []
-    for index in range(count):
-        marker = read_marker(folder, index, dtype)
-        if marker is None:
-            raise UserError(
-                f"token cache build {folder}: task {index} of {count} is not done (a host's share is missing)"
-            )
-        markers.append({"tokens": marker["tokens"], "extremes": marker["extremes"]})  # not the file reports
-    totals = {s: sum(m["tokens"][s] for m in markers) for s in SPLITS}
-    documents = sum(1 for m in markers for s in SPLITS if m["extremes"][s] is not None)
-    moved: tuple[str, int, int, int] | None = None  # (from split, task, offset, length)
-    for split, other, pick in (("train", "eval", min), ("eval", "train", max)):
-        if not totals[other] and totals[split]:
-            candidates = [(m["extremes"][split], i) for i, m in enumerate(markers) if m["extremes"][split]]
-            best = pick(candidates, key=lambda c: (c[0][0], c[1] if pick is min else -c[1]))
-            moved = (split, best[1], int(best[0][1]), int(best[0][2]))
-    if documents and not (totals["train"] and totals["eval"]) and moved is None:
-        raise UserError("data.source has too few usable documents to hold one out for evaluation")
-    item = dtype.itemsize
-    counts = {}
-    tmp = {s: directory / f".{s}.tokens.{os.getpid()}.tmp" for s in SPLITS}
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(tmp["train"], "wb") as out:
-        for index in range(count):
-            with open(_shard(folder, index, "train.tokens"), "rb") as source:
-                size = markers[index]["tokens"]["train"] * item
-                if moved and moved[0] == "train" and moved[1] == index:
-                    _copy_range(source, out, 0, moved[2] * item)
-                    _copy_range(source, out, (moved[2] + moved[3]) * item, size)
-                else:
-                    _copy_range(source, out, 0, size)
-        if moved and moved[0] == "eval":
-            with open(_shard(folder, moved[1], "eval.tokens"), "rb") as source:
-                _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
-        counts["train"] = out.tell() // item
-    keys, lengths, tasks, offsets = [], [], [], []
-    for index in range(count):
-        order = np.load(_shard(folder, index, "eval.order.npy"), allow_pickle=False)
-        keys.append(order[0].view(np.float64))
-        lengths.append(order[1])
-        tasks.append(np.full(order.shape[1], index, np.int64))
-        offsets.append(np.cumsum(order[1]) - order[1])
-    key_all, length_all = np.concatenate(keys), np.concatenate(lengths)
-    task_all, offset_all = np.concatenate(tasks), np.concatenate(offsets)
-    if moved and moved[0] == "eval":
-        keep = ~((task_all == moved[1]) & (offset_all == moved[2]))
-        key_all, length_all, task_all, offset_all = (
-            key_all[keep],
-            length_all[keep],
-            task_all[keep],
-            offset_all[keep],
-        )
-    order_all = np.argsort(key_all, kind="stable")
-    sources: dict[int, Any] = {}
-    with open(tmp["eval"], "wb") as out:
-        if moved and moved[0] == "train":
-            with open(_shard(folder, moved[1], "train.tokens"), "rb") as source:
-                _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
-        for i in order_all:
-            task, offset, length = int(task_all[i]), int(offset_all[i]), int(length_all[i])
-            if task not in sources:
-                sources[task] = open(_shard(folder, task, "eval.tokens"), "rb")  # noqa: SIM115
-            _copy_range(sources[task], out, offset * item, (offset + length) * item)
-        counts["eval"] = out.tell() // item
-    for source in sources.values():
-        source.close()
-    for split in SPLITS:
-        os.replace(tmp[split], directory / f"{split}.tokens")
-    return counts
-
-
-def concatenate(
-    folder: Path, count: int, dtype: np.dtype, directory: Path, names: Sequence[str]
-) -> dict[str, int]:
-    """Writes ``directory/{name}.tokens`` for every split in ``names``: the shards of that split of tasks
-    ``0..count-1`` (all done) in task order; returns the token counts."""
-    markers = [read_marker(folder, index, dtype) for index in range(count)]
-    missing = [i for i, m in enumerate(markers) if m is None]
-    if missing:
-        raise UserError(f"token cache build {folder}: task {missing[0]} of {count} is not done")
-    directory.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for name in names:
-        tmp = directory / f".{name}.tokens.{os.getpid()}.tmp"
-        with open(tmp, "wb") as out:
-            for index, marker in enumerate(markers):
-                assert marker is not None
-                if name in marker["tokens"]:
-                    with open(_shard(folder, index, f"{name}.tokens"), "rb") as source:
-                        _copy_range(source, out, 0, marker["tokens"][name] * dtype.itemsize)
-            counts[name] = out.tell() // dtype.itemsize
-        os.replace(tmp, directory / f"{name}.tokens")
-    return counts
-
-
-def write_key(directory: Path, key: dict, counts: dict[str, int]) -> None:
-    """The cache's ``key.json`` (as :func:`codex_jax.data.cache.save` writes it), written last."""
-    record = {"key": key, "tokens": {s: int(n) for s, n in counts.items()}}
-    write_bytes_atomic(directory / "key.json", (json.dumps(record, indent=2) + "\n").encode())
-
-
 def build_texts(
     directory: Path,
     key: dict,
@@ -519,23 +371,6 @@ def build_texts(
     return counts
 
 
-def write_file_reports(folder: Path, count: int, path: Path) -> dict[str, int]:
-    """Writes every file's report (tasks ``0..count-1``, in order) to ``path`` as JSON lines, one task at
-    a time (a million-file corpus is never in memory at once); returns the totals."""
-    totals = {"files": 0, "bytes": 0, "records": 0, "skipped": 0, "eval_records": 0}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as out:
-        for index in range(count):
-            for report in json.loads(_marker(folder, index).read_text())["reports"]:
-                report.pop("on_bad", None)
-                out.write(json.dumps(report) + "\n")
-                totals["files"] += 1
-                for name in ("bytes", "records", "skipped", "eval_records"):
-                    totals[name] += report[name]
-    os.replace(tmp, path)
-    return totals
-
-
 def build_files(
     directory: Path,
     key: dict,
@@ -556,16 +391,3 @@ def build_files(
     if process_count == 1:
         finish_files(directory, key, stats.tasks)
     return stats
-
-
-def finish_files(directory: Path, key: dict, count: int) -> dict[str, int]:
-    """Combines the ``count`` finished tasks of a files build into ``directory/{train,eval}.tokens``,
-    writes ``directory/files.jsonl`` (one report per file) and the key, removes the build folder;
-    returns the token counts."""
-    folder = build_folder(directory, key)
-    (directory / "key.json").unlink(missing_ok=True)
-    counts = combine(folder, count, np.dtype(key["dtype"]), directory)
-    write_file_reports(folder, count, directory / "files.jsonl")
-    write_key(directory, key, counts)
-    shutil.rmtree(folder, ignore_errors=True)
-    return counts

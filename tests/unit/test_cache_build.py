@@ -15,7 +15,7 @@ import pytest
 from codex_jax.config.schema import default_config
 from codex_jax.corpus.sources import parse_source, read_source, source_files, stdlib_root
 from codex_jax.corpus.splits import hash_fraction, split_documents
-from codex_jax.data import cache, cache_build
+from codex_jax.data import cache, cache_build, cache_combine
 from codex_jax.data.pipeline import prepare_data
 from codex_jax.errors import UserError
 from codex_jax.tokenizers.sentencepiece import train_bpe, training_lines
@@ -83,7 +83,7 @@ def test_a_killed_build_finishes_on_rerun_to_the_same_bytes(tmp_path, tokenizer,
     (tmp_path / "texts").write_text("\0".join(many))
     directory = tmp_path / "cache"
     key = cache.cache_key("test", tokenizer)
-    folder = cache_build.build_folder(directory, key)
+    folder = cache_combine.build_folder(directory, key)
     (tmp_path / "build.py").write_text(_KILLED_BUILD)
     args = [
         sys.executable,
@@ -135,8 +135,8 @@ def test_host_shares_of_file_tasks_combine_to_the_in_memory_split(
         stats = cache_build.build_files(directory, key, tokenizer, tasks, 1, host, 2, progress=False)
         assert stats.ran == len(tasks[host::2]) and stats.tasks == len(tasks)
     with pytest.raises(UserError, match="not done"):
-        cache_build.finish_files(directory, {**key, "other": 1}, len(tasks))
-    cache_build.finish_files(directory, key, len(tasks))
+        cache_combine.finish_files(directory, {**key, "other": 1}, len(tasks))
+    cache_combine.finish_files(directory, key, len(tasks))
     for split, stream in _in_memory_streams(source, tokenizer, eval_fraction).items():
         np.testing.assert_array_equal(_tokens(directory, split), stream)
     reports = [json.loads(line) for line in (directory / "files.jsonl").read_text().splitlines()]
