@@ -250,7 +250,17 @@ def _checkpointed(tmp_path, state, it, step, abstract, fresh_it):
 
 
 @pytest.mark.parametrize(
-    "kind,optimizer,schedule", [("fsdp", "muon", "wsd"), ("pmap", "adafactor", "linear")]
+    "kind,optimizer,schedule",
+    [
+        ("fsdp", "adamw", "cosine"),
+        ("pmap", "adamw", "constant"),
+        ("fsdp", "adafactor", "constant"),
+        ("pmap", "adafactor", "linear"),
+        ("fsdp", "lion", "linear"),
+        ("pmap", "lion", "cosine"),
+        ("fsdp", "muon", "wsd"),
+        ("pmap", "muon", "constant"),
+    ],
 )
 def test_resume_through_orbax_is_bit_exact(kind, optimizer, schedule, tmp_path):
     """2 steps, a save and restore through the trainer's Checkpointer (with the grain iterator), 2 more ==
@@ -289,25 +299,3 @@ def test_resume_through_orbax_is_bit_exact(kind, optimizer, schedule, tmp_path):
     jax.tree.map(same, jax.device_get(runner.params(on_device)), resumed.opt_state.ema)  # pmap: stacked
     raw = evaluate(runner, on_device.params, [HELD_OUT])
     assert evaluate(runner, runner.params(on_device), [HELD_OUT])["loss"] != raw["loss"]
-
-
-@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
-def test_optimizer_state_round_trips_orbax_bit_exactly(optimizer, tmp_path):
-    """The optimizer state (with the EMA) of ``optimizer`` after 2 steps, saved and restored by the
-    trainer's Checkpointer, continues 2 steps to the same bits as 4 uninterrupted ones."""
-    cfg = _train_cfg(optimizer, "cosine")
-    cfg.ema_decay = 0.9
-    tx = make_optimizer(OptimizerSpec.from_mapping(cfg))
-    grad, _ = _compiled()
-
-    def run(state, batches):
-        for batch in batches:
-            params, opt_state = _apply(tx, state.params, state.opt_state, grad(state.params, batch))
-            state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return state
-
-    fresh = create_train_state(init_params(MODEL, jax.random.key(0)), tx, 0)
-    full = run(fresh, TRAIN)
-    abstract = jax.eval_shape(lambda: fresh)
-    restored = _checkpointed(tmp_path, run(fresh, TRAIN[:2]), _iterator(), 2, abstract, _iterator())
-    jax.tree.map(np.testing.assert_array_equal, run(restored, TRAIN[2:]), full)
