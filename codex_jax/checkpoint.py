@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,17 @@ class Retention:
         return float(metrics[self.best_metric])
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's warning that a read-only CheckpointManager's directory is read only: every resume and
+    every eval opens one on purpose, and the warning reached the user's console through absl each time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 class Checkpointer:
     """A thin, explicit wrapper over ``ocp.CheckpointManager`` for this project's items.
 
@@ -121,6 +133,7 @@ class Checkpointer:
             ),
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
+            save_interval_steps=0 if read_only else 1,  # what read_only means; Orbax warns otherwise
             create=not read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)

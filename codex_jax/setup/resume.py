@@ -41,11 +41,11 @@ _FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "mod
 _OTHER_MODES = ("codeeval.", "export.", "generate.")
 
 
-def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> None:
+def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path, notes: bool = True) -> None:
     """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
 
     Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
-    the device count and mesh...); each change is one ``note:`` line on stderr.
+    the device count and mesh...); each change is one ``note:`` line on stderr (with ``notes``).
     """
     saved = meta.get("config")
     if not isinstance(saved, dict):
@@ -58,7 +58,7 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path) -> 
             continue
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
             raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
-        if not key.startswith(_OTHER_MODES):
+        if notes and not key.startswith(_OTHER_MODES):
             print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
 
@@ -87,10 +87,11 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
 
 
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data."""
+    """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data (the
+    checkpoint's own config, checked next, notes what else changed: once)."""
     path = workdir / RUN_CONFIG
     if path.is_file():
-        check_compatible({"config": saved_config(workdir)}, cfg, path)
+        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False)
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:
