@@ -1,10 +1,13 @@
 """Shared test setup: 8 emulated CPU devices for in-process tests, and helpers that run the CLI for real."""
 
+import atexit
+import functools
 import json
 import os
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,7 @@ CONFIGS = REPO / "configs"
 # tests/e2e/ runs for real what tests/unit/ checks in-process, with the unit modules' fixtures and data
 # (``from test_lora import LORA``): the unit folder is importable from both.
 sys.path.insert(0, str(REPO / "tests" / "unit"))
+sys.path.insert(0, str(REPO / "tests" / "e2e"))  # zygote.py
 
 # One persistent XLA compilation cache for the processes the tests start (they inherit os.environ): the
 # tiny config's steps are compiled once per shape and device count, not once per process. A cached
@@ -39,6 +43,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / 
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402 (after the environment above: jax reads JAX_PLATFORMS when imported)
+from zygote import Zygote  # noqa: E402 (tests/e2e is on sys.path from here)
 
 jax.config.update("jax_enable_compilation_cache", False)
 
@@ -79,7 +84,9 @@ def run_cli(
     timeout=300,
     env_extra=None,
 ):
-    """Runs ``python -m codex_jax.main`` in a fresh process with ``devices`` emulated CPU devices."""
+    """Runs ``python -m codex_jax.main`` in a new process with ``devices`` emulated CPU devices: forked
+    from this test process's zygote (tests/e2e/zygote.py: codex_jax imported once, no JAX backend started),
+    or started fresh when ``env_extra`` is given (it may change what happens at import time)."""
     env = {
         **os.environ,
         "XLA_FLAGS": xla_flags(devices),
@@ -95,10 +102,33 @@ def run_cli(
         f"--mode={mode}",
         *overrides,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if env_extra:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    else:
+        result = _forked(cmd, env, timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+@functools.cache
+def _zygote() -> Zygote:
+    """This test process's zygote, started on first use and closed at exit."""
+    zygote = Zygote(dict(os.environ), REPO)
+    atexit.register(zygote.close)
+    return zygote
+
+
+def _forked(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` (``python -m codex_jax.main ARGS``) forked from the zygote with exactly ``env``; what
+    ``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` would return."""
+    with tempfile.TemporaryDirectory(prefix="codex-jax-run-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        try:
+            code = _zygote().run(cmd[3:], out, env, timeout=timeout, err=str(err), env_replace=True)
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(cmd, timeout) from None
+        return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
 
 
 def read_metrics(workdir, split="train"):

@@ -14,6 +14,8 @@ import importlib
 import json
 import os
 import resource
+import select
+import signal
 import subprocess
 import sys
 
@@ -22,9 +24,12 @@ def _child(request: dict) -> None:
     """In the forked child: the CLI with ``argv``, stdout and stderr to ``log``; never returns."""
     code = 1
     try:
-        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fd = os.open(request["log"], flags, 0o644)
         os.dup2(fd, 1)
-        os.dup2(fd, 2)
+        os.dup2(os.open(request["err"], flags, 0o644) if request.get("err") else fd, 2)
+        if request.get("env_replace"):  # the request's env is the whole environment, as subprocess's env=
+            os.environ.clear()
         os.environ.update(request.get("env", {}))
         if request.get("max_file_bytes"):  # a write past it fails with EFBIG (Python ignores SIGXFSZ)
             limit = request["max_file_bytes"]
@@ -74,30 +79,37 @@ class Zygote:
             [sys.executable, __file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
+            bufsize=0,  # unbuffered: select() in wait() sees every line the zygote wrote
             env=env,
             cwd=cwd,
         )
         self.pid: int | None = None
 
-    def start(
-        self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what: str
-    ) -> int:
+    def start(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what) -> int:
         """Forks a run of the CLI with ``argv`` (output to ``log``; ``max_file_bytes``: RLIMIT_FSIZE;
-        ``module=NAME`` or ``code=SRC`` to run another module or a ``-c`` program instead)."""
+        ``module=NAME`` or ``code=SRC`` to run another module or a ``-c`` program instead; ``err=PATH``
+        for stderr apart; ``env_replace=True``: ``env`` is the whole environment)."""
         request = {"argv": [str(a) for a in argv], "log": str(log), "env": env or {}, **what}
         request["max_file_bytes"] = max_file_bytes
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.pid = json.loads(self.proc.stdout.readline())["pid"]
         return self.pid
 
-    def run(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what: str) -> int:
-        """One run to its end: its exit code."""
+    def run(
+        self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, timeout=None, **what
+    ) -> int:
+        """One run to its end: its exit code (``timeout``: as :meth:`wait`)."""
         self.start(argv, log, env, max_file_bytes, **what)
-        return self.wait()
+        return self.wait(timeout)
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
+        """The run's exit code; past ``timeout`` seconds the run is killed and TimeoutError raised."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.stdout.readline()  # its exit line
+            self.pid = None
+            raise TimeoutError(f"the run did not end within {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the zygote died")
