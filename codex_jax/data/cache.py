@@ -46,19 +46,6 @@ def cache_key(corpus_checksum: str, tokenizer: Tokenizer) -> dict:
     }
 
 
-def _chunks(texts: Sequence[str], max_chars: int) -> list[tuple[int, int, int]]:
-    """(start, stop, chars) ranges of consecutive texts of about ``max_chars`` characters each."""
-    chunks, start = [], 0
-    while start < len(texts):
-        stop, size = start, 0
-        while stop < len(texts) and (size < max_chars or stop == start):
-            size += len(texts[stop])
-            stop += 1
-        chunks.append((start, stop, size))
-        start = stop
-    return chunks
-
-
 def pack(tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: bool = True) -> np.ndarray:
     """All texts tokenized (batch-encoded in chunks) into one stream, each followed by EOS.
 
@@ -66,7 +53,7 @@ def pack(tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: b
     """
     dtype = token_dtype(tokenizer.vocab_size)
     eos = np.asarray([tokenizer.eos_id], dtype=dtype)
-    chunks = _chunks(texts, _CHUNK_CHARS)
+    chunks = cache_build.text_ranges(texts, _CHUNK_CHARS)
     total = sum(size for _, _, size in chunks)
     show = progress and total >= _PROGRESS_MIN_CHARS
     pieces = [np.zeros((0,), dtype)]

@@ -112,17 +112,23 @@ class FilesTask:
 Task = TextsTask | FilesTask
 
 
-def text_tasks(texts: Sequence[str], split: str, task_chars: int) -> list[TextsTask]:
-    """``texts`` cut into consecutive tasks of about ``task_chars`` characters."""
-    tasks, start = [], 0
+def text_ranges(texts: Sequence[str], max_chars: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, chars)`` ranges of consecutive texts of about ``max_chars`` characters each (at
+    least one text per range)."""
+    ranges, start = [], 0
     while start < len(texts):
         stop, size = start, 0
-        while stop < len(texts) and (size < task_chars or stop == start):
+        while stop < len(texts) and (size < max_chars or stop == start):
             size += len(texts[stop])
             stop += 1
-        tasks.append(TextsTask(split, tuple(texts[start:stop])))
+        ranges.append((start, stop, size))
         start = stop
-    return tasks
+    return ranges
+
+
+def text_tasks(texts: Sequence[str], split: str, task_chars: int) -> list[TextsTask]:
+    """``texts`` cut into consecutive tasks of about ``task_chars`` characters."""
+    return [TextsTask(split, tuple(texts[a:b])) for a, b, _ in text_ranges(texts, task_chars)]
 
 
 def file_tasks(

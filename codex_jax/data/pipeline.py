@@ -34,7 +34,6 @@ from codex_jax.corpus.splits import (
     without_files,
 )
 from codex_jax.data import cache, examples, iterators, mixture
-from codex_jax.data.feed import DeviceFeed
 from codex_jax.data.iterators import GatherRows, WindowSource, order_seed, row_count  # noqa: F401 - re-exported
 from codex_jax.data.mixture import EvalMixture, TrainMixture
 from codex_jax.data.packing import pack_examples, text_flags
@@ -239,13 +238,12 @@ def eval_batches(windows, batch_size: int, num_batches: int, process_index: int 
     return iterators.eval_batches(windows, batch_size, num_batches, process_index, process_count)
 
 
-def mixture_scalars(train_iter) -> dict[str, float]:
-    """``{'train/mix/<source>': fraction}`` of the sequences a mixture's iterator (or the
-    :class:`~codex_jax.data.feed.DeviceFeed` reading it) returned so far ({} without a mixture)."""
-    source = train_iter.source if isinstance(train_iter, DeviceFeed) else train_iter
-    if not isinstance(source, mixture.MixtureBatches):
+def mixture_scalars(train_iter, state: dict | None = None) -> dict[str, float]:
+    """``{'train/mix/<source>': fraction}`` of the sequences a mixture's iterator returned so far, or up to
+    its ``state`` ({} without a mixture)."""
+    if not isinstance(train_iter, mixture.MixtureBatches):
         return {}
-    return {f"train/mix/{name}": f for name, f in source.realised(train_iter.get_state()).items()}
+    return {f"train/mix/{name}": f for name, f in train_iter.realised(state).items()}
 
 
 def load_run_tokenizer(

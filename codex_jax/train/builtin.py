@@ -114,7 +114,8 @@ class TrainMetrics:
             if utilization is not None:
                 scalars["train/mfu"] = utilization
         scalars.update(system.collect())  # host/accelerator memory, CPU, GPU utilisation
-        scalars.update(mixture_scalars(self.t.train_iter))  # data.mixture: train/mix/NAME so far
+        feed = self.t.train_iter  # data.mixture: train/mix/NAME of the batches consumed so far
+        scalars.update(mixture_scalars(feed.source, feed.get_state()))
         return scalars
 
 

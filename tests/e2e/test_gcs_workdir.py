@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import CONFIGS, REPO, xla_flags
 from etils import epath
-from gcs_emulator import GcsEmulator, reset_gcsfs
+from gcs_emulator import GcsEmulator, emulator_environ
 from zygote import Zygote
 
 from codex_jax import files
@@ -51,30 +51,19 @@ UNTIMED = {"compile_seconds", "tokens_per_second", "step_time", "data_wait_fract
 def cloud(tmp_path_factory):
     """The emulator (its variables in os.environ), a zygote that forks runs, and a gs:// corpus of 12
     stdlib files."""
-    emulator = GcsEmulator().start()
-    env = {**emulator.env(), "CODEX_JAX_CACHE": str(tmp_path_factory.mktemp("remote_copies"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    reset_gcsfs()
-    zygote = Zygote({**os.environ, "JAX_PLATFORMS": "cpu"}, REPO)
-    corpus = epath.Path(f"gs://{emulator.bucket}/corpus")
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:12]:
-        (corpus / "lib" / path.name).write_bytes(path.read_bytes())
-    logs = tmp_path_factory.mktemp("gcs_logs")
-    try:
-        yield emulator, zygote, logs, f"--config.data.source={corpus}/**/*.py"
-    finally:
-        emulator.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        reset_gcsfs()
-        if zygote.pid is not None and alive(zygote.pid):
-            os.kill(zygote.pid, signal.SIGKILL)
-            zygote.wait()
-        zygote.close()
+    with GcsEmulator() as emulator, emulator_environ(emulator, tmp_path_factory.mktemp("remote_copies")):
+        zygote = Zygote({**os.environ, "JAX_PLATFORMS": "cpu"}, REPO)
+        corpus = epath.Path(f"gs://{emulator.bucket}/corpus")
+        for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:12]:
+            (corpus / "lib" / path.name).write_bytes(path.read_bytes())
+        logs = tmp_path_factory.mktemp("gcs_logs")
+        try:
+            yield emulator, zygote, logs, f"--config.data.source={corpus}/**/*.py"
+        finally:
+            if zygote.pid is not None and alive(zygote.pid):  # a run still in flight
+                os.kill(zygote.pid, signal.SIGKILL)
+                zygote.wait()
+            zygote.close()
 
 
 def run(cloud, name, *argv, mode="train"):
