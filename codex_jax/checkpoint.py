@@ -296,7 +296,10 @@ class Checkpointer:
             with contextlib.suppress(Exception):  # the failed save is the error to report
                 self._manager.close()
             raise
-        self._manager.close()
+        try:
+            self._manager.close()  # also waits for Orbax's metadata writes, which wait() does not
+        except Exception as e:  # noqa: BLE001 - a save that failed late (its folder gone) is still one error
+            raise UserError(f"checkpoint {self.directory}: saving failed ({_first_line(e)})") from e
 
     def discard_after(self, step: int | None) -> None:
         """Moves step folders newer than ``step`` aside (``<step>.corrupt``): the corrupt or
