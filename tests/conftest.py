@@ -120,14 +120,47 @@ def _zygote() -> Zygote:
 
 
 def _forked(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` (``python -m codex_jax.main ARGS``) forked from the zygote with exactly ``env``; what
-    ``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` would return."""
+    """``cmd`` (``python -m codex_jax.main ARGS``) forked from the zygote with exactly ``env``."""
+    return run_python(cmd[1:], env=env, timeout=timeout)
+
+
+def run_python(
+    argv: list,
+    *,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+    cwd=REPO,
+    text: bool = True,
+) -> subprocess.CompletedProcess:
+    """What ``subprocess.run([python, *argv], capture_output=True, input=, env=, cwd=, text=)`` returns,
+    for ``argv`` = ``['-m', MODULE, ...]`` or ``['-c', CODE, ...]``:
+    a real process, forked from this test process's zygote (codex_jax imported once) instead of started
+    fresh. ``env`` (default ``os.environ``) is its whole environment; it must not change what happens at
+    import time (start those with subprocess)."""
+    argv = [str(a) for a in argv]
+    what = {"module": argv[1]} if argv[0] == "-m" else {"code": argv[1]}
+    cmd = [sys.executable, *argv]
     with tempfile.TemporaryDirectory(prefix="codex-jax-run-") as folder:
-        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        out, err, stdin = Path(folder) / "stdout", Path(folder) / "stderr", Path(folder) / "stdin"
+        if input is not None:
+            stdin.write_bytes(input if isinstance(input, bytes) else input.encode())
         try:
-            code = _zygote().run(cmd[3:], out, env, timeout=timeout, err=str(err), env_replace=True)
+            code = _zygote().run(
+                argv[2:],
+                out,
+                dict(os.environ) if env is None else env,
+                timeout=timeout,
+                err=str(err),
+                env_replace=True,
+                cwd=str(cwd),
+                stdin=str(stdin) if input is not None else "",
+                **what,
+            )
         except TimeoutError:
             raise subprocess.TimeoutExpired(cmd, timeout) from None
+        if not text:
+            return subprocess.CompletedProcess(cmd, code, out.read_bytes(), err.read_bytes())
         return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
 
 

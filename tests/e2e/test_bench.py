@@ -4,31 +4,29 @@ import importlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import pytest
+from conftest import run_python
 
 from codex_jax.config.validation import validate
 from codex_jax.models.transformer import count_params, init_params
 from codex_jax.setup.model import model_config
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCH = (  # python tools/bench.py, as a -c program (the zygote forks -m modules and -c programs)
+    f"import runpy, sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tools')!r}]; "
+    f"sys.argv[0] = 'tools/bench.py'; runpy.run_path({str(ROOT / 'tools/bench.py')!r}, run_name='__main__')"
+)
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
+    """``python tools/bench.py ARGS`` in a process of its own (forked from the test's zygote)."""
     # One CPU device (no forced device count), so the bare step runs too.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, "tools/bench.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env.update(JAX_PLATFORMS="cpu")
+    return run_python(["-c", BENCH, *args], env=env, cwd=ROOT)
 
 
 def _json_line(proc: subprocess.CompletedProcess) -> dict:

@@ -5,12 +5,11 @@ fixture problems reaches pass@1 = 1.0 greedily; the untrained model gets 0.0; th
 import contextlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import pytest
+from conftest import run_python
 
 from codex_jax import api, main
 from codex_jax.codeeval.problems import read_problems
@@ -132,15 +131,7 @@ def test_sampled_pass_at_k_and_eval_mode_with_a_too_long_prompt(trained, tmp_pat
 )
 def test_bad_input_is_one_error_line(trained, override, message):
     _, workdir = trained
-    cmd = [
-        sys.executable,
-        "-m",
-        "codex_jax.cli",
-        "eval-code",
-        "--config=tiny",
-        f"--workdir={workdir}",
-        override,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = ["-m", "codex_jax.cli", "eval-code", "--config=tiny", f"--workdir={workdir}", override]
+    result = run_python(cmd, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in result.stderr

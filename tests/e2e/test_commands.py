@@ -4,13 +4,10 @@ exit codes (configs, config errors, plot, safety scan)."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_python
 from test_plot import fake_run, tool
 from test_safety import AWS, GH, PRIVATE, SECRETS
 
@@ -18,23 +15,15 @@ from codex_jax.errors import UserError
 
 
 def test_configs_command_lists_packaged_configs():
-    out = subprocess.run(
-        [sys.executable, "-m", "codex_jax.cli", "configs"], capture_output=True, text=True, check=True
-    )
+    out = run_python(["-m", "codex_jax.cli", "configs"])
+    assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("base ") and "Seconds-scale config" in out.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "codex_jax.cli", "configs", "--x"], capture_output=True, text=True
-    )
+    bad = run_python(["-m", "codex_jax.cli", "configs", "--x"])
     assert bad.returncode == 2 and bad.stderr.startswith("error: codex-jax configs: unexpected argument")
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "codex_jax.main", "--config=configs/tiny.py", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_python(["-m", "codex_jax.main", "--config=configs/tiny.py", *args], timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +49,6 @@ def test_plot_of_two_runs_is_a_png(tmp_path):
         fake_run(tmp_path / name, scale, eval_only)
     out = tmp_path / "plots" / "runs.png"
     cmd = [
-        sys.executable,
         "-m",
         "codex_jax.cli",
         "plot",
@@ -71,7 +59,7 @@ def test_plot_of_two_runs_is_a_png(tmp_path):
         "--title",
         "two runs",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = run_python(cmd, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     data = out.read_bytes()
@@ -83,8 +71,7 @@ def test_plot_of_two_runs_is_a_png(tmp_path):
 def test_missing_workdir_is_reported(tmp_path):
     with pytest.raises(UserError, match="metrics.ndjson not found"):
         tool.load_runs([str(tmp_path / "nope")])
-    cmd = [sys.executable, "-m", "codex_jax.cli", "plot", str(tmp_path / "nope")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = run_python(["-m", "codex_jax.cli", "plot", str(tmp_path / "nope")], timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "not found" in result.stderr
 
 
@@ -92,9 +79,8 @@ def test_scan_command_prints_findings_without_secrets(tmp_path):
     (tmp_path / "leak.py").write_text("x = 1\n" + "".join(SECRETS.values()) + PRIVATE)
     (tmp_path / "clean.py").write_text("print('hi')\n")
     (tmp_path / "blob.bin").write_bytes(b"\0\1" + AWS.encode())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "codex_jax.cli", "safety", "scan", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    cmd = ["-m", "codex_jax.cli", "safety", "scan", str(tmp_path)]
+    out = run_python(cmd, timeout=120)
     assert out.returncode == 1, out.stderr
     findings = [json.loads(line) for line in out.stdout.splitlines()]
     assert {f["rule"] for f in findings} == {*SECRETS, "private-key"}
@@ -102,15 +88,7 @@ def test_scan_command_prints_findings_without_secrets(tmp_path):
     for secret in (AWS, GH, "correct-horse", "jane.doe", "MIIEow"):
         assert secret not in out.stdout + out.stderr
     assert "1 skipped" in out.stderr
-    clean = subprocess.run(
-        [*cmd[:-1], str(tmp_path / "clean.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    clean = run_python([*cmd[:-1], str(tmp_path / "clean.py")], timeout=120)
     assert clean.returncode == 0 and clean.stdout == ""
-    missing = subprocess.run(
-        [*cmd[:-1], str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=120
-    )
+    missing = run_python([*cmd[:-1], str(tmp_path / "nope")], timeout=120)
     assert missing.returncode == 2 and "no such file" in missing.stderr

@@ -214,22 +214,36 @@ def _argv(command: str, swaps: dict[str, str]) -> list[str]:
     return argv + TINY_FLAGS if trains else argv
 
 
+def _uses_the_base_run(command: str) -> bool:
+    """Whether ``command`` is one of the base run's chain: it trains, reads or exports ``runs/base`` (the
+    README's example Hugging Face folder is that run's export; configs/lora.py starts from that run)."""
+    return any(word in command for word in ("configs/base.py", "runs/base", "/models/", "configs/lora.py"))
+
+
 @pytest.mark.slow
-def test_readme_commands_run(tmp_path):
+@pytest.mark.parametrize("chain", ["base-run", "others"])
+def test_readme_commands_run(tmp_path, chain):
     """codex_jax's README commands in order in one directory; the Python API block after them.
 
-    Each runs as a real process forked from one zygote (tests/e2e/zygote.py) that imported codex_jax once.
+    The commands are two independent chains, each run in README order in a directory of its own (so the
+    two run side by side): those of the base run (which the later ones and the API block read) and all the
+    others. Each command runs as a real process forked from one zygote (tests/e2e/zygote.py) that imported
+    codex_jax once.
     """
     swaps = _scratch(tmp_path)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     zygote = Zygote(env, tmp_path)
     try:
-        outputs = _run_readme_commands(zygote, tmp_path, swaps)
-        assert len(outputs) >= 18
+        outputs = _run_readme_commands(zygote, tmp_path, swaps, base_chain=chain == "base-run")
+        if chain == "others":
+            assert len(outputs) >= 10
+            assert (tmp_path / "tok-hf").is_dir()
+            return
+        assert len(outputs) >= 8
         assert '"perplexity"' in outputs["python -m codex_jax.main --config=configs/base.py --mode=eval"]
         assert (tmp_path / "docs/metrics.png").is_file() and (tmp_path / "runs/lora-adapter").is_dir()
-        assert (tmp_path / "tmp/ft-hf/model.safetensors").is_file() and (tmp_path / "tok-hf").is_dir()
-        code = python_blocks()[0].replace('{"train.steps": 200}', repr(TINY))
+        assert (tmp_path / "tmp/ft-hf/model.safetensors").is_file()
+        code = python_blocks()[0].replace('{"train.steps": 200}', repr(TINY))  # it reads runs/base
         log = tmp_path / "api.log"
         assert zygote.run([], log, code=code) == 0, log.read_text()[-3000:]
         assert (tmp_path / "out/model.safetensors").is_file()
@@ -237,11 +251,14 @@ def test_readme_commands_run(tmp_path):
         zygote.close()
 
 
-def _run_readme_commands(zygote: Zygote, tmp_path: Path, swaps: dict[str, str]) -> dict[str, str]:
-    """Runs the README commands tested here, in order; their outputs (stdout and stderr) by command."""
+def _run_readme_commands(
+    zygote: Zygote, tmp_path: Path, swaps: dict[str, str], base_chain: bool
+) -> dict[str, str]:
+    """Runs the README commands tested here of one chain (``base_chain``: the base run's), in order; their
+    outputs (stdout and stderr) by command."""
     outputs = {}
     for i, command in enumerate(readme_commands()):
-        if where_tested(command) != "here":
+        if where_tested(command) != "here" or _uses_the_base_run(command) != base_chain:
             continue
         if "/models/" in command and not Path(swaps["/models/gpt2"]).exists():
             # the README's example Hugging Face folder: the base run exported by codex_jax itself

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-from conftest import run_cli
+from conftest import REPO, run_cli, run_python
 from test_data import bundle, corpus_dir  # noqa: F401 (fixtures)
 from test_writers_extra import mlflow_client
 
@@ -71,23 +70,14 @@ def test_training_logs_system_metrics_and_mlflow(tmp_path, monkeypatch):
 
 def test_another_process_reuses_the_cache(bundle, corpus_dir):
     """A separate Python process with the same config reads the cache instead of tokenizing."""
-    import subprocess
-    import sys
-
     workdir = bundle.manifest_path.parent
     code = (
-        "import sys; from tests.unit.test_data import small_config; "
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests.unit.test_data import small_config; "
         "from codex_jax.data.pipeline import prepare_data; "
         f"b = prepare_data(small_config({str(corpus_dir)!r}), {str(workdir)!r}, write=False); "
         "print(b.train_windows.shape, b.tokenizer.checksum)"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(Path(__file__).parents[2]),
-    )
+    proc = run_python(["-c", code], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reusing token cache" in proc.stderr and "building" not in proc.stderr
     assert proc.stdout.split()[-1] == bundle.tokenizer.checksum

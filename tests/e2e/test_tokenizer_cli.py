@@ -1,14 +1,13 @@
-"""``codex-jax tokenizer ...`` run for real: ``python -m codex_jax.cli`` in a subprocess."""
+"""``codex-jax tokenizer ...`` run for real: ``python -m codex_jax.cli`` in a process of its own."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 from codex_jax.corpus.sources import stdlib_root
 
@@ -17,15 +16,8 @@ TRICKY = "def f(x):\r\n\treturn  x \u2581 '\u00e9\u20ac\U0001f600'\x00\x7f\n\n  
 
 
 def cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "codex_jax.cli", "tokenizer", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        timeout=180,
-        env=env,
-        cwd=REPO,
-    )
+    """``python -m codex_jax.cli tokenizer ARGS``: a real process (forked from the test's zygote)."""
+    return run_python(["-m", "codex_jax.cli", "tokenizer", *args], input=stdin, timeout=180, text=False)
 
 
 def ok(proc) -> str:

@@ -3,8 +3,9 @@ and forks one fresh child per run (no JAX backend is started before the fork, so
 own, with its own device count). The children are real processes that the tests signal and kill.
 
 Run as a script: it reads one JSON request a line on stdin (``{"argv": [...], "log": PATH, "env": {},
-"max_file_bytes": 0}``; ``"module": NAME`` runs ``NAME.main()`` as ``python -m NAME`` does, instead of
-codex_jax.main; ``"code": SRC`` runs ``python -c SRC``),
+"max_file_bytes": 0}``; ``"stdin": PATH`` is read as standard input, else /dev/null; ``"module": NAME``
+runs ``NAME.main()`` as ``python -m NAME`` does, instead of codex_jax.main; ``"code": SRC`` runs
+``python -c SRC``),
 answers ``{"pid": N}`` when the child runs and ``{"exit": CODE}`` (negative: killed by that signal) when
 it ended. :class:`Zygote` is the tests' side.
 """
@@ -28,6 +29,10 @@ def _child(request: dict) -> None:
         fd = os.open(request["log"], flags, 0o644)
         os.dup2(fd, 1)
         os.dup2(os.open(request["err"], flags, 0o644) if request.get("err") else fd, 2)
+        os.dup2(os.open(request.get("stdin") or os.devnull, os.O_RDONLY), 0)  # never the zygote's requests
+        sys.stdin = open(0, closefd=False)  # not the parent's object: its buffer may hold requests  # noqa: SIM115
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
         if request.get("env_replace"):  # the request's env is the whole environment, as subprocess's env=
             os.environ.clear()
         os.environ.update(request.get("env", {}))
@@ -88,7 +93,8 @@ class Zygote:
     def start(self, argv: list[str], log, env: dict | None = None, max_file_bytes: int = 0, **what) -> int:
         """Forks a run of the CLI with ``argv`` (output to ``log``; ``max_file_bytes``: RLIMIT_FSIZE;
         ``module=NAME`` or ``code=SRC`` to run another module or a ``-c`` program instead; ``err=PATH``
-        for stderr apart; ``env_replace=True``: ``env`` is the whole environment)."""
+        for stderr apart; ``stdin=PATH`` as standard input; ``cwd=DIR``; ``env_replace=True``: ``env`` is
+        the whole environment)."""
         request = {"argv": [str(a) for a in argv], "log": str(log), "env": env or {}, **what}
         request["max_file_bytes"] = max_file_bytes
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
