@@ -49,13 +49,14 @@ SFT = [  # prompt/completion examples packed whole into rows: segments and loss 
 ]
 
 
+# Through the CLI and its checkpoints: jit and pmap, both accumulation impls, text and SFT. A run without
+# accumulation resumes the same way (jit: tests/e2e/test_faults.py and test_chaos.py kill and resume one;
+# pmap: tests/unit/test_optimizers.py saves and restores one through the trainer's Checkpointer).
 @pytest.mark.parametrize(
     "mode,accum,devices,impl,data",
     [
-        ("jit", 1, 1, "multisteps", "text"),
         ("jit", 4, 2, "multisteps", "text"),
         ("jit", 4, 2, "scan", "sft"),
-        ("pmap", 1, 2, "multisteps", "text"),
         ("pmap", 4, 2, "multisteps", "sft"),
     ],
 )
