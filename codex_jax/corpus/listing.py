@@ -1,114 +1,26 @@
-"""The files of a local glob, listed lazily in sorted order (a million-file corpus is never one list).
+"""A source's files listed lazily (a million-file corpus is never one list): :func:`lazy_source_files`,
+the include/exclude-filtered files of a source as an iterator (``tools/bench.py --what=data``).
 
-:func:`iter_glob` yields what ``sorted(glob.glob(pattern, recursive=True))`` keeps as files, in the
-same order (``pathlib.Path`` order: by path parts), walking one directory at a time: ``**`` spans
-any number of directories, ``*``, ``?`` and ``[...]`` stay within one name, and names starting
-with ``'.'`` match only a pattern part that starts with ``'.'`` (as ``glob`` does).
+The listing itself is :class:`~codex_jax.corpus.sources.SourceFiles` (over
+:mod:`codex_jax.corpus.globbing`'s walks); this module only names its iterator form.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from codex_jax.corpus.sources import SourceSpec, parse_source, select_files, source_files
-from codex_jax.errors import UserError
+from codex_jax.corpus.globbing import iter_glob
+from codex_jax.corpus.sources import SourceFiles, SourceSpec, parse_source
 
-
-def _part_regex(part: str) -> str:
-    """A regex for one ``/``-free glob part (``**`` handled by the caller)."""
-    out, i = [], 0
-    while i < len(part):
-        c = part[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and "]" in part[i + 2 :]:
-            end = part.index("]", i + 2)
-            body = part[i + 1 : end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    hidden = "" if part.startswith(".") else r"(?!\.)"
-    return hidden + "".join(out)
-
-
-def glob_split(pattern: str) -> tuple[Path, re.Pattern, int | None]:
-    """``(root, regex of paths relative to root, depth)``: root is the longest leading directory without
-    glob characters; depth is the number of parts a match has (None with ``**``)."""
-    parts = pattern.split("/")
-    fixed = 0
-    while fixed < len(parts) - 1 and not glob.has_magic(parts[fixed]):
-        fixed += 1
-    root = Path("/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else "."))
-    rest = parts[fixed:]
-    regex = []
-    for index, part in enumerate(rest):
-        last = index == len(rest) - 1
-        if part == "**":
-            regex.append(r"(?:(?!\.)[^/]+/)*(?!\.)[^/]+" if last else r"(?:(?!\.)[^/]+/)*")
-        else:
-            regex.append(_part_regex(part) + ("" if last else "/"))
-    depth = None if "**" in rest else len(rest)
-    return root, re.compile("".join(regex) + r"\Z"), depth
-
-
-def iter_glob(pattern: str) -> Iterator[Path]:
-    """The files matching the local ``pattern`` (``glob.glob(pattern, recursive=True)``'s files), in
-    sorted order, lazily."""
-    pattern = os.path.expanduser(pattern)
-    if not glob.has_magic(pattern):
-        if os.path.isfile(pattern):
-            yield Path(pattern)
-        return
-    root, regex, depth = glob_split(pattern)
-    hidden_ok = any(part.startswith(".") for part in pattern.split("/"))
-    yield from _walk(root, "", regex, depth, hidden_ok)
-
-
-def _walk(folder: Path, prefix: str, regex: re.Pattern, depth: int | None, hidden_ok: bool) -> Iterator[Path]:
-    """Files under ``folder`` (``prefix``: its path relative to the root) matching ``regex``, by name."""
-    try:
-        with os.scandir(folder) as scan:
-            entries = sorted((entry.name, entry.is_dir(), entry.is_file()) for entry in scan)
-    except OSError:  # unreadable or vanished: glob skips it too
-        return
-    level = prefix.count("/") + 1
-    for name, is_dir, is_file in entries:
-        relative = prefix + name
-        if is_file and regex.match(relative):
-            yield folder / name
-        if is_dir and (depth is None or level < depth) and (hidden_ok or not name.startswith(".")):
-            yield from _walk(folder / name, relative + "/", regex, depth, hidden_ok)
+__all__ = ["iter_glob", "lazy_source_files"]
 
 
 def lazy_source_files(
     source: str, include: str = "", exclude: str = ""
 ) -> tuple[SourceSpec, Path, Iterator[Path]]:
-    """The parsed spec, root and (lazily listed, include/exclude-filtered) files of a local glob source,
-    the same files in the same order as :func:`~codex_jax.corpus.sources.source_files`; the iterator
-    raises a UserError at its end when it gave no file. Other sources (``stdlib``, ``hf_disk``, buckets)
-    are listed at once."""
-    spec = parse_source(source)
-    if spec.pattern == "stdlib" or spec.kind == "hf_disk" or "://" in spec.pattern:
-        spec, root, listed = source_files(source, 0, include, exclude)
-        return spec, root, iter(listed)
-    pattern = os.path.expanduser(spec.pattern)
-    root = glob_split(pattern)[0]
-
-    def files() -> Iterator[Path]:
-        found = 0
-        for path in iter_glob(pattern):
-            if select_files([path], root, include, exclude):
-                found += 1
-                yield path
-        if not found:
-            raise UserError(f"data source {source!r}: no files match {pattern!r} (or all are filtered out)")
-
-    return spec, root, files()
+    """The parsed spec, root and (lazily listed, include/exclude-filtered) files of ``source``, the same
+    files in the same order as :func:`~codex_jax.corpus.sources.source_files`; UserError when none is
+    left."""
+    files = SourceFiles(parse_source(source), source, include, exclude)
+    return files.spec, files.root, iter(files)

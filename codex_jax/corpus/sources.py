@@ -8,23 +8,25 @@
     'parquet:/d/*.parquet:text'       one per row: a column (template); also 'arrayrecord:PATH[:FIELD]'
     'hf_disk:/d/saved:text'           and datasets save_to_disk folders (codex_jax.corpus.formats)
 
-Files are listed in sorted order, filtered by include/exclude globs relative to the source's
-root, checksummed, and read one at a time (:mod:`codex_jax.corpus.records` reads the records and
-applies the bad-record policy).
+Files are listed in sorted order (lazily, one folder at a time: :class:`SourceFiles`), filtered by
+include/exclude globs relative to the source's root, checksummed, and read one at a time
+(:mod:`codex_jax.corpus.records` reads the records and applies the bad-record policy).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import hashlib
 import os
 import re
 import sys
-import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from codex_jax import plugins
 from codex_jax.corpus.examples import (
@@ -36,6 +38,7 @@ from codex_jax.corpus.examples import (
     read_jsonl_examples,
 )
 from codex_jax.corpus.formats import RECORD_KINDS, hf_disk_files, read_record_file
+from codex_jax.corpus.globbing import iter_glob, iter_stdlib, stdlib_root
 from codex_jax.corpus.records import (
     BAD_RECORD_POLICIES,
     FileReport,
@@ -47,9 +50,6 @@ from codex_jax.corpus.records import (
 )
 from codex_jax.errors import UserError
 from codex_jax.files import as_path, glob_files, is_remote
-
-# pydoc_data holds one 750 KB generated string of documentation prose, not code.
-_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "pydoc_data"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,29 +106,32 @@ def parse_source(source: str, fields: ExampleFields | None = None) -> SourceSpec
     return SourceSpec("text", source)
 
 
-def stdlib_root() -> Path:
-    """The directory of the running interpreter's standard library sources."""
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
 def list_files(spec: SourceSpec) -> tuple[Path, list[Path]]:
     """The root directory and the sorted files of ``spec``; UserError when there are none."""
+    root, listed = _listing(spec)
+    return root, list(listed())
+
+
+def _listing(spec: SourceSpec) -> tuple[Path, Callable[[], Iterator[Path]]]:
+    """The root directory of ``spec`` and a function listing its files in sorted order (lazily, one
+    folder at a time, for the stdlib and local globs); UserError when there are none."""
     if spec.kind == "text" and spec.pattern == "stdlib":
         root = stdlib_root()
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
-            files += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
-        return root, sorted(files)
+        return root, lambda: iter_stdlib(root)
     if spec.kind == "hf_disk":
-        return hf_disk_files(spec.pattern)
+        root, shards = hf_disk_files(spec.pattern)
+        return root, lambda: iter(shards)
     pattern = spec.pattern if is_remote(spec.pattern) else os.path.expanduser(spec.pattern)
-    files = glob_files(pattern)  # a local glob, or one on a bucket (gs://b/src/**/*.py)
-    if not files:
+    if is_remote(pattern):  # gcsfs lists the objects under the fixed prefix at once
+        objects = glob_files(pattern)
+        listed: Callable[[], Iterator[Path]] = lambda: iter(objects)  # noqa: E731
+    else:
+        listed = lambda: iter_glob(pattern)  # noqa: E731
+    if next(listed(), None) is None:
         if not glob.has_magic(pattern):
             raise UserError(f"file not found: {pattern}")
         raise UserError(f"no files match {pattern!r} (for a directory, write 'DIR/**/*.py')")
-    return _glob_root(pattern), files
+    return _glob_root(pattern), listed
 
 
 def _glob_root(pattern: str) -> Path:
@@ -180,36 +183,133 @@ def glob_regex(pattern: str) -> re.Pattern:
 def select_files(files: list[Path], root: Path, include: str, exclude: str) -> list[Path]:
     """``files`` whose path relative to ``root`` matches an ``include`` glob (all when empty)
     and no ``exclude`` glob; both are comma-separated lists."""
+    selected = _selector(include, exclude)
+    return [p for p in files if selected(relative(p, root))]
+
+
+def _selector(include: str, exclude: str) -> Callable[[str], bool]:
+    """Whether a relative path matches an ``include`` glob (any, when there are none) and no ``exclude``
+    glob (comma-separated lists)."""
     includes = [glob_regex(p) for p in include.split(",") if p.strip()]
     excludes = [glob_regex(p) for p in exclude.split(",") if p.strip()]
-    if not includes and not excludes:
-        return files
-    kept = []
-    for path in files:
-        rel = relative(path, root)
+
+    def selected(rel: str) -> bool:
         if includes and not any(r.match(rel) for r in includes):
-            continue
-        if not any(r.match(rel) for r in excludes):
-            kept.append(path)
-    return kept
+            return False
+        return not any(r.match(rel) for r in excludes)
+
+    return selected
 
 
-def limit_files(files: list[Path], root: Path, max_files: int) -> list[Path]:
-    """At most ``max_files`` of ``files`` (0: all), chosen by a hash of the relative path.
+def _rank(rel: str) -> str:
+    """The ``data.max_files`` rank of a relative path: salted, so that the choice is independent of the
+    (unsalted) split hash."""
+    return hashlib.sha256(f"max_files:{rel}".encode()).hexdigest()
 
-    The hash is salted so that the choice is independent of the (unsalted) split hash.
+
+def path_hash(path: Path) -> int:
+    """A 64-bit hash of the real path of ``path`` (the same file reached by two sources has one)."""
+    return int(hashlib.sha256(os.path.realpath(os.fspath(path)).encode()).hexdigest()[:16], 16)
+
+
+class SourceFiles:
+    """The selected files of a source, listed lazily in sorted order every time they are iterated (never
+    held as one list): those matching ``include`` and not ``exclude`` (globs relative to :attr:`root`),
+    at most ``max_files`` of them (0: all; the lowest by a hash of the relative path, chosen with one
+    listing pass that keeps an 8-byte rank per file), less those whose :func:`path_hash` is in ``skip``.
+
+    UserError (naming ``what`` and ``source``) when nothing is listed or everything is filtered out.
     """
-    if not max_files or len(files) <= max_files:
-        return files
 
-    def rank(p: Path) -> str:
-        return hashlib.sha256(f"max_files:{relative(p, root)}".encode()).hexdigest()
+    def __init__(
+        self,
+        spec: SourceSpec,
+        source: str,
+        include: str = "",
+        exclude: str = "",
+        max_files: int = 0,
+        what: str = "data source",
+    ):
+        self.spec = spec
+        try:
+            self.root, self._listed = _listing(spec)
+        except UserError as e:
+            raise UserError(f"{what} {source!r}: {e}") from None
+        self._selected = _selector(include, exclude)
+        self._cut: int | None = None  # max_files: files ranked below the cut (ties: those in _ties)
+        self._ties: set[str] | None = None
+        self.skip = np.zeros(0, np.uint64)  # sorted path hashes of files left out
+        listed = 0
+        for listed, path in enumerate(self._listed(), start=1):  # noqa: B007 - the count is reported
+            if self._selected(relative(path, self.root)):
+                break
+        else:
+            raise UserError(
+                f"{what} {source!r}: all {listed} files are filtered out by "
+                f"data.include={include!r} / data.exclude={exclude!r} (globs relative to {self.root})"
+            )
+        if max_files:
+            self._limit(max_files)
 
-    return sorted(sorted(files, key=rank)[:max_files])
+    def _limit(self, max_files: int) -> None:
+        """Keeps the ``max_files`` files of the lowest rank."""
+        ranks = np.fromiter((int(_rank(rel)[:16], 16) for rel in self._relative()), np.uint64)
+        if len(ranks) <= max_files:
+            return
+        cut = ranks[np.argpartition(ranks, max_files - 1)[max_files - 1]]
+        below, tied = int((ranks < cut).sum()), int((ranks == cut).sum())
+        self._cut = int(cut)
+        if below + tied > max_files:  # 64-bit ties: the full ranks decide
+            full = sorted(r for r in map(_rank, self._relative()) if int(r[:16], 16) == self._cut)
+            self._ties = set(full[: max_files - below])
+
+    def _relative(self) -> Iterator[str]:
+        """The relative paths of the included files, in order."""
+        for path in self._listed():
+            rel = relative(path, self.root)
+            if self._selected(rel):
+                yield rel
+
+    def without(self, skip: np.ndarray) -> SourceFiles:
+        """These files less those whose :func:`path_hash` is in ``skip``."""
+        other = copy.copy(self)
+        other.skip = np.unique(np.asarray(skip, np.uint64))
+        return other
+
+    def skipped(self, path: Path) -> bool:
+        """Whether ``path`` is one of the files left out by :meth:`without`."""
+        if not len(self.skip):
+            return False
+        key = np.uint64(path_hash(path))
+        index = int(np.searchsorted(self.skip, key))
+        return index < len(self.skip) and self.skip[index] == key
+
+    def __iter__(self) -> Iterator[Path]:
+        return (path for path in self.unskipped() if not self.skipped(path))
+
+    def unskipped(self) -> Iterator[Path]:
+        """The files, those left out by :meth:`without` included."""
+        for path in self._listed():
+            rel = relative(path, self.root)
+            if not self._selected(rel):
+                continue
+            if self._cut is not None:
+                rank = _rank(rel)
+                value = int(rank[:16], 16)
+                if value > self._cut or (
+                    value == self._cut and self._ties is not None and rank not in self._ties
+                ):
+                    continue
+            yield path
 
 
 def relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root``, with '/' separators."""
+    full, base = os.fspath(path), os.fspath(root).rstrip("/")
+    if os.sep == "/" and full.startswith(base + "/") and base not in ("", "."):  # the common case, fast
+        rest = full[len(base) + 1 :]
+        if all(part not in ("", ".", "..") for part in rest.split("/")):
+            return rest
     return Path(os.path.relpath(path, root)).as_posix()
 
 
@@ -250,20 +350,73 @@ def source_files(
     what="data source",
     fields: ExampleFields | None = None,
 ) -> tuple[SourceSpec, Path, list[Path]]:
-    """The parsed spec, root and selected files of ``source``; UserError (naming ``what``) when
-    none is left."""
+    """The parsed spec, root and selected files (:class:`SourceFiles`, as a list) of ``source``;
+    UserError (naming ``what``) when none is left."""
     spec = parse_source(source, fields)
-    try:
-        root, files = list_files(spec)
-    except UserError as e:
-        raise UserError(f"{what} {source!r}: {e}") from None
-    selected = select_files(files, root, include, exclude)
-    if not selected:
-        raise UserError(
-            f"{what} {source!r}: all {len(files)} files are filtered out by "
-            f"data.include={include!r} / data.exclude={exclude!r} (globs relative to {root})"
+    files = SourceFiles(spec, source, include, exclude, max_files, what)
+    return spec, files.root, list(files)
+
+
+def file_documents(
+    spec: SourceSpec, path: Path, root: Path, on_bad: str = "skip"
+) -> tuple[FileReport, list[tuple[str, Any]]]:
+    """The report of one file and its ``(key, record)`` documents, counted in the report: ``key`` is the
+    relative path of a text file, ``path:line`` of a record; ``record`` is the text (an example's turns for
+    example sources)."""
+    report, records = read_file(spec, path, root, on_bad)
+    documents = []
+    for line, record in records:
+        documents.append((report.path if spec.kind == "text" else f"{report.path}:{line}", record))
+        report.records += 1
+    return report, documents
+
+
+class BadRecords:
+    """A source's files as they are read, one at a time: a warning line on stderr for each of the first
+    ``max_lines`` files with bad records, the rest summed up by :meth:`finish`, which also raises when
+    the source yielded no document."""
+
+    def __init__(self, source: str, max_lines: int = 5):
+        self.source, self.max_lines = source, max_lines
+        self.files = self.documents = self.skipped = 0
+        self.bad_files = self.more_files = self.more_skipped = 0
+        self.first = ""
+
+    def note(self, report: FileReport, documents: int) -> None:
+        """Counts one file read (``documents`` good records), warning when it had bad ones."""
+        self.files += 1
+        self.documents += documents
+        self.skipped += report.skipped
+        if not report.skipped:
+            return
+        self.first = self.first or report.bad[0]
+        self.bad_files += 1
+        if self.bad_files > self.max_lines:
+            self.more_files += 1
+            self.more_skipped += report.skipped
+            return
+        print(
+            f"data: warning: {self.source}: skipped {report.skipped} bad record(s) in {report.path} "
+            f"(first: {report.bad[0]})",
+            file=sys.stderr,
+            flush=True,
         )
-    return spec, root, limit_files(selected, root, max_files)
+
+    def finish(self, require_documents: bool = True) -> None:
+        """The summary line of the files not warned about; UserError when ``require_documents`` and no
+        file gave a document."""
+        if self.more_files:
+            print(
+                f"data: warning: {self.source}: ... and {self.more_skipped} more in {self.more_files} more "
+                "files (data_manifest.json lists them)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if require_documents and not self.documents:
+            raise UserError(
+                f"data source {self.source!r} yielded no documents ({self.files} files read, "
+                f"{self.skipped} bad records skipped; first: {self.first or 'none'})"
+            )
 
 
 def read_source(
@@ -276,32 +429,34 @@ def read_source(
 ) -> Corpus:
     """Reads every document of ``source`` (examples, when ``fields`` names a format other than
     'text'); UserError when it yields none."""
-    if on_bad_record not in BAD_RECORD_POLICIES:
-        raise UserError(f"data.on_bad_record must be 'skip' or 'error', got {on_bad_record!r}")
+    check_bad_record_policy(on_bad_record)
     plugin_corpus = read_plugin_source(source)
     if plugin_corpus is not None:
         return plugin_corpus
     spec, root, files = source_files(source, max_files, include, exclude, fields=fields)
-    reports, documents = [], []
+    reports, documents, bad = [], [], BadRecords(source)
     for path in files:
-        report, records = read_file(spec, path, root, on_bad_record)
-        for line, record in records:
-            key = report.path if spec.kind == "text" else f"{report.path}:{line}"
+        report, records = file_documents(spec, path, root, on_bad_record)
+        for key, record in records:
             if spec.fields is None:
                 documents.append(Document(key, report.path, record))
             else:
                 documents.append(Document(key, report.path, example_text(record), record))
-            report.records += 1
         reports.append(report)
-    warn_bad_records(source, reports)
-    if not documents:
-        skipped = sum(r.skipped for r in reports)
-        first = next((r.bad[0] for r in reports if r.bad), "none")
-        raise UserError(
-            f"data source {source!r} yielded no documents ({len(reports)} files read, "
-            f"{skipped} bad records skipped; first: {first})"
-        )
+        bad.note(report, len(records))
+    bad.finish()
     return Corpus(source, str(root), reports, documents)
+
+
+def check_bad_record_policy(on_bad_record: str) -> None:
+    """UserError unless ``on_bad_record`` is one of :data:`BAD_RECORD_POLICIES`."""
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise UserError(f"data.on_bad_record must be 'skip' or 'error', got {on_bad_record!r}")
+
+
+def is_plugin_source(source: str) -> bool:
+    """Whether ``source`` names a ``codex_jax.data_sources`` plugin (``'NAME:ARG'``)."""
+    return plugins.split_spec(source, plugins.DATA_SOURCES) is not None
 
 
 def read_plugin_source(source: str) -> Corpus | None:
@@ -330,18 +485,7 @@ def read_plugin_source(source: str) -> Corpus | None:
 
 def warn_bad_records(source: str, reports: list[FileReport], max_lines: int = 5) -> None:
     """One warning line on stderr per file with skipped records (the first ``max_lines``)."""
-    bad = [r for r in reports if r.skipped]
-    for r in bad[:max_lines]:
-        print(
-            f"data: warning: {source}: skipped {r.skipped} bad record(s) in {r.path} (first: {r.bad[0]})",
-            file=sys.stderr,
-            flush=True,
-        )
-    if len(bad) > max_lines:
-        total = sum(r.skipped for r in bad[max_lines:])
-        print(
-            f"data: warning: {source}: ... and {total} more in {len(bad) - max_lines} more "
-            "files (data_manifest.json lists them)",
-            file=sys.stderr,
-            flush=True,
-        )
+    bad = BadRecords(source, max_lines)
+    for report in reports:
+        bad.note(report, report.records)
+    bad.finish(require_documents=False)

@@ -7,15 +7,20 @@ so a text file is never in both splits and the split does not change between run
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 from codex_jax.corpus.records import FileReport
 from codex_jax.corpus.sources import Corpus, Document
 from codex_jax.errors import UserError
+from codex_jax.files import AnyPath, is_remote
 
 # The data.* settings that decide the documents and their split (recorded in the manifest).
 SETTINGS = ("source", "eval_source", "include", "exclude", "max_files", "eval_fraction")
@@ -59,7 +64,9 @@ def without_files(corpus: Corpus, other: Corpus) -> tuple[Corpus, int]:
     return dataclasses.replace(corpus, files=files, documents=documents), len(gone)
 
 
-def _file_entry(r: FileReport, origin: str, split: str, eval_records: int) -> dict[str, Any]:
+def file_entry(r: FileReport, origin: str, split: str, eval_records: int) -> dict[str, Any]:
+    """The manifest row of one file read from ``origin`` (``'source'``/``'eval_source'``): ``split`` is
+    ``'none'`` when it gave no record."""
     return {
         "path": r.path,
         "from": origin,
@@ -94,12 +101,12 @@ def corpus_manifest(
         for r in corpus.files:
             held_out = eval_count.get(r.path, 0)
             split = "eval" if held_out == r.records else "mixed" if held_out else "train"
-            files.append(_file_entry(r, "source", split, held_out))
+            files.append(file_entry(r, "source", split, held_out))
     else:
-        files += [_file_entry(r, "source", "train", 0) for r in corpus.files]
-        files += [_file_entry(r, "eval_source", "eval", r.records) for r in eval_corpus.files]
+        files += [file_entry(r, "source", "train", 0) for r in corpus.files]
+        files += [file_entry(r, "eval_source", "eval", r.records) for r in eval_corpus.files]
     body = {**settings, "files": files}
-    checksum = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    checksum = manifest_checksum(settings, files)
     totals = {
         "files": len(files),
         "bytes": sum(f["bytes"] for f in files),
@@ -112,19 +119,114 @@ def corpus_manifest(
     return {**body, **roots, "totals": totals, "checksum": checksum}
 
 
+def manifest_checksum(settings: dict[str, Any], files: Iterable[dict[str, Any]]) -> str:
+    """The sha256 of ``json.dumps({**settings, "files": list(files)}, sort_keys=True)``, computed one row
+    at a time (the rows need not be in memory together)."""
+    text = json.dumps({**settings, "files": []}, sort_keys=True)
+    head, tail = text.split('"files": []', 1)  # a JSON string escapes its quotes: one match only
+    digest = hashlib.sha256((head + '"files": [').encode())
+    for index, row in enumerate(files):
+        digest.update(((", " if index else "") + json.dumps(row, sort_keys=True)).encode())
+    digest.update(("]" + tail).encode())
+    return digest.hexdigest()
+
+
+def write_manifest(path: AnyPath, manifest: dict[str, Any]) -> None:
+    """Writes ``manifest`` as indented JSON with one line per file, row by row (its ``files`` may be a
+    lazy sequence), atomically (a temporary file and a rename; one upload on a bucket)."""
+    head, tail = json.dumps({**manifest, "files": "FILES"}, indent=2).split('"files": "FILES"', 1)
+    target = path if is_remote(path) else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as out:
+        out.write(head + '"files": [\n')
+        for index, row in enumerate(manifest["files"]):
+            out.write((",\n" if index else "") + "    " + json.dumps(row))
+        out.write("\n  ]" + tail + "\n")
+    if target != path:
+        os.replace(target, path)
+
+
+class _ManifestRows:
+    """The ``files`` rows of a manifest file written by :func:`write_manifest`, read one line at a time."""
+
+    def __init__(self, path: AnyPath):
+        self.path = path
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self.path.open() as lines:
+            for line in lines:
+                if line == _ROWS_START:
+                    break
+            for line in lines:
+                row = line.strip().rstrip(",")
+                if row in ("]", ""):
+                    return
+                yield json.loads(row)
+
+
+_ROWS_START = '  "files": [\n'
+
+
+def read_manifest(path: AnyPath) -> dict[str, Any] | None:
+    """The manifest in ``path`` with its ``files`` rows read lazily (a million-file manifest is never in
+    memory at once), or None when it is missing or not a manifest."""
+    try:
+        with path.open() as lines:
+            head = []
+            for line in lines:
+                if line == _ROWS_START:
+                    break
+                head.append(line)
+            else:  # not written by write_manifest: small, or not a manifest
+                return _loaded("".join(head))
+            closing = ""
+            for line in lines:
+                if line.strip() in ("]", "],"):
+                    closing = line
+                    break
+            rest = "".join(lines)
+    except (OSError, UnicodeDecodeError):
+        return None
+    text = "".join(head) + '  "files": []' + (",\n" if closing.strip() == "]," else "\n") + rest
+    manifest = _loaded(text)
+    if manifest is not None:
+        manifest["files"] = _ManifestRows(path)
+    return manifest
+
+
+def _loaded(text: str) -> dict[str, Any] | None:
+    """The JSON object in ``text``, or None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _file_keys(files: Iterable[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys, contents)``: 64-bit hashes of every row's ``(from, path)`` and the first 64 bits of its
+    sha256, sorted by key (one row per key, the last as in a dict)."""
+    keys, contents = array.array("Q"), array.array("Q")
+    for f in files:
+        key = f"{f.get('from', 'source')}\0{f['path']}"
+        keys.append(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
+        contents.append(int(str(f["sha256"])[:16] or "0", 16))
+    key_array, content_array = np.frombuffer(keys, np.uint64), np.frombuffer(contents, np.uint64)
+    last = len(key_array) - 1 - np.unique(key_array[::-1], return_index=True)[1]
+    return key_array[last], content_array[last]
+
+
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """What changed between two manifests' corpora, in one line; None when nothing did."""
+    """What changed between two manifests' corpora, in one line; None when nothing did. The files are
+    compared as arrays of 64-bit hashes (their rows may be lazy: never all in memory)."""
     if old.get("checksum") == new["checksum"]:
         return None
-
-    def by_key(manifest):
-        files = manifest.get("files", [])
-        return {(f.get("from", "source"), f["path"]): f["sha256"] for f in files}
-
-    before, after = by_key(old), by_key(new)
-    added = len(after.keys() - before.keys())
-    removed = len(before.keys() - after.keys())
-    changed = sum(before[k] != after[k] for k in before.keys() & after.keys())
+    before_keys, before = _file_keys(old.get("files", []))
+    after_keys, after = _file_keys(new.get("files", []))
+    _, in_before, in_after = np.intersect1d(before_keys, after_keys, assume_unique=True, return_indices=True)
+    added = len(after_keys) - len(in_after)
+    removed = len(before_keys) - len(in_before)
+    changed = int((before[in_before] != after[in_after]).sum())
     parts = [f"{added} file(s) added, {removed} removed, {changed} changed"]
     settings = [k for k, v in new.items() if k in SETTINGS and old.get(k) != v]
     if settings:

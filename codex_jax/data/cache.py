@@ -29,6 +29,7 @@ CACHE_VERSION = 2
 KEY_FILENAME = "key.json"
 _CHUNK_CHARS = 4_000_000
 _PROGRESS_MIN_CHARS = 8_000_000
+_UPLOAD_ITEMS = 16 << 20  # tokens per piece of an upload
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -114,7 +115,9 @@ def save(directory: Path, key: dict, streams: dict[str, np.ndarray]) -> dict[str
         (directory / KEY_FILENAME).unlink(missing_ok=True)
         for split, stream in streams.items():
             if files.is_remote(directory):  # one upload per stream: an object appears whole or not at all
-                (directory / f"{split}.tokens").write_bytes(np.ascontiguousarray(stream).tobytes())
+                with (directory / f"{split}.tokens").open("wb") as out:
+                    for start in range(0, len(stream), _UPLOAD_ITEMS):  # a memmap: a piece at a time
+                        out.write(np.ascontiguousarray(stream[start : start + _UPLOAD_ITEMS]).tobytes())
                 continue
             tmp = directory / f".{split}.tokens.{os.getpid()}.tmp"
             try:
@@ -180,11 +183,16 @@ def load_or_build_streams(
     built = build()
     saved = load(directory, key) if built is None else None
     assert built is not None or saved is not None, f"token cache in {directory} did not read back"
-    streams = saved or {name: np.asarray(s, dtype=key["dtype"]) for name, s in (built or {}).items()}
+    streams = saved or {name: _as_dtype(s, key["dtype"]) for name, s in (built or {}).items()}
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{s} {len(a):,}" for s, a in streams.items())
     print(f"data: tokenized in {seconds:.1f} s ({sizes} tokens)", file=sys.stderr, flush=True)
     return save(directory, key, streams) if write and saved is None else streams
+
+
+def _as_dtype(stream: np.ndarray, dtype: str) -> np.ndarray:
+    """``stream`` in ``dtype``; a memmap of that dtype stays one (workers reopen it by path)."""
+    return stream if stream.dtype == np.dtype(dtype) else np.asarray(stream, dtype=dtype)
 
 
 def windows(stream: np.ndarray, window_len: int) -> np.ndarray:

@@ -9,13 +9,13 @@ each holding one task's documents at a time. In a multi-host run host ``p`` of `
 (:func:`~codex_jax.data.cache_combine.combine`) without tokenizing anything again, to the same bytes
 whatever the number of processes or hosts.
 
-Two kinds of task: :class:`TextsTask` (documents already in memory, one split) and
-:class:`FilesTask` (files read by the worker itself and split by the hash of each document's key,
-so no process holds the corpus's texts or tokens: :func:`file_tasks` cuts a file list, or a lazy
-iterator of files, into tasks of about ``task_bytes`` each; their file reports are written to
-``files.jsonl`` one task at a time). ``prepare_data`` builds a run's cache from TextsTasks (it reads
-the corpus into memory first: the manifest, the safety filter and tokenizer training use it);
-FilesTask builds (:func:`build_files`, ``tools/bench.py --what=data``) apply no safety filter.
+Two kinds of task: :class:`TextsTask` (documents already in memory, one split: the cache of a mixture's
+source or of a plugin source) and :class:`FilesTask` (files read by the worker itself, each file's
+records passed through the safety filter and split by the hash of each document's key, so no process
+holds the corpus's texts or tokens: :func:`file_tasks` cuts a lazy iterator of files into tasks of about
+``task_bytes`` and at most :data:`TASK_FILES` files each; their file reports are written to
+``files.jsonl`` one task at a time). ``prepare_data`` builds a file source's cache from FilesTasks
+(:mod:`codex_jax.data.streaming`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import tqdm
 
 from codex_jax.corpus.records import FileReport
-from codex_jax.corpus.sources import SourceSpec, read_file
+from codex_jax.corpus.sources import SourceSpec, file_documents
 from codex_jax.corpus.splits import hash_fraction
 from codex_jax.data.cache_combine import (
     SPLITS,
@@ -51,10 +51,13 @@ from codex_jax.data.cache_combine import (
     write_key,
 )
 from codex_jax.errors import UserError
-from codex_jax.files import is_remote, write_bytes_atomic
+from codex_jax.files import as_path, is_remote, write_bytes_atomic
+from codex_jax.files import size as files_size
+from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers.base import Tokenizer
 
-_ENCODE_CHARS = 4_000_000  # texts encoded per encode_batch call
+_ENCODE_CHARS = 1_000_000  # characters encoded per encode_batch call (its lists of ints: ~30 B a token)
+TASK_FILES = 1_000  # files per task at most (a task holds their names and reports)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,7 @@ class TextsTask:
 class FilesTask:
     """Files of a source read by the worker: every document goes to ``split``, or (``split=''``) to
     eval when ``hash_fraction(key) < eval_fraction``, as :func:`~codex_jax.corpus.splits.split_documents`
-    decides."""
+    decides; ``safety`` is the (resolved) ``data.safety_policy`` applied to each file's records."""
 
     spec: SourceSpec
     root: str
@@ -86,18 +89,18 @@ class FilesTask:
     split: str = ""
     eval_fraction: float = 0.0
     on_bad_record: str = "skip"
+    safety: str = ""
     reports: list[FileReport] = dataclasses.field(default_factory=list, compare=False)
     eval_records: dict[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
     def documents(self) -> Iterator[tuple[str, str, float, float]]:
         """``(split, text, split hash, eval order key)`` of every good record; one report per file in
         ``reports``."""
+        keep = _safety_filter(self.safety)
         for name in self.files:
-            report, records = read_file(self.spec, Path(name), Path(self.root), self.on_bad_record)
+            report, records = file_documents(self.spec, as_path(name), as_path(self.root), self.on_bad_record)
             self.reports.append(report)
-            for line, text in records:
-                key = report.path if self.spec.kind == "text" else f"{report.path}:{line}"
-                report.records += 1
+            for key, text in keep.filter_file(report, records):
                 fraction = hash_fraction(key)
                 split = self.split or ("eval" if fraction < self.eval_fraction else "train")
                 if split == "eval":
@@ -107,6 +110,17 @@ class FilesTask:
     def splits(self) -> tuple[str, ...]:
         """The splits this task writes shards of."""
         return SPLITS
+
+
+_SAFETY_FILTERS: dict[str, CorpusFilter] = {}
+
+
+def _safety_filter(spec: str) -> CorpusFilter:
+    """The safety filter of the resolved policy ``spec`` ('' : off), one per process (its counts unused:
+    the corpus manifest has them)."""
+    if spec not in _SAFETY_FILTERS:
+        _SAFETY_FILTERS[spec] = CorpusFilter(spec, "")
+    return _SAFETY_FILTERS[spec]
 
 
 Task = TextsTask | FilesTask
@@ -139,19 +153,22 @@ def file_tasks(
     split: str = "",
     eval_fraction: float = 0.0,
     on_bad_record: str = "skip",
+    safety: str = "",
+    task_files: int = 0,
 ) -> Iterator[FilesTask]:
-    """Consecutive files cut into tasks of about ``task_bytes`` bytes each (lazily: ``files`` may be a
-    generator)."""
+    """Consecutive files cut into tasks of about ``task_bytes`` bytes each, and at most ``task_files``
+    files (0: :data:`TASK_FILES`) (lazily: ``files`` may be a generator)."""
+    task_files = task_files or TASK_FILES
     batch: list[str] = []
     size = 0
     for path in files:
-        batch.append(str(path))
-        size += os.path.getsize(path)
-        if size >= task_bytes:
-            yield FilesTask(spec, str(root), tuple(batch), split, eval_fraction, on_bad_record)
+        batch.append(os.fspath(path))
+        size += files_size(as_path(path))
+        if size >= task_bytes or len(batch) >= task_files:
+            yield FilesTask(spec, os.fspath(root), tuple(batch), split, eval_fraction, on_bad_record, safety)
             batch, size = [], 0
     if batch:
-        yield FilesTask(spec, str(root), tuple(batch), split, eval_fraction, on_bad_record)
+        yield FilesTask(spec, os.fspath(root), tuple(batch), split, eval_fraction, on_bad_record, safety)
 
 
 def is_local(directory: Path) -> bool:

@@ -30,7 +30,8 @@ from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic
 
 SPLITS = ("train", "eval")
-_COPY_BYTES = 64 << 20  # buffer of the combining copies
+_COPY_BYTES = 8 << 20  # buffer of the combining copies
+_OPEN_SHARDS = 32  # eval shards open at once while the eval stream is gathered
 
 # A document moved to the other split when its own split is empty: (from split, task, offset, length).
 _Moved = tuple[str, int, int, int]
@@ -173,21 +174,26 @@ def _eval_documents(
 
 def _write_eval(folder: Path, count: int, moved: _Moved | None, item: int, path: Path) -> int:
     """Writes the eval stream to ``path`` (a document moved from train, then every eval document in
-    order-key order); returns its token count."""
+    order-key order); returns its token count. At most :data:`_OPEN_SHARDS` shards are open at a time
+    (unbuffered: each read is one document's range)."""
     task_all, offset_all, length_all = _eval_documents(folder, count, moved)
     sources: dict[int, Any] = {}
-    with open(path, "wb") as out:
-        if moved and moved[0] == "train":
-            with open(shard_path(folder, moved[1], "train.tokens"), "rb") as source:
-                _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
-        for task_id, offset_id, length_id in zip(task_all, offset_all, length_all, strict=True):
-            task, offset, length = int(task_id), int(offset_id), int(length_id)
-            if task not in sources:
-                sources[task] = open(shard_path(folder, task, "eval.tokens"), "rb")  # noqa: SIM115
-            _copy_range(sources[task], out, offset * item, (offset + length) * item)
-        written = out.tell() // item
-    for source in sources.values():
-        source.close()
+    try:
+        with open(path, "wb") as out:
+            if moved and moved[0] == "train":
+                with open(shard_path(folder, moved[1], "train.tokens"), "rb") as source:
+                    _copy_range(source, out, moved[2] * item, (moved[2] + moved[3]) * item)
+            for task_id, offset_id, length_id in zip(task_all, offset_all, length_all, strict=True):
+                task, offset, length = int(task_id), int(offset_id), int(length_id)
+                if task not in sources:
+                    if len(sources) >= _OPEN_SHARDS:  # the least recently opened goes
+                        sources.pop(next(iter(sources))).close()
+                    sources[task] = open(shard_path(folder, task, "eval.tokens"), "rb", buffering=0)  # noqa: SIM115
+                _copy_range(sources[task], out, offset * item, (offset + length) * item)
+            written = out.tell() // item
+    finally:
+        for source in sources.values():
+            source.close()
     return written
 
 

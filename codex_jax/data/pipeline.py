@@ -3,18 +3,18 @@
 :func:`prepare_data` reads the source, splits it by file (or takes ``data.eval_source`` as the
 held-out split), trains or loads the tokenizer, packs the token streams (cached in
 ``workdir/cache``) and writes ``workdir/data_manifest.json``, saying on stderr what changed when
-an earlier manifest there describes another corpus. The iterators live in
-:mod:`codex_jax.data.iterators` (re-exported here).
+an earlier manifest there describes another corpus. A text source of files is streamed, one file at a
+time (:mod:`codex_jax.data.streaming`); plugin sources, example formats and mixtures are read into
+memory. The iterators live in :mod:`codex_jax.data.iterators` (re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +30,12 @@ from codex_jax.corpus.splits import (
     corpus_manifest,
     describe_change,
     hash_fraction,
+    read_manifest,
     split_documents,
     without_files,
+    write_manifest,
 )
-from codex_jax.data import cache, examples, iterators, mixture
+from codex_jax.data import cache, examples, iterators, mixture, streaming
 from codex_jax.data.iterators import GatherRows, WindowSource, order_seed, row_count  # noqa: F401 - re-exported
 from codex_jax.data.mixture import EvalMixture, TrainMixture
 from codex_jax.data.packing import pack_examples, text_flags
@@ -43,7 +45,6 @@ from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers import Tokenizer, load_plugin_tokenizer, load_tokenizer
 from codex_jax.tokenizers.chat import CHAT_MARKERS
 from codex_jax.tokenizers.hf import HFTokenizer, is_hf_tokenizer_folder
-from codex_jax.tokenizers.sentencepiece import write_bytes_atomic
 from codex_jax.tokenizers.train import load_or_train
 
 if TYPE_CHECKING:
@@ -69,34 +70,50 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
     files go under ``workdir``.
 
     Only the writer (by default process 0 of ``jax.process_index()``) writes files; every other
-    process builds the same deterministic result in memory or reads what is already there.
+    process builds the same deterministic result or reads what is already there. A text source of files
+    is streamed (:mod:`codex_jax.data.streaming`); with ``write`` left to its default, the processes of a
+    multi-host run build its token cache together, each its own share.
     """
     workdir = as_path(workdir)  # a folder or gs://
+    hosts = None
     if write is None:
-        import jax
-
-        write = jax.process_index() == 0
+        hosts = streaming.Hosts.of_jax()
+        write = hosts.index == 0
     sources = mixture_sources(cfg)
     if sources:
         return _prepare_mixture(cfg, workdir, write, sources)
-    train_docs, eval_docs, manifest = _read_and_split(cfg.data)
-    if write:
-        report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
-    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, train_docs, write)
-    windows, tokens = _source_rows(
-        cfg, cfg.data, workdir / "cache", tokenizer, train_docs, eval_docs, manifest, write
-    )
+    d = cfg.data
+    if streaming.is_streamed(d):
+        source = streaming.scan_source(d, _settings(d))
+        manifest = source.corpus.manifest
+        if write:
+            report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
+        tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, source.tokenizer_texts, write)
+        key = cache.cache_key(manifest["checksum"], tokenizer)
+        progress, workers = bool(cfg.logging.progress), d.cache_workers
+        streams = streaming.load_or_build(
+            workdir / "cache", key, tokenizer, source, write, hosts, progress, workers
+        )
+        windows, tokens = _text_rows(d, streams, tokenizer, manifest)
+    else:
+        train_docs, eval_docs, manifest = _read_and_split(d)
+        if write:
+            report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
+        tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(train_docs), write)
+        windows, tokens = _source_rows(
+            cfg, d, workdir / "cache", tokenizer, train_docs, eval_docs, manifest, write
+        )
     manifest["tokenizer"] = {
         "path": tokenizer_path,
         "sha256": tokenizer.checksum,
         "vocab_size": tokenizer.vocab_size,
     }
-    manifest["seq_len"] = cfg.data.seq_len
+    manifest["seq_len"] = d.seq_len
     manifest["tokens"] = tokens
     manifest["windows"] = {split: row_count(w) for split, w in windows.items()}
     manifest_path = workdir / MANIFEST_FILENAME
     if write:
-        write_bytes_atomic(manifest_path, manifest_json(manifest).encode())
+        write_manifest(manifest_path, manifest)
     return DataBundle(tokenizer, windows["train"], windows["eval"], manifest_path, manifest)
 
 
@@ -105,13 +122,14 @@ def mixture_sources(cfg: ConfigDict) -> tuple[MixtureSource, ...]:
     return parse_mixture(cfg.data.get("mixture", ""), cfg.data)
 
 
-def _run_tokenizer(cfg: ConfigDict, workdir: Path, train_docs: list[Document], write: bool):
-    """``(tokenizer, where)``, trained on ``train_docs`` when there is none yet; it must have an EOS."""
+def _tokenizer_texts(train_docs: list[Document]) -> Callable[[], Iterator[str]]:
+    """The training documents' texts in a hash order, so that a byte budget samples them all."""
+    return lambda: (d.text for d in sorted(train_docs, key=lambda d: hash_fraction("tok:" + d.key)))
 
-    def tokenizer_texts():  # training documents in a hash order, so a budget samples them all
-        return (d.text for d in sorted(train_docs, key=lambda d: hash_fraction("tok:" + d.key)))
 
-    tokenizer, tokenizer_path = load_run_tokenizer(cfg, workdir, tokenizer_texts, write)
+def _run_tokenizer(cfg: ConfigDict, workdir: Path, texts: Callable[[], Iterable[str]], write: bool):
+    """``(tokenizer, where)``, trained on ``texts()`` when there is none yet; it must have an EOS."""
+    tokenizer, tokenizer_path = load_run_tokenizer(cfg, workdir, texts, write)
     if tokenizer.eos_id < 0:
         raise UserError(f"the tokenizer {tokenizer_path} has no EOS token to end documents")
     return tokenizer, tokenizer_path
@@ -128,26 +146,36 @@ def _source_rows(
     write: bool,
     masked: bool = False,
 ) -> tuple[Mapping[str, Rows], dict[str, int]]:
-    """``({'train', 'eval'} rows, tokens per split)`` of one source (data section ``d``), its streams
-    cached in ``cache_dir``; ``masked``: dict rows even for text under 'concat' packing (a mixture with
-    example sources)."""
+    """``({'train', 'eval'} rows, tokens per split)`` of one source read into memory (data section
+    ``d``), its streams cached in ``cache_dir``; ``masked``: dict rows even for text under 'concat'
+    packing (a mixture with example sources)."""
     key = cache.cache_key(manifest["checksum"], tokenizer)
     # Eval documents in a hash order, so that the first eval batches sample every held-out file.
     eval_docs = sorted(eval_docs, key=lambda doc: hash_fraction("eval-order:" + doc.key))
     docs = {"train": train_docs, "eval": eval_docs}
     if d.format != "text":
         streams, flags = _example_streams(d, cache_dir, key, tokenizer, docs, manifest, write)
-    else:
-        texts = {split: [doc.text for doc in documents] for split, documents in docs.items()}
-        progress = bool(cfg.logging.progress)
-        workers = cfg.data.cache_workers
-        streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress, workers)
-        flags = {split: text_flags(s, tokenizer.eos_id, d.seq_len + 1) for split, s in streams.items()}
-        flags = flags if d.packing != "concat" or masked else {}
-    tokens = {split: len(s) for split, s in streams.items()}
-    if d.format == "text" and d.packing == "concat" and not masked:
-        return _windows(streams, d.seq_len), tokens
-    return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), tokens
+        return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), _token_counts(streams)
+    texts = {split: [doc.text for doc in documents] for split, documents in docs.items()}
+    progress = bool(cfg.logging.progress)
+    workers = cfg.data.cache_workers
+    streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress, workers)
+    return _text_rows(d, streams, tokenizer, manifest, masked)
+
+
+def _text_rows(
+    d, streams: Mapping[str, np.ndarray], tokenizer: Tokenizer, manifest: dict[str, Any], masked: bool = False
+) -> tuple[Mapping[str, Rows], dict[str, int]]:
+    """``(rows, tokens per split)`` of a text source's token streams: windows under 'concat' packing
+    (unless ``masked``), else documents packed per ``data.packing``."""
+    if d.packing == "concat" and not masked:
+        return _windows(dict(streams), d.seq_len), _token_counts(streams)
+    flags = {split: text_flags(s, tokenizer.eos_id, d.seq_len + 1) for split, s in streams.items()}
+    return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), _token_counts(streams)
+
+
+def _token_counts(streams: Mapping[str, np.ndarray]) -> dict[str, int]:
+    return {split: len(s) for split, s in streams.items()}
 
 
 def _prepare_mixture(
@@ -164,7 +192,7 @@ def _prepare_mixture(
     if write:
         report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
     all_train = [doc for train_docs, _, _ in read.values() for doc in train_docs]
-    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, all_train, write)
+    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(all_train), write)
     masked = cfg.data.packing != "concat" or any(s.format != "text" for s in sources)
     rows, tokens = {}, {}
     for s in sources:
@@ -191,7 +219,7 @@ def _prepare_mixture(
     manifest["seq_len"] = cfg.data.seq_len
     manifest_path = workdir / MANIFEST_FILENAME
     if write:
-        write_bytes_atomic(manifest_path, manifest_json(manifest).encode())
+        write_manifest(manifest_path, manifest)
     evals = mixture.EvalMixture({name: r["eval"] for name, r in rows.items()})
     return DataBundle(tokenizer, train, evals, manifest_path, manifest)
 
@@ -300,10 +328,7 @@ def _read_and_split(d, label: str = "") -> tuple[list[Document], list[Document],
         train_docs, eval_docs = corpus.documents, eval_corpus.documents
     else:
         train_docs, eval_docs = split_documents(corpus.documents, d.eval_fraction)
-    settings = {key: d[key] for key in SETTINGS}
-    if d.format != "text":  # text runs keep the checksum (and token cache) they always had
-        settings.update(format=d.format, fields=[d.prompt_field, d.completion_field, d.messages_field])
-    manifest = corpus_manifest(corpus, eval_docs, settings, eval_corpus)
+    manifest = corpus_manifest(corpus, eval_docs, _settings(d), eval_corpus)
     manifest["on_bad_record"] = d.on_bad_record
     safety.add_to_manifest(manifest)
     t = manifest["totals"]
@@ -317,13 +342,19 @@ def _read_and_split(d, label: str = "") -> tuple[list[Document], list[Document],
     return train_docs, eval_docs, manifest
 
 
+def _settings(d) -> dict[str, Any]:
+    """The data settings that the corpus checksum covers."""
+    settings = {key: d[key] for key in SETTINGS}
+    if d.format != "text":  # text runs keep the checksum (and token cache) they always had
+        settings.update(format=d.format, fields=[d.prompt_field, d.completion_field, d.messages_field])
+    return settings
+
+
 def report_corpus_change(path: Path, manifest: dict[str, Any]) -> str | None:
-    """Prints (and returns) a note when ``path`` holds a manifest of another corpus."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    change = describe_change(old, manifest) if isinstance(old, dict) else None
+    """Prints (and returns) a note when ``path`` holds a manifest of another corpus. The old manifest's
+    file rows are read one line at a time, and compared only when the checksums differ."""
+    old = read_manifest(path)
+    change = describe_change(old, manifest) if old is not None else None
     if change:
         change = f"data: the corpus changed since {path} was written: {change}"
         print(change, file=sys.stderr, flush=True)
@@ -379,10 +410,3 @@ def _windows(streams: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarr
                 "data.seq_len"
             )
     return windows
-
-
-def manifest_json(manifest: dict[str, Any]) -> str:
-    """The manifest as indented JSON with one line per file."""
-    text = json.dumps({**manifest, "files": "FILES"}, indent=2)
-    rows = ",\n".join("    " + json.dumps(f) for f in manifest["files"])
-    return text.replace('"files": "FILES"', '"files": [\n' + rows + "\n  ]", 1) + "\n"

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from codex_jax.corpus.records import MAX_BAD_LOCATIONS
+from codex_jax.corpus.records import MAX_BAD_LOCATIONS, FileReport
 from codex_jax.safety.policy import load_policy
 
 
@@ -41,24 +41,47 @@ class CorpusFilter:
         reports = {r.path: r for r in corpus.files}
         kept = []
         for doc in corpus.documents:
-            result = self.policy.apply(doc.text)
-            self.rules.update(f.rule for f in result.findings)
-            if result.blocked:
-                self.dropped += 1
-                block = next(f for f in result.findings if f.action == "block")
-                line = int(doc.key.rpartition(":")[2]) if doc.key != doc.file else block.line
-                report = reports[doc.file]  # counted as skipped, even under on_bad_record='error'
-                report.records -= 1
-                report.skipped += 1
-                if len(report.bad) < MAX_BAD_LOCATIONS:
-                    report.bad.append(f"{report.path}:{line}: safety: {block.rule}")
-            elif result.findings:
-                self.redacted += 1
+            text, redacted = self.filter_record(doc.key, doc.text, reports[doc.file])
+            if redacted:
+                assert self.policy is not None
                 turns = tuple((role, self.policy.apply(content).text or "") for role, content in doc.turns)
-                kept.append(dataclasses.replace(doc, text=result.text, turns=turns))  # examples: each turn
-            else:
+                kept.append(dataclasses.replace(doc, text=text, turns=turns))  # examples: each turn
+            elif text is not None:
                 kept.append(doc)
         return dataclasses.replace(corpus, documents=kept)
+
+    def filter_file(self, report: FileReport, records: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The ``(key, text)`` records of one file (``report``'s) redacted, less the dropped ones."""
+        if self.policy is None:
+            return records
+        kept = []
+        for key, text in records:
+            filtered, _ = self.filter_record(key, text, report)
+            if filtered is not None:
+                kept.append((key, filtered))
+        return kept
+
+    def filter_record(self, key: str, text: str, report: FileReport) -> tuple[str | None, bool]:
+        """``(text, redacted)`` of one record of ``report``'s file under the policy: its text (redacted
+        when a redact rule matched), or None when a block rule drops it (counted in ``report`` as a
+        skipped record, even under on_bad_record='error')."""
+        if self.policy is None:
+            return text, False
+        result = self.policy.apply(text)
+        self.rules.update(f.rule for f in result.findings)
+        if result.blocked:
+            self.dropped += 1
+            block = next(f for f in result.findings if f.action == "block")
+            line = int(key.rpartition(":")[2]) if key != report.path else block.line
+            report.records -= 1
+            report.skipped += 1
+            if len(report.bad) < MAX_BAD_LOCATIONS:
+                report.bad.append(f"{report.path}:{line}: safety: {block.rule}")
+            return None, False
+        if result.findings:
+            self.redacted += 1
+            return result.text, True
+        return text, False
 
     def summary(self) -> dict[str, Any] | None:
         """The manifest's ``safety`` section (None when the filter is off)."""
