@@ -28,15 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from codex_jax.corpus.listing import SourceFiles, path_hash
 from codex_jax.corpus.records import FileReport
-from codex_jax.corpus.sources import (
-    BadRecords,
-    SourceFiles,
-    check_bad_record_policy,
-    file_documents,
-    parse_source,
-    path_hash,
-)
+from codex_jax.corpus.source_spec import parse_source
+from codex_jax.corpus.sources import BadRecords, check_bad_record_policy, file_documents
 from codex_jax.corpus.splits import file_entry, hash_fraction, manifest_checksum
 from codex_jax.errors import UserError
 
@@ -213,41 +208,14 @@ def scan_corpus(d, settings: dict[str, Any], keep: Keep, label: str = "") -> Sca
     ``data: LABEL...`` says what was read."""
     started = time.perf_counter()
     check_bad_record_policy(d.on_bad_record)
-    spec = parse_source(d.source)
-    files = SourceFiles(spec, d.source, d.include, d.exclude, d.max_files)
+    files = SourceFiles(parse_source(d.source), d.source, d.include, d.exclude, d.max_files)
     eval_files = None
     if d.eval_source:
         eval_files = SourceFiles(parse_source(d.eval_source), d.eval_source)
         files = files.without(np.fromiter((path_hash(p) for p in eval_files), np.uint64))
     writer, sample = _RowWriter(), HashSample(d.tokenizer_train_bytes)
     counts = {"documents": 0, "eval": 0, "overlap": 0}
-    lowest: _Extreme | None = None  # of the train documents (moved to eval when none is held out)
-    highest: _Extreme | None = None  # of the eval documents (moved to train when all are held out)
-    bad = BadRecords(d.source)
-    for file_id, path in enumerate(files.unskipped()):
-        report, records = file_documents(spec, path, files.root, d.on_bad_record)
-        bad.note(report, len(records))
-        records = keep(report, records)
-        if files.skipped(path):  # read (counted, filtered) like the rest, then left to the eval source
-            counts["overlap"] += 1
-            continue
-        row = writer.count
-        held_out = 0
-        for document_id, (key, text) in enumerate(records):
-            fraction, tok_hash, size = hash_fraction(key), hash_fraction("tok:" + key), line_bytes(text)
-            if eval_files is None and fraction < d.eval_fraction:
-                held_out += 1
-                if highest is None or fraction > highest.fraction:
-                    highest = _Extreme(fraction, row, file_id, document_id, tok_hash, size)
-            else:
-                sample.add(tok_hash, size, file_id, document_id)
-                if lowest is None or fraction < lowest.fraction:
-                    lowest = _Extreme(fraction, row, file_id, document_id, tok_hash, size)
-        counts["documents"] += len(records)
-        counts["eval"] += held_out
-        split = "train" if eval_files is not None else _split_name(held_out, report.records)
-        writer.write(file_entry(report, "source", split, held_out))
-    bad.finish()
+    lowest, highest = _scan_source(d, files, eval_files is not None, keep, writer, sample, counts)
     if eval_files is not None:
         _scan_eval_source(d, eval_files, keep, writer, counts)
     patches = _never_empty(d, writer, counts, lowest, highest, sample)
@@ -262,7 +230,55 @@ def scan_corpus(d, settings: dict[str, Any], keep: Keep, label: str = "") -> Sca
         "totals": totals,
         "checksum": manifest_checksum(settings, rows),
     }
-    t = totals
+    _log_totals(label, totals, started)
+    return ScannedCorpus(manifest, files, eval_files, sample, d.on_bad_record)
+
+
+def _scan_source(
+    d,
+    files: SourceFiles,
+    has_eval_source: bool,
+    keep: Keep,
+    writer: _RowWriter,
+    sample: HashSample,
+    counts: dict,
+) -> tuple[_Extreme | None, _Extreme | None]:
+    """Reads ``data.source``'s files (those of ``data.eval_source`` read, counted and filtered too, but left
+    to it), writing one row per file and offering each training document to ``sample``; returns the train
+    document of the lowest split hash and the held-out one of the highest (what the never-empty rule
+    moves)."""
+    lowest: _Extreme | None = None  # of the train documents (moved to eval when none is held out)
+    highest: _Extreme | None = None  # of the eval documents (moved to train when all are held out)
+    bad = BadRecords(d.source)
+    for file_id, path in enumerate(files.unskipped()):
+        report, records = file_documents(files.spec, path, files.root, d.on_bad_record)
+        bad.note(report, len(records))
+        records = keep(report, records)
+        if files.skipped(path):  # read (counted, filtered) like the rest, then left to the eval source
+            counts["overlap"] += 1
+            continue
+        row = writer.count
+        held_out = 0
+        for document_id, (key, text) in enumerate(records):
+            fraction, tok_hash, size = hash_fraction(key), hash_fraction("tok:" + key), line_bytes(text)
+            if not has_eval_source and fraction < d.eval_fraction:
+                held_out += 1
+                if highest is None or fraction > highest.fraction:
+                    highest = _Extreme(fraction, row, file_id, document_id, tok_hash, size)
+            else:
+                sample.add(tok_hash, size, file_id, document_id)
+                if lowest is None or fraction < lowest.fraction:
+                    lowest = _Extreme(fraction, row, file_id, document_id, tok_hash, size)
+        counts["documents"] += len(records)
+        counts["eval"] += held_out
+        split = "train" if has_eval_source else _split_name(held_out, report.records)
+        writer.write(file_entry(report, "source", split, held_out))
+    bad.finish()
+    return lowest, highest
+
+
+def _log_totals(label: str, t: dict[str, Any], started: float) -> None:
+    """The log line ``data: LABEL...`` of a scan's totals ``t``."""
     print(
         f"data: {label}{t['files']} files, {t['bytes'] / 1e6:.1f} MB, {t['records']} documents "
         f"({t['eval_documents']} held out), {t['skipped']} skipped, read in "
@@ -270,7 +286,6 @@ def scan_corpus(d, settings: dict[str, Any], keep: Keep, label: str = "") -> Sca
         file=sys.stderr,
         flush=True,
     )
-    return ScannedCorpus(manifest, files, eval_files, sample, d.on_bad_record)
 
 
 def _scan_eval_source(d, eval_files: SourceFiles, keep: Keep, writer: _RowWriter, counts: dict) -> None:

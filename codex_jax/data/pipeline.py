@@ -1,11 +1,11 @@
 """From ``cfg.data`` to windows: prepare the corpus once, then grain iterators over them.
 
 :func:`prepare_data` reads the source, splits it by file (or takes ``data.eval_source`` as the
-held-out split), trains or loads the tokenizer, packs the token streams (cached in
-``workdir/cache``) and writes ``workdir/data_manifest.json``, saying on stderr what changed when
-an earlier manifest there describes another corpus. A text source of files is streamed, one file at a
-time (:mod:`codex_jax.data.streaming`); plugin sources, example formats and mixtures are read into
-memory. The iterators live in :mod:`codex_jax.data.iterators` (re-exported here).
+held-out split), trains or loads the tokenizer, packs the token streams (cached in ``workdir/cache``;
+the rows: :mod:`codex_jax.data.rows`) and writes ``workdir/data_manifest.json``, saying on stderr what
+changed when an earlier manifest there describes another corpus. A text source of files is streamed,
+one file at a time (:mod:`codex_jax.data.streaming`); plugin sources, example formats and mixtures are
+read into memory. The iterators live in :mod:`codex_jax.data.iterators` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ml_collections
-import numpy as np
 
 from codex_jax.config.mixture import MixtureSource, parse_mixture
 from codex_jax.config.runspec import RunSpec
@@ -35,10 +34,10 @@ from codex_jax.corpus.splits import (
     without_files,
     write_manifest,
 )
-from codex_jax.data import cache, examples, iterators, mixture, streaming
+from codex_jax.data import cache, iterators, mixture, streaming
 from codex_jax.data.iterators import GatherRows, WindowSource, order_seed, row_count  # noqa: F401 - re-exported
 from codex_jax.data.mixture import EvalMixture, TrainMixture
-from codex_jax.data.packing import pack_examples, text_flags
+from codex_jax.data.rows import source_rows, text_rows
 from codex_jax.errors import UserError
 from codex_jax.files import as_path
 from codex_jax.safety.data import CorpusFilter
@@ -94,13 +93,13 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         streams = streaming.load_or_build(
             workdir / "cache", key, tokenizer, source, write, hosts, progress, workers
         )
-        windows, tokens = _text_rows(d, streams, tokenizer, manifest)
+        windows, tokens = text_rows(d, streams, tokenizer, manifest)
     else:
         train_docs, eval_docs, manifest = _read_and_split(d)
         if write:
             report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
         tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(train_docs), write)
-        windows, tokens = _source_rows(
+        windows, tokens = source_rows(
             cfg, d, workdir / "cache", tokenizer, train_docs, eval_docs, manifest, write
         )
     manifest["tokenizer"] = {
@@ -135,49 +134,6 @@ def _run_tokenizer(cfg: ConfigDict, workdir: Path, texts: Callable[[], Iterable[
     return tokenizer, tokenizer_path
 
 
-def _source_rows(
-    cfg: ConfigDict,
-    d,
-    cache_dir: Path,
-    tokenizer: Tokenizer,
-    train_docs: list[Document],
-    eval_docs: list[Document],
-    manifest: dict[str, Any],
-    write: bool,
-    masked: bool = False,
-) -> tuple[Mapping[str, Rows], dict[str, int]]:
-    """``({'train', 'eval'} rows, tokens per split)`` of one source read into memory (data section
-    ``d``), its streams cached in ``cache_dir``; ``masked``: dict rows even for text under 'concat'
-    packing (a mixture with example sources)."""
-    key = cache.cache_key(manifest["checksum"], tokenizer)
-    # Eval documents in a hash order, so that the first eval batches sample every held-out file.
-    eval_docs = sorted(eval_docs, key=lambda doc: hash_fraction("eval-order:" + doc.key))
-    docs = {"train": train_docs, "eval": eval_docs}
-    if d.format != "text":
-        streams, flags = _example_streams(d, cache_dir, key, tokenizer, docs, manifest, write)
-        return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), _token_counts(streams)
-    texts = {split: [doc.text for doc in documents] for split, documents in docs.items()}
-    progress = bool(cfg.logging.progress)
-    workers = cfg.data.cache_workers
-    streams = cache.load_or_build(cache_dir, key, tokenizer, texts, write, progress, workers)
-    return _text_rows(d, streams, tokenizer, manifest, masked)
-
-
-def _text_rows(
-    d, streams: Mapping[str, np.ndarray], tokenizer: Tokenizer, manifest: dict[str, Any], masked: bool = False
-) -> tuple[Mapping[str, Rows], dict[str, int]]:
-    """``(rows, tokens per split)`` of a text source's token streams: windows under 'concat' packing
-    (unless ``masked``), else documents packed per ``data.packing``."""
-    if d.packing == "concat" and not masked:
-        return _windows(dict(streams), d.seq_len), _token_counts(streams)
-    flags = {split: text_flags(s, tokenizer.eos_id, d.seq_len + 1) for split, s in streams.items()}
-    return _packed_rows(d, streams, flags, tokenizer.eos_id, manifest), _token_counts(streams)
-
-
-def _token_counts(streams: Mapping[str, np.ndarray]) -> dict[str, int]:
-    return {split: len(s) for split, s in streams.items()}
-
-
 def _prepare_mixture(
     cfg: ConfigDict, workdir: Path, write: bool, sources: tuple[MixtureSource, ...]
 ) -> DataBundle:
@@ -199,7 +155,7 @@ def _prepare_mixture(
         train_docs, eval_docs, part = read[s.name]
         with _named(s.name):
             cache_dir = workdir / "cache" / s.name
-            rows[s.name], tokens[s.name] = _source_rows(
+            rows[s.name], tokens[s.name] = source_rows(
                 cfg, sections[s.name], cache_dir, tokenizer, train_docs, eval_docs, part, write, masked
             )
     train = mixture.TrainMixture(
@@ -359,54 +315,3 @@ def report_corpus_change(path: Path, manifest: dict[str, Any]) -> str | None:
         change = f"data: the corpus changed since {path} was written: {change}"
         print(change, file=sys.stderr, flush=True)
     return change
-
-
-def _example_streams(d, cache_dir: Path, key: dict, tokenizer, docs, manifest, write: bool):
-    """``({split: tokens}, {split: flags})`` of an example source (data section ``d``), cached in
-    ``cache_dir``; render failures go to the manifest's ``examples`` section."""
-    template = examples.chat_template_text(d, tokenizer)
-    settings = examples.example_settings(d, template)
-    key = {**key, "examples": settings}
-    streams, flags, bad = examples.load_or_build(
-        cache_dir, key, tokenizer, docs, {"template": template}, d, write
-    )
-    manifest["examples"] = {**settings, "template_failures": bad}
-    return streams, flags
-
-
-def _packed_rows(d, streams, flags, pad_id: int, manifest) -> dict[str, dict[str, np.ndarray]]:
-    """Rows of every split packed per ``data.packing``; statistics in the manifest's ``packing``."""
-    rows, stats = {}, {}
-    for split, stream in streams.items():
-        rows[split], stats[split] = pack_examples(
-            stream, flags[split], d.seq_len + 1, d.packing, d.overlong, pad_id
-        )
-        if not row_count(rows[split]):
-            raise UserError(
-                f"the {split} split gives no rows of data.seq_len+1={d.seq_len + 1} tokens "
-                f"(data.packing={d.packing!r}, data.overlong={d.overlong!r}); use more data or a "
-                "smaller data.seq_len"
-            )
-    manifest["packing"] = {"packing": d.packing, "overlong": d.overlong, **stats}
-    for split, st in stats.items():
-        print(
-            f"data: {split}: {st['examples']} examples in {st['rows']} rows ({d.packing}): "
-            f"{st['padding_fraction']:.1%} padding, {st['trained_fraction']:.1%} trained targets, "
-            f"{st['truncated']} truncated, {st['dropped']} dropped",
-            file=sys.stderr,
-            flush=True,
-        )
-    return rows
-
-
-def _windows(streams: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-    """``[N, seq_len + 1]`` windows of every stream; UserError when a split has none."""
-    windows = {split: cache.windows(s, seq_len + 1) for split, s in streams.items()}
-    for split, w in windows.items():
-        if not len(w):
-            raise UserError(
-                f"the {split} split has {len(streams[split])} tokens, fewer than data.seq_len+1="
-                f"{seq_len + 1}; use more data (data.max_files, data.eval_fraction) or a smaller "
-                "data.seq_len"
-            )
-    return windows

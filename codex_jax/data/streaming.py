@@ -39,6 +39,7 @@ from codex_jax.corpus.scan import ScannedCorpus, scan_corpus
 from codex_jax.corpus.sources import is_plugin_source
 from codex_jax.data import cache, cache_build
 from codex_jax.data.cache_combine import SPLITS, finish_files
+from codex_jax.data.cache_tasks import FilesTask
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
 from codex_jax.tokenizers.base import Tokenizer
@@ -79,7 +80,7 @@ class StreamedSource:
         fresh (not counting) safety filter."""
         return self.corpus.tokenizer_texts(CorpusFilter(self.safety.spec, "").filter_file)
 
-    def tasks(self) -> Iterator[cache_build.FilesTask]:
+    def tasks(self) -> Iterator[FilesTask]:
         """The build's tasks (:data:`TASK_BYTES` of files each), listed lazily: the source's files (split
         by hash, or all train with an eval source), then the eval source's."""
         c, policy, task_bytes = self.corpus, self.safety.spec, TASK_BYTES

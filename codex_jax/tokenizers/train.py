@@ -20,7 +20,8 @@ from typing import Any
 import sentencepiece as spm
 
 from codex_jax.corpus.records import FileReport
-from codex_jax.corpus.sources import SourceSpec, read_file, source_files, warn_bad_records
+from codex_jax.corpus.source_spec import SourceSpec
+from codex_jax.corpus.sources import read_file, source_files, warn_bad_records
 from codex_jax.errors import UserError
 from codex_jax.files import as_path, write_bytes_atomic
 from codex_jax.tokenizers.sentencepiece import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
-from codex_jax.corpus.sources import stdlib_root
+from codex_jax.corpus.globbing import stdlib_root
 
 REPO = Path(__file__).resolve().parents[2]
 TRICKY = "def f(x):\r\n\treturn  x \u2581 '\u00e9\u20ac\U0001f600'\x00\x7f\n\n  \n"

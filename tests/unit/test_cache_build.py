@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from codex_jax.config.schema import default_config
-from codex_jax.corpus.sources import parse_source, read_source, source_files, stdlib_root
+from codex_jax.corpus.globbing import stdlib_root
+from codex_jax.corpus.source_spec import parse_source
+from codex_jax.corpus.sources import read_source, source_files
 from codex_jax.corpus.splits import hash_fraction, split_documents
 from codex_jax.data import cache, cache_build, cache_combine
 from codex_jax.data.pipeline import prepare_data

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from codex_jax.config.schema import default_config
-from codex_jax.corpus.sources import Document, read_source, stdlib_root
+from codex_jax.corpus.globbing import stdlib_root
+from codex_jax.corpus.sources import Document, read_source
 from codex_jax.corpus.splits import split_documents
 from codex_jax.data import cache
 from codex_jax.data.pipeline import (

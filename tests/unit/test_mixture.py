@@ -9,7 +9,7 @@ import pytest
 from codex_jax import api
 from codex_jax.config.schema import default_config
 from codex_jax.config.validation import validate
-from codex_jax.corpus.sources import stdlib_root
+from codex_jax.corpus.globbing import stdlib_root
 from codex_jax.data import mixture
 from codex_jax.data.pipeline import eval_batches, make_train_iterator, mixture_scalars, prepare_data
 from codex_jax.errors import UserError

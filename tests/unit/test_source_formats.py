@@ -9,7 +9,8 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from codex_jax.config.schema import default_config
-from codex_jax.corpus.sources import read_source, stdlib_root
+from codex_jax.corpus.globbing import stdlib_root
+from codex_jax.corpus.sources import read_source
 from codex_jax.data.pipeline import make_train_iterator, prepare_data
 from codex_jax.errors import UserError
 

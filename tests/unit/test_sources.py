@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from codex_jax.corpus import listing
+from codex_jax.corpus.listing import glob_regex, list_files, select_files
 from codex_jax.corpus.records import parse_template
-from codex_jax.corpus.sources import (
-    glob_regex,
-    list_files,
-    parse_source,
-    read_source,
-    select_files,
-    source_files,
-)
+from codex_jax.corpus.source_spec import parse_source
+from codex_jax.corpus.sources import read_source, source_files
 from codex_jax.errors import UserError
 
 

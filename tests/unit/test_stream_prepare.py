@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from codex_jax.config.schema import default_config
+from codex_jax.corpus.globbing import stdlib_root
 from codex_jax.corpus.scan import HashSample
-from codex_jax.corpus.sources import stdlib_root
 from codex_jax.corpus.splits import read_manifest
 from codex_jax.data import cache, cache_build, pipeline, streaming
 from codex_jax.data.pipeline import prepare_data
