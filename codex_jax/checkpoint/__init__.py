@@ -20,6 +20,7 @@ will read against it.
 
 On a bucket (``gs://``) there is no rename: Orbax writes ``<step>/`` in place and marks it complete
 with ``commit_success.txt``, written after the manifest. There a step is complete when it has both.
+The manifest and those integrity checks live in :mod:`codex_jax.checkpoint.integrity`.
 """
 
 from __future__ import annotations
@@ -39,19 +40,28 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from codex_jax import files
+from codex_jax.checkpoint.integrity import (
+    COMMIT_FILE,
+    MANIFEST,
+    CorruptCheckpoint,
+    check_file,
+    complete,
+    first_line,
+    write_manifest,
+)
 from codex_jax.errors import UserError
-from codex_jax.files import sha256_file
 
-MANIFEST = "manifest.sha256.json"
-# Top-level orbax bookkeeping rewritten after the manifest (at the commit), so not hashed.
-COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a committed step (the only one on a bucket)
-_UNHASHED = frozenset({MANIFEST, "_CHECKPOINT_METADATA", COMMIT_FILE})
+__all__ = [  # the manifest names and the error come from .integrity
+    "COMMIT_FILE",
+    "MANIFEST",
+    "PARAMS_ITEMS",
+    "TRAIN_ITEMS",
+    "Checkpointer",
+    "CorruptCheckpoint",
+    "Retention",
+]
 TRAIN_ITEMS = ("params", "train", "data", "meta")
 PARAMS_ITEMS = ("params", "meta")
-
-
-class CorruptCheckpoint(UserError):
-    """A checkpoint step whose files are missing, truncated or altered."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +157,7 @@ class Checkpointer:
         """Complete steps (a committed folder with its manifest), oldest first."""
         if not self.directory.is_dir():
             return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and _complete(p))
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and complete(p))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint step, or None."""
@@ -230,13 +240,13 @@ class Checkpointer:
         try:
             listed = json.loads((path / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptCheckpoint(f"checkpoint {path}: unreadable {MANIFEST} ({_first_line(e)})") from e
+            raise CorruptCheckpoint(f"checkpoint {path}: unreadable {MANIFEST} ({first_line(e)})") from e
         for item in items or ():
             if not any(name.startswith(item + "/") for name in listed):
                 raise CorruptCheckpoint(f"checkpoint {path}: has no '{item}' item")
         for name, record in sorted(listed.items()):
             if items is None or name.split("/")[0] in items:
-                _check_file(path, name, record)
+                check_file(path, name, record)
 
     def _write_manifest(self) -> None:
         """Orbax's post-finalization callback: the manifest of the step being saved, written into
@@ -276,7 +286,7 @@ class Checkpointer:
         try:
             self._manager.save(step, args=args, metrics=metrics, force=True)
         except Exception as e:  # noqa: BLE001 - any failure to start a save is reported the same way
-            raise UserError(f"checkpoint {self.path(step)}: cannot save ({_first_line(e)})") from e
+            raise UserError(f"checkpoint {self.path(step)}: cannot save ({first_line(e)})") from e
         if not self.async_save:
             self.wait()
 
@@ -286,7 +296,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax, tensorstore and OS errors alike
             where = self.directory if self._saving is None else self.path(self._saving)
-            raise UserError(f"checkpoint {where}: saving failed ({_first_line(e)})") from e
+            raise UserError(f"checkpoint {where}: saving failed ({first_line(e)})") from e
 
     def close(self) -> None:
         """Waits for background saves (raising a failed one), then releases orbax's threads."""
@@ -299,7 +309,7 @@ class Checkpointer:
         try:
             self._manager.close()  # also waits for Orbax's metadata writes, which wait() does not
         except Exception as e:  # noqa: BLE001 - a save that failed late (its folder gone) is still one error
-            raise UserError(f"checkpoint {self.directory}: saving failed ({_first_line(e)})") from e
+            raise UserError(f"checkpoint {self.directory}: saving failed ({first_line(e)})") from e
 
     def discard_after(self, step: int | None) -> None:
         """Moves step folders newer than ``step`` aside (``<step>.corrupt``): the corrupt or
@@ -364,40 +374,4 @@ class Checkpointer:
         try:
             return self._manager.restore(step, args=args)
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore errors on bad data vary widely
-            raise UserError(f"checkpoint {self.path(step)}: cannot restore ({_first_line(e)})") from e
-
-
-def write_manifest(root: Path) -> None:
-    """Writes ``root/MANIFEST``: size and sha256 of every file under ``root`` (but orbax's own)."""
-    records = {}
-    for p in files.walk_files(root):
-        name = p.relative_to(root).as_posix()
-        if name not in _UNHASHED:
-            records[name] = {"bytes": files.size(p), "sha256": sha256_file(p)}
-    (root / MANIFEST).write_text(json.dumps({"files": records}, indent=1) + "\n")
-
-
-def _complete(step_dir: Path) -> bool:
-    """Whether a step folder is complete: it has its manifest (and, on a bucket, Orbax's commit file,
-    written after the manifest: there is no atomic rename to finish a step)."""
-    if not (step_dir / MANIFEST).is_file():
-        return False
-    return not files.is_remote(step_dir) or (step_dir / COMMIT_FILE).is_file()
-
-
-def _check_file(path: Path, name: str, record: dict) -> None:
-    f = path / name
-    if not f.is_file():
-        raise CorruptCheckpoint(f"checkpoint {path}: {name} is missing")
-    size = files.size(f)
-    if size != record["bytes"]:
-        raise CorruptCheckpoint(
-            f"checkpoint {path}: {name} has {size} bytes, {record['bytes']} when saved (truncated or altered)"
-        )
-    if sha256_file(f) != record["sha256"]:
-        raise CorruptCheckpoint(f"checkpoint {path}: {name} does not match its sha256 (altered)")
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+            raise UserError(f"checkpoint {self.path(step)}: cannot restore ({first_line(e)})") from e
