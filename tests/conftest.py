@@ -12,11 +12,16 @@ from pathlib import Path
 
 import pytest
 
-# XLA's backend optimisation off (-O0 for LLVM): the tests' tiny models spend most of their time compiling,
-# and -O0 compiles them in about 60% of the CPU time. Results are still deterministic (every run in a test
-# compiles the same way), only not the same bits as an optimised build: the one test that compares with bits
-# recorded by the product's default build (test_legacy_checkpoint) runs its process with ``optimized=True``.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# The tests' tiny models spend most of their CPU compiling, so their processes compile cheaply: XLA's backend
+# optimisation off (-O0 for LLVM: about 60% of the compile time), XLA's older loop emitters instead of the
+# fusion emitters, and one codegen thread per module (the workers already fill the cores); together about
+# half the CPU of the default build on tests/unit/test_step.py. Results are still deterministic (every run
+# in a test compiles the same way), only not the same bits as the default build: the one test that compares
+# with bits recorded by the product's default build (test_legacy_checkpoint) runs with ``optimized=True``.
+TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+    "--xla_cpu_parallel_codegen_split_count=1"
+)
 
 
 def xla_flags(devices: int, optimized: bool = False) -> str:

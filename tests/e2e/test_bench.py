@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from conftest import run_python
+from conftest import run_python, xla_flags
 
 from codex_jax.config.validation import validate
 from codex_jax.models.transformer import count_params, init_params
@@ -23,9 +23,8 @@ BENCH = (  # python tools/bench.py, as a -c program (the zygote forks -m modules
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
     """``python tools/bench.py ARGS`` in a process of its own (forked from the test's zygote)."""
-    # One CPU device (no forced device count), so the bare step runs too.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu")
+    # One CPU device, so the bare step runs too; the tests' cheap compile flags (timings are not checked).
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     return run_python(["-c", BENCH, *args], env=env, cwd=ROOT)
 
 

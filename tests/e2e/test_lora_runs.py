@@ -9,7 +9,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, xla_flags
 from test_lora import LLAMA_TINY, LORA, TOKENS, _peft_logits, base_run  # noqa: F401 (base_run: a fixture)
 
 
@@ -89,8 +89,7 @@ def test_bench_lora_runs_on_a_shrunken_llama_1b():
         "--config.model.attention_impl=xla",
         "--config.model.dtype=float32",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [
             sys.executable,
