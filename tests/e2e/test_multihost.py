@@ -87,20 +87,16 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     run_cli(single, *COMMON, devices=4)
     outs = _run_two_processes(multi, "--config.train.stop_after=4")
     assert "process 1 of 2" in outs[1][1]
-    _run_two_processes(multi)  # resumes from step 4 on both processes
+    # Resumed from step 4 on both processes, launched as ``srun`` would: no dist.* keys, jax finds its
+    # peers from SLURM_* (the README's Slurm recipe).
+    outs = _run_two_processes(multi, slurm=True)
+    assert "process 1 of 2: 2 local device(s), 4 in all" in outs[1][1]
     a, b = read_metrics(single), read_metrics(multi)
     assert sorted(b) == list(range(1, 9))
     np.testing.assert_allclose(
         [b[s]["loss"] for s in range(1, 9)], [a[s]["loss"] for s in range(1, 9)], rtol=1e-5
     )
     assert (multi / "checkpoints" / "8").is_dir()
-
-
-def test_slurm_environment_is_detected(tmp_path):
-    """``srun python -m codex_jax.main ...`` without dist.* keys: jax finds its peers from SLURM_*."""
-    outs = _run_two_processes(tmp_path, "--config.train.steps=2", slurm=True)
-    assert "process 1 of 2: 2 local device(s), 4 in all" in outs[1][1]
-    assert sorted(read_metrics(tmp_path)) == [1, 2]
 
 
 def test_tpu_pod_slice_is_detected(monkeypatch):

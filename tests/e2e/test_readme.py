@@ -49,7 +49,7 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         r"dist\.coordinator_address=HOST0",
         "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
     ),
-    (r"^srun ", "tests/e2e/test_multihost.py::test_slurm_environment_is_detected"),
+    (r"^srun ", "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume"),
     (
         r"^gcloud compute tpus .*--workdir=gs://",
         "tests/e2e/test_gcs_workdir.py::test_a_killed_run_on_a_bucket_resumes_to_the_uninterrupted_bits",
