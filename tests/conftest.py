@@ -4,6 +4,7 @@ import atexit
 import functools
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -167,6 +168,42 @@ def run_python(
         if not text:
             return subprocess.CompletedProcess(cmd, code, out.read_bytes(), err.read_bytes())
         return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
+
+
+class ForkedRun:
+    """A run in the background, forked from this test process's zygote: the part of ``subprocess.Popen``
+    the tests use (``pid``, ``poll``, ``wait``, ``send_signal``, ``kill``). The zygote runs one at a time,
+    so no other forked run may start before this one has been waited for. Unlike Popen's, a ``wait`` past
+    its timeout kills the run before it raises."""
+
+    def __init__(self, argv: list, env: dict, stdout: str, stderr: str, cwd=REPO):
+        argv = [str(a) for a in argv]
+        what = {"module": argv[1]} if argv[0] == "-m" else {"code": argv[1]}
+        self._zygote = _zygote()
+        self.returncode: int | None = None
+        self.pid = self._zygote.start(
+            argv[2:], stdout, env, err=str(stderr), env_replace=True, cwd=str(cwd), stdin="", **what
+        )
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._zygote.ended():
+            self.returncode = self._zygote.wait()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = self._zygote.wait(timeout)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(f"forked run {self.pid}", timeout or 0) from None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def read_metrics(workdir, split="train"):

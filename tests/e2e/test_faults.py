@@ -7,14 +7,12 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, read_metrics, restore_params, run_cli, xla_flags
+from conftest import CONFIGS, ForkedRun, read_metrics, restore_params, run_cli, xla_flags
 
 from codex_jax.checkpoint import MANIFEST, TRAIN_ITEMS, Checkpointer
 from codex_jax.setup.resume import truncate_metrics
@@ -23,22 +21,11 @@ QUICK = ["--config.train.log_every=1", "--config.generate.max_new_tokens=0"]
 
 
 def popen_cli(workdir, *overrides, log):
-    """The training CLI in the background (stderr to ``log``), to be killed or broken mid-run."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": xla_flags(1),
-        "JAX_PLATFORMS": "cpu",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "codex_jax.main",
-        f"--config={CONFIGS / 'tiny.py'}",
-        f"--workdir={workdir}",
-        *overrides,
-    ]
-    with open(log, "w") as stderr:
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+    """The training CLI in the background (stderr to ``log``; forked from the test's zygote), to be killed
+    or broken mid-run."""
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
+    argv = ["-m", "codex_jax.main", f"--config={CONFIGS / 'tiny.py'}", f"--workdir={workdir}", *overrides]
+    return ForkedRun(argv, env, os.devnull, log)
 
 
 def wait_for(proc, condition, timeout=180):

@@ -108,6 +108,10 @@ class Zygote:
         self.start(argv, log, env, max_file_bytes, **what)
         return self.wait(timeout)
 
+    def ended(self) -> bool:
+        """Whether the run has ended (its exit code is ready for :meth:`wait`), without waiting."""
+        return bool(select.select([self.proc.stdout], [], [], 0)[0])
+
     def wait(self, timeout: float | None = None) -> int:
         """The run's exit code; past ``timeout`` seconds the run is killed and TimeoutError raised."""
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
