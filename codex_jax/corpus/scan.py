@@ -230,7 +230,7 @@ def scan_corpus(d, settings: dict[str, Any], keep: Keep, label: str = "") -> Sca
         "totals": totals,
         "checksum": manifest_checksum(settings, rows),
     }
-    _log_totals(label, totals, started)
+    log_totals(label, totals, started)
     return ScannedCorpus(manifest, files, eval_files, sample, d.on_bad_record)
 
 
@@ -277,8 +277,8 @@ def _scan_source(
     return lowest, highest
 
 
-def _log_totals(label: str, t: dict[str, Any], started: float) -> None:
-    """The log line ``data: LABEL...`` of a scan's totals ``t``."""
+def log_totals(label: str, t: dict[str, Any], started: float) -> None:
+    """The log line ``data: LABEL...`` of a corpus manifest's totals ``t`` (read since ``started``)."""
     print(
         f"data: {label}{t['files']} files, {t['bytes'] / 1e6:.1f} MB, {t['records']} documents "
         f"({t['eval_documents']} held out), {t['skipped']} skipped, read in "

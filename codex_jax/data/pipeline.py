@@ -23,6 +23,7 @@ import ml_collections
 from codex_jax.config.mixture import MixtureSource, parse_mixture
 from codex_jax.config.runspec import RunSpec
 from codex_jax.corpus.examples import ExampleFields
+from codex_jax.corpus.scan import log_totals
 from codex_jax.corpus.sources import Document, read_source
 from codex_jax.corpus.splits import (
     SETTINGS,
@@ -287,14 +288,7 @@ def _read_and_split(d, label: str = "") -> tuple[list[Document], list[Document],
     manifest = corpus_manifest(corpus, eval_docs, _settings(d), eval_corpus)
     manifest["on_bad_record"] = d.on_bad_record
     safety.add_to_manifest(manifest)
-    t = manifest["totals"]
-    print(
-        f"data: {label}{t['files']} files, {t['bytes'] / 1e6:.1f} MB, {t['records']} documents "
-        f"({t['eval_documents']} held out), {t['skipped']} skipped, read in "
-        f"{time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-        flush=True,
-    )
+    log_totals(label, manifest["totals"], started)
     return train_docs, eval_docs, manifest
 
 
