@@ -7,13 +7,16 @@ Three passes over the files, each reading one file at a time:
 2. only when a tokenizer must be trained: the sampled documents, read again (about
    ``data.tokenizer_train_bytes`` of text);
 3. only when the token cache must be built: :func:`codex_jax.data.cache_build.build_files`, in
-   ``data.cache_workers`` processes. In a multi-host run (``jax.process_count() > 1``, a shared local
-   workdir) each host tokenizes its own share of the tasks into the shared build folder; after a
-   barrier process 0 combines the shares (no second tokenizing pass) and the others wait and read.
+   ``data.cache_workers`` processes. In a multi-host run (``jax.process_count() > 1``) each host tokenizes
+   its own share of the tasks, and no task is tokenized twice: with a shared local workdir into the shared
+   build folder, after a barrier process 0 combines the shares and the others wait and read; with the
+   cache on a bucket each host uploads its share to the bucket's build folder, process 0 downloads the
+   others after a barrier, combines them locally and uploads the streams and the key, and after a second
+   barrier every host reads them.
 
-A build that cannot go into the cache folder itself (the folder is on a bucket, or this process does
-not write) goes into a local temporary folder: then the writer uploads it, and the others use it where
-it is until they exit.
+A one-process build that cannot go into the cache folder itself (the folder is on a bucket, or this
+process does not write) goes into a local temporary folder: then the writer uploads it, and the others
+use it where it is until they exit.
 
 Streamed: ``data.format='text'`` sources of files (globs, ``'stdlib'``, ``jsonl:``/``csv:``, Parquet,
 ArrayRecord, ``hf_disk:``, on disk or ``gs://``) outside a mixture. Plugin sources, example formats
@@ -35,10 +38,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from codex_jax import files
 from codex_jax.corpus.scan import ScannedCorpus, scan_corpus
 from codex_jax.corpus.sources import is_plugin_source
 from codex_jax.data import cache, cache_build
-from codex_jax.data.cache_combine import SPLITS, finish_files
+from codex_jax.data.cache_combine import SPLITS, build_folder, finish_files
 from codex_jax.data.cache_tasks import FilesTask
 from codex_jax.errors import UserError
 from codex_jax.safety.data import CorpusFilter
@@ -134,10 +138,15 @@ def load_or_build(
     """The train and eval token streams of ``source``: from the cache in ``directory`` when its key
     matches, else built (see the module docstring) and, when ``write``, cached. ``hosts`` (None: this
     process alone) share a build when there are several of them and ``directory`` is local."""
-    shared = hosts is not None and hosts.count > 1 and cache_build.is_local(directory)
+    several = hosts is not None and hosts.count > 1
+    shared = several and cache_build.is_local(directory)
 
     def build() -> dict[str, np.ndarray] | None:
         try:
+            if several and not shared:  # a bucket: the shares meet there
+                assert hosts is not None
+                args = (tokenizer, source, write, hosts, progress, workers)
+                return _build_shares_on_bucket(directory, key, *args)
             if shared:
                 assert hosts is not None
                 stats = cache_build.build_files(
@@ -151,8 +160,7 @@ def load_or_build(
             if write and cache_build.is_local(directory):
                 cache_build.build_files(directory, key, tokenizer, source.tasks(), workers, progress=progress)
                 return None
-            local = Path(tempfile.mkdtemp(prefix="codex_jax_cache."))
-            atexit.register(shutil.rmtree, local, True)  # memory-mapped until this process exits
+            local = _local_folder()
             cache_build.build_files(local, key, tokenizer, source.tasks(), workers, progress=progress)
             streams = cache.load(local, key)
             assert streams is not None, f"token cache in {local} did not read back"
@@ -161,3 +169,48 @@ def load_or_build(
             raise UserError(f"token cache {directory}: cannot write ({e.strerror or e})") from e
 
     return cache.load_or_build_streams(directory, key, SPLITS, build, write)
+
+
+def _local_folder() -> Path:
+    """A local temporary folder, removed when this process exits (streams stay memory-mapped till then)."""
+    local = Path(tempfile.mkdtemp(prefix="codex_jax_cache."))
+    atexit.register(shutil.rmtree, local, True)
+    return local
+
+
+def _build_shares_on_bucket(
+    directory: Path,
+    key: dict,
+    tokenizer: Tokenizer,
+    source: StreamedSource,
+    write: bool,
+    hosts: Hosts,
+    progress: bool,
+    workers: int,
+) -> dict[str, np.ndarray] | None:
+    """A multi-host build into a cache folder on a bucket: each host tokenizes its share into a local build
+    folder and uploads its shards and markers to the bucket's build folder; after a barrier process 0
+    downloads the other shares, combines them locally (no second tokenizing pass) and uploads the streams
+    and then the key (when ``write``); after a second barrier every process reads the cache from the
+    bucket (None is returned), or process 0 that did not write keeps its local streams."""
+    local = _local_folder()
+    stats = cache_build.build_files(
+        local, key, tokenizer, source.tasks(), workers, hosts.index, hosts.count, progress
+    )
+    mine, meeting = build_folder(local, key), build_folder(directory, key)
+    for path in sorted(mine.iterdir()):
+        files.copy_file(path, meeting / path.name)
+    hosts.barrier("codex_jax:token_cache_shares")
+    if hosts.index == 0:
+        for path in files.walk_files(meeting):
+            if not (mine / path.name).exists():
+                files.copy_file(path, mine / path.name)
+        finish_files(local, key, stats.tasks)
+        streams = cache.load(local, key)
+        assert streams is not None, f"token cache in {local} did not read back"
+        if write:
+            files.copy_file(local / "files.jsonl", directory / "files.jsonl")
+            cache.save(directory, key, streams)  # the streams, then the key
+        files.rmtree(meeting)
+    hosts.barrier("codex_jax:token_cache")
+    return streams if hosts.index == 0 and not write else None

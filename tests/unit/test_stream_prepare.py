@@ -10,7 +10,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from gcs_emulator import gcs  # noqa: F401 (the fixture, for the bucket case)
 
+from codex_jax import files
 from codex_jax.config.schema import default_config
 from codex_jax.corpus.globbing import stdlib_root
 from codex_jax.corpus.scan import HashSample
@@ -131,14 +133,17 @@ def test_streaming_gives_the_in_memory_manifest_tokenizer_and_cache(corpus, tmp_
         )
 
 
-def test_two_hosts_build_shares_of_one_cache(corpus, tmp_path, monkeypatch):
-    """Two hosts (threads here, with a real barrier) each tokenize every other task into the shared
-    build folder; host 0 combines them: the bytes of a one-process build."""
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_two_hosts_build_shares_of_one_cache(corpus, tmp_path, monkeypatch, request, where):
+    """Two hosts (threads here, with a real barrier) each tokenize every other task; host 0 combines the
+    shares: the bytes of a one-process build. ``local``: into a shared build folder; ``bucket``: the
+    shares meet in the build folder of a cache on a bucket (a real Cloud Storage emulator)."""
     cfg = _config(corpus, source=f"{corpus}/code/**/*.py")
     one = prepare_data(cfg, tmp_path / "one", write=True)
     expected = {s: (tmp_path / "one" / "cache" / f"{s}.tokens").read_bytes() for s in ("train", "eval")}
     work = tmp_path / "two"
-    shutil.copytree(tmp_path / "one" / "tokenizer", work / "tokenizer")
+    if where == "bucket":
+        work = files.as_path(f"gs://{request.getfixturevalue('gcs').bucket}/two-hosts")
     barrier, names, results, errors = threading.Barrier(2, timeout=120), [], {}, []
 
     def host(index):
@@ -172,7 +177,8 @@ def test_two_hosts_build_shares_of_one_cache(corpus, tmp_path, monkeypatch):
         assert (work / "cache" / f"{split}.tokens").read_bytes() == data
         for index in range(2):
             assert np.asarray(results[index][split]).tobytes() == data
-    assert not list((work / "cache").glob("build-*"))
+    assert not [p for p in (work / "cache").iterdir() if p.name.startswith("build-")]
+    assert (work / "cache" / "files.jsonl").read_text() == (tmp_path / "one/cache/files.jsonl").read_text()
 
 
 def test_a_corpus_of_10000_files_is_prepared_in_bounded_python_memory(tmp_path, monkeypatch):
