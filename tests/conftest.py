@@ -54,8 +54,25 @@ from zygote import Zygote  # noqa: E402 (tests/e2e is on sys.path from here)
 jax.config.update("jax_enable_compilation_cache", False)
 
 
+# The longest tests (tens of seconds each) run first, so that the 2 workers do not end with one of them alone.
+LONGEST_FIRST = (
+    "tests/e2e/test_readme.py::test_readme_commands_run",
+    "tests/e2e/test_chaos.py",
+    "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
+    "tests/e2e/test_faults.py::test_kill_9_at_any_moment_resumes_to_the_same_params",
+    "tests/e2e/test_gcs_workdir.py",
+)
+
+
+def _rank(nodeid: str) -> int:
+    """The place of ``nodeid`` in LONGEST_FIRST (after them: every other test)."""
+    ranks = (i for i, prefix in enumerate(LONGEST_FIRST) if nodeid.startswith(prefix))
+    return next(ranks, len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Marks each test ``unit`` or ``e2e`` by its folder (tests/unit/, tests/e2e/)."""
+    """Marks each test ``unit`` or ``e2e`` by its folder (tests/unit/, tests/e2e/); the longest run first."""
+    items.sort(key=lambda item: _rank(item.nodeid))  # stable: the others keep their order
     for item in items:
         folder = Path(str(item.fspath)).parent.name
         if folder in ("unit", "e2e"):
