@@ -128,7 +128,7 @@ def run_cli(
     if env_extra:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     else:
-        result = _forked(cmd, env, timeout)
+        result = run_python(cmd[1:], env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -142,9 +142,10 @@ def _zygote() -> Zygote:
     return zygote
 
 
-def _forked(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` (``python -m codex_jax.main ARGS``) forked from the zygote with exactly ``env``."""
-    return run_python(cmd[1:], env=env, timeout=timeout)
+def _program(argv: list) -> tuple[list[str], dict]:
+    """``(arguments, what)`` of ``['-m', MODULE, ...]`` or ``['-c', CODE, ...]`` for a zygote request."""
+    argv = [str(a) for a in argv]
+    return argv[2:], ({"module": argv[1]} if argv[0] == "-m" else {"code": argv[1]})
 
 
 def run_python(
@@ -161,16 +162,15 @@ def run_python(
     a real process, forked from this test process's zygote (codex_jax imported once) instead of started
     fresh. ``env`` (default ``os.environ``) is its whole environment; it must not change what happens at
     import time (start those with subprocess)."""
-    argv = [str(a) for a in argv]
-    what = {"module": argv[1]} if argv[0] == "-m" else {"code": argv[1]}
-    cmd = [sys.executable, *argv]
+    args, what = _program(argv)
+    cmd = [sys.executable, *map(str, argv)]
     with tempfile.TemporaryDirectory(prefix="codex-jax-run-") as folder:
         out, err, stdin = Path(folder) / "stdout", Path(folder) / "stderr", Path(folder) / "stdin"
         if input is not None:
             stdin.write_bytes(input if isinstance(input, bytes) else input.encode())
         try:
             code = _zygote().run(
-                argv[2:],
+                args,
                 out,
                 dict(os.environ) if env is None else env,
                 timeout=timeout,
@@ -194,12 +194,11 @@ class ForkedRun:
     its timeout kills the run before it raises."""
 
     def __init__(self, argv: list, env: dict, stdout: str, stderr: str, cwd=REPO):
-        argv = [str(a) for a in argv]
-        what = {"module": argv[1]} if argv[0] == "-m" else {"code": argv[1]}
+        args, what = _program(argv)
         self._zygote = _zygote()
         self.returncode: int | None = None
         self.pid = self._zygote.start(
-            argv[2:], stdout, env, err=str(stderr), env_replace=True, cwd=str(cwd), stdin="", **what
+            args, stdout, env, err=str(stderr), env_replace=True, cwd=str(cwd), stdin="", **what
         )
 
     def poll(self) -> int | None:

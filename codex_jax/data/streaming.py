@@ -143,11 +143,11 @@ def load_or_build(
 
     def build() -> dict[str, np.ndarray] | None:
         try:
-            if several and not shared:  # a bucket: the shares meet there
+            if several and not shared:  # the cache is on a bucket: the shares meet there
                 assert hosts is not None
                 args = (tokenizer, source, write, hosts, progress, workers)
                 return _build_shares_on_bucket(directory, key, *args)
-            if shared:
+            if several:  # a shared local folder
                 assert hosts is not None
                 stats = cache_build.build_files(
                     directory, key, tokenizer, source.tasks(), workers, hosts.index, hosts.count, progress
