@@ -25,7 +25,7 @@ from codex_jax.compute.optim import make_optimizer
 from codex_jax.compute.parallel import BATCH_AXES, JitRunner
 from codex_jax.errors import UserError
 from codex_jax.metrics.perf import peak_flops_per_device
-from codex_jax.models import attention
+from codex_jax.models import attention, grad_barrier
 from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.setup import adapters
 from codex_jax.setup.model import model_config
@@ -90,6 +90,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     devices = topology_devices(topology)
     generation = topology.split(":")[0]
     model_cfg = attention.resolve(model_config(cfg), "tpu", cfg.data.seq_len)
+    model_cfg = grad_barrier.resolve(model_cfg, "tpu")  # this host is a CPU: 'auto' must mean TPU's
     spec = optimizer_spec(cfg)
     tx = make_optimizer(spec)
     mesh = _mesh(cfg, devices)

@@ -43,12 +43,19 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "model.attention_impl": (
         "auto",
         "Attention kernel: 'auto' (cuDNN flash attention on GPU with bfloat16/float16 compute, the Pallas "
-        "flash attention kernel on TPU when data.seq_len is a multiple of 128, XLA on CPU ('blocked' for "
-        "sequences over 512 that are multiples of 256) and wherever the fast kernel does not apply; the "
-        "choice and any fallback's reason are logged), 'xla', 'cudnn', 'pallas' (TPU) or 'blocked' (256 "
-        "queries at a time, their probabilities recomputed in backward: far less memory than 'xla').",
+        "flash attention kernel on TPU when data.seq_len is a multiple of 128, 'blocked' on CPU, XLA "
+        "wherever the fast kernel does not apply; the choice and any fallback's reason are logged), 'xla', "
+        "'cudnn', 'pallas' (TPU) or 'blocked' (up to 512 positions: causal blocks of seq_len/8 queries, at "
+        "least 32, each against only the keys before it, about half of XLA's work; beyond: blocks of 256 "
+        "queries in a loop, probabilities recomputed in backward, far less memory than 'xla').",
     ),
     "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
+    "model.grad_barriers": (
+        "auto",
+        "'on': backward computes the residual stream's gradient once at each residual add, where XLA's CPU "
+        "fusion would recompute it in every consumer (a 4-layer CPU step: 49 -> 40 ms); 'off'; 'auto' (the "
+        "default): on for CPU only. Same values within float32 rounding.",
+    ),
     "model.loss_chunk": (
         256,
         "The loss (and eval's loss/accuracy) computes the float32 logits this many sequence positions at "

@@ -17,7 +17,7 @@ from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
 from codex_jax.metrics.writers import WRITER_NAMES
-from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES
+from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, GRAD_BARRIERS, REMAT_POLICIES
 
 
 def _check(ok: bool, key: str, reason: str, value: Any) -> None:
@@ -29,6 +29,7 @@ _CHOICES = {
     "model.family": FAMILIES,
     "model.attention_impl": ATTENTION_IMPLS,
     "model.remat": REMAT_POLICIES,
+    "model.grad_barriers": GRAD_BARRIERS,
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "parallel.mode": ("jit", "pmap"),

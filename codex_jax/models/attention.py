@@ -2,7 +2,7 @@
 
 ``'auto'`` (the default) picks, when the step is traced: cuDNN flash attention on GPU where the shapes
 allow, the Pallas flash attention kernel that jax ships (``jax.experimental.pallas.ops.tpu``) on TPU,
-XLA's attention on CPU (:func:`blocked_attention` for long sequences), and XLA with a logged reason
+the causal query blocks of :func:`blocked_attention` on CPU, and XLA with a logged reason
 wherever the fast kernel does not apply. The choice and its reason are logged once per distinct choice
 (logger ``codex_jax.models.attention``). ``'xla'``, ``'cudnn'``, ``'pallas'`` and ``'blocked'`` force
 one kernel. :func:`resolve` makes the choice for another platform (``codex-jax compile`` compiles for a
@@ -22,7 +22,8 @@ from jax.sharding import PartitionSpec as P
 logger = logging.getLogger(__name__)
 
 PALLAS_BLOCK = 128  # the Pallas TPU kernel's default block: sequence lengths must be multiples of it
-QUERY_BLOCK = 256  # 'blocked': queries per block; 'auto' uses it on CPU for sequences longer than 2 blocks
+CAUSAL_BLOCKS_UP_TO = 512  # 'blocked': causal blocks up to this many positions, recomputed blocks beyond
+SCAN_BLOCK = 256  # 'blocked' beyond CAUSAL_BLOCKS_UP_TO: queries per recomputed block
 
 
 def choose(cfg, platform: str, seq_len: int) -> tuple[str, str]:
@@ -47,11 +48,10 @@ def choose(cfg, platform: str, seq_len: int) -> tuple[str, str]:
         if seq_len % PALLAS_BLOCK:
             return "xla", f"sequence length {seq_len} is not a multiple of {PALLAS_BLOCK} (the Pallas block)"
         return "pallas", "TPU"
-    if seq_len > 2 * QUERY_BLOCK and seq_len % QUERY_BLOCK == 0:
-        return (
-            "blocked",
-            f"{platform}, long sequences: {QUERY_BLOCK} queries at a time, recomputed in backward",
-        )
+    if platform == "cpu" and seq_len <= CAUSAL_BLOCKS_UP_TO:
+        return "blocked", f"cpu: causal blocks of {query_block(seq_len)} queries"
+    if platform == "cpu":
+        return "blocked", f"cpu: blocks of {query_block(seq_len)} queries, recomputed in backward"
     return "xla", f"{platform}: XLA's attention"
 
 
@@ -110,30 +110,55 @@ def _pallas(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
     )
 
 
-def blocked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, block: int = QUERY_BLOCK):
-    """Causal attention ``QUERY_BLOCK`` queries at a time, each block's probabilities recomputed in backward
-    (``jax.checkpoint``): memory ``[B, N, block, T]`` instead of XLA's ``[B, N, T, T]`` float32 per layer kept
-    for backward. Same result as XLA's attention within float32 rounding."""
+def query_block(seq_len: int) -> int:
+    """Queries per block of :func:`blocked_attention` for ``seq_len`` positions: an eighth of them (at least
+    32) up to :data:`CAUSAL_BLOCKS_UP_TO` positions, :data:`SCAN_BLOCK` beyond (fastest on a 2-core CPU)."""
+    return max(seq_len // 8, 32) if seq_len <= CAUSAL_BLOCKS_UP_TO else SCAN_BLOCK
+
+
+def blocked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, block: int = 0):
+    """Causal attention over blocks of ``block`` queries (0: :func:`query_block`). Up to
+    :data:`CAUSAL_BLOCKS_UP_TO` positions each block attends only the keys at or before its last query (and
+    inside the window): about half of XLA's ``[T, T]`` work and memory. Beyond, the blocks run in a
+    ``lax.map`` against all keys, each block's probabilities recomputed in backward (``jax.checkpoint``;
+    XLA's CPU pipeline merges a recomputation outside a loop with the forward pass), so backward keeps no
+    ``[T, T]`` probabilities. Same result as XLA's attention within float32 rounding."""
     B, T, N, H = q_BxTxNxH.shape
-    repeat = N // k_BxTxKxH.shape[2]
-    k_BxTxNxH, v_BxTxNxH = jnp.repeat(k_BxTxKxH, repeat, 2), jnp.repeat(v_BxTxKxH, repeat, 2)
-    k_T = jnp.arange(T, dtype=jnp.int32)
-
-    @jax.checkpoint
-    def one(q_BxQxNxH, first):
-        logits_BxNxQxT = jnp.einsum(
-            "bqnh,bknh->bnqk", q_BxQxNxH, k_BxTxNxH, preferred_element_type=jnp.float32
+    K = k_BxTxKxH.shape[2]
+    block = min(block or query_block(T), T)
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)  # head n reads k/v head n // (N // K)
+    attend = functools.partial(_attend_block, sliding_window=sliding_window)
+    outs, first = [], 0
+    if T > CAUSAL_BLOCKS_UP_TO:
+        first = T - T % block
+        q_CxBxQxKxGxH = jnp.swapaxes(
+            q_BxTxKxGxH[:, :first].reshape(B, -1, block, *q_BxTxKxGxH.shape[2:]), 0, 1
         )
-        logits_BxNxQxT = logits_BxNxQxT / jnp.sqrt(jnp.float32(H))
-        q_Q = first + jnp.arange(q_BxQxNxH.shape[1], dtype=jnp.int32)
-        allowed_QxT = k_T[None, :] <= q_Q[:, None]
-        if sliding_window:
-            allowed_QxT &= q_Q[:, None] - k_T[None, :] < sliding_window
-        logits_BxNxQxT = jnp.where(allowed_QxT, logits_BxNxQxT, jnp.finfo(jnp.float32).min)
-        probs_BxNxQxT = jax.nn.softmax(logits_BxNxQxT, axis=-1).astype(v_BxTxNxH.dtype)
-        return jnp.einsum("bnqk,bknh->bqnh", probs_BxNxQxT, v_BxTxNxH)
+        recomputed = jax.checkpoint(lambda q, start: attend(q, k_BxTxKxH, v_BxTxKxH, start, 0))
+        firsts_C = jnp.arange(0, first, block, dtype=jnp.int32)
+        out_CxBxQxKxGxH = jax.lax.map(lambda xs: recomputed(*xs), (q_CxBxQxKxGxH, firsts_C))
+        outs.append(jnp.swapaxes(out_CxBxQxKxGxH, 0, 1).reshape(B, first, *q_BxTxKxGxH.shape[2:]))
+    for start in range(first, T, block):  # the causal blocks (or the last, partial block of the map)
+        end = min(start + block, T)
+        keys = slice(max(0, start - sliding_window + 1) if sliding_window else 0, end)
+        outs.append(
+            attend(q_BxTxKxGxH[:, start:end], k_BxTxKxH[:, keys], v_BxTxKxH[:, keys], start, keys.start)
+        )
+    return jnp.concatenate(outs, axis=1).reshape(B, T, N, H)
 
-    q_CxBxQxNxH = jnp.swapaxes(q_BxTxNxH.reshape(B, T // block, block, N, H), 0, 1)
-    firsts_C = jnp.arange(T // block, dtype=jnp.int32) * block
-    out_CxBxQxNxH = jax.lax.map(lambda xs: one(*xs), (q_CxBxQxNxH, firsts_C))
-    return jnp.swapaxes(out_CxBxQxNxH, 0, 1).reshape(B, T, N, H)
+
+def _attend_block(q_BxQxKxGxH, k_BxSxKxH, v_BxSxKxH, first_query, first_key, sliding_window: int):
+    """Attention of the queries from position ``first_query`` over the keys from ``first_key`` (causal, maybe
+    windowed)."""
+    logits_BxKxGxQxS = jnp.einsum(
+        "bqkgh,bskh->bkgqs", q_BxQxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
+    )
+    q_Q = first_query + jnp.arange(q_BxQxKxGxH.shape[1], dtype=jnp.int32)
+    k_S = first_key + jnp.arange(k_BxSxKxH.shape[1], dtype=jnp.int32)
+    allowed_QxS = k_S[None, :] <= q_Q[:, None]
+    if sliding_window:
+        allowed_QxS &= q_Q[:, None] - k_S[None, :] < sliding_window
+    scale = 1.0 / math.sqrt(q_BxQxKxGxH.shape[-1])
+    logits_BxKxGxQxS = jnp.where(allowed_QxS, logits_BxKxGxQxS * scale, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxQxS = jax.nn.softmax(logits_BxKxGxQxS, axis=-1).astype(v_BxSxKxH.dtype)
+    return jnp.einsum("bkgqs,bskh->bqkgh", probs_BxKxGxQxS, v_BxSxKxH)

@@ -11,6 +11,7 @@ from codex_jax.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blocked")  # models/attention.py
+GRAD_BARRIERS = ("auto", "on", "off")  # models/grad_barrier.py
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
@@ -32,6 +33,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     remat: str = "none"
+    grad_barriers: str = "auto"  # materialise the residual stream's gradient per residual add (CPU)
     # Loss over this many sequence positions at a time (compute/loss.py; 0: the full [B, T, V] logits).
     loss_chunk: int = 256
     norm_eps: float = 1e-5
@@ -54,6 +56,7 @@ class ModelConfig:
             (self.family in FAMILIES, "family", FAMILIES),
             (self.attention_impl in ATTENTION_IMPLS, "attention_impl", ATTENTION_IMPLS),
             (self.remat in REMAT_POLICIES, "remat", REMAT_POLICIES),
+            (self.grad_barriers in GRAD_BARRIERS, "grad_barriers", GRAD_BARRIERS),
         )
         for ok, name, allowed in checks:
             if not ok:

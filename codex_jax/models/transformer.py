@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from codex_jax.models import grad_barrier
 from codex_jax.models.attention import causal_attention
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.rope import apply_rope, rope_frequencies
@@ -166,12 +167,16 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); the residual stream's gradient is
+    materialised at both adds where ``models/grad_barrier.py`` says so."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+        barrier = grad_barrier.enabled(self.cfg, jax.default_backend())
+        if barrier:
+            x = grad_barrier.residual_barrier(x)
         attn_out, new_cache = Attention(self.cfg, name="attn")(
             Norm(self.cfg, name="attn_norm")(x),
             positions_BxT,
@@ -181,6 +186,8 @@ class Block(nn.Module):
             mask,
         )
         x = x + attn_out
+        if barrier:
+            x = grad_barrier.residual_barrier(x)
         x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
         return x, new_cache
 

@@ -36,7 +36,14 @@ _FIXED_KEYS = (
     "lora.targets",
     "lora.init_from",
 )
-_FREE_MODEL_KEYS = ("model.dropout", "model.remat", "model.attention_impl", "model.dtype", "model.loss_chunk")
+_FREE_MODEL_KEYS = (
+    "model.dropout",
+    "model.remat",
+    "model.attention_impl",
+    "model.grad_barriers",
+    "model.dtype",
+    "model.loss_chunk",
+)
 # Keys only other modes read (eval-code, export, sampling): a change is no news to a resumed run.
 _OTHER_MODES = ("codeeval.", "export.", "generate.")
 

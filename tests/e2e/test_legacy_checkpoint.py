@@ -1,5 +1,6 @@
 """A checkpoint written by the code before the layered refactor (tests/fixtures/legacy_run, made by its
-make.py at commit 42e06b5) must restore, and resume to the same bits an uninterrupted run of that code got.
+make.py at commit 42e06b5) must restore, and resume to the same bits an uninterrupted run of that code got
+(with that code's kernels: see RESUME).
 
 The run is a process of its own with XLA's default optimisation (the bits were recorded that way; the other
 tests compile at -O0: conftest.TEST_XLA_FLAGS)."""
@@ -18,11 +19,16 @@ import orbax.checkpoint as ocp
 from conftest import REPO, xla_flags
 
 FIXTURE = REPO / "tests" / "fixtures" / "legacy_run"
+# The old code's kernels: XLA's attention and a backward without the residual-gradient barriers (both
+# free to change on resume; with the CPU defaults the bits differ in the last place).
 RESUME = """
 from codex_jax import api
 restored = api.evaluate(api.workdir_config("run"), "run")
 assert restored["step"] == 4, restored
-api.train(api.workdir_config("run"), "run")
+config = api.workdir_config("run")
+config.model.attention_impl = "xla"
+config.model.grad_barriers = "off"
+api.train(config, "run")
 """
 
 

@@ -1,5 +1,6 @@
 """model.attention_impl='auto': the kernel per platform, the logged choice and fallback reasons, on CPU the
-same logits as 'xla'; the blocked attention equals XLA's in value and gradients."""
+causal query blocks with XLA's logits; the blocked attention equals XLA's in value and gradients (any
+length, windowed or not, causal blocks or recomputed blocks in a loop)."""
 
 import logging
 
@@ -18,9 +19,10 @@ LOGGER = "codex_jax.models.attention"
 @pytest.mark.parametrize(
     "platform, seq_len, changes, expected, reason",
     [
-        ("cpu", 512, {}, "xla", "cpu"),
-        ("cpu", 1024, {}, "blocked", "long sequence"),
-        ("cpu", 1000, {}, "xla", "cpu"),
+        ("cpu", 64, {}, "blocked", "causal blocks of 32 queries"),
+        ("cpu", 500, {"sliding_window": 64}, "blocked", "causal blocks of 62 queries"),
+        ("cpu", 1000, {}, "blocked", "blocks of 256 queries, recomputed in backward"),
+        ("cpu", 1024, {"attention_impl": "xla"}, "xla", "model.attention_impl"),
         ("gpu", 1024, {"dtype": "bfloat16"}, "cudnn", "GPU"),
         ("gpu", 1024, {}, "xla", "bfloat16/float16"),
         ("gpu", 1024, {"dtype": "bfloat16", "head_dim": 256}, "xla", "head_dim"),
@@ -44,8 +46,8 @@ def test_choice_and_fallback_are_logged(caplog):
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         logits = model.apply({"params": params}, tokens)
-    assert "attention on cpu, 16 positions: xla: cpu: XLA's attention" in caplog.text
-    np.testing.assert_array_equal(logits, xla.apply({"params": params}, tokens))  # same kernel, same bits
+    assert "attention on cpu, 16 positions: blocked: cpu: causal blocks of 32 queries" in caplog.text
+    np.testing.assert_allclose(logits, xla.apply({"params": params}, tokens), rtol=1e-5, atol=1e-5)
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
@@ -57,11 +59,14 @@ def test_choice_and_fallback_are_logged(caplog):
     assert info.levelno == logging.INFO and "1024 positions: pallas: TPU" in info.getMessage()
 
 
-@pytest.mark.parametrize("window", [0, 12])
-def test_blocked_attention_matches_xla(window):
+@pytest.mark.parametrize(
+    "window, length, recompute", [(0, 32, False), (12, 30, True), (0, 30, True), (12, 32, False)]
+)
+def test_blocked_attention_matches_xla(window, length, recompute, monkeypatch):
+    monkeypatch.setattr(attention, "CAUSAL_BLOCKS_UP_TO", length - 1 if recompute else length)
     keys = jax.random.split(jax.random.key(2), 3)
-    q = jax.random.normal(keys[0], (2, 32, 4, 8))
-    k, v = (jax.random.normal(key, (2, 32, 2, 8)) for key in keys[1:])  # grouped-query: 4 / 2 heads
+    q = jax.random.normal(keys[0], (2, length, 4, 8))
+    k, v = (jax.random.normal(key, (2, length, 2, 8)) for key in keys[1:])  # grouped-query: 4 / 2 heads
     local = (window - 1, 0) if window else None
 
     def xla(q, k, v):
@@ -76,3 +81,20 @@ def test_blocked_attention_matches_xla(window):
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
     for a, b in zip(g1, g0, strict=True):
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
+
+
+def test_long_sequences_keep_no_probabilities_for_backward():
+    """Beyond CAUSAL_BLOCKS_UP_TO the blocks are recomputed in backward: the compiled gradient's temporary
+    memory stays far below XLA's, which keeps [B, N, T, T] float32 probabilities (16 MiB here)."""
+    shape = jax.ShapeDtypeStruct((2, 1024, 2, 8), jnp.float32)
+
+    def temp_bytes(attend):
+        def loss(q, k, v):
+            return jnp.square(attend(q, k, v)).sum()
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(shape, shape, shape).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    xla = temp_bytes(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
+    blocked = temp_bytes(attention.blocked_attention)
+    assert xla > 16 * 2**20 and blocked < xla / 3, (blocked, xla)
