@@ -10,6 +10,7 @@ whether it fits the chip's HBM, XLA's FLOPs and bytes per step per chip, and the
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -21,6 +22,7 @@ from jax.experimental import topologies
 from jax.sharding import AxisType, Mesh
 
 from codex_jax.compute import aot
+from codex_jax.compute.batch import MASK, SEGMENTS, STEP_SCALE, TOKENS
 from codex_jax.compute.optim import make_optimizer
 from codex_jax.compute.parallel import BATCH_AXES, JitRunner
 from codex_jax.errors import UserError
@@ -46,6 +48,9 @@ def topology_devices(topology: str) -> list:
     bounds = tuple(int(d) for d in match.groups()[1:] if d) + (1,) * (
         4 - len([d for d in match.groups() if d])
     )
+    # libtpu guards a host's TPU chips with a lockfile that a second process fails on; compiling needs no
+    # chip, so two compiles (or a compile beside a TPU run) may load it side by side.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(
             platform="tpu",
@@ -79,17 +84,36 @@ def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):
         runner.frozen_sharding = runner.shardings_for(shapes)  # as set_frozen does, without the arrays
         frozen = runner.frozen_target(shapes)
     state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model_cfg, tx)))
+    return state, _abstract_batch(cfg, runner), frozen
+
+
+def _abstract_batch(cfg, runner: JitRunner):
+    """The train step's batch: token rows, or the masked batch (``compute/batch.py``) of a run whose rows
+    carry a loss mask (``data.format`` other than 'text', or ``data.packing`` other than 'concat')."""
     rows = (cfg.data.batch_size, cfg.data.seq_len + 1)
     shape = (runner.scan_steps, *rows) if runner.scan_steps > 1 else rows
-    batch = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=runner.train_batch_sharding)
-    return state, batch, frozen
+
+    def spec(dims, dtype):
+        return jax.ShapeDtypeStruct(dims, dtype, sharding=runner.train_batch_sharding)
+
+    if cfg.data.format == "text" and cfg.data.packing == "concat":
+        return spec(shape, jnp.int32)
+    batch = {
+        TOKENS: spec(shape, jnp.int32),
+        MASK: spec(shape, jnp.int32),
+        STEP_SCALE: spec(shape[:-1], jnp.float32),
+    }
+    if cfg.data.packing == "segments":
+        batch[SEGMENTS] = spec(shape, jnp.int32)
+    return batch
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     """Compiles ``cfg``'s train step for ``topology``; the report (module docstring) as a dict."""
     devices = topology_devices(topology)
     generation = topology.split(":")[0]
-    model_cfg = attention.resolve(model_config(cfg), "tpu", cfg.data.seq_len)
+    packed = cfg.data.packing == "segments"
+    model_cfg = attention.resolve(model_config(cfg), "tpu", cfg.data.seq_len, packed)
     model_cfg = grad_barrier.resolve(model_cfg, "tpu")  # this host is a CPU: 'auto' must mean TPU's
     spec = optimizer_spec(cfg)
     tx = make_optimizer(spec)

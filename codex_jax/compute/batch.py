@@ -61,12 +61,12 @@ def segment_positions(segments_BxT):
 
 def model_inputs(batch):
     """``(inputs [B, T], targets [B, T], weights [B, T] float32, model keyword arguments)`` of a masked
-    batch: with segments, restarted positions and a same-segment attention mask."""
+    batch: with segments, restarted positions and the segment ids (attention stays inside each)."""
     tokens_BxL = batch[TOKENS]
     weights_BxT = target_weights(batch).astype(jnp.float32)
     kwargs = {}
     if SEGMENTS in batch:
         segments_BxT = batch[SEGMENTS][:, :-1]
         kwargs["positions_BxT"] = segment_positions(segments_BxT)
-        kwargs["mask_BxTxS"] = segments_BxT[:, :, None] == segments_BxT[:, None, :]
+        kwargs["segments_BxT"] = segments_BxT
     return tokens_BxL[:, :-1], tokens_BxL[:, 1:], weights_BxT, kwargs

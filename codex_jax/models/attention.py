@@ -26,9 +26,9 @@ CAUSAL_BLOCKS_UP_TO = 512  # 'blocked': causal blocks up to this many positions,
 SCAN_BLOCK = 256  # 'blocked' beyond CAUSAL_BLOCKS_UP_TO: queries per recomputed block
 
 
-def choose(cfg, platform: str, seq_len: int) -> tuple[str, str]:
+def choose(cfg, platform: str, seq_len: int, packed: bool = False) -> tuple[str, str]:
     """``(kernel, reason)`` of ``cfg.attention_impl`` for causal self-attention over ``seq_len`` positions
-    on ``platform`` ('cpu', 'gpu', 'tpu')."""
+    on ``platform`` ('cpu', 'gpu', 'tpu'); ``packed``: rows of several segments (``data.packing``)."""
     if cfg.attention_impl != "auto":
         return cfg.attention_impl, f"model.attention_impl={cfg.attention_impl!r}"
     if platform in ("gpu", "cuda", "rocm"):
@@ -41,6 +41,8 @@ def choose(cfg, platform: str, seq_len: int) -> tuple[str, str]:
             )
         if cfg.sliding_window:
             return "xla", "model.sliding_window: the cuDNN path is not used with a window"
+        if packed:
+            return "xla", "packed segments: the cuDNN path takes no segment ids here (not run on a GPU yet)"
         return "cudnn", "GPU"
     if platform == "tpu":
         if cfg.sliding_window:
@@ -55,9 +57,9 @@ def choose(cfg, platform: str, seq_len: int) -> tuple[str, str]:
     return "xla", f"{platform}: XLA's attention"
 
 
-def resolve(cfg, platform: str, seq_len: int):
+def resolve(cfg, platform: str, seq_len: int, packed: bool = False):
     """``cfg`` with ``attention_impl`` set to the kernel :func:`choose` picks on ``platform`` (logged)."""
-    impl, reason = choose(cfg, platform, seq_len)
+    impl, reason = choose(cfg, platform, seq_len, packed)
     _log_choice(platform, seq_len, impl, reason)
     return cfg.replace(attention_impl=impl)
 
@@ -71,43 +73,56 @@ def _log_choice(platform: str, seq_len: int, impl: str, reason: str) -> None:
     logger.log(level, "attention on %s, %d positions: %s%s: %s", platform, seq_len, impl, fallback, reason)
 
 
-def causal_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
-    """Causal (maybe windowed) attention ``[B, T, N, H]`` through the kernel ``cfg`` picks here."""
+def causal_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segments_BxT=None):
+    """Causal (maybe windowed) attention ``[B, T, N, H]`` through the kernel ``cfg`` picks here; with
+    ``segments_BxT`` (packed rows) a query sees only keys of its own segment."""
     T = q_BxTxNxH.shape[1]
-    impl, reason = choose(cfg, jax.default_backend(), T)
+    impl, reason = choose(cfg, jax.default_backend(), T, packed=segments_BxT is not None)
     _log_choice(jax.default_backend(), T, impl, reason)
     if impl == "pallas":
-        return _pallas(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+        return _pallas(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segments_BxT)
     if impl == "blocked":
-        return blocked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cfg.sliding_window)
+        return blocked_attention(
+            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cfg.sliding_window, segments_BxT=segments_BxT
+        )
     window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
+    mask = None if segments_BxT is None else (segments_BxT[:, :, None] == segments_BxT[:, None, :])[:, None]
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, local_window_size=window, implementation=impl
+        q_BxTxNxH,
+        k_BxTxKxH,
+        v_BxTxKxH,
+        mask=mask,
+        is_causal=True,
+        local_window_size=window,
+        implementation=impl,
     )
 
 
-def _pallas(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
-    """The Pallas TPU flash attention kernel, per shard of the batch when a mesh is set (the kernel is a
-    custom call that the partitioner cannot split itself)."""
+def _pallas(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segments_BxT=None):
+    """The Pallas TPU flash attention kernel (with its segment ids for packed rows), per shard of the batch
+    when a mesh is set (the kernel is a custom call that the partitioner cannot split itself)."""
     # Optional dependency guard: the TPU kernels import only where they run (or are compiled for).
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     N, H = q_BxTxNxH.shape[2], q_BxTxNxH.shape[3]
     repeat = N // k_BxTxKxH.shape[2]  # grouped-query attention: the kernel wants every head's k/v
 
-    def kernel(q, k, v):
+    def kernel(q, k, v, *segments):
         q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, jnp.repeat(k, repeat, 2), jnp.repeat(v, repeat, 2)))
         sizes = fa.BlockSizes.get_default(*q.shape[:3], k.shape[2], H)
-        out = fa.flash_attention(q, k, v, causal=True, sm_scale=1.0 / math.sqrt(H), block_sizes=sizes)
+        ids = fa.SegmentIds(q=segments[0], kv=segments[0]) if segments else None
+        out = fa.flash_attention(
+            q, k, v, segment_ids=ids, causal=True, sm_scale=1.0 / math.sqrt(H), block_sizes=sizes
+        )
         return jnp.swapaxes(out, 1, 2)
 
+    args = (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH) + (() if segments_BxT is None else (segments_BxT,))
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return kernel(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+        return kernel(*args)
     batch = P(mesh.axis_names)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(batch, batch, batch), out_specs=batch, check_vma=False)(
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH
-    )
+    in_specs = (batch,) * len(args)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=batch, check_vma=False)(*args)
 
 
 def query_block(seq_len: int) -> int:
@@ -116,8 +131,11 @@ def query_block(seq_len: int) -> int:
     return max(seq_len // 8, 32) if seq_len <= CAUSAL_BLOCKS_UP_TO else SCAN_BLOCK
 
 
-def blocked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, block: int = 0):
-    """Causal attention over blocks of ``block`` queries (0: :func:`query_block`). Up to
+def blocked_attention(
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, block: int = 0, segments_BxT=None
+):
+    """Causal attention over blocks of ``block`` queries (0: :func:`query_block`), within each segment of
+    ``segments_BxT`` when given (packed rows). Up to
     :data:`CAUSAL_BLOCKS_UP_TO` positions each block attends only the keys at or before its last query (and
     inside the window): about half of XLA's ``[T, T]`` work and memory. Beyond, the blocks run in a
     ``lax.map`` against all keys, each block's probabilities recomputed in backward (``jax.checkpoint``;
@@ -127,29 +145,53 @@ def blocked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, 
     K = k_BxTxKxH.shape[2]
     block = min(block or query_block(T), T)
     q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)  # head n reads k/v head n // (N // K)
-    attend = functools.partial(_attend_block, sliding_window=sliding_window)
     outs, first = [], 0
     if T > CAUSAL_BLOCKS_UP_TO:
         first = T - T % block
-        q_CxBxQxKxGxH = jnp.swapaxes(
-            q_BxTxKxGxH[:, :first].reshape(B, -1, block, *q_BxTxKxGxH.shape[2:]), 0, 1
-        )
-        recomputed = jax.checkpoint(lambda q, start: attend(q, k_BxTxKxH, v_BxTxKxH, start, 0))
+
+        def blocks(x_BxTx___):  # [B, first, ...] -> [first // block, B, block, ...]
+            return jnp.swapaxes(x_BxTx___[:, :first].reshape(B, -1, block, *x_BxTx___.shape[2:]), 0, 1)
+
+        def attend_keys(q_BxQxKxGxH, q_segments_BxQ, first_query):
+            return _attend_block(
+                q_BxQxKxGxH,
+                k_BxTxKxH,
+                v_BxTxKxH,
+                first_query,
+                0,
+                sliding_window,
+                q_segments_BxQ,
+                segments_BxT,
+            )
+
+        recomputed = jax.checkpoint(attend_keys)
         firsts_C = jnp.arange(0, first, block, dtype=jnp.int32)
-        out_CxBxQxKxGxH = jax.lax.map(lambda xs: recomputed(*xs), (q_CxBxQxKxGxH, firsts_C))
+        xs = (blocks(q_BxTxKxGxH), None if segments_BxT is None else blocks(segments_BxT), firsts_C)
+        out_CxBxQxKxGxH = jax.lax.map(lambda x: recomputed(*x), xs)
         outs.append(jnp.swapaxes(out_CxBxQxKxGxH, 0, 1).reshape(B, first, *q_BxTxKxGxH.shape[2:]))
     for start in range(first, T, block):  # the causal blocks (or the last, partial block of the map)
         end = min(start + block, T)
         keys = slice(max(0, start - sliding_window + 1) if sliding_window else 0, end)
+        segments = () if segments_BxT is None else (segments_BxT[:, start:end], segments_BxT[:, keys])
+        q_BxQxKxGxH, k_BxSxKxH, v_BxSxKxH = q_BxTxKxGxH[:, start:end], k_BxTxKxH[:, keys], v_BxTxKxH[:, keys]
         outs.append(
-            attend(q_BxTxKxGxH[:, start:end], k_BxTxKxH[:, keys], v_BxTxKxH[:, keys], start, keys.start)
+            _attend_block(q_BxQxKxGxH, k_BxSxKxH, v_BxSxKxH, start, keys.start, sliding_window, *segments)
         )
     return jnp.concatenate(outs, axis=1).reshape(B, T, N, H)
 
 
-def _attend_block(q_BxQxKxGxH, k_BxSxKxH, v_BxSxKxH, first_query, first_key, sliding_window: int):
+def _attend_block(
+    q_BxQxKxGxH,
+    k_BxSxKxH,
+    v_BxSxKxH,
+    first_query,
+    first_key: int,
+    sliding_window: int,
+    q_segments_BxQ=None,
+    k_segments_BxS=None,
+):
     """Attention of the queries from position ``first_query`` over the keys from ``first_key`` (causal, maybe
-    windowed)."""
+    windowed, within segments)."""
     logits_BxKxGxQxS = jnp.einsum(
         "bqkgh,bskh->bkgqs", q_BxQxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
     )
@@ -158,7 +200,12 @@ def _attend_block(q_BxQxKxGxH, k_BxSxKxH, v_BxSxKxH, first_query, first_key, sli
     allowed_QxS = k_S[None, :] <= q_Q[:, None]
     if sliding_window:
         allowed_QxS &= q_Q[:, None] - k_S[None, :] < sliding_window
+    allowed = allowed_QxS  # broadcasts over [B, K, G, Q, S]
+    if q_segments_BxQ is not None:
+        allowed = (allowed_QxS[None] & (q_segments_BxQ[:, :, None] == k_segments_BxS[:, None, :]))[
+            :, None, None
+        ]
     scale = 1.0 / math.sqrt(q_BxQxKxGxH.shape[-1])
-    logits_BxKxGxQxS = jnp.where(allowed_QxS, logits_BxKxGxQxS * scale, jnp.finfo(jnp.float32).min)
+    logits_BxKxGxQxS = jnp.where(allowed, logits_BxKxGxQxS * scale, jnp.finfo(jnp.float32).min)
     probs_BxKxGxQxS = jax.nn.softmax(logits_BxKxGxQxS, axis=-1).astype(v_BxSxKxH.dtype)
     return jnp.einsum("bkgqs,bskh->bqkgh", probs_BxKxGxQxS, v_BxSxKxH)

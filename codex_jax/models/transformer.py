@@ -10,7 +10,9 @@ Training calls ``model.apply({'params': p}, tokens_BxT)`` and gets float32 logit
 Generation passes a KV cache (see ``init_cache``), a ``cache_index`` (the cache column of the first
 token) and per-row ``positions_BxT``, and gets ``(logits, new_cache)``. Attention is always causal
 in cache columns (and limited to ``sliding_window`` columns when set); an optional boolean
-``mask_BxTxS`` (True: may attend) restricts it further, e.g. to hide the left padding of prompts.
+``mask_BxTxS`` (True: may attend) restricts it further, e.g. to hide the left padding of prompts. Packed
+training rows pass ``segments_BxT`` instead (the example each token belongs to): attention stays inside each
+segment, through the kernel ``models/attention.py`` picks.
 """
 
 from __future__ import annotations
@@ -106,7 +108,16 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+    def __call__(
+        self,
+        x_BxTxD,
+        positions_BxT,
+        deterministic,
+        kv_cache=None,
+        cache_index=None,
+        mask=None,
+        segments_BxT=None,
+    ):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
         H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
@@ -135,7 +146,7 @@ class Attention(nn.Module):
             k_BxSxKxH = new_cache["k"].astype(q_BxTxNxH.dtype)
             v_BxSxKxH = new_cache["v"].astype(q_BxTxNxH.dtype)
         if mask is None:
-            out_BxTxNxH = causal_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)
+            out_BxTxNxH = causal_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segments_BxT)
         else:
             out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask)
         out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)
@@ -173,7 +184,9 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None):
+    def __call__(
+        self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None, segments_BxT=None
+    ):
         barrier = grad_barrier.enabled(self.cfg, jax.default_backend())
         if barrier:
             x = grad_barrier.residual_barrier(x)
@@ -184,6 +197,7 @@ class Block(nn.Module):
             kv_cache,
             cache_index,
             mask,
+            segments_BxT,
         )
         x = x + attn_out
         if barrier:
@@ -213,6 +227,7 @@ class Transformer(nn.Module):
         kv_cache=None,
         cache_index=None,
         mask_BxTxS=None,
+        segments_BxT=None,
         hidden: bool = False,
     ):
         """Logits ``[B, T, V]`` (float32), and the updated cache when ``kv_cache`` is given.
@@ -225,7 +240,9 @@ class Transformer(nn.Module):
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         embed, x = self._embed(tokens_BxT, positions_BxT, deterministic)
-        x, new_cache = self._blocks(x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS)
+        x, new_cache = self._blocks(
+            x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS, segments_BxT
+        )
         x_BxTxD = Norm(self.cfg, name="final_norm")(x)
         head_VxD = self._head(embed)
         if hidden:
@@ -259,7 +276,7 @@ class Transformer(nn.Module):
             x = x + pos(positions_BxT)
         return embed, nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
-    def _blocks(self, x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS):
+    def _blocks(self, x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS, segments_BxT):
         """The residual stream after every block, and each layer's updated cache."""
         cfg = self.cfg
         T = x.shape[1]
@@ -271,11 +288,13 @@ class Transformer(nn.Module):
             cache_index = 0 if cache_index is None else cache_index
             S = T if kv_cache is None else kv_cache["layers_0"]["k"].shape[1]
             mask = attention_mask(T, S, cache_index, cfg.sliding_window, mask_BxTxS)
+        if mask is not None and segments_BxT is not None:
+            raise ValueError("segments_BxT is for training rows: not with a KV cache or mask_BxTxS")
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
             x, layer_new = block_cls(cfg, name=f"layers_{i}")(
-                x, positions_BxT, deterministic, layer_cache, cache_index, mask
+                x, positions_BxT, deterministic, layer_cache, cache_index, mask, segments_BxT
             )
             new_cache[f"layers_{i}"] = layer_new
         return x, new_cache

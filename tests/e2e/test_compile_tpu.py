@@ -35,6 +35,17 @@ def test_compile_tiny_for_v5e_with_the_pallas_kernel():
     assert out["flops_per_chip_per_step"] > 0 and out["roofline_step_ms"] > 0
 
 
+def test_compile_packed_rows_with_segment_ids_in_the_pallas_kernel():
+    """data.packing='segments': the masked batch (tokens, mask, segments, step_scale) and the Pallas kernel
+    with the rows' segment ids."""
+    args = ("--config=configs/tiny.py", "--config.data.seq_len=128", "--config.data.packing=segments")
+    proc = _compile(*args, "--topology=v5e:2x2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["attention_impl"] == "pallas" and out["pallas_attention_in_step"] is True
+    assert out["fits"] is True and out["flops_per_chip_per_step"] > 0
+
+
 def test_compile_falls_back_and_refuses_bad_topology():
     out = json.loads(_compile("--config=configs/tiny.py", "--topology=v5e:2x2").stdout)  # seq_len 64
     assert out["attention_impl"] == "xla" and out["pallas_attention_in_step"] is False

@@ -37,6 +37,19 @@ def test_choice_per_platform(platform, seq_len, changes, expected, reason):
     assert impl == expected and reason in why
 
 
+@pytest.mark.parametrize(
+    "platform, expected, reason",
+    [
+        ("cpu", "blocked", "recomputed in backward"),
+        ("gpu", "xla", "packed segments"),
+        ("tpu", "pallas", "TPU"),
+    ],
+)
+def test_choice_for_packed_rows(platform, expected, reason):
+    impl, why = attention.choose(ModelConfig(dtype="bfloat16"), platform, 1024, packed=True)
+    assert impl == expected and reason in why
+
+
 def test_choice_and_fallback_are_logged(caplog):
     attention._log_choice.cache_clear()
     cfg = ModelConfig(num_layers=1, d_model=32, d_ff=64, vocab_size=64, max_seq_len=16)
@@ -60,21 +73,29 @@ def test_choice_and_fallback_are_logged(caplog):
 
 
 @pytest.mark.parametrize(
-    "window, length, recompute", [(0, 32, False), (12, 30, True), (0, 30, True), (12, 32, False)]
+    "window, length, recompute, packed",
+    [(0, 32, False, False), (12, 30, True, False), (0, 30, True, True), (12, 32, False, True)],
 )
-def test_blocked_attention_matches_xla(window, length, recompute, monkeypatch):
+def test_blocked_attention_matches_xla(window, length, recompute, packed, monkeypatch):
     monkeypatch.setattr(attention, "CAUSAL_BLOCKS_UP_TO", length - 1 if recompute else length)
     keys = jax.random.split(jax.random.key(2), 3)
     q = jax.random.normal(keys[0], (2, length, 4, 8))
     k, v = (jax.random.normal(key, (2, length, 2, 8)) for key in keys[1:])  # grouped-query: 4 / 2 heads
     local = (window - 1, 0) if window else None
+    # packed rows: segments of 5, 11, ... tokens (crossing the blocks of 8), then padding (segment 0)
+    ends = np.array([5, 16, 19, 27])
+    segments_BxT = (np.arange(length)[None, :] >= ends[:, None]).sum(0) + 1 if packed else None
+    if packed:
+        segments_BxT = jnp.asarray(np.stack([np.where(segments_BxT > 4, 0, segments_BxT), segments_BxT % 3]))
+    mask = None if segments_BxT is None else (segments_BxT[:, :, None] == segments_BxT[:, None, :])[:, None]
 
     def xla(q, k, v):
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=local)
         return jnp.square(out).sum()
 
     def blocked(q, k, v):
-        return jnp.square(attention.blocked_attention(q, k, v, window, block=8)).sum()
+        out = attention.blocked_attention(q, k, v, window, block=8, segments_BxT=segments_BxT)
+        return jnp.square(out).sum()
 
     v0, g0 = jax.value_and_grad(xla, argnums=(0, 1, 2))(q, k, v)
     v1, g1 = jax.jit(jax.value_and_grad(blocked, argnums=(0, 1, 2)))(q, k, v)
