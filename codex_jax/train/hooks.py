@@ -22,7 +22,10 @@ zero-argument callable such as a :class:`Hook` subclass that makes one per run),
 ``api.train(cfg, workdir, hooks=[...])`` passes hook objects. They run after the built-ins, once
 all of a step's built-ins have run, so a step's checkpoint is saved before any user hook sees the
 step. A user hook that raises stops the run: the saves in flight are waited for, then
-``error: hook NAME failed at step N: ...`` names it and the last checkpoint (exit code 2).
+``error: hook NAME failed at step N: ...`` names it and the last checkpoint (exit code 2). In a
+multi-process run every process stops after that step: the failing one with that error, the others with
+``error: hook of process K failed at step N: ...`` (:func:`raise_if_failed_anywhere`), none left waiting
+for it in a collective.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from codex_jax import plugins
 from codex_jax.errors import UserError
@@ -121,9 +128,23 @@ def read_only(metrics: Mapping[str, Any]) -> Metrics:
 class HookFailed(Exception):
     """A user hook raised: the run stops (the loop waits for its saves, then reports it)."""
 
-    def __init__(self, name: str, step: int, cause: Exception):
-        super().__init__(f"hook {name} failed at step {step}: {_why(cause)}")
+    def __init__(self, name: str, step: int, cause: Exception | str):
+        why = cause if isinstance(cause, str) else _why(cause)
+        super().__init__(f"hook {name} failed at step {step}: {why}")
         self.name, self.step = name, step
+
+
+def raise_if_failed_anywhere(failed: HookFailed | None, step: int) -> None:
+    """Raises ``failed`` (this process's user hook failed at ``step``), or, in a multi-process run, a
+    HookFailed naming the process whose hook did: every process learns it in one tiny all-gather (call it
+    at the same steps on all of them), so none waits for a failed one in the next collective."""
+    if jax.process_count() > 1:
+        flags = np.asarray(multihost_utils.process_allgather(np.int32(failed is not None)))
+        if failed is None and flags.any():
+            process = int(np.argmax(flags))
+            raise HookFailed(f"of process {process}", step, "its error is in that process's output")
+    if failed is not None:
+        raise failed
 
 
 @dataclasses.dataclass
@@ -133,8 +154,18 @@ class Hooks:
 
     builtin: list[Any]
     user: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    # The first user hook failure, when the loop raises it after the step (:func:`raise_if_failed_anywhere`);
+    # None: it is raised at once.
+    failed: HookFailed | None = None
+    defer_failures: bool = False
     _pending: list[tuple[str, int, Metrics]] = dataclasses.field(default_factory=list)
     _depth: int = 0
+
+    def settle(self, step: int) -> None:
+        """Multi-process (``defer_failures``): raises on every process if a user hook failed on any, up to
+        ``step`` (all processes call it at the same points); one process raised at once already."""
+        if self.defer_failures:
+            raise_if_failed_anywhere(self.failed, step)
 
     def step_end(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Optimizer step ``step`` ended (``metrics``: what it logged)."""
@@ -167,9 +198,13 @@ class Hooks:
     def _run_user(self, event: str, step: int, view: Metrics) -> None:
         for name, hook in self.user:
             method = getattr(hook, event, None)
-            if method is None:
+            if method is None or self.failed is not None:
                 continue
             try:
                 method(step, view)
             except Exception as e:  # noqa: BLE001 - any failure of a user's hook stops the run the same way
-                raise HookFailed(name, step, e) from e
+                failed = HookFailed(name, step, e)
+                failed.__cause__ = e
+                if not self.defer_failures:
+                    raise failed from e
+                self.failed = failed

@@ -69,13 +69,17 @@ def _train(t: Trainer, resume: int | None, signals: StopSignals, user: list) -> 
     write_json(t.workdir / RUN_CONFIG, cfg.to_dict(), main_process=jax.process_index() == 0)
     num_params = count_params(jax.eval_shape(lambda: init_params(t.model.cfg, jax.random.key(0))))
     meta = _checkpoint_meta(t, state, num_params)
-    run_hooks = hooks.Hooks([builtin.WritersHook(t.writers)], user)  # the loop adds the others
+    # the loop adds the other built-ins; several processes learn of a user hook's failure together
+    run_hooks = hooks.Hooks([builtin.WritersHook(t.writers)], user, defer_failures=jax.process_count() > 1)
     if start >= cfg.train.steps:
         print(f"train.steps={cfg.train.steps} already reached (checkpoint step {start}); nothing to train.")
-        return builtin.evaluate(t, run_hooks, state, start)
+        final = builtin.evaluate(t, run_hooks, state, start)
+        run_hooks.settle(start)
+        return final
     if start == 0:
         t.writers.write_hparams(flatten(cfg))
         builtin.evaluate(t, run_hooks, state, 0)
+        run_hooks.settle(0)
     trained_count = meta["lora"]["trainable_params"] if t.base is not None else num_params
     print(
         f"training {trained_count:,} parameters from step {start} to {cfg.train.steps} on "
@@ -85,6 +89,7 @@ def _train(t: Trainer, resume: int | None, signals: StopSignals, user: list) -> 
     model_flops = flops_per_token(t.model.cfg, num_params, cfg.data.seq_len)
     state, step, final = _train_steps(t, run_hooks, state, start, meta, model_flops, signals)
     final = final or builtin.evaluate(t, run_hooks, state, step)
+    run_hooks.settle(step)
     if cfg.generate.max_new_tokens > 0:
         _print_sample(t, state, step)
     return final
@@ -129,6 +134,7 @@ def _train_steps(t: Trainer, run_hooks: hooks.Hooks, state, start: int, meta: di
         p.state = _optimizer_step(t, p.state, p)
         p.stopping = stop.requested(step)
         run_hooks.step_end(step, train_metrics.at(step))
+        run_hooks.settle(step)
         if p.stopping:
             stop.stop(step)
     bar.close()

@@ -99,6 +99,50 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     assert (multi / "checkpoints" / "8").is_dir()
 
 
+# A run through the Python API whose hook fails on process 1 only (argv: workdir, port, process id).
+FAILING_HOOK = """
+import sys
+
+import jax
+
+from codex_jax import api
+
+
+class FailOnProcess1:
+    def on_step_end(self, step, metrics):
+        if jax.process_index() == 1 and step == 2:
+            raise RuntimeError("disk full")
+
+
+workdir, port, i = sys.argv[1:]
+dist = {"dist.coordinator_address": f"127.0.0.1:{port}", "dist.num_processes": 2, "dist.process_id": int(i)}
+common = {"train.steps": 4, "checkpoint.every_steps": 1, "train.eval_every": 100}
+api.train(api.load_config("configs/tiny.py", {**common, **dist}), workdir, hooks=[FailOnProcess1()])
+"""
+
+
+def test_a_hook_failing_on_one_process_stops_every_process(tmp_path):
+    """Process 1's hook fails at step 2: both processes stop after step 2 with an error naming the hook
+    (or its process) and the last checkpoint, instead of process 0 waiting for process 1 forever."""
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, "-c", FAILING_HOOK, str(tmp_path / "run"), str(port)]
+    procs = [
+        subprocess.Popen([*argv, str(i)], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], errs
+    assert "hook FailOnProcess1 failed at step 2: RuntimeError: disk full" in errs[1]
+    assert "hook of process 1 failed at step 2" in errs[0]
+    for err in errs:
+        assert "the last checkpoint is step 2" in err
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "1",
+        "2",
+    ]
+
+
 def test_tpu_pod_slice_is_detected(monkeypatch):
     """On a multi-host TPU slice (the README's gcloud recipe) jax.distributed finds its peers itself."""
     from codex_jax import distributed
