@@ -1,6 +1,6 @@
 """The embedded default: a small GPT-2 style code model on the Python standard library source.
 
-Sized for a 2-core laptop CPU: about 9 minutes end to end (tokenizer, tokenization, 900 steps of
+Sized for a 2-core laptop CPU: about 5 minutes end to end (tokenizer, tokenization, 900 steps of
 16 x 256 tokens, evaluations). The vocabulary is small (384 pieces: the 256 byte-fallback pieces plus the
 most useful merges), which suits a model this small. Usage:
 
