@@ -18,8 +18,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-MODES = ("auto", "on", "off")
-
 
 def enabled(cfg, platform: str) -> bool:
     """Whether a model traced for ``platform`` ('cpu', 'gpu', 'tpu') puts the barriers in."""
