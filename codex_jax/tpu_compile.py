@@ -25,6 +25,7 @@ from codex_jax.compute import aot
 from codex_jax.compute.batch import MASK, SEGMENTS, STEP_SCALE, TOKENS
 from codex_jax.compute.optim import make_optimizer
 from codex_jax.compute.parallel import BATCH_AXES, JitRunner
+from codex_jax.data.pipeline import masked_rows
 from codex_jax.errors import UserError
 from codex_jax.metrics.perf import peak_flops_per_device
 from codex_jax.models import attention, grad_barrier
@@ -89,14 +90,14 @@ def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):
 
 def _abstract_batch(cfg, runner: JitRunner):
     """The train step's batch: token rows, or the masked batch (``compute/batch.py``) of a run whose rows
-    carry a loss mask (``data.format`` other than 'text', or ``data.packing`` other than 'concat')."""
+    carry a loss mask (:func:`codex_jax.data.pipeline.masked_rows`)."""
     rows = (cfg.data.batch_size, cfg.data.seq_len + 1)
     shape = (runner.scan_steps, *rows) if runner.scan_steps > 1 else rows
 
     def spec(dims, dtype):
         return jax.ShapeDtypeStruct(dims, dtype, sharding=runner.train_batch_sharding)
 
-    if cfg.data.format == "text" and cfg.data.packing == "concat":
+    if not masked_rows(cfg):
         return spec(shape, jnp.int32)
     batch = {
         TOKENS: spec(shape, jnp.int32),

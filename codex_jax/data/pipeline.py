@@ -122,6 +122,13 @@ def mixture_sources(cfg: ConfigDict) -> tuple[MixtureSource, ...]:
     return parse_mixture(cfg.data.get("mixture", ""), cfg.data)
 
 
+def masked_rows(cfg: ConfigDict) -> bool:
+    """Whether the run's batches carry a loss mask (``compute/batch.py``): ``data.packing`` other than
+    'concat', or a source format (``data.format``, or a mixture source's) other than 'text'."""
+    formats = [s.format for s in mixture_sources(cfg)] or [cfg.data.format]
+    return cfg.data.packing != "concat" or any(f != "text" for f in formats)
+
+
 def _tokenizer_texts(train_docs: list[Document]) -> Callable[[], Iterator[str]]:
     """The training documents' texts in a hash order, so that a byte budget samples them all."""
     return lambda: (d.text for d in sorted(train_docs, key=lambda d: hash_fraction("tok:" + d.key)))
@@ -150,7 +157,7 @@ def _prepare_mixture(
         report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
     all_train = [doc for train_docs, _, _ in read.values() for doc in train_docs]
     tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(all_train), write)
-    masked = cfg.data.packing != "concat" or any(s.format != "text" for s in sources)
+    masked = masked_rows(cfg)
     rows, tokens = {}, {}
     for s in sources:
         train_docs, eval_docs, part = read[s.name]

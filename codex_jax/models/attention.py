@@ -135,9 +135,9 @@ def blocked_attention(
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, sliding_window: int = 0, block: int = 0, segments_BxT=None
 ):
     """Causal attention over blocks of ``block`` queries (0: :func:`query_block`), within each segment of
-    ``segments_BxT`` when given (packed rows). Up to
-    :data:`CAUSAL_BLOCKS_UP_TO` positions each block attends only the keys at or before its last query (and
-    inside the window): about half of XLA's ``[T, T]`` work and memory. Beyond, the blocks run in a
+    ``segments_BxT`` when given (packed rows). Up to :data:`CAUSAL_BLOCKS_UP_TO` positions each block attends
+    only the keys at or before its last query (and inside the window): about half of XLA's ``[T, T]`` work
+    and memory. Beyond, the blocks run in a
     ``lax.map`` against all keys, each block's probabilities recomputed in backward (``jax.checkpoint``;
     XLA's CPU pipeline merges a recomputation outside a loop with the forward pass), so backward keeps no
     ``[T, T]`` probabilities. Same result as XLA's attention within float32 rounding."""

@@ -24,8 +24,8 @@ all of a step's built-ins have run, so a step's checkpoint is saved before any u
 step. A user hook that raises stops the run: the saves in flight are waited for, then
 ``error: hook NAME failed at step N: ...`` names it and the last checkpoint (exit code 2). In a
 multi-process run every process stops after that step: the failing one with that error, the others with
-``error: hook of process K failed at step N: ...`` (:func:`raise_if_failed_anywhere`), none left waiting
-for it in a collective.
+``error: hook of process K failed at step N: ...`` (:meth:`Hooks.settle`), none left waiting for it in
+a collective.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class HookFailed(Exception):
         self.name, self.step = name, step
 
 
-def raise_if_failed_anywhere(failed: HookFailed | None, step: int) -> None:
+def _raise_if_failed_anywhere(failed: HookFailed | None, step: int) -> None:
     """Raises ``failed`` (this process's user hook failed at ``step``), or, in a multi-process run, a
     HookFailed naming the process whose hook did: every process learns it in one tiny all-gather (call it
     at the same steps on all of them), so none waits for a failed one in the next collective."""
@@ -154,8 +154,7 @@ class Hooks:
 
     builtin: list[Any]
     user: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
-    # The first user hook failure, when the loop raises it after the step (:func:`raise_if_failed_anywhere`);
-    # None: it is raised at once.
+    # With defer_failures (several processes): the first user hook failure, raised by settle().
     failed: HookFailed | None = None
     defer_failures: bool = False
     _pending: list[tuple[str, int, Metrics]] = dataclasses.field(default_factory=list)
@@ -165,7 +164,7 @@ class Hooks:
         """Multi-process (``defer_failures``): raises on every process if a user hook failed on any, up to
         ``step`` (all processes call it at the same points); one process raised at once already."""
         if self.defer_failures:
-            raise_if_failed_anywhere(self.failed, step)
+            _raise_if_failed_anywhere(self.failed, step)
 
     def step_end(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Optimizer step ``step`` ended (``metrics``: what it logged)."""
@@ -203,8 +202,7 @@ class Hooks:
             try:
                 method(step, view)
             except Exception as e:  # noqa: BLE001 - any failure of a user's hook stops the run the same way
-                failed = HookFailed(name, step, e)
-                failed.__cause__ = e
                 if not self.defer_failures:
-                    raise failed from e
-                self.failed = failed
+                    raise HookFailed(name, step, e) from e
+                self.failed = HookFailed(name, step, e)
+                self.failed.__cause__ = e  # as `raise ... from e` sets it, for settle() to raise it later

@@ -61,8 +61,6 @@ def test_barriers_keep_values_and_survive_compilation(family):
     (loss_off, grads_off), conds_off = _loss_and_grad(cfg.replace(grad_barriers="off"), params, tokens_BxL)
     assert conds_on == 2 * cfg.num_layers and conds_off == 0
     np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
-    for path, a in jax.tree_util.tree_leaves_with_path(grads_on):
-        b = grads_off
-        for key in path:
-            b = b[key.key]
+    leaves_off = jax.tree.leaves(grads_off)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_on), leaves_off, strict=True):
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-6, jax.tree_util.keystr(path)
