@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from codex_jax import cli_compile, cli_config, cli_plugins
+from codex_jax import cli_compile, cli_config, cli_models, cli_plugins
 from codex_jax import main as main_lib
 from codex_jax.config import packaged as configs
 from codex_jax.metrics import plot
@@ -26,6 +26,7 @@ commands:
   tokenizer  train|encode|decode|inspect|export a tokenizer: codex-jax tokenizer --help
   safety     find secrets in files:        codex-jax safety scan PATH... [--policy=FILE]
   plugins    list installed plugins:       codex-jax plugins [--json]
+  models     families and model presets:   codex-jax models [--json]
   configs    list the packaged configs:    codex-jax configs [--paths]
   config     print|validate|diff configs:  codex-jax config print --config=configs/tiny.py
   plot       loss/lr/throughput PNG:       codex-jax plot WORKDIR... [--out PNG]
@@ -48,6 +49,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "tokenizer": tokenizer_cli.main,
     "safety": safety_cli.main,
     "plugins": cli_plugins.main,
+    "models": cli_models.main,
     "configs": configs.main,
     "config": cli_config.main,
     "plot": plot.main,

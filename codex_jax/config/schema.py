@@ -23,7 +23,17 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     **DATA_SCHEMA,
     "model.family": (
         "gpt2",
-        "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU).",
+        "The block's features (models/families.py; `codex-jax models` lists them): 'gpt2' (learned "
+        "positions, LayerNorm, GELU), 'llama' (RoPE, RMSNorm, SwiGLU), 'qwen3' (llama + q/k norms), "
+        "'gemma', 'gemma2', 'gemma3', 'starcoder2' or 'phi3'.",
+    ),
+    "model.preset": (
+        "",
+        "A named architecture (`codex-jax models`: 'qwen3-0.6b', 'gemma-3-1b', 'starcoder2-3b', ...): it "
+        "sets every architecture field (the model.* shape keys are ignored, and the log says which "
+        "differ); the run-time keys (dtype, param_dtype, dropout, attention_impl, remat, grad_barriers, "
+        "loss_chunk) still apply. '': the model.* keys. With model.init_from, its config.json or run sets "
+        "the architecture instead (the log says so).",
     ),
     "model.num_layers": (4, "Transformer blocks."),
     "model.num_heads": (4, "Query heads."),

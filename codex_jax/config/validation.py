@@ -17,6 +17,7 @@ from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
 from codex_jax.metrics.writers import WRITER_NAMES
+from codex_jax.models import registry as model_presets
 from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, GRAD_BARRIERS, REMAT_POLICIES
 
 
@@ -129,6 +130,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str] | Callable[[Any], str | None
         "must be 'latest', 'best' or a step number",
     ),
     "model.init_from": (_init_from, "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'"),
+    "model.preset": lambda v: (
+        None
+        if v == "" or v in model_presets.names()
+        else f"must be '' or one of {', '.join(model_presets.names())}"
+    ),
     "lora.alpha": (lambda v: v > 0, "must be > 0"),
     "lora.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "lora.targets": _regex,
