@@ -33,7 +33,7 @@ commands:
   compile    TPU memory/FLOPs, no TPU:     codex-jax compile --config=configs/gpt2_small.py --topology=v5e:2x2
 
 Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged config is found by name from
-any directory (--config=configs/base.py, --config=base). See README.md for every config key.
+any directory (--config=configs/base.py, --config=base). Every config key: docs/reference/config.md.
 """
 
 RUN_MODES = ("train", "eval", "generate", "export", "eval-code")

@@ -59,7 +59,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         hint = hint.rstrip("'")  # the end of the quoted key error
         hint = f"; {hint[0].lower()}{hint[1:]}" if hint else ""
         bad = [a for a in argv if a.startswith("--config.") and name in a.split("=")[0]]
-        fail(f"{bad[0] if bad else '--config'}: unknown config key '{name}' (see README.md{hint})")
+        flag = bad[0] if bad else "--config"
+        fail(f"{flag}: unknown config key '{name}' (see docs/reference/config.md{hint})")
     except (ValueError, TypeError, SyntaxError, OSError) as e:
         fail(f"--config: {' '.join(str(e).split())}")
     return []

@@ -13,7 +13,7 @@ from codex_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What one functional-correctness evaluation does (see the ``codeeval.*`` keys in the README)."""
+    """What one functional-correctness evaluation does (the ``codeeval.*`` keys: docs/reference/config.md)."""
 
     problems: str
     max_problems: int

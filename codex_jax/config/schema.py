@@ -16,8 +16,8 @@ from codex_jax.config.schema_data import DATA_SCHEMA
 from codex_jax.metrics.base import flatten_hparams as flatten  # noqa: F401 - one flattening, re-exported
 from codex_jax.models.lora import DEFAULT_TARGETS
 
-# key -> (default, meaning), in the README's order (data.* keys: schema_data.py). The README's config
-# reference is checked against this table by a test.
+# key -> (default, meaning), in the documentation's order (data.* keys: schema_data.py). The config
+# reference, docs/reference/config.md, is generated from it (tools/gen_config_reference.py; a test checks it).
 SCHEMA: dict[str, tuple[Any, str]] = {
     "seed": (0, "Seed for parameter init, dropout and data order."),
     **DATA_SCHEMA,
@@ -195,7 +195,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.hooks": (
         "",
         "Comma-separated names of installed codex_jax.hooks entry points to run on step end, eval end "
-        "and checkpoint save ('': none; see Hooks in README.md).",
+        "and checkpoint save ('': none; see Hooks in docs/extend.md).",
     ),
     "train.profile_steps": (
         "",
@@ -363,7 +363,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def reference_table() -> str:
-    """The README's config reference: a markdown table of every key, its default and meaning."""
+    """docs/reference/config.md's table: every key, its default and meaning, in markdown."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, (default, meaning) in SCHEMA.items():
         cell = repr(default).replace("|", "\\|")  # a pipe would end the table cell

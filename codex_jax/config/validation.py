@@ -170,7 +170,9 @@ def _check_keys_and_types(flat: dict[str, Any]) -> None:
     """Every key known, none missing, each of its default's type (an int passes for a float)."""
     for key in flat:
         if key not in SCHEMA:
-            raise UserError(f"config key '{key}': unknown key (see the config reference in README.md)")
+            raise UserError(
+                f"config key '{key}': unknown key (see the config reference: docs/reference/config.md)"
+            )
     for key, (default, _) in SCHEMA.items():
         _check(key in flat, key, "missing", None)
         value = flat[key]
