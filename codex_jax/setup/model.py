@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections
 
 from codex_jax.config.runspec import RunSpec
+from codex_jax.config.schema import SCHEMA
 from codex_jax.errors import UserError
 from codex_jax.interop import hf_config
 from codex_jax.interop import hf_weights as hf
@@ -93,12 +94,14 @@ def check_model(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
         f"vocab {model_cfg.vocab_size}"
     )
     if spec.hf_folder is not None:
+        # only the keys the config set (not the schema defaults) are news to the user
         changed = [
             f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
             for k in SHAPE_KEYS
-            if cfg.model[k] != getattr(model_cfg, k)
+            if cfg.model[k] != getattr(model_cfg, k) and cfg.model[k] != SCHEMA[f"model.{k}"][0]
         ]
-        said = f"overrides model.* {', '.join(changed) if changed else '(all equal)'}"
+        said = "the model.* shape keys are ignored"
+        said += f" (the config's {', '.join(changed)})" if changed else ""
         where = f"architecture from {spec.hf_folder / 'config.json'}"
     else:
         said, where = "the model.* shape keys are ignored", f"architecture of the run in {spec.base_run}"
