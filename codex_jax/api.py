@@ -29,7 +29,7 @@ from codex_jax import export as export_lib
 from codex_jax.codeeval import run as code_eval
 from codex_jax.config.packaged import resolve
 from codex_jax.config.paths import resolve_paths
-from codex_jax.config.runspec import run_config, set_key
+from codex_jax.config.runspec import RUN_CONFIG, run_config, set_key
 from codex_jax.config.validation import validate
 from codex_jax.errors import UserError
 from codex_jax.files import as_path, is_remote
@@ -39,7 +39,10 @@ from codex_jax.train.hooks import Hook  # noqa: F401 - api.Hook: the base class 
 
 def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``'configs/base.py'``, ``'base'``, ``'configs/lora.py:hf:DIR'``, or any
-    file ``PATH[:ARG]``) with ``overrides`` (``{'train.steps': 100}``) applied, as ``--config.KEY=V`` does."""
+    file ``PATH[:ARG]``; a run's ``RUN/config.json``: :func:`workdir_config`) with ``overrides``
+    (``{'train.steps': 100}``) applied, as ``--config.KEY=V`` does."""
+    if Path(spec).name == RUN_CONFIG and Path(spec).is_file():
+        return workdir_config(Path(spec).parent, overrides)
     path, _, arg = resolve(spec).partition(":")
     if not Path(path).is_file():
         raise UserError(f"config {spec!r}: no such file (packaged configs: codex-jax configs)")

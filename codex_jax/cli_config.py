@@ -90,7 +90,7 @@ def validate_config(args: list[str]) -> int:
     missing = missing_paths(cfg)
     if missing:
         raise UserError("; ".join(missing))
-    print(f"ok: {main_lib.config_filename()}")
+    print(f"ok: {main_lib.saved_run_dir() or main_lib.config_filename()}")
     return 0
 
 

@@ -22,7 +22,7 @@ from codex_jax.config import modes, saved_run
 from codex_jax.config.packaged import missing_config, resolve
 from codex_jax.config.runspec import RUN_CONFIG
 from codex_jax.errors import EXIT_USER_ERROR, UserError
-from codex_jax.files import absolute, as_path
+from codex_jax.files import absolute
 from codex_jax.train.stop import EXIT_STOPPED, Stopped
 
 FLAGS = flags.FLAGS
@@ -161,7 +161,7 @@ def run(argv: list[str]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     cfg = load_config()
     from_run = saved_run_dir()
-    workdir = as_path(FLAGS.workdir or from_run or default_workdir(config_filename()))  # a folder or gs://
+    workdir = absolute(FLAGS.workdir or from_run or default_workdir(config_filename()))  # a folder or gs://
     try:
         if from_run and FLAGS.mode != "train":
             modes.check_followup_overrides(FLAGS.mode, from_run, _OVERRIDES)

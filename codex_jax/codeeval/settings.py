@@ -36,8 +36,16 @@ class Settings:
 
     def sampling(self) -> dict:
         """The generation settings, as recorded with the results."""
-        keys = ("num_samples", "temperature", "top_p", "max_new_tokens", "stop", "batch_size", "bucket")
-        keys += ("prompt_format",)
+        keys: tuple[str, ...] = (
+            "num_samples",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "stop",
+            "batch_size",
+            "bucket",
+            "prompt_format",
+        )
         return {k: getattr(self, k) for k in keys} | {"k": list(self.ks)}
 
 

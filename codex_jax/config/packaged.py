@@ -53,7 +53,7 @@ def missing_config(path: str) -> str | None:
     stem = Path(path).name.removesuffix(".py")
     close = difflib.get_close_matches(stem, names, n=1)
     hint = f"; did you mean configs/{close[0]}.py?" if close else ""
-    return f"no such config file (packaged configs: {', '.join(names)}{hint})"
+    return f"no such config file{hint} (packaged configs: {', '.join(names)})"
 
 
 def summary(path: Path) -> str:
