@@ -144,3 +144,20 @@ def test_api_load_config_reads_a_runs_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     loaded = api.load_config(str(tmp_path / "config.json"), {"generate.prompt": "x"})
     assert loaded.train.steps == 7 and loaded.generate.prompt == "x"
+
+
+def test_a_runs_config_json_or_workdir_is_a_config_with_overrides(tmp_path, monkeypatch):
+    from codex_jax import main as main_lib
+
+    cfg = default_config()
+    cfg.train.steps = 7
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    monkeypatch.chdir(tmp_path)
+    for args in (["--config=run/config.json"], ["--workdir=run"], ["--config=run"]):
+        loaded, _ = main_lib.parse_config_flags(["codex-jax", *args, "--config.generate.prompt=hi"])
+        assert loaded.train.steps == 7 and loaded.generate.prompt == "hi"
+        assert main_lib.saved_run_dir() == str(run)
+    loaded, _ = main_lib.parse_config_flags(["codex-jax", "--config=configs/tiny.py", "--workdir=run"])
+    assert main_lib.saved_run_dir() is None and loaded.train.steps != 7  # --config wins over the workdir
