@@ -244,6 +244,13 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         '["\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#"]',
         "JSON list of stop sequences: a completion ends before the first one.",
     ),
+    "codeeval.prompt_format": (
+        "auto",
+        "How problems are put to the model: 'raw' (the prompt as text, completed up to codeeval.stop), "
+        "'chat' (one user turn of the run's chat template asking for the function; the answer's code "
+        "block becomes the completion) or 'auto' ('chat' for a run trained with data.format='chat', "
+        "else 'raw'). results.json records the format used.",
+    ),
     "codeeval.batch_size": (8, "Completions generated per batch."),
     "codeeval.bucket": (
         32,

@@ -203,7 +203,7 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
     _check(
         flat["train.warmup_steps"] <= flat["train.steps"],
         "train.warmup_steps",
-        f"must be <= train.steps={flat['train.steps']}",
+        f"must be <= train.steps={flat['train.steps']} (set --config.train.warmup_steps too)",
         flat["train.warmup_steps"],
     )
     _check(

@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections
 
 from codex_jax.config.runspec import RunSpec
+from codex_jax.config.schema import SCHEMA
 from codex_jax.errors import UserError
 from codex_jax.interop import hf_config
 from codex_jax.interop import hf_weights as hf
@@ -88,15 +89,11 @@ def check_model(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
                 f"config key 'data.seq_len': {cfg.data.seq_len} exceeds the {model_cfg.max_seq_len} "
                 f"positions of model.preset {cfg.model.preset!r}"
             )
-        changed = [
-            f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
-            for k in SHAPE_KEYS
-            if cfg.model[k] != getattr(model_cfg, k)
-        ]
+        changed = _set_shape_keys(cfg, model_cfg)
         print(
             f"model.preset {cfg.model.preset!r} ({model_cfg.family}, {model_cfg.num_layers} layers, d_model "
-            f"{model_cfg.d_model}, vocab {model_cfg.vocab_size}) overrides model.* "
-            f"{', '.join(changed) if changed else '(all equal)'}",
+            f"{model_cfg.d_model}, vocab {model_cfg.vocab_size}): the model.* shape keys are ignored"
+            + (f" (the config's {', '.join(changed)})" if changed else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -115,18 +112,25 @@ def check_model(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
         f"vocab {model_cfg.vocab_size}"
     )
     if spec.hf_folder is not None:
-        changed = [
-            f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
-            for k in SHAPE_KEYS
-            if cfg.model[k] != getattr(model_cfg, k)
-        ]
-        said = f"overrides model.* {', '.join(changed) if changed else '(all equal)'}"
+        changed = _set_shape_keys(cfg, model_cfg)
+        said = "the model.* shape keys are ignored"
+        said += f" (the config's {', '.join(changed)})" if changed else ""
         if cfg.model.preset:
-            said += f" and model.preset {cfg.model.preset!r}"
+            said += f", and so is model.preset {cfg.model.preset!r}"
         where = f"architecture from {spec.hf_folder / 'config.json'}"
     else:
         said, where = "the model.* shape keys are ignored", f"architecture of the run in {spec.base_run}"
     print(f"model.init_from: {where} ({shape}); {said}", file=sys.stderr, flush=True)
+
+
+def _set_shape_keys(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> list[str]:
+    """``key=config->model`` of the shape keys the config set (not schema defaults) that the model differs
+    on: only those are news to the user."""
+    return [
+        f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
+        for k in SHAPE_KEYS
+        if cfg.model[k] != getattr(model_cfg, k) and cfg.model[k] != SCHEMA[f"model.{k}"][0]
+    ]
 
 
 def check_vocab(tokenizer, model_cfg: ModelConfig, where: str | Path) -> None:
