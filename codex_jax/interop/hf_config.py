@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,7 @@ def _activation(name: str | None) -> str:
     return _ACTIVATIONS[str(name)]
 
 
-def _rope(params: dict) -> dict[str, Any]:
+def _rope(params: dict, max_len: int) -> dict[str, Any]:
     """ModelConfig's RoPE fields of one Hugging Face ``rope_parameters`` dict."""
     kind = params.get("rope_type", params.get("type", "default"))
     fields: dict[str, Any] = {"rope_theta": float(params.get("rope_theta", 10000.0))}
@@ -78,9 +79,32 @@ def _rope(params: dict) -> dict[str, Any]:
             float(params["high_freq_factor"]),
             int(params["original_max_position_embeddings"]),
         )
+    elif kind == "yarn":
+        factor = float(params.get("factor") or max_len / params["original_max_position_embeddings"])
+        attention = params.get("attention_factor")
+        if attention is None:
+            mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+            attention = (
+                _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+                if mscale and mscale_all
+                else (_yarn_mscale(factor))
+            )
+        fields["rope_yarn"] = (
+            factor,
+            int(params["original_max_position_embeddings"]),
+            float(params.get("beta_fast") or 32),
+            float(params.get("beta_slow") or 1),
+            float(attention),
+            float(bool(params.get("truncate", True))),
+        )
     else:
-        _require(kind == "default", f"rope type {kind!r} (have: default, linear, llama3)")
+        _require(kind == "default", f"rope type {kind!r} (have: default, linear, llama3, yarn)")
     return fields
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scale for a context ``factor`` times longer (its paper's eq. 21)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 def _shape(c) -> dict[str, Any]:
@@ -138,7 +162,7 @@ def _read_llama(c) -> dict[str, Any]:
         out_bias=bias,
         mlp_bias=bool(getattr(c, "mlp_bias", False)),
         sliding_window=int(getattr(c, "sliding_window", None) or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -148,7 +172,7 @@ def _read_qwen2(c) -> dict[str, Any]:
         activation=_activation(c.hidden_act),
         attention_bias=True,
         **_windows(c),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -160,7 +184,7 @@ def _read_qwen3(c) -> dict[str, Any]:
         attention_bias=bias,
         out_bias=bias,
         **_windows(c),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -179,12 +203,12 @@ def _read_gemma(c) -> dict[str, Any]:
     )
     rope = c.rope_parameters
     if "full_attention" in rope:  # Gemma 3: one RoPE per layer type
-        local = _rope(rope["sliding_attention"])
+        local = _rope(rope["sliding_attention"], c.max_position_embeddings)
         _require(set(local) == {"rope_theta"}, "a scaled RoPE on the sliding layers")
-        fields.update(_rope(rope["full_attention"]))
+        fields.update(_rope(rope["full_attention"], c.max_position_embeddings))
         fields["rope_local_theta"] = local["rope_theta"]
     else:
-        fields.update(_rope(rope))
+        fields.update(_rope(rope, c.max_position_embeddings))
     if fields.get("query_scale_dim") == (fields["head_dim"] or fields["d_model"] // fields["num_heads"]):
         fields["query_scale_dim"] = 0.0
     return fields
@@ -204,7 +228,7 @@ def _read_starcoder2(c) -> dict[str, Any]:
         out_bias=bool(c.use_bias),
         mlp_bias=bool(c.use_bias),
         sliding_window=int(c.sliding_window or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -213,7 +237,7 @@ def _read_phi3(c) -> dict[str, Any]:
         _shape(c),
         activation=_activation(c.hidden_act),
         sliding_window=int(c.sliding_window or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -222,8 +246,6 @@ def _read_phi3(c) -> dict[str, Any]:
 
 def _rope_to_hf(cfg: ModelConfig, scaled: bool = True) -> dict[str, Any]:
     """Hugging Face's ``rope_parameters`` of ``cfg`` (``scaled=False``: Gemma 3's sliding layers)."""
-    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
-        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
     out: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_fraction != 1.0:
         out["partial_rotary_factor"] = cfg.rope_fraction
@@ -238,6 +260,17 @@ def _rope_to_hf(cfg: ModelConfig, scaled: bool = True) -> dict[str, Any]:
         )
     elif scaled and cfg.rope_linear_factor != 1.0:
         out.update(rope_type="linear", factor=cfg.rope_linear_factor)
+    elif scaled and cfg.rope_yarn:
+        factor, original, beta_fast, beta_slow, attention, truncate = cfg.rope_yarn
+        out.update(
+            rope_type="yarn",
+            factor=factor,
+            original_max_position_embeddings=int(original),
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            attention_factor=attention,
+            truncate=bool(truncate),
+        )
     return out
 
 

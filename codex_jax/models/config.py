@@ -67,6 +67,9 @@ class ModelConfig:
     # original_max_position_embeddings); empty tuple for none.
     rope_llama3_scaling: tuple = ()
     rope_linear_factor: float = 1.0
+    # YaRN: (factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor, truncate);
+    # empty for none (models/rope.py).
+    rope_yarn: tuple = ()
     rope_fraction: float = (
         1.0  # the leading fraction of each head's dims that RoPE rotates (Phi-4-mini: 0.75)
     )
@@ -82,6 +85,7 @@ class ModelConfig:
     def __post_init__(self):
         object.__setattr__(self, "rope_llama3_scaling", tuple(self.rope_llama3_scaling))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "rope_yarn", tuple(self.rope_yarn))
         if self.family not in FAMILIES:
             raise UserError(f"model family={self.family!r}: expected one of {FAMILIES}")
         for name, value in fam.features(self.family).items():
@@ -113,6 +117,15 @@ class ModelConfig:
             raise UserError(
                 f"model rope_fraction={self.rope_fraction}: must be in (0, 1] and rotate an even number of "
                 f"the {self.dims_per_head} dims per head"
+            )
+        if self.rope_yarn and len(self.rope_yarn) != 6:
+            raise UserError(
+                "model rope_yarn must be (factor, original_max_position_embeddings, beta_fast, beta_slow, "
+                f"attention_factor, truncate), got {self.rope_yarn!r}"
+            )
+        if sum(map(bool, (self.rope_yarn, self.rope_llama3_scaling, self.rope_linear_factor != 1.0))) > 1:
+            raise UserError(
+                "model RoPE takes one scaling: rope_yarn, rope_llama3_scaling or rope_linear_factor"
             )
         if self.rope_llama3_scaling and len(self.rope_llama3_scaling) != 4:
             raise UserError(
@@ -167,7 +180,7 @@ class ModelConfig:
         kwargs = {k: v for k, v in values.items() if k in names}
         if "norm" not in kwargs and kwargs.get("family", "gpt2") == "gpt2":
             kwargs.pop("attention_bias", None)
-        for key in ("rope_llama3_scaling", "layer_types"):
+        for key in ("rope_llama3_scaling", "layer_types", "rope_yarn"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from codex_jax.models import grad_barrier
 from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
-from codex_jax.models.rope import apply_rope, rope_frequencies
+from codex_jax.models.rope import apply_rope, attention_factor, rope_frequencies
 
 
 def _init_normal(std: float = 0.02):
@@ -141,9 +141,9 @@ class Attention(nn.Module):
             q_BxTxNxH = Norm(cfg, "rmsnorm", name="q_norm")(q_BxTxNxH)
             k_BxTxKxH = Norm(cfg, "rmsnorm", name="k_norm")(k_BxTxKxH)
         if cfg.positions == "rope":
-            inv_freq = rope_frequencies(cfg)
-            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
-            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+            inv_freq, factor = rope_frequencies(cfg), attention_factor(cfg)
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq, factor)
+            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq, factor)
 
         new_cache = None
         k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH  # S == T without a cache
