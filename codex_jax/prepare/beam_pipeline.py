@@ -51,6 +51,8 @@ def default_options(argv: Sequence[str]) -> list[str]:
             args.append("--direct_num_workers=2")
         if "--direct_running_mode" not in given:
             args.append("--direct_running_mode=multi_processing")
+    if "--default_sdk_harness_log_level" not in given:  # the workers' INFO lines drown the command's output
+        args.append("--default_sdk_harness_log_level=WARNING")
     return args
 
 
@@ -190,8 +192,12 @@ def run_pipeline(
     shard_tokens: int = cache_shards.SHARD_TOKENS,
 ) -> dict[str, int]:
     """Runs the pipeline (Beam options from ``beam_args``) until it is done; returns Beam's counters."""
+    import logging
+
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     dtype, build_uri, out_uri = key["dtype"], os.fspath(build), os.fspath(out)
     prepared_by = f"codex-jax prepare (apache-beam {beam.__version__})"
