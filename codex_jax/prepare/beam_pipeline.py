@@ -17,6 +17,7 @@ which tasks finish: every stage's result depends only on task indices, never on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ def tokenize_task(
     if marker is None:
         local = Path(tempfile.mkdtemp(prefix="codex_jax_task."))
         try:
-            run_task(local, index, task, tokenizer, np.dtype(dtype), num_threads=1)
+            fresh = dataclasses.replace(task, reports=[], eval_records={})  # a retried element starts clean
+            run_task(local, index, fresh, tokenizer, np.dtype(dtype), num_threads=1)
             for name in _TASK_FILES:
                 _put(shard_path(local, index, name), shard_path(folder, index, name))
             _put(marker_path(local, index), marker_path(folder, index))  # last: the task is done

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from codex_jax import files
 from codex_jax.corpus.splits import write_manifest
 from codex_jax.data import cache, cache_shards, pipeline, streaming
 from codex_jax.data.cache_combine import build_folder
@@ -89,12 +88,9 @@ def prepare(
 def _clear(directory: Path) -> None:
     """Removes a cache's key and streams or shards from ``directory`` (the key first: never a key without
     its data); build folders are kept (a resumed pipeline reuses its finished tasks)."""
-    (directory / cache.KEY_FILENAME).unlink(missing_ok=True) if directory.exists() else None
     if not directory.exists():
         return
+    (directory / cache.KEY_FILENAME).unlink(missing_ok=True)
     for path in directory.iterdir():
-        if path.name.endswith(f".{cache_shards.FORMAT}") or path.name.endswith(".tokens"):
-            if files.is_remote(path):
-                path.unlink()
-            else:
-                path.unlink(missing_ok=True)
+        if path.name.endswith((f".{cache_shards.FORMAT}", ".tokens")):
+            path.unlink()
