@@ -197,7 +197,7 @@ def open_streams(directory: Path, stored: dict[str, Any]) -> dict[str, np.ndarra
     dtype = np.dtype(stored["key"]["dtype"])
     local = Path(tempfile.mkdtemp(prefix="codex_jax_shards."))
     atexit.register(shutil.rmtree, local, True)
-    streams = {}
+    streams: dict[str, np.ndarray] = {}
     for split, shards in stored["shards"].items():
         path = local / f"{split}.tokens"
         with open(path, "wb") as out:
