@@ -17,6 +17,7 @@ from codex_jax.data import streaming
 from codex_jax.data.pipeline import prepare_data
 from codex_jax.errors import UserError
 from codex_jax.files import as_path
+from codex_jax.prepare.beam_pipeline import default_options
 from codex_jax.prepare.run import prepare
 
 pytest.importorskip("apache_beam")
@@ -154,3 +155,27 @@ def test_gs_inputs_and_outputs_through_the_emulator(corpus, tmp_path):
         bundle = prepare_data(cfg, as_path(f"gs://{emulator.bucket}/run"))
         expected = prepare_data(cfg, tmp_path / "in_process")  # the same gs:// source, built in-process
         _same_rows(bundle, expected)
+
+
+def test_beam_options_default_to_two_direct_runner_processes_and_pass_through():
+    assert default_options([]) == [
+        "--runner=DirectRunner",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
+    dataflow = default_options(["--runner=DataflowRunner", "--project=p", "--region=r"])
+    assert dataflow == [
+        "--runner=DataflowRunner",
+        "--project=p",
+        "--region=r",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
+    assert default_options(["--direct_num_workers=1"])[:1] == ["--direct_num_workers=1"]
+    assert "--direct_num_workers=2" not in default_options(["--direct_num_workers=1"])
+
+
+def test_a_source_training_reads_into_memory_is_not_prepared(corpus, tmp_path):
+    cfg = _config(corpus / "code", corpus / "block.yaml", format="chat")
+    with pytest.raises(UserError, match="must be a text source of files"):
+        prepare(cfg, tmp_path, IN_MEMORY)
