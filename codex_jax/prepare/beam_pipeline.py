@@ -33,6 +33,7 @@ from codex_jax.data import cache_shards
 from codex_jax.data.cache_combine import marker_path, shard_path, write_file_reports
 from codex_jax.data.cache_tasks import FilesTask
 from codex_jax.data.cache_workers import run_task
+from codex_jax.errors import UserError
 from codex_jax.files import as_path, is_remote
 from codex_jax.tokenizers.base import Tokenizer
 
@@ -224,8 +225,18 @@ def run_pipeline(
         | "finish"
         >> beam.Map(finish, beam.pvalue.AsSingleton(layout), build_uri, out_uri, key, settings, prepared_by)
     )
-    result = p.run()
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a worker's failure (a file gone since pass 1...) as one line
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = lines[-1] if lines else type(e).__name__
+        raise UserError(
+            f"codex-jax prepare: the pipeline failed ({why[:300]}); the tasks done so far are kept in "
+            f"{build}: run it again to continue"
+        ) from None
     return _counters(result)
 
 

@@ -179,3 +179,18 @@ def test_a_source_training_reads_into_memory_is_not_prepared(corpus, tmp_path):
     cfg = _config(corpus / "code", corpus / "block.yaml", format="chat")
     with pytest.raises(UserError, match="must be a text source of files"):
         prepare(cfg, tmp_path, IN_MEMORY)
+
+
+def test_a_file_gone_after_pass_1_fails_the_pipeline_in_one_error(corpus, tmp_path, monkeypatch):
+    source = tmp_path / "code"
+    shutil.copytree(corpus / "code", source)
+    listed = streaming.StreamedSource.tasks
+
+    def tasks_then_remove(self):  # a listed file disappears before the pipeline reads it
+        tasks = list(listed(self))
+        (source / "pkg").joinpath(sorted(p.name for p in (source / "pkg").iterdir())[0]).unlink()
+        return iter(tasks)
+
+    monkeypatch.setattr(streaming.StreamedSource, "tasks", tasks_then_remove)
+    with pytest.raises(UserError, match=r"cannot read .*No such file"):
+        prepare(_config(source, corpus / "block.yaml"), tmp_path / "run", IN_MEMORY)
