@@ -120,7 +120,7 @@ def _shape(c) -> dict[str, Any]:
         vocab_size=c.vocab_size,
         max_seq_len=c.max_position_embeddings,
         head_dim=0 if head_dim * heads == width else head_dim,
-        norm_eps=float(getattr(c, "rms_norm_eps", None) or getattr(c, "norm_epsilon", 1e-6)),
+        norm_eps=float(getattr(c, "rms_norm_eps", None) or getattr(c, "norm_epsilon", None) or 1e-6),
         tie_embeddings=bool(c.tie_word_embeddings),
     )
 
@@ -315,7 +315,7 @@ def _write_decoder(cfg: ModelConfig, **extra) -> dict[str, Any]:
         head_dim=cfg.dims_per_head,
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
-        hidden_act=_HF_ACTIVATION[cfg.activation],
+        hidden_act=_HF_ACTIVATION[str(cfg.activation)],
         attention_dropout=0.0,
         rope_parameters=_rope_to_hf(cfg),
         **extra,
@@ -352,7 +352,7 @@ def _write_gemma(cfg: ModelConfig) -> dict[str, Any]:
     out = _write_decoder(
         cfg,
         attention_bias=cfg.attention_bias,
-        hidden_activation=_HF_ACTIVATION[cfg.activation],
+        hidden_activation=_HF_ACTIVATION[str(cfg.activation)],
         query_pre_attn_scalar=_number(cfg.query_scale_dim or cfg.dims_per_head),
     )
     if cfg.family == "gemma":

@@ -118,12 +118,13 @@ def _decoder_layer_rows(cfg: ModelConfig, names: Names, i: int, add) -> None:
     add(f"{attn}.o_proj.weight", [f"{p}/attn/o_proj/kernel"], transpose=True)
     if cfg.out_bias:
         add(f"{attn}.o_proj.bias", [f"{p}/attn/o_proj/bias"])
-    ours = ("fc_in", "fc_out") if cfg.mlp == "plain" else ("gate_proj", "up_proj", "down_proj")
+    ours: tuple[str, ...] = (
+        ("fc_in", "fc_out") if cfg.mlp == "plain" else ("gate_proj", "up_proj", "down_proj")
+    )
+    hf_mlp = names.mlp if cfg.mlp == "gated" else names.mlp[-2:]
     if names.fused_gate_up:
         add(f"{h}.mlp.gate_up_proj.weight", [f"{p}/mlp/gate_proj/kernel", f"{p}/mlp/up_proj/kernel"], True)
-        ours, hf_mlp = ("down_proj",), ("down_proj",)
-    else:
-        hf_mlp = names.mlp if cfg.mlp == "gated" else names.mlp[-2:]
+        ours = hf_mlp = ("down_proj",)
     for hf_name, name in zip(hf_mlp, ours, strict=True):
         add(f"{h}.mlp.{hf_name}.weight", [f"{p}/mlp/{name}/kernel"], transpose=True)
         if cfg.mlp_bias:

@@ -377,9 +377,10 @@ def num_params(cfg: ModelConfig) -> int:
     D, F, V, H = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.dims_per_head
     q, kv = cfg.num_heads * H, cfg.num_kv_heads * H
     norm = 2 * D if cfg.norm == "layernorm" else D
-    attn = 2 * D * (q + kv) + cfg.attention_bias * (q + 2 * kv) + cfg.out_bias * D + cfg.qk_norm * 2 * H
+    qkv_bias, out_bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.out_bias), bool(cfg.mlp_bias)
+    attn = 2 * D * (q + kv) + qkv_bias * (q + 2 * kv) + out_bias * D + bool(cfg.qk_norm) * 2 * H
     projections = 3 if cfg.mlp == "gated" else 2  # gate/up/down or fc_in/fc_out
-    mlp = projections * D * F + cfg.mlp_bias * ((projections - 1) * F + D)
+    mlp = projections * D * F + mlp_bias * ((projections - 1) * F + D)
     layer = attn + mlp + norm * (4 if cfg.post_norms else 2)
     positions = cfg.max_seq_len * D if cfg.positions == "learned" else 0
     embeds = V * D * (1 if cfg.tie_embeddings else 2) + positions
