@@ -20,12 +20,12 @@ import tqdm
 from codex_jax.checkpoint import MANIFEST
 from codex_jax.codeeval.generation import complete_all, encode_prompts
 from codex_jax.codeeval.passk import pass_at_k
-from codex_jax.codeeval.problems import ProblemSet, check_program, read_problems
-from codex_jax.codeeval.sandbox import Outcome, make_sandbox, run_many
+from codex_jax.codeeval.problems import ProblemSet, read_problems
 from codex_jax.codeeval.settings import Settings, settings_from_config
 from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.files import sha256_file, write_json, write_text_atomic
 from codex_jax.metrics.writers import create_writers, parse_writer_names
+from codex_jax.sandbox import Attempt, Outcome, make_sandbox, run_tests_many
 from codex_jax.setup.weights import load_checkpoint
 
 SAMPLES, RESULTS = "samples.jsonl", "results.json"
@@ -42,12 +42,14 @@ def load_problems(settings: Settings) -> ProblemSet:
 
 
 def execute(problem_set: ProblemSet, completions: dict, settings: Settings, progress: bool = True):
-    """``{task_id: [Outcome per completion]}``: every completion's program run in the sandbox."""
+    """``{task_id: [Outcome per completion]}``: every completion judged in the sandbox (its tests run in
+    a process the completion never runs in: :mod:`codex_jax.sandbox.judged`)."""
     sandbox = make_sandbox(settings.limits, settings.python)
     by_id = {p.task_id: p for p in problem_set.problems}
     jobs = [(task, c) for task, texts in completions.items() for c in texts]
     bar = tqdm.tqdm(total=len(jobs), desc="execute", unit="program", disable=not progress, file=sys.stderr)
-    outcomes = run_many(sandbox, [check_program(by_id[t], c) for t, c in jobs], settings.workers, bar.update)
+    tests = [Attempt(by_id[t].prompt, c, by_id[t].test, by_id[t].entry_point) for t, c in jobs]
+    outcomes = run_tests_many(sandbox, tests, settings.workers, bar.update)
     bar.close()
     per_task: dict[str, list[Outcome]] = {task: [] for task in completions}
     for (task, _), outcome in zip(jobs, outcomes, strict=True):

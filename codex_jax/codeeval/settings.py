@@ -7,8 +7,8 @@ import json
 
 import ml_collections
 
-from codex_jax.codeeval.sandbox import Limits
 from codex_jax.errors import UserError
+from codex_jax.sandbox import Limits
 
 
 @dataclasses.dataclass(frozen=True)
