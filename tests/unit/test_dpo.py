@@ -2,10 +2,10 @@
 
 TRL 1.16 installs here but its ``DPOTrainer`` computes the loss inside ``_compute_loss`` of a full trainer
 (accelerate, a tokenizer, a dataset); the reference below is TRL's formulas (``trl/trainer/dpo_trainer.py``,
-the ``sigmoid``, ``hinge`` and ``ipo`` branches) written out in PyTorch on the same Hugging Face model that our
-model imports, so the comparison covers the model's log-probabilities as well as the loss. For
-``label_smoothing > 0`` the reference is conservative DPO as TRL's earlier releases wrote it (1.16's ``sigmoid``
-ignores the setting)."""
+the ``sigmoid``, ``hinge`` and ``ipo`` branches) written out in PyTorch on the same Hugging Face model that
+our model imports, so the comparison covers the model's log-probabilities as well as the loss. For
+``label_smoothing > 0`` the reference is conservative DPO as TRL's earlier releases wrote it (1.16's
+``sigmoid`` ignores the setting)."""
 
 from __future__ import annotations
 
