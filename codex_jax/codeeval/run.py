@@ -64,9 +64,17 @@ def evaluate_model(
     and returns the results (``meta``: e.g. the checkpoint's step and checksum, recorded as given)."""
     progress = sys.stderr.isatty()
     start = time.time()
+    truncate = settings.long_prompts == "truncate"
     prompts, too_long = encode_prompts(
-        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens
+        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, truncate
     )
+    truncated = {p.problem.task_id: p.dropped for p in prompts if p.dropped}
+    if truncated:
+        print(
+            f"codeeval: {len(truncated)} of {len(problem_set.problems)} prompts truncated at their start for "
+            f"the model's context of {model.cfg.max_seq_len} (their programs run the whole prompt)",
+            file=sys.stderr,
+        )
     if too_long:
         print(
             f"codeeval: {len(too_long)} of {len(problem_set.problems)} prompts skipped: {too_long[0]}",
@@ -82,13 +90,19 @@ def evaluate_model(
         "problems": problem_set.path,
         "num_problems": len(per_task),
         "skipped": {"bad_lines": problem_set.skipped, "too_long": too_long},
+        "truncated": {"count": len(truncated), "prompt_tokens_dropped": truncated},
         **pass_at_k(passed, settings.ks),
         "timeouts": sum(o.timed_out for outs in per_task.values() for o in outs),
         "sampling": settings.sampling() | {"seed": seed},
         "sandbox": sandbox,
         "seconds": {"generate": round(generated - start, 2), "execute": round(time.time() - generated, 2)},
         "per_problem": {
-            task: {"passed": sum(passed[task]), "n": len(outs), "results": [o.result for o in outs]}
+            task: {
+                "passed": sum(passed[task]),
+                "n": len(outs),
+                "results": [o.result for o in outs],
+                **({"prompt_tokens_dropped": truncated[task]} if task in truncated else {}),
+            }
             for task, outs in per_task.items()
         },
     }
@@ -106,6 +120,8 @@ def summary(results: dict) -> dict:
     out = {k: results[k] for k in keys if k in results}
     out |= {k: v for k, v in results.items() if k.startswith("pass@")}
     out["skipped"] = sum(len(v) for v in results["skipped"].values())
+    if results.get("truncated", {}).get("count"):
+        out["truncated"] = results["truncated"]["count"]  # pass@k of prompts the model saw only the end of
     return out
 
 

@@ -8,6 +8,8 @@ import json
 import ml_collections
 
 from codex_jax.errors import UserError
+
+LONG_PROMPTS = ("truncate", "skip")
 from codex_jax.sandbox import Limits
 
 
@@ -28,6 +30,7 @@ class Settings:
     limits: Limits
     workers: int
     python: str
+    long_prompts: str = "truncate"
 
     @property
     def greedy(self) -> bool:
@@ -36,6 +39,7 @@ class Settings:
     def sampling(self) -> dict:
         """The generation settings, as recorded with the results."""
         keys = ("num_samples", "temperature", "top_p", "max_new_tokens", "stop", "batch_size", "bucket")
+        keys += ("long_prompts",)
         return {k: getattr(self, k) for k in keys} | {"k": list(self.ks)}
 
 
@@ -88,6 +92,8 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         raise _fail(
             "max_procs" if c.max_procs < 1 else "workers", "must be >= 1", min(c.max_procs, c.workers)
         )
+    if c.long_prompts not in LONG_PROMPTS:
+        raise _fail("long_prompts", f"must be one of {', '.join(LONG_PROMPTS)}", c.long_prompts)
     limits = Limits(float(c.timeout), int(c.memory_mb), int(c.file_size_mb), int(c.max_procs))
     return Settings(
         problems=c.problems,
@@ -103,4 +109,5 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         limits=limits,
         workers=int(c.workers),
         python=c.python,
+        long_prompts=c.long_prompts,
     )
