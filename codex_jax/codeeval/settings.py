@@ -8,9 +8,9 @@ import json
 import ml_collections
 
 from codex_jax.errors import UserError
+from codex_jax.sandbox import Limits
 
 LONG_PROMPTS = ("truncate", "skip")
-from codex_jax.sandbox import Limits
 
 
 @dataclasses.dataclass(frozen=True)
