@@ -91,7 +91,7 @@ def _row(tokenizer: Tokenizer, prompt, completion, length: int, template: str):
 
 
 def read_pairs(source: str, tokenizer: Tokenizer, seq_len: int, template: str = "") -> Pairs:
-    """The pairs of ``source`` (``.jsonl`` or ``.parquet``, local or ``gs://``), rows of ``seq_len + 1`` ids."""
+    """The pairs of ``source`` (``.jsonl`` or ``.parquet``, local or ``gs://``): rows of seq_len + 1 ids."""
     path = as_path(source)
     if not path.is_file():
         raise UserError(f"preference data: no such file {path}")
