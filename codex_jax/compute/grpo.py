@@ -45,7 +45,7 @@ def group_advantages(rewards_PxG, scale: bool = True):
 def k3_kl(logps_NxT, ref_logps_NxT):
     """Per-token k3 estimate of KL(policy || reference): ``exp(d) - d - 1`` with ``d = ref - logp``."""
     d_NxT = ref_logps_NxT - logps_NxT
-    return jnp.exp(d_NxT) - d_NxT - 1.0
+    return jnp.expm1(d_NxT) - d_NxT  # = exp(d) - 1 - d, without float32 losing small d to rounding
 
 
 def grpo_loss(logps_NxT, old_logps_NxT, ref_logps_NxT, advantages_N, mask_NxT, grpo: GRPO):
