@@ -132,8 +132,8 @@ def rollout(
         "pass_rate": float(passed.mean()),
         "completion_length": float(lengths.mean()),
         "timeouts": sum(o.timed_out for o in outcomes),
-        "seconds/sampling": sampled - start,
-        "seconds/execution": executed - sampled,
+        "seconds_sampling": sampled - start,
+        "seconds_execution": executed - sampled,
     }
     return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics)
 
@@ -163,7 +163,7 @@ def make_update(model, tx: optax.GradientTransformation, grpo: GRPO, frozen=None
 
 def grpo_step(model, params, opt_state, reference, update, batch: Rollout, iterations: int, frozen=None):
     """``iterations`` updates on one rollout (the first at ratio 1); returns params, opt_state and metrics
-    (the updates' means, ``seconds/updates``). ``reference``: the reference's params (the base, for LoRA)."""
+    (the updates' means, ``seconds_updates``). ``reference``: the reference's params (the base, for LoRA)."""
     start = time.perf_counter()
     tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxT)
     advantages = jnp.asarray(batch.advantages_N)
@@ -175,5 +175,5 @@ def grpo_step(model, params, opt_state, reference, update, batch: Rollout, itera
         history.append(jax.device_get(metrics))
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     means["kl_first"] = float(history[0]["kl"])
-    means["seconds/updates"] = time.perf_counter() - start
+    means["seconds_updates"] = time.perf_counter() - start
     return params, opt_state, means

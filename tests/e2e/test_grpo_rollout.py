@@ -58,12 +58,53 @@ def test_a_grpo_step_samples_judges_rewards_and_updates():
     assert 0.0 < batch.metrics["pass_rate"] < 1.0  # 'one' passes, 'two' does not
     assert batch.rewards_N[:4].mean() > batch.rewards_N[4:].mean()
     assert np.allclose(batch.advantages_N.reshape(2, 4).mean(1), 0.0, atol=1e-6)
-    for key in ("reward", "reward_std", "completion_length", "seconds/sampling", "seconds/execution"):
+    for key in ("reward", "reward_std", "completion_length", "seconds_sampling", "seconds_execution"):
         assert key in batch.metrics
     tx = optax.adam(1e-2)
     update = make_update(model, tx, grpo)
     new, _, metrics = grpo_step(model, params, tx.init(params), params, update, batch, iterations=3)
     assert metrics["kl_first"] == 0.0 and metrics["kl"] > 0.0  # 0 at the first update, then it moves
-    assert metrics["clip_ratio"] >= 0.0 and metrics["seconds/updates"] > 0
+    assert metrics["clip_ratio"] >= 0.0 and metrics["seconds_updates"] > 0
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), new, params)
     assert max(jax.tree.leaves(moved)) > 0.0
+
+
+def test_a_grpo_run_resumes_bit_for_bit(tmp_path):
+    """Two steps straight equal one step, a stop, and a resumed second step: params, optimizer state,
+    the problems and samples of step 2 and its metrics."""
+    from codex_jax.posttrain.grpo_run import STATE_META, step_problems, train_grpo
+
+    cfg = ModelConfig(
+        family="gpt2",
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        d_model=32,
+        d_ff=64,
+        vocab_size=256,
+        max_seq_len=64,
+    )
+    model, tok = Transformer(cfg), ByteTokenizer()
+    params = init_params(cfg, jax.random.key(0))
+    sandbox = make_sandbox(Limits(timeout_s=5.0))
+    printable = tuple(chr(c) for c in range(33, 127))
+    kw = dict(
+        steps=2,
+        prompts_per_step=1,
+        iterations=2,
+        sampling=Sampling(group=4, max_new_tokens=6, stop=printable, length_penalty=0.5),
+        seed=3,
+    )
+    straight = train_grpo(model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "a", **kw)
+    first = train_grpo(
+        model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "b", stop_after=1, **kw
+    )
+    assert [m["step"] for m in first] == [1] and (tmp_path / "b" / STATE_META).is_file()
+    resumed = train_grpo(model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "b", **kw)
+    assert [m["step"] for m in resumed] == [2]
+    timing = ("seconds_sampling", "seconds_execution", "seconds_updates")
+    same = {k: v for k, v in straight[1].items() if k not in timing}
+    assert same == {k: v for k, v in resumed[0].items() if k not in timing}
+    for name in ("grpo_state.safetensors",):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert step_problems(5, 2, 3, 3) == step_problems(5, 2, 3, 3) and len(set(step_problems(5, 5, 0, 1))) == 5
