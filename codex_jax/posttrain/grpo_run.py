@@ -6,7 +6,8 @@ entries ``(s-1)*k .. s*k-1`` of an endless sequence of seeded permutations of th
 epoch), and its sampling key is ``fold_in(key(seed), s)``. The state (policy params, optimizer state, step)
 is saved as safetensors (``grpo_state.safetensors`` + ``grpo_state.json``, each written atomically); the
 reference is the starting weights the caller passes on every start. Each step appends one JSON line of
-metrics to ``metrics.ndjson`` (split ``grpo``).
+metrics to ``metrics.ndjson`` (split ``grpo``). SIGTERM or SIGINT stops the run after the current step
+(its rollout finished and saved) with :class:`~codex_jax.train.stop.Stopped`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from codex_jax.files import write_bytes_atomic, write_text_atomic
 from codex_jax.metrics.ndjson import NdjsonWriter
 from codex_jax.posttrain.grpo import Sampling, grpo_step, make_update, rollout
 from codex_jax.sandbox import Sandbox
+from codex_jax.train.stop import Stopped, StopSignals
 
 STATE, STATE_META, METRICS = "grpo_state.safetensors", "grpo_state.json", "metrics.ndjson"
 DEFAULT_SAMPLING, DEFAULT_GRPO = Sampling(), GRPO()
@@ -86,17 +88,23 @@ def train_grpo(
     last = min(steps, stop_after or steps)
     history = []
     writer = NdjsonWriter(workdir / METRICS)
-    for step in range(start + 1, last + 1):
-        chosen = [problems[i] for i in step_problems(len(problems), prompts_per_step, seed, step)]
-        variables = {"params": policy} if frozen is None else {"params": frozen, "lora": policy}
-        rng = jax.random.fold_in(jax.random.key(seed), step)
-        batch = rollout(model, variables, tokenizer, chosen, sampling, sandbox, rng, grpo)
-        policy, opt_state, updated = grpo_step(
-            model, policy, opt_state, reference, update, batch, iterations, frozen
-        )
-        _save(workdir, step, policy, opt_state)
-        metrics = {**batch.metrics, **updated}
-        writer.write_scalars(step, {f"grpo/{k}": v for k, v in metrics.items()})
-        history.append({"step": step, **metrics})
+    with StopSignals() as signals:
+        for step in range(start + 1, last + 1):
+            chosen = [problems[i] for i in step_problems(len(problems), prompts_per_step, seed, step)]
+            variables = {"params": policy} if frozen is None else {"params": frozen, "lora": policy}
+            rng = jax.random.fold_in(jax.random.key(seed), step)
+            batch = rollout(model, variables, tokenizer, chosen, sampling, sandbox, rng, grpo)
+            policy, opt_state, updated = grpo_step(
+                model, policy, opt_state, reference, update, batch, iterations, frozen
+            )
+            _save(workdir, step, policy, opt_state)
+            metrics = {**batch.metrics, **updated}
+            writer.write_scalars(step, {f"grpo/{k}": v for k, v in metrics.items()})
+            history.append({"step": step, **metrics})
+            if signals.requested(step):  # SIGTERM/SIGINT during the step: it is saved, stop here
+                writer.close()
+                raise Stopped(
+                    f"stopped by {signals.name} after step {step}, saved in {workdir}: rerun to resume", step
+                )
     writer.close()
     return history

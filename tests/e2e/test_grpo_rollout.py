@@ -108,3 +108,51 @@ def test_a_grpo_run_resumes_bit_for_bit(tmp_path):
     for name in ("grpo_state.safetensors",):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert step_problems(5, 2, 3, 3) == step_problems(5, 2, 3, 3) and len(set(step_problems(5, 5, 0, 1))) == 5
+
+
+def test_sigterm_mid_rollout_stops_after_the_step_with_it_saved(tmp_path):
+    import os
+    import signal
+    import tempfile
+    import threading
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    from codex_jax.posttrain.grpo_run import STATE_META, train_grpo
+    from codex_jax.train.stop import Stopped
+
+    cfg = ModelConfig(
+        family="gpt2",
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        d_model=32,
+        d_ff=64,
+        vocab_size=256,
+        max_seq_len=64,
+    )
+    model, tok = Transformer(cfg), ByteTokenizer()
+    params = init_params(cfg, jax.random.key(0))
+    sampling = Sampling(group=2, max_new_tokens=4, stop=("\n",))
+    sandbox = make_sandbox(Limits())  # (its probe runs a program now, before the watch starts)
+    before = set(Path(tempfile.gettempdir()).glob("codex_jax_sandbox_*"))
+
+    def signal_mid_rollout():  # once step 1's completions are being judged
+        deadline = time.time() + 120
+        while (
+            time.time() < deadline and set(Path(tempfile.gettempdir()).glob("codex_jax_sandbox_*")) <= before
+        ):
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Thread(target=signal_mid_rollout)
+    timer.start()
+    with pytest.raises(Stopped, match="stopped by SIGTERM after step 1") as stopped:
+        train_grpo(
+            model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path,
+            steps=5, prompts_per_step=1, sampling=sampling,
+        )  # fmt: skip
+    timer.join()
+    assert stopped.value.step == 1 and '"step": 1' in (tmp_path / STATE_META).read_text()
