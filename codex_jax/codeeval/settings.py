@@ -38,8 +38,16 @@ class Settings:
 
     def sampling(self) -> dict:
         """The generation settings, as recorded with the results."""
-        keys = ("num_samples", "temperature", "top_p", "max_new_tokens", "stop", "batch_size", "bucket")
-        keys += ("long_prompts",)
+        keys = (
+            "num_samples",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "stop",
+            "batch_size",
+            "bucket",
+            "long_prompts",
+        )
         return {k: getattr(self, k) for k in keys} | {"k": list(self.ks)}
 
 

@@ -80,12 +80,14 @@ def rollout(
     sandbox: Sandbox,
     rng,
     grpo: GRPO,
+    prompt_width: int = 0,
 ) -> Rollout:
-    """Samples ``sampling.group`` completions of each problem, judges and rewards them."""
+    """Samples ``sampling.group`` completions of each problem, judges and rewards them. ``prompt_width``:
+    the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles)."""
     start = time.perf_counter()
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
-    T = max(len(p) for p in prompts)
+    T = max(prompt_width, *(len(p) for p in prompts))
     rows = [p for p in prompts for _ in range(G)]
     left = np.zeros((len(rows), T), np.int32)
     for i, ids in enumerate(rows):
@@ -157,7 +159,7 @@ def make_update(model, tx: optax.GradientTransformation, grpo: GRPO, frozen=None
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **metrics}
 
-    update.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))
+    update.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))  # type: ignore[attr-defined]
     return update
 
 

@@ -86,6 +86,7 @@ def train_grpo(
     start, policy, opt_state = _restore(workdir, params, tx.init(params))
     update = make_update(model, tx, grpo, frozen)
     last = min(steps, stop_after or steps)
+    width = max(len(tokenizer.encode(p.prompt)) for p in problems)  # one shape for every step: one compile
     history = []
     writer = NdjsonWriter(workdir / METRICS)
     with StopSignals() as signals:
@@ -93,7 +94,7 @@ def train_grpo(
             chosen = [problems[i] for i in step_problems(len(problems), prompts_per_step, seed, step)]
             variables = {"params": policy} if frozen is None else {"params": frozen, "lora": policy}
             rng = jax.random.fold_in(jax.random.key(seed), step)
-            batch = rollout(model, variables, tokenizer, chosen, sampling, sandbox, rng, grpo)
+            batch = rollout(model, variables, tokenizer, chosen, sampling, sandbox, rng, grpo, width)
             policy, opt_state, updated = grpo_step(
                 model, policy, opt_state, reference, update, batch, iterations, frozen
             )

@@ -184,7 +184,10 @@ def judge(requests: int, replies: int, verdict: int, problem_path: str) -> None:
 def main(argv) -> None:
     role, fds, path = argv[1], [int(a) for a in argv[2:-1]], argv[-1]
     try:
-        (candidate if role == "candidate" else judge)(*fds, path)
+        if role == "candidate":
+            candidate(fds[0], fds[1], path)
+        else:
+            judge(fds[0], fds[1], fds[2], path)
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
