@@ -87,9 +87,9 @@ def run_tests(sandbox: Sandbox, tests: Attempt) -> Outcome:
                 timed_out = _wait(judge, deadline - time.monotonic())
                 ended = _ended(candidate)
             finally:
-                sandbox._reap(judge, judge_uid)
-                if candidate is not None:
-                    sandbox._reap(candidate, candidate_uid)
+                sandbox._reap(
+                    (judge, judge_uid), *([] if candidate is None else [(candidate, candidate_uid)])
+                )
             said = _verdict(verdict_r)
             passed = said.startswith(b"rpassed ") and hashlib.sha256(said[8:]).digest() == digest
             return _outcome(passed, timed_out, ended, out, judge_out, sandbox.limits.max_output_bytes)

@@ -58,7 +58,18 @@ if uid >= 0:
     os.setuid(uid)
 os.execv(sys.argv[7], sys.argv[7:])
 """
-KILLER = "import os, signal, sys\nos.setuid(int(sys.argv[1]))\nos.kill(-1, signal.SIGKILL)"
+# One process kills every process of each uid given: a forked child of it becomes the uid and kills all it
+# can (a fresh single-threaded interpreter: forking it is safe).
+KILLER = """
+import os, signal, sys
+for uid in map(int, sys.argv[1:]):
+    pid = os.fork()
+    if pid == 0:
+        os.setuid(uid)
+        os.kill(-1, signal.SIGKILL)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +104,10 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
-def _kill_user(uid: int) -> None:
-    """Kills every process of ``uid`` (a private sandbox uid) from a process that becomes it."""
-    subprocess.run([sys.executable, "-I", "-c", KILLER, str(uid)], stdin=subprocess.DEVNULL, check=False)
+def _kill_users(*uids: int) -> None:
+    """Kills every process of each of ``uids`` (private sandbox uids) from a process that becomes it."""
+    argv = [sys.executable, "-I", "-c", KILLER, *map(str, uids)]
+    subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,13 +140,18 @@ class Sandbox:
         shared = os.getuid() if uid is None else None if self.private else uid
         return self.limits.max_procs + (0 if shared is None else _user_tasks(shared))
 
-    def _reap(self, proc: subprocess.Popen, uid: int | None) -> None:
-        """Kills ``proc``'s session and, for a private uid, every process of that uid; waits for it."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if uid is not None and self.private:
-            _kill_user(uid)
-        proc.wait()
+    def _reap(self, *runs: tuple[subprocess.Popen, int | None]) -> None:
+        """Kills each ``(process, uid)``'s session and, for private uids, every process of those uids (one
+        killer for all); waits for the processes."""
+        for proc, _ in runs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.private:
+            uids = [uid for _, uid in runs if uid is not None]
+            if uids:
+                _kill_users(*uids)
+        for proc, _ in runs:
+            proc.wait()
 
     def _argv(self, program: Path, uid: int | None, nproc: int, args: Sequence[str] = ()) -> list[str]:
         """The launcher's command line: limits, user, then the program under ``python -I -B``."""
@@ -191,7 +208,7 @@ class Sandbox:
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            self._reap(proc, uid)
+            self._reap((proc, uid))
         return (None if timed_out else proc.returncode), timed_out
 
 
