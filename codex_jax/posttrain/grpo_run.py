@@ -13,6 +13,7 @@ metrics to ``metrics.ndjson`` (split ``grpo``). SIGTERM or SIGINT stops the run 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from safetensors.numpy import load, save
 
 from codex_jax.codeeval.problems import Problem
 from codex_jax.compute.grpo import GRPO
+from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic, write_text_atomic
 from codex_jax.metrics.ndjson import NdjsonWriter
 from codex_jax.posttrain.grpo import Sampling, grpo_step, make_update, rollout
@@ -41,6 +43,23 @@ def step_problems(count: int, per_step: int, seed: int, step: int) -> list[int]:
         epoch, index = divmod(position, count)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(count)[index]))
     return out
+
+
+def usable_problems(problems: Sequence[Problem], tokenizer, context: int, max_new_tokens: int):
+    """``(problems whose prompt + max_new_tokens fit the model's context, 'task_id: why' for the others)``;
+    none usable is a UserError."""
+    kept, skipped = [], []
+    for problem in problems:
+        n = len(tokenizer.encode(problem.prompt))
+        if n and n + max_new_tokens <= context:
+            kept.append(problem)
+        else:
+            skipped.append(
+                f"{problem.task_id}: prompt of {n} tokens + {max_new_tokens} new exceed the context {context}"
+            )
+    if not kept:
+        raise UserError(f"GRPO: no problem fits the model's context of {context} ({len(skipped)} skipped)")
+    return kept, skipped
 
 
 def _save(workdir: Path, step: int, params, opt_state) -> None:
@@ -82,6 +101,12 @@ def train_grpo(
     """Trains ``params`` (a LoRA run: the adapters, ``frozen`` the base and the reference) to ``steps``,
     resuming from ``workdir``; returns the metrics of the steps run now (``stop_after``: stop there)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    problems, skipped = usable_problems(problems, tokenizer, model.cfg.max_seq_len, sampling.max_new_tokens)
+    if skipped:
+        print(
+            f"grpo: {len(skipped)} of {len(skipped) + len(problems)} problems skipped: {skipped[0]}",
+            file=sys.stderr,
+        )
     reference = params if frozen is None else frozen
     start, policy, opt_state = _restore(workdir, params, tx.init(params))
     update = make_update(model, tx, grpo, frozen)

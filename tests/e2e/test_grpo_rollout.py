@@ -156,3 +156,16 @@ def test_sigterm_mid_rollout_stops_after_the_step_with_it_saved(tmp_path):
         )  # fmt: skip
     timer.join()
     assert stopped.value.step == 1 and '"step": 1' in (tmp_path / STATE_META).read_text()
+
+
+def test_problems_too_long_for_the_context_are_skipped_and_counted():
+    import pytest
+
+    from codex_jax.errors import UserError
+    from codex_jax.posttrain.grpo_run import usable_problems
+
+    long = Problem("t/long", "#" * 100 + "\ndef f():\n", "def check(c):\n    pass\n", "f")
+    kept, skipped = usable_problems([*PROBLEMS, long], ByteTokenizer(), context=64, max_new_tokens=8)
+    assert kept == PROBLEMS and len(skipped) == 1 and skipped[0].startswith("t/long: prompt of 110 tokens")
+    with pytest.raises(UserError, match="no problem fits the model's context of 64"):
+        usable_problems([long], ByteTokenizer(), context=64, max_new_tokens=8)
