@@ -12,37 +12,25 @@ metrics to ``metrics.ndjson`` (split ``grpo``). SIGTERM or SIGINT stops the run 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import numpy as np
 import optax
-from safetensors.numpy import load, save
 
 from codex_jax.codeeval.problems import Problem
 from codex_jax.compute.grpo import GRPO
 from codex_jax.errors import UserError
-from codex_jax.files import write_bytes_atomic, write_text_atomic
 from codex_jax.metrics.ndjson import NdjsonWriter
 from codex_jax.posttrain.grpo import Sampling, grpo_step, make_update, rollout
+from codex_jax.posttrain.state import restore_state, save_state, step_indices
 from codex_jax.sandbox import Sandbox
 from codex_jax.train.stop import Stopped, StopSignals
 
-STATE, STATE_META, METRICS = "grpo_state.safetensors", "grpo_state.json", "metrics.ndjson"
+NAME, METRICS = "grpo", "metrics.ndjson"
+STATE, STATE_META = f"{NAME}_state.safetensors", f"{NAME}_state.json"
 DEFAULT_SAMPLING, DEFAULT_GRPO = Sampling(), GRPO()
-
-
-def step_problems(count: int, per_step: int, seed: int, step: int) -> list[int]:
-    """The problem indices of ``step`` (1-based): a slice of seeded per-epoch permutations."""
-    first = (step - 1) * per_step
-    out = []
-    for position in range(first, first + per_step):
-        epoch, index = divmod(position, count)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(count)[index]))
-    return out
 
 
 def usable_problems(problems: Sequence[Problem], tokenizer, context: int, max_new_tokens: int):
@@ -60,24 +48,6 @@ def usable_problems(problems: Sequence[Problem], tokenizer, context: int, max_ne
     if not kept:
         raise UserError(f"GRPO: no problem fits the model's context of {context} ({len(skipped)} skipped)")
     return kept, skipped
-
-
-def _save(workdir: Path, step: int, params, opt_state) -> None:
-    leaves = jax.tree.leaves((params, opt_state))
-    write_bytes_atomic(workdir / STATE, save({f"{i:06d}": np.asarray(x) for i, x in enumerate(leaves)}))
-    write_text_atomic(workdir / STATE_META, json.dumps({"step": step, "leaves": len(leaves)}))
-
-
-def _restore(workdir: Path, params, opt_state):
-    """``(step, params, opt_state)`` saved in ``workdir``, or step 0 and the given ones."""
-    if not (workdir / STATE_META).is_file():
-        return 0, params, opt_state
-    meta = json.loads((workdir / STATE_META).read_text())
-    arrays = load((workdir / STATE).read_bytes())
-    treedef = jax.tree.structure((params, opt_state))
-    leaves = [arrays[f"{i:06d}"] for i in range(meta["leaves"])]
-    restored = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in leaves])
-    return int(meta["step"]), *restored
 
 
 def train_grpo(
@@ -108,7 +78,7 @@ def train_grpo(
             file=sys.stderr,
         )
     reference = params if frozen is None else frozen
-    start, policy, opt_state = _restore(workdir, params, tx.init(params))
+    start, policy, opt_state = restore_state(workdir, NAME, params, tx.init(params))
     update = make_update(model, tx, grpo, frozen)
     last = min(steps, stop_after or steps)
     width = max(len(tokenizer.encode(p.prompt)) for p in problems)  # one shape for every step: one compile
@@ -116,14 +86,14 @@ def train_grpo(
     writer = NdjsonWriter(workdir / METRICS)
     with StopSignals() as signals:
         for step in range(start + 1, last + 1):
-            chosen = [problems[i] for i in step_problems(len(problems), prompts_per_step, seed, step)]
+            chosen = [problems[i] for i in step_indices(len(problems), prompts_per_step, seed, step)]
             variables = {"params": policy} if frozen is None else {"params": frozen, "lora": policy}
             rng = jax.random.fold_in(jax.random.key(seed), step)
             batch = rollout(model, variables, tokenizer, chosen, sampling, sandbox, rng, grpo, width)
             policy, opt_state, updated = grpo_step(
                 model, policy, opt_state, reference, update, batch, iterations, frozen
             )
-            _save(workdir, step, policy, opt_state)
+            save_state(workdir, NAME, step, policy, opt_state)
             metrics = {**batch.metrics, **updated}
             writer.write_scalars(step, {f"grpo/{k}": v for k, v in metrics.items()})
             history.append({"step": step, **metrics})

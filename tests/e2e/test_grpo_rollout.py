@@ -72,7 +72,8 @@ def test_a_grpo_step_samples_judges_rewards_and_updates():
 def test_a_grpo_run_resumes_bit_for_bit(tmp_path):
     """Two steps straight equal one step, a stop, and a resumed second step: params, optimizer state,
     the problems and samples of step 2 and its metrics."""
-    from codex_jax.posttrain.grpo_run import STATE_META, step_problems, train_grpo
+    from codex_jax.posttrain.grpo_run import STATE_META, train_grpo
+    from codex_jax.posttrain.state import step_indices
 
     cfg = ModelConfig(
         family="gpt2",
@@ -107,7 +108,7 @@ def test_a_grpo_run_resumes_bit_for_bit(tmp_path):
     assert same == {k: v for k, v in resumed[0].items() if k not in timing}
     for name in ("grpo_state.safetensors",):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert step_problems(5, 2, 3, 3) == step_problems(5, 2, 3, 3) and len(set(step_problems(5, 5, 0, 1))) == 5
+    assert step_indices(5, 2, 3, 3) == step_indices(5, 2, 3, 3) and len(set(step_indices(5, 5, 0, 1))) == 5
 
 
 def test_sigterm_mid_rollout_stops_after_the_step_with_it_saved(tmp_path):

@@ -128,3 +128,34 @@ def test_dpo_steps_separate_held_out_pairs(tmp_path):
         params, opt_state, _ = step(params, opt_state)
     _, after = dpo_objective(params, None, held_batch, model=model, dpo=dpo)
     assert float(after["rewards/accuracies"]) >= 0.9 and float(after["rewards/margins"]) > 0
+
+
+def test_a_dpo_run_caches_its_reference_and_resumes_bit_for_bit(tmp_path):
+    from codex_jax.posttrain.dpo_run import REFERENCE, train_dpo
+
+    tok = ByteTokenizer()
+    pairs = read_pairs(str(_write_jsonl(tmp_path / "t.jsonl", _records(range(6)))), tok, seq_len=40)
+    cfg = ModelConfig(
+        family="gpt2",
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        d_model=32,
+        d_ff=64,
+        vocab_size=256,
+        max_seq_len=64,
+    )
+    model, params = Transformer(cfg), init_params(cfg, jax.random.key(0))
+    kw = dict(steps=3, batch_size=4, dpo=DPO("ipo", beta=0.5), seed=1)
+    straight = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "a", **kw)
+    first = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "b", stop_after=1, **kw)
+    cached = (tmp_path / "b" / REFERENCE).read_bytes()
+    resumed = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "b", **kw)
+    assert [m["step"] for m in first + resumed] == [1, 2, 3] and straight[1:] == resumed
+    assert (tmp_path / "b" / REFERENCE).read_bytes() == cached  # reused, not recomputed
+    assert (tmp_path / "a" / "dpo_state.safetensors").read_bytes() == (
+        tmp_path / "b" / "dpo_state.safetensors"
+    ).read_bytes()
+    assert straight[0]["rewards/margins"] == 0.0 and "rewards/accuracies" in straight[0]
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.ndjson").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and all(x["split"] == "dpo" for x in lines)
