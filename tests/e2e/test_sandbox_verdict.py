@@ -86,8 +86,13 @@ def sandbox():
     return make_sandbox(Limits(timeout_s=5.0, memory_mb=512, file_size_mb=8, max_procs=16))
 
 
+# As a non-root user the program runs as you: these would signal or write into your other processes (the
+# test runner included), so they run only where the sandbox gives programs private uids (root).
+PRIVATE_UID_ONLY = ("kills every process it can", "scans /proc for descriptors and memory")
+
+
 def test_forged_verdicts_fail_and_honest_ones_pass(sandbox):
-    names = list(ATTACKS)
+    names = [n for n in ATTACKS if sandbox.private or n not in PRIVATE_UID_ONLY]
     jobs = [Attempt(PROMPT, ATTACKS[n], TEST, "add") for n in names]
     jobs += [Attempt(PROMPT, "    return a + b\n", TEST, "add")]  # control: correct
     jobs += [Attempt(PROMPT, "    print('passed', a, b)\n    return a + b\nprint('noise')\n", TEST, "add")]
@@ -99,9 +104,9 @@ def test_forged_verdicts_fail_and_honest_ones_pass(sandbox):
         )
     assert outcomes[-2].passed and outcomes[-2].result == "passed", outcomes[-2].result
     assert outcomes[-1].passed and "passed 1 2" in outcomes[-1].output
-    scan = outcomes[names.index("scans /proc for descriptors and memory")].output
-    if sandbox.uid is None:
+    if not sandbox.private:
         pytest.skip("not root: the program runs as this user (see docs/post-training.md for what holds)")
+    scan = outcomes[names.index("scans /proc for descriptors and memory")].output
     # As root the candidate's uid owns nothing but itself: no other process's descriptors or memory.
     assert "opened" not in scan and "read-mem" not in scan, scan
 
