@@ -6,6 +6,9 @@ output included), ``RLIMIT_NPROC`` (processes and threads), no core files, a fre
 directory (deleted afterwards), a clean environment, ``python -I`` (no site-packages of the user, no
 PYTHON* variables), stdin from /dev/null, and stdout+stderr captured to a file and truncated.
 
+Where the kernel allows (root, or unprivileged user namespaces) the program is the first process of its own
+PID namespace: it cannot signal or trace processes outside it, and what it leaves is killed when it ends.
+
 Run as root, it also gets its own network namespace (no interfaces but a down loopback) and runs as an
 unprivileged user id of its own (a new one per program from ``PRIVATE_UID`` up: it cannot touch files
 of other users, its process limit is its own, and every process it leaves behind is killed by uid at
@@ -43,11 +46,24 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 _TAIL = 4096  # bytes at the end of the output searched for the success token
 _RUNS = itertools.count()
 # Started by this interpreter (no preexec_fn: forking a multithreaded process such as JAX's to run Python
-# code is unsafe), it applies the limits, then becomes the sandbox user and execs the program.
+# code is unsafe), it applies the limits, then becomes the sandbox user and execs the program. Where the
+# kernel allows, the program is the first process of a PID namespace of its own: it can see (in /proc) but
+# not signal or trace any process outside it, and when it ends every process it left is killed. The launcher
+# stays outside, waits for it and ends as it did.
 LAUNCHER = """
-import ctypes, os, resource, sys
+import ctypes, os, resource, signal, sys
 cpu, memory, fsize, nproc, uid, flags = map(int, sys.argv[1:7])
-ctypes.CDLL(None, use_errno=True).unshare(flags)  # no network where the kernel allows it
+unshare = ctypes.CDLL(None, use_errno=True).unshare
+if unshare(flags | 0x20000000) == 0:  # CLONE_NEWPID: the next child is its namespace's first process
+    child = os.fork()
+    if child:
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code if code >= 0 else 1)
+else:
+    unshare(flags)  # no network where the kernel allows it
 R = resource
 for rlimit, value in ((R.RLIMIT_CPU, cpu), (R.RLIMIT_AS, memory), (R.RLIMIT_FSIZE, fsize),
                       (R.RLIMIT_CORE, 0), (R.RLIMIT_NPROC, nproc)):

@@ -17,7 +17,7 @@ WRONG = "    return None\n"
 
 PROC_ATTACK = """
 import os, re
-me = os.getpid()
+me = int(os.readlink('/proc/self'))  # its pid as /proc numbers it (os.getpid() may be 1)
 for pid in filter(str.isdigit, os.listdir('/proc')):
     if int(pid) == me:
         continue
