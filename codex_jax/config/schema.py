@@ -240,6 +240,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "codeeval.temperature": (0.0, "Sampling temperature (0: greedy; n greedy samples are one, repeated)."),
     "codeeval.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
     "codeeval.max_new_tokens": (256, "Tokens generated per completion (prompt + these must fit the model)."),
+    "codeeval.long_prompts": (
+        "truncate",
+        "A prompt that, with max_new_tokens, exceeds the model's context: 'truncate' (the model sees the "
+        "prompt's end, the program still runs the whole prompt; results.json lists such problems under "
+        "'truncated') or 'skip' (not evaluated, counted under skipped.too_long).",
+    ),
     "codeeval.stop": (
         '["\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#"]',
         "JSON list of stop sequences: a completion ends before the first one.",
