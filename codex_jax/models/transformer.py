@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from codex_jax.models import grad_barrier
 from codex_jax.models.attention import causal_attention
 from codex_jax.models.config import ModelConfig
+from codex_jax.models.moe import MoeMlp
 from codex_jax.models.rope import apply_rope, rope_frequencies
 
 
@@ -179,9 +180,11 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); the residual stream's gradient is
-    materialised at both adds where ``models/grad_barrier.py`` says so."""
+    materialised at both adds where ``models/grad_barrier.py`` says so. Layer ``layer`` has a
+    mixture-of-experts MLP (``models/moe.py``) where ``cfg.sparse_layer(layer)``."""
 
     cfg: ModelConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(
@@ -202,7 +205,8 @@ class Block(nn.Module):
         x = x + attn_out
         if barrier:
             x = grad_barrier.residual_barrier(x)
-        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
+        mlp_cls = MoeMlp if self.cfg.sparse_layer(self.layer) else Mlp
+        x = x + mlp_cls(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
         return x, new_cache
 
 
@@ -293,7 +297,7 @@ class Transformer(nn.Module):
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
-            x, layer_new = block_cls(cfg, name=f"layers_{i}")(
+            x, layer_new = block_cls(cfg, i, name=f"layers_{i}")(
                 x, positions_BxT, deterministic, layer_cache, cache_index, mask, segments_BxT
             )
             new_cache[f"layers_{i}"] = layer_new
@@ -343,6 +347,9 @@ def count_params(params) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings)."""
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings, and of a
+    mixture of experts only the ``experts_per_token`` experts that run)."""
     n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.family == "gpt2" else 0)
+    sparse = sum(cfg.sparse_layer(i) for i in range(cfg.num_layers))  # MoE: only k experts run per token
+    n -= sparse * (cfg.num_experts - cfg.experts_per_token) * 3 * cfg.d_model * cfg.expert_d_ff
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len
