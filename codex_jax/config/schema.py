@@ -79,11 +79,10 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Weight of the router z-loss (mean squared logsumexp of the router logits) in the training "
         "objective; logged as train/router_z.",
     ),
-    "model.mlp_only_layers": ((), "Mixture of experts: layer indices that keep a dense MLP."),
     "model.decoder_sparse_step": (
         1,
-        "Mixture of experts: layer i is sparse when (i + 1) % decoder_sparse_step == 0 (and not in "
-        "model.mlp_only_layers).",
+        "Mixture of experts: layer i is sparse when (i + 1) % decoder_sparse_step == 0 (a Hugging Face "
+        "checkpoint's mlp_only_layers also keep a dense MLP).",
     ),
     "model.moe_impl": (
         "auto",

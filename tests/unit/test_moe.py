@@ -18,7 +18,7 @@ from codex_jax.compute.parallel import JitRunner, make_mesh
 from codex_jax.compute.state import create_train_state
 from codex_jax.config.schema import default_config
 from codex_jax.errors import UserError
-from codex_jax.models import moe
+from codex_jax.models import lora, moe
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 
@@ -63,6 +63,12 @@ def test_expert_paths_agree_in_values_and_gradients(norm_topk_prob):
         )
         assert float(terms["moe_dropped"]) == 0.0
         np.testing.assert_allclose(terms["moe_balance"], counts["moe_balance"], rtol=1e-6)
+
+
+def test_auto_picks_a_dropless_grouped_path_per_backend():
+    assert moe.choose(LAYER, "cpu")[0] == "blocks"
+    assert moe.choose(LAYER, "tpu")[0] == moe.choose(LAYER, "gpu")[0] == "ragged"
+    assert moe.choose(LAYER.replace(moe_impl="dispatch"), "tpu") == ("dispatch", "model.moe_impl='dispatch'")
 
 
 def test_dispatch_drops_past_capacity_and_reports_the_fraction():
@@ -112,11 +118,15 @@ def _tx():
 
 def test_router_terms_reach_the_objective_and_the_metrics():
     """A sparse model's train step reports ``moe_balance``/``router_z``; ``loss`` stays the cross entropy;
-    the coefficients change the gradient; the first layer (mlp_only_layers) is a dense MLP."""
+    the coefficients change the gradient (and a fully trained masked batch gets the same objective); the
+    first layer (mlp_only_layers) is a dense MLP."""
     params = init_params(MODEL, jax.random.key(0))
     assert set(params["layers_0"]["mlp"]) == {"gate_proj", "up_proj", "down_proj"}
     assert params["layers_1"]["mlp"]["gate_proj"].shape == (6, 32, 24)
     assert params["layers_2"]["mlp"]["router"].shape == (32, 6)
+    adaptable = lora.kernel_paths(params)  # LoRA: attention and the dense MLP; never the router or experts
+    assert "layers_0/mlp/gate_proj" in adaptable and "layers_1/attn/q_proj" in adaptable
+    assert not [p for p in adaptable if p.startswith(("layers_1/mlp", "layers_2/mlp"))]
     tx = _tx()
     state = create_train_state(params, tx, 0)
 
@@ -130,6 +140,18 @@ def test_router_terms_reach_the_objective_and_the_metrics():
     assert float(plain["router_z"]) > 0
     assert float(plain["moe_dropped"]) == 0.0
     assert float(weighted["grad_norm"]) != float(plain["grad_norm"])
+    # A masked batch that trains every target (step_scale 1 / targets) is the same objective.
+    masked = {
+        "tokens": ROWS,
+        "mask": np.ones_like(ROWS),
+        "step_scale": np.full(8, 1 / ROWS[:, 1:].size, np.float32),
+    }
+    cfg = MODEL.replace(router_aux_loss_coef=0.5, router_z_loss_coef=0.1)
+    as_masked = jax.jit(functools.partial(step_lib.train_step, model=Transformer(cfg), tx=tx))(state, masked)[
+        1
+    ]
+    for key in ("loss", "grad_norm", "moe_balance", "router_z"):
+        np.testing.assert_allclose(as_masked[key], weighted[key], rtol=1e-5)
 
 
 def test_experts_sharded_over_an_expert_axis_equal_one_device():
