@@ -42,8 +42,8 @@ def test_moe_trains_with_an_expert_axis_and_resumes_bit_for_bit(tmp_path):
 
 
 def test_an_expert_axis_that_does_not_divide_the_experts_is_one_error_line(tmp_path):
-    result = run_cli(tmp_path / "bad", *MOE, "--config.model.num_experts=6", devices=4, check=False)
+    result = run_cli(tmp_path / "bad", *MOE, "--config.model.num_experts=3", devices=4, check=False)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: config key 'parallel.mesh.expert': must divide model.num_experts=6 (got 2)"]
+    assert errors == ["error: config key 'parallel.mesh.expert': must divide model.num_experts=3 (got 2)"]
     assert "Traceback" not in result.stderr
