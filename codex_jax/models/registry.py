@@ -100,6 +100,27 @@ BUILTIN: dict[str, dict[str, Any]] = {
         attention_bias=True,
         tie_embeddings=True,
     ),
+    # Mixture of experts (models/moe.py): Mixtral is Llama attention with 8 experts, top-2.
+    "mixtral-8x7b": _llama(
+        32, 32, 8, 4096, 14336, 32000, 32768, rope_theta=1000000.0, num_experts=8, experts_per_token=2
+    ),
+    # Qwen3-30B-A3B's shape (128 experts of width 768, top-8; Qwen3's q/k norms are not in the llama
+    # family): parameter count, memory and FLOPs for `codex-jax compile` with an expert axis.
+    "qwen3-30b-a3b-shape": _llama(
+        48,
+        32,
+        4,
+        2048,
+        6144,
+        151936,
+        40960,
+        head_dim=128,
+        rope_theta=1000000.0,
+        norm_eps=1e-6,
+        num_experts=128,
+        experts_per_token=8,
+        moe_d_ff=768,
+    ),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
