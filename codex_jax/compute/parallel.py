@@ -337,7 +337,7 @@ def make_runner(
     return JitRunner(
         model,
         tx,
-        make_mesh(*mesh_shape[:2], expert=mesh_shape[2] if len(mesh_shape) > 2 else 1),
+        make_mesh(mesh_shape[0], mesh_shape[1], expert=mesh_shape[2] if len(mesh_shape) > 2 else 1),
         fsdp_min_size=fsdp_min_size,
         skip_nonfinite=skip_nonfinite,
         scan_steps=scan_steps,

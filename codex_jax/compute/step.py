@@ -51,7 +51,7 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0
         def objective(params):
             weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
             args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
-            router: dict = {}
+            router = {}
             total, ce, z = z_objective_sums(
                 *args, z_loss, deterministic=False, rngs=rngs, router_terms=router
             )
@@ -61,7 +61,7 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0
     else:
 
         def objective(params):
-            router: dict = {}
+            router = {}
             args = (model, variables(params, frozen), inputs_BxT, targets_BxT)
             loss = mean_loss(*args, deterministic=False, rngs=rngs, router_terms=router)
             return _plus_router(model, loss, router), (loss, router)
@@ -94,7 +94,7 @@ def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name, z_los
 
     def objective(params):
         args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
-        router: dict = {}
+        router = {}
         if z_loss:
             total, ce, z = z_objective_sums(
                 *args, z_loss, deterministic=False, rngs=rngs, router_terms=router, **kw

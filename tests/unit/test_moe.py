@@ -196,3 +196,16 @@ def test_bad_settings_give_one_error_line():
         make_mesh(-1, 1, expert=3)
     with pytest.raises(UserError, match="moe_impl='grouped': expected one of"):
         LAYER.replace(moe_impl="grouped")
+
+
+def test_presets_have_the_published_parameter_counts():
+    """Mixtral-8x7B: 46.7B parameters; Qwen3-30B-A3B's shape: 30.5B, of which ~3.3B run per token."""
+    from codex_jax.models import registry
+    from codex_jax.models.transformer import count_params, flops_per_token
+
+    for name, billions in (("mixtral-8x7b", 46.70), ("qwen3-30b-a3b-shape", 30.53)):
+        cfg = registry.config(name)
+        n = count_params(jax.eval_shape(lambda cfg=cfg: init_params(cfg, jax.random.key(0))))
+        assert n / 1e9 == pytest.approx(billions, abs=0.01)
+    active = flops_per_token(cfg, n, 0) / 6  # seq_len 0: the parameter term alone
+    assert active / 1e9 == pytest.approx(3.35, abs=0.05)
