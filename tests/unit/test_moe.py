@@ -118,8 +118,8 @@ def _tx():
 
 def test_router_terms_reach_the_objective_and_the_metrics():
     """A sparse model's train step reports ``moe_balance``/``router_z``; ``loss`` stays the cross entropy;
-    the coefficients change the gradient (and a fully trained masked batch gets the same objective); the
-    first layer (mlp_only_layers) is a dense MLP."""
+    the coefficients change the gradient (a fully trained masked batch through the chunked loss gets the same
+    objective); the first layer (mlp_only_layers) is a dense MLP."""
     params = init_params(MODEL, jax.random.key(0))
     assert set(params["layers_0"]["mlp"]) == {"gate_proj", "up_proj", "down_proj"}
     assert params["layers_1"]["mlp"]["gate_proj"].shape == (6, 32, 24)
@@ -146,10 +146,10 @@ def test_router_terms_reach_the_objective_and_the_metrics():
         "mask": np.ones_like(ROWS),
         "step_scale": np.full(8, 1 / ROWS[:, 1:].size, np.float32),
     }
-    cfg = MODEL.replace(router_aux_loss_coef=0.5, router_z_loss_coef=0.1)
-    as_masked = jax.jit(functools.partial(step_lib.train_step, model=Transformer(cfg), tx=tx))(state, masked)[
-        1
-    ]
+    # ... and so is the chunked loss (the model called with hidden=True), here on that masked batch.
+    cfg = MODEL.replace(router_aux_loss_coef=0.5, router_z_loss_coef=0.1, loss_chunk=4)
+    step_fn = functools.partial(step_lib.train_step, model=Transformer(cfg), tx=tx)
+    as_masked = jax.jit(step_fn)(state, masked)[1]
     for key in ("loss", "grad_norm", "moe_balance", "router_z"):
         np.testing.assert_allclose(as_masked[key], weighted[key], rtol=1e-5)
 
