@@ -48,8 +48,16 @@ _FREE_MODEL_KEYS = (
 _OTHER_MODES = ("codeeval.", "export.", "generate.")
 
 
-def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path, notes: bool = True) -> None:
-    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
+_NEW_RUN = "use a new --workdir"
+# What a follow-up command (eval, generate, export...) given a different config should do instead.
+FOLLOWUP = "leave out --config: --workdir alone uses the run's own config"
+
+
+def check_compatible(
+    meta: dict, cfg: ml_collections.ConfigDict, path: Path, notes: bool = True, advice: str = _NEW_RUN
+) -> None:
+    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs (the error
+    ends with ``advice``).
 
     Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
     the device count and mesh...); each change is one ``note:`` line on stderr (with ``notes``).
@@ -64,7 +72,7 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path, not
         if new == old or key in ignored:
             continue
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
-            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
+            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} ({advice})")
         if notes and not key.startswith(_OTHER_MODES):
             print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
@@ -93,12 +101,12 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
     return step
 
 
-def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path, advice: str = _NEW_RUN) -> None:
     """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data (the
     checkpoint's own config, checked next, notes what else changed: once)."""
     path = workdir / RUN_CONFIG
     if path.is_file():
-        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False)
+        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False, advice=advice)
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:
