@@ -100,75 +100,96 @@ def test_a_missing_expert_is_one_error_line():
     )
 
 
-def test_a_whole_mixtral_equals_transformers(tmp_path):
-    """A tiny random MixtralForCausalLM (4 experts, top-2; routers perturbed) read from its save_pretrained
-    folder: the attention and norms through the llama weight table, the experts through hf_experts. Logits
-    within 1e-4 and 40 greedy tokens equal to transformers' ``generate``."""
-    from safetensors import safe_open
+# --------------------------------------------------------------------------- whole models: the two families
+
+LAYERS = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+MOE_KINDS = {
+    # Mixtral: every layer sparse, top-2 renormalised.
+    "mixtral": lambda: transformers.MixtralConfig(**LAYERS, num_local_experts=4, sliding_window=None),
+    # Qwen3-MoE: q/k norms, head_dim apart from the width, a dense layer (mlp_only_layers), not renormalised.
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        **LAYERS,
+        head_dim=24,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=48,
+        norm_topk_prob=False,
+        mlp_only_layers=[1],
+    ),
+    # ... renormalised, every second layer sparse (decoder_sparse_step).
+    "qwen3_moe_norm_step": lambda: transformers.Qwen3MoeConfig(
+        **LAYERS,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=48,
+        norm_topk_prob=True,
+        decoder_sparse_step=2,
+    ),
+}
+
+
+def _hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens)).logits.numpy()
+
+
+@pytest.mark.parametrize("kind", list(MOE_KINDS))
+def test_moe_family_equals_transformers_and_exports(kind, tmp_path):
+    """Import of a tiny random transformers model: logits within 1e-4, 40 greedy tokens equal to transformers'
+    ``generate``; our export reloads in transformers within 1e-5."""
+    from hf_helpers import random_hf_model
 
     from codex_jax.generate import generate
-    from codex_jax.interop.hf_weights import weight_table
-    from codex_jax.models.transformer import Transformer
+    from codex_jax.interop import hf_weights
 
-    torch.manual_seed(1)
-    config = transformers.MixtralConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=E,
-        num_experts_per_tok=2,
-        max_position_embeddings=64,
-        sliding_window=None,
+    hf_model = random_hf_model(MOE_KINDS[kind](), tmp_path / "hf")
+    model, params = hf_weights.import_checkpoint(tmp_path / "hf")
+    cfg = model.cfg
+    assert cfg.num_experts == 4 and cfg.family == kind.split("_norm")[0]
+    sparse = [cfg.sparse_layer(i) for i in range(3)]
+    assert sparse == {"mixtral": [True] * 3, "qwen3_moe": [True, False, True]}.get(kind, [False, True, False])
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 12))
+    np.testing.assert_allclose(
+        model.apply({"params": params}, tokens), _hf_logits(hf_model, tokens), atol=1e-4
     )
-    hf_model = transformers.MixtralForCausalLM(config).eval()
-    with torch.no_grad():
-        for layer in hf_model.model.layers:
-            layer.mlp.gate.weight.normal_(0, 1.0)
-    hf_model.save_pretrained(tmp_path)
-    cfg = ModelConfig(
-        family="llama",
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        d_model=32,
-        d_ff=24,
-        vocab_size=97,
-        max_seq_len=64,
-        tie_embeddings=False,
-        rope_theta=config.rope_parameters["rope_theta"],
-        norm_eps=config.rms_norm_eps,
-        num_experts=E,
-        experts_per_token=2,
-        loss_chunk=0,
-    )
-    with safe_open(str(tmp_path / "model.safetensors"), "np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
-    params: dict = {}
-    for name, (path,), transpose in weight_table(cfg):
-        if ".mlp." in name:
-            continue
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(tensors[name].T if transpose else tensors[name])
-    for i in range(cfg.num_layers):
-        prefix = f"model.layers.{i}.block_sparse_moe"
-        experts = hf_experts.layer_params(tensors.__getitem__, set(tensors), prefix, E, "mixtral", "ckpt")
-        params[f"layers_{i}"]["mlp"] = jax.tree.map(jnp.asarray, experts)
-
-    tokens = np.random.default_rng(0).integers(0, 97, (2, 12))
-    ours = Transformer(cfg).apply({"params": params}, jnp.asarray(tokens))
-    with torch.no_grad():
-        theirs = hf_model(torch.from_numpy(tokens)).logits.numpy()
-    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
     prompts = tokens[:, :5]
-    new = np.asarray(generate(Transformer(cfg), params, jnp.asarray(prompts), 40))
+    ours = np.asarray(generate(model, params, jnp.asarray(prompts), 40))
     with torch.no_grad():
-        hf_new = hf_model.generate(
+        theirs = hf_model.generate(
             input_ids=torch.from_numpy(prompts), max_new_tokens=40, min_new_tokens=40, do_sample=False
         ).numpy()[:, 5:]
-    np.testing.assert_array_equal(new, hf_new)
+    np.testing.assert_array_equal(ours, theirs)
+
+    hf_weights.export_checkpoint(model, params, tmp_path / "out")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(reloaded) is type(hf_model)
+    np.testing.assert_allclose(_hf_logits(reloaded, tokens), _hf_logits(hf_model, tokens), atol=1e-5)
+
+
+def test_a_checkpoint_missing_an_expert_is_one_error_line(tmp_path):
+    from hf_helpers import random_hf_model
+    from safetensors.numpy import load_file, save_file
+
+    from codex_jax.interop import hf_weights
+
+    random_hf_model(MOE_KINDS["mixtral"](), tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    del tensors["model.layers.2.block_sparse_moe.experts.3.w2.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError) as e:
+        hf_weights.import_checkpoint(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path}: tensor 'model.layers.2.block_sparse_moe.experts.3.w2.weight' is missing "
+        "(a mixture-of-experts layer of 4 experts)"
+    )
