@@ -199,13 +199,16 @@ def test_bad_settings_give_one_error_line():
 
 
 def test_presets_have_the_published_parameter_counts():
-    """Mixtral-8x7B: 46.7B parameters; Qwen3-30B-A3B's shape: 30.5B, of which ~3.3B run per token."""
+    """Mixtral-8x7B: 46.7B parameters; Qwen3-30B-A3B: 30.5B, of which ~3.3B run per token; ``num_params``
+    (from the config alone) counts the experts as init does."""
     from codex_jax.models import registry
-    from codex_jax.models.transformer import count_params, flops_per_token
+    from codex_jax.models.transformer import count_params, flops_per_token, num_params
 
-    for name, billions in (("mixtral-8x7b", 46.70), ("qwen3-30b-a3b-shape", 30.53)):
+    for name, billions in (("mixtral-8x7b", 46.70), ("qwen3-30b-a3b", 30.53)):
         cfg = registry.config(name)
         n = count_params(jax.eval_shape(lambda cfg=cfg: init_params(cfg, jax.random.key(0))))
         assert n / 1e9 == pytest.approx(billions, abs=0.01)
+        assert num_params(cfg) == n
     active = flops_per_token(cfg, n, 0) / 6  # seq_len 0: the parameter term alone
     assert active / 1e9 == pytest.approx(3.35, abs=0.05)
+    assert num_params(MODEL) == count_params(init_params(MODEL, jax.random.key(0)))
