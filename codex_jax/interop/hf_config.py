@@ -37,6 +37,10 @@ class Names:
     fused_qkv: bool = False  # one qkv_proj (Phi-3)
     fused_gate_up: bool = False  # one gate_up_proj (Phi-3)
     norm_bias: bool = False  # LayerNorms with a bias (StarCoder2)
+    moe_block: str = (
+        ""  # a sparse layer's MoE module under model.layers.i ('' : no MoE; interop/hf_experts.py)
+    )
+    expert_style: str = ""  # its per-expert tensor names: a key of hf_experts.PER_EXPERT_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +245,35 @@ def _read_phi3(c) -> dict[str, Any]:
     )
 
 
+def _moe_loss(c) -> dict[str, Any]:
+    """The load-balancing coefficient transformers trains with (only when it outputs router logits)."""
+    _require(not float(getattr(c, "router_jitter_noise", 0.0) or 0.0), "router_jitter_noise > 0")
+    return dict(router_aux_loss_coef=float(c.router_aux_loss_coef) if c.output_router_logits else 0.0)
+
+
+def _read_mixtral(c) -> dict[str, Any]:
+    return dict(
+        _read_llama(c),
+        num_experts=int(c.num_local_experts),
+        experts_per_token=int(c.num_experts_per_tok),
+        norm_topk_prob=True,  # Mixtral always renormalises its top-k weights
+        **_moe_loss(c),
+    )
+
+
+def _read_qwen3_moe(c) -> dict[str, Any]:
+    return dict(
+        _read_qwen3(c),
+        num_experts=int(c.num_experts),
+        experts_per_token=int(c.num_experts_per_tok),
+        moe_d_ff=int(c.moe_intermediate_size),
+        norm_topk_prob=bool(c.norm_topk_prob),
+        decoder_sparse_step=int(c.decoder_sparse_step),
+        mlp_only_layers=tuple(int(i) for i in (c.mlp_only_layers or ())),
+        **_moe_loss(c),
+    )
+
+
 # ------------------------------------------------------------------------------------- writing
 
 
@@ -348,6 +381,39 @@ def _write_qwen3(cfg: ModelConfig) -> dict[str, Any]:
     )
 
 
+def _write_moe_loss(cfg: ModelConfig) -> dict[str, Any]:
+    coef = cfg.router_aux_loss_coef
+    return dict(output_router_logits=coef > 0, router_aux_loss_coef=coef or 0.001, router_jitter_noise=0.0)
+
+
+def _write_mixtral(cfg: ModelConfig) -> dict[str, Any]:
+    if cfg.moe_d_ff not in (0, cfg.d_ff):
+        raise UserError(f"Mixtral's experts are d_ff={cfg.d_ff} wide (model.moe_d_ff={cfg.moe_d_ff})")
+    return _write_decoder(
+        cfg,
+        sliding_window=cfg.sliding_window or None,
+        num_local_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.experts_per_token,
+        **_write_moe_loss(cfg),
+    )
+
+
+def _write_qwen3_moe(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(
+        cfg, attention_bias=cfg.attention_bias, use_sliding_window=False, sliding_window=None
+    )
+    out.update(
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.experts_per_token,
+        moe_intermediate_size=cfg.expert_d_ff,
+        norm_topk_prob=cfg.norm_topk_prob,
+        decoder_sparse_step=cfg.decoder_sparse_step,
+        mlp_only_layers=list(cfg.mlp_only_layers),
+        **_write_moe_loss(cfg),
+    )
+    return out
+
+
 def _write_gemma(cfg: ModelConfig) -> dict[str, Any]:
     out = _write_decoder(
         cfg,
@@ -405,6 +471,20 @@ HF_TYPES: dict[str, HFType] = {
     ),
     "phi3": HFType(
         "Phi3ForCausalLM", "phi3", _read_phi3, _write_phi3, Names(fused_qkv=True, fused_gate_up=True)
+    ),
+    "mixtral": HFType(
+        "MixtralForCausalLM",
+        "mixtral",
+        _read_mixtral,
+        _write_mixtral,
+        Names(moe_block="block_sparse_moe", expert_style="mixtral"),
+    ),
+    "qwen3_moe": HFType(
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe",
+        _read_qwen3_moe,
+        _write_qwen3_moe,
+        Names(moe_block="mlp", expert_style="qwen3_moe"),
     ),
 }
 ARCHITECTURES = {t.architecture: name for name, t in HF_TYPES.items()}
@@ -481,7 +561,18 @@ def export_model_type(cfg: ModelConfig) -> str:
     return "mistral" if cfg.sliding_window and not (cfg.attention_bias or cfg.mlp_bias) else "llama"
 
 
-_RUNTIME = ("dtype", "param_dtype", "dropout", "attention_impl", "remat", "grad_barriers", "loss_chunk")
+_RUNTIME = (
+    "dtype",
+    "param_dtype",
+    "dropout",
+    "attention_impl",
+    "remat",
+    "grad_barriers",
+    "loss_chunk",
+    "moe_impl",
+    "capacity_factor",
+    "router_z_loss_coef",  # training only: no Hugging Face config holds it
+)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from codex_jax.models import grad_barrier
 from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
+from codex_jax.models.moe import MoeMlp
 from codex_jax.models.rope import apply_rope, attention_factor, rope_frequencies
 
 
@@ -198,9 +199,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)), with a norm on each output before
     its add where ``cfg.post_norms`` says so; the residual stream's gradient is materialised at both adds
-    where ``models/grad_barrier.py`` says so. ``cfg`` is the layer's own (``ModelConfig.layer``)."""
+    where ``models/grad_barrier.py`` says so. ``cfg`` is the layer's own (``ModelConfig.layer``); layer
+    ``layer`` has a mixture-of-experts MLP (``models/moe.py``) where ``cfg.sparse_layer(layer)``."""
 
     cfg: ModelConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(
@@ -224,7 +227,8 @@ class Block(nn.Module):
         x = x + attn_out
         if barrier:
             x = grad_barrier.residual_barrier(x)
-        mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x), deterministic)
+        mlp_cls = MoeMlp if cfg.sparse_layer(self.layer) else Mlp
+        mlp_out = mlp_cls(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x), deterministic)
         if cfg.post_norms:
             mlp_out = Norm(cfg, name="post_mlp_norm")(mlp_out)
         return x + mlp_out, new_cache
@@ -323,7 +327,7 @@ class Transformer(nn.Module):
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
-            x, layer_new = block_cls(cfg.layer(i), name=f"layers_{i}")(
+            x, layer_new = block_cls(cfg.layer(i), i, name=f"layers_{i}")(
                 x, positions_BxT, deterministic, layer_cache, cache_index, masks, segments_BxT
             )
             new_cache[f"layers_{i}"] = layer_new
@@ -384,10 +388,15 @@ def num_params(cfg: ModelConfig) -> int:
     layer = attn + mlp + norm * (4 if cfg.post_norms else 2)
     positions = cfg.max_seq_len * D if cfg.positions == "learned" else 0
     embeds = V * D * (1 if cfg.tie_embeddings else 2) + positions
-    return int(cfg.num_layers * layer + norm + embeds)
+    sparse = sum(cfg.sparse_layer(i) for i in range(cfg.num_layers))  # MoE: router + E SwiGLU experts
+    moe_extra = sparse * (D * cfg.num_experts + 3 * cfg.num_experts * D * cfg.expert_d_ff - mlp)
+    return int(cfg.num_layers * layer + norm + embeds + moe_extra)
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings)."""
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings, and of a
+    mixture of experts only the ``experts_per_token`` experts that run)."""
     n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0)
+    sparse = sum(cfg.sparse_layer(i) for i in range(cfg.num_layers))  # MoE: only k experts run per token
+    n -= sparse * (cfg.num_experts - cfg.experts_per_token) * 3 * cfg.d_model * cfg.expert_d_ff
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len
