@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from codex_jax import cli_compile, cli_config, cli_plugins
+from codex_jax import cli_compile, cli_config, cli_plugins, cli_serve
 from codex_jax import main as main_lib
 from codex_jax.config import packaged as configs
 from codex_jax.metrics import plot
@@ -30,6 +30,7 @@ commands:
   config     print|validate|diff configs:  codex-jax config print --config=configs/tiny.py
   plot       loss/lr/throughput PNG:       codex-jax plot WORKDIR... [--out PNG]
   compile    TPU memory/FLOPs, no TPU:     codex-jax compile --config=configs/gpt2_small.py --topology=v5e:2x2
+  serve      OpenAI-compatible HTTP API:   codex-jax serve --workdir=RUN [--port=8000] [--slots=8]
 
 Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged config is found by name from
 any directory (--config=configs/base.py, --config=base). See README.md for every config key.
@@ -52,6 +53,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "config": cli_config.main,
     "plot": plot.main,
     "compile": _compile,
+    "serve": cli_serve.main,
 }
 
 
