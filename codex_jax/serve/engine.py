@@ -100,6 +100,7 @@ class Engine:
         self.compiles = 0  # traces of the step functions (each one a compile)
         self.compiles_at_warm_up: int | None = None
         self.steps = 0
+        self.finished = collections.Counter()  # requests ended, by reason
         self._cache = init_cache(model.cfg, self.slots, self.context)
         self._active: list[Request | None] = [None] * self.slots
         self._tokens_N = np.zeros(self.slots, np.int32)  # the token each slot feeds next
@@ -143,6 +144,7 @@ class Engine:
             "active": sum(r is not None for r in self._active),
             "queued": len(self._queue),
             "steps": self.steps,
+            "finished": dict(self.finished),
             "context": self.context,
             "compiles": self.compiles,
             "compiles_after_warm_up": after,
@@ -194,6 +196,7 @@ class Engine:
                     return
                 request = self._queue.popleft()
             if request.cancelled:
+                self.finished["cancelled"] += 1
                 request.emit(Done("cancelled"))
                 continue
             slot = self._active.index(None)
@@ -205,6 +208,7 @@ class Engine:
         self._active[slot] = None
         self._temperature_N[slot] = 0.0  # an idle slot decodes greedily (its output is dropped)
         if request is not None:
+            self.finished[reason] += 1
             request.emit(Done(reason, prompt_logprobs))
 
     def _run_prefill(self, slot: int, prompt: list[int], request: Request) -> None:
