@@ -4,6 +4,7 @@ engine stops, and the process exits 0."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import time
@@ -44,4 +45,7 @@ def serve(
     config = uvicorn.Config(make_app(server), log_level="warning", lifespan="on", timeout_keep_alive=5)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {served.name} on http://{shown}:{bound}", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn raises the signal again once it has shut down
+        signal.signal(sig, lambda *_: None)  # gracefully: then it is done with, and the exit code is 0
     uvicorn.Server(config).run(sockets=[sock])
+    print("serve: stopped", file=sys.stderr, flush=True)

@@ -77,27 +77,29 @@ def test_greedy_requests_batched_continuously_equal_generate(engine):
 
 def test_stop_ids_and_context_end(engine):
     prompt = prompts_of([5])[0]
-    (alone, _, _), = run(engine, [dict(prompt=prompt, max_tokens=6)])
-    (stopped, reason, _), = run(engine, [dict(prompt=prompt, max_tokens=6, stop_ids=frozenset([alone[2]]))])
+    ((alone, _, _),) = run(engine, [dict(prompt=prompt, max_tokens=6)])
+    ((stopped, reason, _),) = run(engine, [dict(prompt=prompt, max_tokens=6, stop_ids=frozenset([alone[2]]))])
     assert (stopped, reason) == (alone[: alone.index(alone[2]) + 1], "stop")
-    (full, reason, _), = run(engine, [dict(prompt=prompts_of([CONTEXT - 3])[0], max_tokens=50)])
+    ((full, reason, _),) = run(engine, [dict(prompt=prompts_of([CONTEXT - 3])[0], max_tokens=50)])
     assert (len(full), reason) == (4, "length")  # 3 columns left, plus the token that needs none
 
 
 def test_seeded_draws_do_not_depend_on_the_batch(engine):
     prompt = prompts_of([6], seed=1)[0]
     sampled = dict(prompt=prompt, max_tokens=12, temperature=0.9, top_k=20, top_p=0.9, seed=7)
-    (alone, _, _), = run(engine, [sampled])
-    others = [dict(prompt=p, max_tokens=12, temperature=1.0, seed=i) for i, p in enumerate(prompts_of([4, 9]))]
+    ((alone, _, _),) = run(engine, [sampled])
+    others = [
+        dict(prompt=p, max_tokens=12, temperature=1.0, seed=i) for i, p in enumerate(prompts_of([4, 9]))
+    ]
     crowded = run(engine, [others[0], sampled, others[1]])
     assert crowded[1][0] == alone
-    (other_seed, _, _), = run(engine, [{**sampled, "seed": 8}])
+    ((other_seed, _, _),) = run(engine, [{**sampled, "seed": 8}])
     assert other_seed != alone
 
 
 def test_echo_logprobs_are_the_models(engine):
     prompt = prompts_of([11], seed=2)[0]
-    (tokens, reason, done), = run(engine, [dict(prompt=prompt, max_tokens=0, prompt_logprobs=True)])
+    ((tokens, reason, done),) = run(engine, [dict(prompt=prompt, max_tokens=0, prompt_logprobs=True)])
     assert (tokens, reason) == ([], "length")
     logits = engine.model.apply(engine.variables, jnp.asarray([prompt]))
     logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
