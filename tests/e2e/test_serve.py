@@ -295,3 +295,47 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(folder):
 def test_nothing_compiled_after_warm_up(server):
     health = server.health()
     assert health["compiles"] == 5 and health["compiles_after_warm_up"] == 0  # 4 prefill buckets + decode
+
+
+def test_lm_eval_local_completions_equals_the_in_process_model(server, folder, monkeypatch, tmp_path):
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    import lm_eval.models.openai_completions  # noqa: F401 (registers local-completions)
+    from lm_eval.tasks import TaskManager
+
+    from codex_jax.codeeval.lm_eval_model import CodexJaxLM
+    from codex_jax.serve.load import from_hf_folder
+
+    for key, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": KEY}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.chdir(REPO)  # the task YAMLs name their JSONL relative to the repository root
+    tasks = TaskManager(include_path=str(REPO / "tests" / "fixtures" / "lm_eval"), include_defaults=False)
+    remote = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=(
+            f"base_url=http://127.0.0.1:{server.port}/v1/completions,model=tiny-llama,"
+            f"tokenizer_backend=huggingface,tokenizer={folder},tokenized_requests=True,"
+            "max_length=128,num_concurrent=4,max_retries=1"
+        ),
+        tasks=["codex_jax_choice", "codex_jax_complete"],
+        task_manager=tasks,
+        log_samples=True,
+        batch_size=4,
+    )
+    served = from_hf_folder(str(folder))
+    local = lm_eval.simple_evaluate(
+        model=CodexJaxLM(model=served.model, params=served.params, tokenizer=served.tokenizer, batch_size=4),
+        tasks=["codex_jax_choice"],
+        task_manager=tasks,
+        log_samples=True,
+    )
+    ours = {s["doc_id"]: s["resps"] for s in local["samples"]["codex_jax_choice"]}
+    checked = 0
+    for sample in remote["samples"]["codex_jax_choice"]:
+        for got, want in zip(sample["resps"], ours[sample["doc_id"]], strict=True):
+            assert float(got[0][0]) == pytest.approx(float(want[0][0]), abs=1e-5)
+            checked += 1
+    assert checked >= 10
+    completions = remote["samples"]["codex_jax_complete"]
+    assert completions and all(isinstance(s["resps"][0][0], str) for s in completions)
