@@ -106,6 +106,10 @@ class Server:
         except asyncio.CancelledError:
             _cancel(choices)
             raise
+        if any(c.reason == "error" for c in choices):
+            return error_response(
+                ApiError(500, "a model step failed (see the server's log)", None, "engine_error")
+            )
         out = [self._final_choice(c, s, chat) for c in choices]
         kind = "chat.completion" if chat else "text_completion"
         return JSONResponse({**meta, "object": kind, "choices": out, "usage": _usage(prompts, choices)})
@@ -114,7 +118,7 @@ class Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         base_seed = secrets.randbits(31) if s.seed is None else s.seed
-        choices = []
+        choices: list[_Choice] = []
         for p, prompt in enumerate(prompts):
             for j in range(s.n):
                 choice = _Choice(len(choices), prompt, Text(self.tokenizer, s.stop))
@@ -160,6 +164,8 @@ class Server:
                 request.cancel()
             return False
         choice.done = event
+        if event.reason == "error":
+            choice.reason = "error"
         if choice.reason is None:
             choice.reason = "stop" if event.reason == "cancelled" else event.reason
         return True
@@ -327,7 +333,8 @@ def make_app(server: Server):
         finally:
             await asyncio.to_thread(server.engine.stop)
 
-    async def http_error(_request, exc: HTTPException):
+    async def http_error(_request, exc: Exception):
+        assert isinstance(exc, HTTPException)
         return error_response(ApiError(exc.status_code, str(exc.detail)))
 
     async def unexpected(_request, exc: Exception):

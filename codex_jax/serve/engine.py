@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
 import threading
 from collections.abc import Callable
 
@@ -100,7 +101,7 @@ class Engine:
         self.compiles = 0  # traces of the step functions (each one a compile)
         self.compiles_at_warm_up: int | None = None
         self.steps = 0
-        self.finished = collections.Counter()  # requests ended, by reason
+        self.finished: collections.Counter[str] = collections.Counter()  # requests ended, by reason
         self._cache = init_cache(model.cfg, self.slots, self.context)
         self._active: list[Request | None] = [None] * self.slots
         self._tokens_N = np.zeros(self.slots, np.int32)  # the token each slot feeds next
@@ -179,10 +180,16 @@ class Engine:
                     self._wake.wait()
                 if self._stopping and not self._queue and not any(self._active):
                     return
-            self._release_cancelled()
-            self._admit()
-            if any(self._active):
-                self._run_decode()
+            try:
+                self._release_cancelled()
+                self._admit()
+                if any(self._active):
+                    self._run_decode()
+            except Exception as e:  # noqa: BLE001 - a failed step ends its requests, not the server
+                print(f"serve: a step failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                for slot, request in enumerate(self._active):
+                    if request is not None:
+                        self._finish(slot, "error")
 
     def _release_cancelled(self) -> None:
         for slot, request in enumerate(self._active):

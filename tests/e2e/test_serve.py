@@ -339,3 +339,29 @@ def test_lm_eval_local_completions_equals_the_in_process_model(server, folder, m
     assert checked >= 10
     completions = remote["samples"]["codex_jax_complete"]
     assert completions and all(isinstance(s["resps"][0][0], str) for s in completions)
+
+
+def test_a_runs_checkpoint_serves_what_codex_jax_generate_prints(tmp_path):
+    from conftest import run_cli, run_python
+
+    workdir = tmp_path / "run"
+    run_cli(
+        workdir, "--config.train.steps=2", "--config.checkpoint.every_steps=2", "--config.train.eval_every=2"
+    )
+    prompt = "def main():\n"
+    greedy = ["--config.generate.temperature=0", f"--config.generate.prompt={prompt}"]
+    printed = run_cli(workdir, *greedy, mode="generate").stdout
+    server = ServeProcess(tmp_path, f"--workdir={workdir}", "--slots=2")
+    try:
+        text = server.client().completions.create(model="m", prompt=prompt, max_tokens=8, temperature=0)
+        assert printed == prompt + text.choices[0].text + "\n"
+        assert [m.id for m in server.client().models.list().data] == ["run@2"]
+    finally:
+        assert server.stop() == 0
+    for args, needle in [
+        ([], "error: serve needs --workdir=RUN"),
+        ([f"--workdir={tmp_path / 'none'}"], "no checkpoints in"),
+        (["--model=/models/x"], "error: --model=hf:FOLDER"),
+    ]:
+        out = run_python(["-m", "codex_jax.cli", "serve", *args], timeout=120)
+        assert out.returncode == 2 and needle in out.stderr, out.stderr
