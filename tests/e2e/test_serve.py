@@ -360,7 +360,7 @@ def test_a_runs_checkpoint_serves_what_codex_jax_generate_prints(tmp_path):
         assert server.stop() == 0
     for args, needle in [
         ([], "error: serve needs --workdir=RUN"),
-        ([f"--workdir={tmp_path / 'none'}"], "no checkpoints in"),
+        ([f"--workdir={tmp_path / 'none'}"], "cannot read the run's config"),
         (["--model=/models/x"], "error: --model=hf:FOLDER"),
     ]:
         out = run_python(["-m", "codex_jax.cli", "serve", *args], timeout=120)
