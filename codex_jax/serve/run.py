@@ -41,6 +41,7 @@ def serve(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: ready once printed
     bound = sock.getsockname()[1]
     config = uvicorn.Config(make_app(server), log_level="warning", lifespan="on", timeout_keep_alive=5)
     shown = f"[{host}]" if ":" in host else host
