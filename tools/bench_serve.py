@@ -152,7 +152,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch intra-op threads (0: its default)"
+    )
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     prompts = prompts_of(args.requests)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         folder = make_folder(Path(tmp) / "model", args.layers, args.width, args.context)
@@ -177,6 +184,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "slots": args.slots,
         "cpu_count": os.cpu_count(),
+        "torch_threads": args.torch_threads or "default",
         "load_average": os.getloadavg()[0],
         "serve": serve,
         "transformers_generate": hf,
