@@ -66,25 +66,24 @@ def _narrow_mlp(c):
     return {**c, "intermediate_size": 96}
 
 
-def _yarn(c):
-    rope = dict(rope_type="yarn", factor=4.0, rope_theta=1e6, original_max_position_embeddings=32)
-    return {**c, "rope_parameters": rope}
+def _dynamic_ntk(c):
+    return {**c, "rope_parameters": dict(rope_type="dynamic", factor=2.0, rope_theta=1e6)}
 
 
 CASES = {
     "unsupported_model_type": (
         _bert,
         r"config\.json: unsupported architectures=\['BertForMaskedLM'\] \(model_type='bert'\); supported "
-        r"model_types: gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, starcoder2, phi3",
+        r"model_types: gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, starcoder2, phi3, ",
     ),
     "missing_field": (_no_layers, r"config\.json \(qwen3\): missing key 'num_hidden_layers'"),
     "tensor_shape": (
         _narrow_mlp,
         r"model\.layers\.0\.mlp\.gate_proj\.weight has shape \(128, 64\); config\.json implies \(96, 64\)",
     ),
-    "yarn_rope": (
-        _yarn,
-        r"config\.json: rope type 'yarn' \(have: default, linear, llama3\) is not supported",
+    "dynamic_rope": (
+        _dynamic_ntk,
+        r"config\.json: rope type 'dynamic' \(have: default, linear, llama3, yarn\) is not supported",
     ),
 }
 
@@ -127,4 +126,4 @@ def test_bad_hf_folder_is_one_error_line(case, qwen3_folder, tmp_path):
 def test_phi3_longrope_is_named(tmp_path):
     folder = _phi3_longrope(tmp_path / "hf")
     result = run_cli(tmp_path / "run", *RUN, config=f"lora.py:hf:{folder}", check=False)
-    _assert_one_error(result, r"config\.json: rope type 'longrope' \(have: default, linear, llama3\)")
+    _assert_one_error(result, r"config\.json: rope type 'longrope' \(have: default, linear, llama3, yarn\)")
