@@ -134,10 +134,31 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     )
     args = _abstract_step_args(cfg, runner, model_cfg, tx)
     start = time.perf_counter()
-    with jax.set_mesh(mesh):  # the Pallas kernel runs per batch shard (models/attention.py)
-        compiled = runner.lower_train_step(*args).compile()  # the trainer's jitted step
+    try:
+        with jax.set_mesh(mesh):  # the Pallas kernel runs per batch shard (models/attention.py)
+            compiled = runner.lower_train_step(*args).compile()  # the trainer's jitted step
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return _does_not_fit(str(e), generation, topology, len(devices), time.perf_counter() - start)
     compile_s = time.perf_counter() - start
     return report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
+
+
+def _does_not_fit(message: str, generation: str, topology: str, chips: int, compile_s: float) -> dict:
+    """The report of a step the TPU compiler refused for memory: ``fits: false`` and the compiler's reason
+    (how much it needed), instead of a traceback."""
+    reason = next(
+        (line for line in message.splitlines() if "memory" in line.lower()), message.splitlines()[0]
+    )
+    return {
+        "topology": topology,
+        "chips": chips,
+        "hbm_per_chip_gb": TPU_HBM[generation][0] / aot.GB,
+        "fits": False,
+        "why": reason.strip(),
+        "compile_s": round(compile_s, 2),
+    }
 
 
 def report(
