@@ -26,7 +26,7 @@ from codex_jax.codeeval.settings import Settings, settings_from_config
 from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.files import sha256_file, write_json, write_text_atomic
 from codex_jax.metrics.writers import create_writers, parse_writer_names
-from codex_jax.setup.weights import load_checkpoint
+from codex_jax.setup.weights import load_checkpoint, weight_only
 
 SAMPLES, RESULTS = "samples.jsonl", "results.json"
 
@@ -118,7 +118,14 @@ def eval_code(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
     meta = {"step": restored.step, "checksum": sha256_file(manifest) if manifest.is_file() else None}
     out_dir = workdir / "codeeval" / str(restored.step)
     results = evaluate_model(
-        restored.model, restored.params, tokenizer, problem_set, settings, out_dir, seed=cfg.seed, meta=meta
+        restored.model,
+        weight_only(cfg, restored.params),
+        tokenizer,
+        problem_set,
+        settings,
+        out_dir,
+        seed=cfg.seed,
+        meta=meta,
     )
     names = ",".join(n for n in parse_writer_names(cfg.logging.writers) if n != "console")
     if names:

@@ -53,12 +53,13 @@ def max_error(fmt: str) -> float:
 
 
 def check(fmt: str, block: int, d_in: int, where: str = "lora.quant_block_size") -> None:
-    """UserError unless ``fmt`` is a format and ``block`` (even, > 0) divides ``d_in`` rows."""
+    """UserError unless ``fmt`` is a format and ``block`` (even, > 0; 0: all ``d_in`` rows) divides
+    ``d_in`` rows."""
     if fmt not in FORMATS:
         raise UserError(f"quantization format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if block <= 0 or block % 2:
+    if block < 0 or block % 2:
         raise UserError(f"config key '{where}': must be a positive even number (got {block})")
-    if d_in % block:
+    if block and d_in % block:
         raise UserError(
             f"config key '{where}': {block} does not divide a kernel's {d_in} input rows; "
             "pick a block size that divides the model's d_model and d_ff"
@@ -66,9 +67,11 @@ def check(fmt: str, block: int, d_in: int, where: str = "lora.quant_block_size")
 
 
 def quantize(w_IxO: jax.Array, fmt: str, block: int) -> dict:
-    """``{'codes', 'scales'}`` of a kernel ``[in, out]`` (see the module docstring)."""
+    """``{'codes', 'scales'}`` of a kernel ``[in, out]`` (see the module docstring); ``block`` 0: one
+    scale per output column (per channel)."""
     d_in, d_out = w_IxO.shape
     check(fmt, block, d_in)
+    block = block or d_in
     w_NxBxO = w_IxO.astype(jnp.float32).reshape(d_in // block, block, d_out)
     absmax_NxO = jnp.abs(w_NxBxO).max(axis=1)
     safe_NxO = jnp.where(absmax_NxO > 0, absmax_NxO, 1.0)
@@ -143,9 +146,9 @@ def kernel_keys(params) -> list[str]:
 
 
 def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
-    """``params`` with every 2-D kernel quantized and every other leaf cast to ``other_dtype``
-    (works on arrays, and under :func:`jax.eval_shape` on shapes). UserError when ``block`` does not
-    divide a kernel's input rows."""
+    """``params`` with every 2-D kernel quantized and every other leaf cast to ``other_dtype`` (None:
+    kept) (works on arrays, and under :func:`jax.eval_shape` on shapes). UserError when ``block``
+    does not divide a kernel's input rows."""
     flat = traverse_util.flatten_dict(params, sep="/")
     for key in kernel_keys(params):
         check(fmt, block, flat[key].shape[0])
@@ -155,7 +158,7 @@ def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
         if key in kernels:
             out.update({f"{key}/{name}": v for name, v in quantize(leaf, fmt, block).items()})
         else:
-            out[key] = leaf.astype(other_dtype)
+            out[key] = leaf if other_dtype is None else leaf.astype(other_dtype)
     return traverse_util.unflatten_dict(out, sep="/")
 
 

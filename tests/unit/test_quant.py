@@ -81,6 +81,14 @@ def test_levels_round_trip_exactly():
     np.testing.assert_array_equal(np.asarray(quant.dequantize(z)), np.zeros((4, 3)))
 
 
+def test_block_zero_is_per_channel():
+    w = _weights("trained", (96, 8))
+    q = quant.quantize(jnp.asarray(w), "int8", 0)
+    assert q["scales"].shape == (1, 8)
+    err = np.abs(np.asarray(quant.dequantize(q)) - w)
+    assert np.all(err <= np.abs(w).max(0) * quant.max_error("int8") * (1 + 1e-5))
+
+
 def test_bad_format_and_block_sizes():
     w = jnp.ones((96, 8))
     with pytest.raises(UserError, match="64 does not divide a kernel's 96 input rows"):
