@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -72,7 +73,7 @@ class Linear(nn.Module):
         if self.has_variable("params", "kernel") and quant.is_quantized(
             self.get_variable("params", "kernel")
         ):
-            kernel = self.get_variable("params", "kernel")  # a frozen quantized base (models/quant.py)
+            kernel: Any = self.get_variable("params", "kernel")  # a quantized base (models/quant.py)
         else:
             kernel = self.param(
                 "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
