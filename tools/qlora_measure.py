@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-flags.DEFINE_integer("steps", 50, "Optimizer steps.")
+flags.DEFINE_integer("steps", 50, "Optimizer steps (0: only the compiled step's memory, no weights).")
 FLAGS = flags.FLAGS
 
 
@@ -41,6 +41,34 @@ def text_batches(batch: int, seq_len: int, steps: int) -> list[np.ndarray]:
     return list(tokens.reshape(steps, batch, seq_len + 1))
 
 
+def step_memory(cfg, model, runner, tx) -> dict:
+    """Per-device bytes (GB) of the train step compiled for abstract arguments (no arrays allocated)."""
+    import jax
+    import jax.numpy as jnp
+
+    from codex_jax.compute import aot
+    from codex_jax.models import quant
+    from codex_jax.setup import adapters
+    from codex_jax.setup.runners import fresh_state_fn
+    from codex_jax.setup.weights import base_form
+
+    shapes = adapters.base_shapes(model.cfg)
+    form = base_form(cfg)
+    shapes = shapes if form is None else jax.eval_shape(form, shapes)
+    runner.frozen_sharding = runner.shardings_for(shapes)
+    frozen = runner.frozen_target(shapes)
+    state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model.cfg, tx)))
+    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
+    start = time.perf_counter()
+    compiled = runner.lower_train_step(state, batch, frozen).compile()
+    return {
+        "base_dtype": cfg.lora.base_dtype,
+        "base_gib": round(quant.nbytes(shapes) / 2**30, 3),
+        **{f"step_{k}": v for k, v in aot.memory_report(compiled).items()},
+        "compile_s": round(time.perf_counter() - start, 1),
+    }
+
+
 def main(_):
 
     from codex_jax.models import quant
@@ -52,6 +80,9 @@ def main(_):
     cfg = FLAGS.config
     model = Transformer(model_config(cfg))
     runner, tx = train_runner(cfg, model)
+    if FLAGS.steps == 0:  # no weights: the compiled step's memory from XLA's buffer assignment
+        print(json.dumps(step_memory(cfg, model, runner, tx)))
+        return
     start = time.perf_counter()
     record = weights.place_base(cfg, model.cfg, runner)
     state = runner.init_state(fresh_state_fn(cfg, model.cfg, tx))

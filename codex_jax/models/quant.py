@@ -122,18 +122,39 @@ def dequantized_kernel(kernel, dtype) -> jax.Array:
     return dequantize(kernel, dtype) if is_quantized(kernel) else kernel.astype(dtype)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(2,))
-def _quantized_matmul(x, q, dtype):
-    w = dequantize(q, dtype)
+def _dot(x, w):
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _quantized_matmul(x, q, dtype):
+    x, q = jax.lax.optimization_barrier((x, q))  # dequantize when x arrives, not all layers up front
+    return _dot(x, dequantize(q, dtype))
+
+
+def _quantized_matmul_fwd(x, q, dtype):
+    return _quantized_matmul(x, q, dtype), q
+
+
+def _quantized_matmul_bwd(dtype, q, g):
+    g, q = jax.lax.optimization_barrier((g, q))  # likewise: when the cotangent arrives
+    w = dequantize(q, dtype)
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    return dx, jax.tree.map(
+        lambda a: np.zeros(a.shape, jax.dtypes.float0 if a.dtype != np.float32 else a.dtype), q
+    )
+
+
+_quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
+
+
 def matmul(x, kernel, dtype) -> jax.Array:
-    """``x @ kernel`` in ``dtype``; a quantized kernel is dequantized inside a rematerialized region, so
-    the backward pass recomputes it instead of keeping a full-precision copy of every kernel."""
+    """``x @ kernel`` in ``dtype``. A quantized kernel (frozen: it gets a zero gradient) is dequantized
+    when ``x`` arrives, and again in the backward pass when the cotangent arrives: no full-precision copy
+    of it is kept between the two, and XLA cannot dequantize every layer's kernel ahead of time."""
     if is_quantized(kernel):
         return _quantized_matmul(x, kernel, jnp.dtype(dtype))
-    return jax.lax.dot_general(x, kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+    return _dot(x, kernel.astype(dtype))
 
 
 # ------------------------------------------------------------------------------------------ trees
