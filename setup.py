@@ -8,4 +8,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["codex_jax", "codex_jax.*"]), "codex_jax.configs"],
     package_dir={"codex_jax.configs": "configs"},
+    package_data={"codex_jax.configs": ["data/*.jsonl"]},
 )

@@ -16,6 +16,7 @@ Each call validates the config first (one :class:`~codex_jax.errors.UserError` n
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,21 @@ from codex_jax import distributed, restore, runtime
 from codex_jax import export as export_lib
 from codex_jax.codeeval import run as code_eval
 from codex_jax.config.packaged import resolve
-from codex_jax.config.runspec import run_config, set_key
+from codex_jax.config.paths import resolve_paths
+from codex_jax.config.runspec import RUN_CONFIG, run_config, set_key
 from codex_jax.config.validation import validate
 from codex_jax.errors import UserError
-from codex_jax.files import as_path
+from codex_jax.files import as_path, is_remote
 from codex_jax.train import loop
 from codex_jax.train.hooks import Hook  # noqa: F401 - api.Hook: the base class of a user's hooks
 
 
 def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``'configs/base.py'``, ``'base'``, ``'configs/lora.py:hf:DIR'``, or any
-    file ``PATH[:ARG]``) with ``overrides`` (``{'train.steps': 100}``) applied, as ``--config.KEY=V`` does."""
+    file ``PATH[:ARG]``; a run's ``RUN/config.json``: :func:`workdir_config`) with ``overrides``
+    (``{'train.steps': 100}``) applied, as ``--config.KEY=V`` does."""
+    if Path(spec).name == RUN_CONFIG and Path(spec).is_file():
+        return workdir_config(Path(spec).parent, overrides)
     path, _, arg = resolve(spec).partition(":")
     if not Path(path).is_file():
         raise UserError(f"config {spec!r}: no such file (packaged configs: codex-jax configs)")
@@ -65,8 +70,10 @@ def _with_overrides(
 
 
 def prepare(cfg: ml_collections.ConfigDict) -> None:
-    """Joins a multi-host run when ``dist.*`` says so, then validates ``cfg`` for this device count; turns
-    on the persistent compilation cache (``runtime.compilation_cache``)."""
+    """Makes ``cfg``'s local paths absolute (in place: config.json, the manifests and exports then work from
+    any directory), joins a multi-host run when ``dist.*`` says so, then validates ``cfg`` for this device
+    count; turns on the persistent compilation cache (``runtime.compilation_cache``)."""
+    resolve_paths(cfg)
     runtime.use_compilation_cache(cfg.runtime.compilation_cache)
     distributed.initialize(cfg.dist)
     num_devices = jax.local_device_count() if cfg.parallel.mode == "pmap" else jax.device_count()
@@ -80,9 +87,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, hooks: Sequence[A
     ``(step, metrics)``; subclass :class:`Hook`), run after the ``train.hooks`` entry points; one
     that raises stops the run with a UserError naming it, once the saves in flight are committed.
     Holds ``workdir``'s lock (another run there: UserError). SIGTERM or SIGINT (the main thread's) stop
-    it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`."""
+    it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`.
+    A run that fails before it saved any checkpoint removes ``workdir`` when it created it (a local one)."""
     prepare(cfg)
-    return loop.train(cfg, as_path(workdir), hooks)
+    path = as_path(workdir)
+    created = not is_remote(path) and not path.exists() and jax.process_count() == 1
+    try:
+        return loop.train(cfg, path, hooks)
+    except BaseException:
+        if created and path.is_dir() and not any((path / "checkpoints").glob("[0-9]*")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:

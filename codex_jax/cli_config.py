@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from codex_jax import main as main_lib
+from codex_jax.config.paths import missing_paths
 from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import SCHEMA, flatten
 from codex_jax.config.validation import validate
@@ -23,11 +24,12 @@ from codex_jax.errors import EXIT_USER_ERROR, UserError
 from codex_jax.train import hooks
 
 USAGE = """usage:
-  codex-jax config print --config=FILE [--config.KEY=V ...] [--changed]
+  codex-jax config print --config=FILE|--workdir=RUN [--config.KEY=V ...] [--changed]
       every key of the resolved config; '*' marks the keys that differ from the defaults
-      (--changed: only those)
-  codex-jax config validate --config=FILE [--config.KEY=V ...]
-      'ok', or the one-line error a run would stop with (exit 2)
+      (--changed: only those); --workdir=RUN alone: the run's saved config
+  codex-jax config validate --config=FILE|--workdir=RUN [--config.KEY=V ...]
+      'ok', or the one-line error a run would stop with (exit 2); also checks that the local paths
+      (data.source, data.tokenizer, the hf: folder, ...) exist and are readable
   codex-jax config diff RUN_A RUN_B
       the keys whose values differ between two workdirs' config.json (exit 1; 0: the same)"""
 
@@ -85,7 +87,10 @@ def validate_config(args: list[str]) -> int:
     cfg = _load(args, "validate")
     validate(cfg)
     hooks.user_hooks(cfg.train.hooks)
-    print(f"ok: {main_lib.config_filename()}")
+    missing = missing_paths(cfg)
+    if missing:
+        raise UserError("; ".join(missing))
+    print(f"ok: {main_lib.saved_run_dir() or main_lib.config_filename()}")
     return 0
 
 

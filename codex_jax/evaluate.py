@@ -26,6 +26,7 @@ from codex_jax.files import as_path, write_text_atomic
 from codex_jax.generate import generate, left_pad
 from codex_jax.metrics import registry
 from codex_jax.metrics.base import json_number
+from codex_jax.models.attention import softcap
 
 
 def evaluate(runner, params, batches: list[np.ndarray]) -> dict[str, float]:
@@ -127,8 +128,13 @@ def _accumulate(model, collection, totals, params, batch_BxL, line_end_V, conten
     if chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
         # Loss and accuracy chunk by chunk; the full logits only if a metric reads them (else XLA drops them).
         x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True, **kw)
-        loss_BxT, correct_BxT = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)
-        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)
+        loss_BxT, correct_BxT = chunked_token_stats(
+            x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk, model.cfg.final_softcap
+        )
+        logits_BxTxV = softcap(
+            jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32),
+            model.cfg.final_softcap,
+        )
     else:
         logits_BxTxV = model.apply(variables, inputs_BxT, deterministic=True, **kw).astype(jnp.float32)
         loss_BxT, correct_BxT = cross_entropy(logits_BxTxV, targets_BxT)

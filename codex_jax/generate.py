@@ -150,7 +150,7 @@ def generate(
         raise UserError(
             f"generate needs a non-empty prompt and max_new_tokens >= 1, got {T}, {max_new_tokens}"
         )
-    if model.cfg.family == "gpt2" and T + max_new_tokens - 1 > model.cfg.max_seq_len:
+    if model.cfg.positions == "learned" and T + max_new_tokens - 1 > model.cfg.max_seq_len:
         raise UserError(
             f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed the model's max_seq_len "
             f"{model.cfg.max_seq_len}"
@@ -185,7 +185,7 @@ def complete(
         if bos is None or bos < 0:
             raise UserError("complete: the prompt encodes to no tokens and the tokenizer has no bos_id")
         ids = [bos]
-    if model.cfg.family == "gpt2":
+    if model.cfg.positions == "learned":
         ids = ids[-max(1, model.cfg.max_seq_len - max_new_tokens + 1) :]  # keep the end of a long prompt
     eos_id = getattr(tokenizer, "eos_id", None)
     sampling.setdefault("eos_id", eos_id)

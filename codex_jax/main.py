@@ -18,9 +18,11 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from codex_jax import api
-from codex_jax.config.packaged import resolve
+from codex_jax.config import modes, saved_run
+from codex_jax.config.packaged import missing_config, resolve
+from codex_jax.config.runspec import RUN_CONFIG
 from codex_jax.errors import EXIT_USER_ERROR, UserError
-from codex_jax.files import absolute, as_path
+from codex_jax.files import absolute
 from codex_jax.train.stop import EXIT_STOPPED, Stopped
 
 FLAGS = flags.FLAGS
@@ -36,22 +38,68 @@ def fail(message: str) -> None:
 
 
 def with_packaged_configs(argv: list[str]) -> list[str]:
-    """``argv`` with ``--config=configs/NAME.py`` pointing at the packaged config when no such file exists."""
+    """``argv`` with ``--config=configs/NAME.py`` pointing at the packaged config when no such file exists,
+    ``--config=RUN/config.json`` (and ``--workdir=RUN`` without ``--config``, RUN holding a run) loading
+    that run's saved config; a config file that does not exist is one ``error:`` line."""
     out = list(argv)
+    found = False
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
-            out[i] = "--config=" + resolve(arg.removeprefix("--config="))
+            out[i] = "--config=" + _config_spec(arg.removeprefix("--config="))
+            found = True
         elif arg == "--config" and i + 1 < len(out):
-            out[i + 1] = resolve(out[i + 1])
+            out[i + 1] = _config_spec(out[i + 1])
+            found = True
+    workdir = _flag_value(out, "workdir")
+    if not found and workdir and (Path(workdir).expanduser() / RUN_CONFIG).is_file():
+        out.insert(1, f"--config={saved_run.LOADER}:{os.path.abspath(Path(workdir).expanduser())}")
     return out
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=V`` (or ``--name V``) in ``argv``, or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _config_spec(spec: str) -> str:
+    """``--config``'s value as ml_collections should load it (a one-line error for a missing file)."""
+    path = Path(spec.partition(":")[0]).expanduser()
+    if path.name == RUN_CONFIG and path.is_file():
+        return f"{saved_run.LOADER}:{os.path.abspath(path.parent)}"
+    if path.is_dir() and (path / RUN_CONFIG).is_file():
+        return f"{saved_run.LOADER}:{os.path.abspath(path)}"
+    resolved = resolve(spec)
+    if (why := missing_config(resolved.partition(":")[0])) is not None:
+        fail(f"--config={spec}: {why}")
+    return resolved
+
+
+def saved_run_dir() -> str | None:
+    """The run whose saved config ``--config`` loaded (``--workdir=RUN`` alone, ``--config=RUN/config.json``),
+    or None."""
+    loader, _, run = config_filename().partition(":")
+    return run if Path(loader) == saved_run.LOADER else None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing whose failures (bad override, unknown key, bad file) are one ``error:`` line."""
+    global _OVERRIDES
+    _OVERRIDES = modes.override_keys(argv)
     try:
         return FLAGS(with_packaged_configs(argv))
+    except UserError as e:  # a run's config.json that cannot be read
+        fail(str(e))
     except flags.Error as e:
-        fail(" ".join(str(e).split()))
+        text = " ".join(str(e).split())
+        if "Error whilst parsing config file" in text:  # the config file's get_config raised
+            spec = _flag_value(argv, "config") or ""
+            fail(f"--config={spec}: {text.rsplit('Error: ', 1)[-1]}")
+        fail(text)
     except (KeyError, AttributeError) as e:
         text = str(e.args[0] if e.args else e).replace("\\n", "\n").replace("\\'", "'")
         name, _, hint = text.partition("\n")  # ConfigDict's KeyError: 'name'\nDid you mean "..." instead...?
@@ -59,10 +107,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         hint = hint.rstrip("'")  # the end of the quoted key error
         hint = f"; {hint[0].lower()}{hint[1:]}" if hint else ""
         bad = [a for a in argv if a.startswith("--config.") and name in a.split("=")[0]]
-        fail(f"{bad[0] if bad else '--config'}: unknown config key '{name}' (see README.md{hint})")
+        flag = bad[0] if bad else "--config"
+        fail(f"{flag}: unknown config key '{name}' (see docs/reference/config.md{hint})")
     except (ValueError, TypeError, SyntaxError, OSError) as e:
         fail(f"--config: {' '.join(str(e).split())}")
     return []
+
+
+_OVERRIDES: list[str] = []  # the keys of the last parse's --config.KEY=V overrides
 
 
 def parse_config_flags(argv: list[str]):
@@ -80,7 +132,10 @@ def parse_config_flags(argv: list[str]):
 def load_config():
     """The config named by ``--config`` (loaded lazily by ml_collections), or a one-line error."""
     if not FLAGS["config"].present:
-        fail("--config is required (e.g. --config=configs/base.py)")
+        where = f"{FLAGS.workdir} holds no run ({RUN_CONFIG}); " if FLAGS["workdir"].present else ""
+        fail(
+            f"{where}--config is required (e.g. --config=configs/base.py), or --workdir=RUN of a trained run"
+        )
     try:
         cfg = FLAGS.config
         cfg.get("seed")
@@ -106,8 +161,11 @@ def run(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:  # Orbax and jax log every save at INFO; keep the console readable
         absl_logging.set_verbosity(absl_logging.WARNING)
     cfg = load_config()
-    workdir = as_path(FLAGS.workdir or default_workdir(config_filename()))  # a folder or gs://
+    from_run = saved_run_dir()
+    workdir = absolute(FLAGS.workdir or from_run or default_workdir(config_filename()))  # a folder or gs://
     try:
+        if from_run and FLAGS.mode != "train":
+            modes.check_followup_overrides(FLAGS.mode, from_run, _OVERRIDES)
         _dispatch(cfg, workdir, FLAGS.mode)
     except UserError as e:
         fail(str(e))

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 
 from codex_jax.data.examples import chat_template_text
-from codex_jax.data.pipeline import eval_batches, prepare_data
+from codex_jax.data.pipeline import eval_batches, load_run_tokenizer, prepare_data
 from codex_jax.evaluate import evaluate_checkpoint
 from codex_jax.generate import sample
 from codex_jax.setup.lock import held_by_another
@@ -36,9 +36,10 @@ def generate_from_workdir(
     cfg: ml_collections.ConfigDict, workdir: Path, prompts: list[str] | None = None
 ) -> list[str]:
     """Each of ``prompts`` (default: ``generate.prompt``) followed by its completion by a checkpoint's
-    params, restored once (``generate.safety_policy`` redacts or withholds secrets in them)."""
+    params, restored once (``generate.safety_policy`` redacts or withholds secrets in them). Only the run's
+    tokenizer is loaded: no data is read."""
     model, params, _ = restore_params(cfg, workdir)
-    tokenizer = prepare_data(cfg, workdir, write=_data_writer(workdir)).tokenizer
+    tokenizer, _ = load_run_tokenizer(cfg, workdir, write=False)
     prompts = [cfg.generate.prompt] if prompts is None else prompts
     template = chat_template_text(cfg.data, tokenizer)
     return [sample(model, params, tokenizer, p, cfg.generate, chat_template=template) for p in prompts]

@@ -1,7 +1,8 @@
 """Supervised fine-tuning (SFT): LoRA adapters on a Hugging Face base, trained on chat answers only.
 
 The argument after ``:`` names the base (a local Hugging Face folder, its tokenizer and chat template
-too); ``data.source`` the examples (default: the small example set under tests/fixtures/sft):
+too); ``data.source`` the examples (default: the small example chat set packaged with codex_jax,
+configs/data/sft_chat.jsonl, a copy of tests/fixtures/sft/chat.jsonl):
 
     # chat conversations (messages of {role, content}), rendered with the base's chat template
     python -m codex_jax.main --config=configs/sft.py:hf:/models/Qwen2.5-Coder-0.5B-Instruct \\
@@ -22,16 +23,24 @@ Examples are packed whole into rows (``data.packing='segments'``: attention and 
 examples) and only the assistant answers (with their end-of-turn token) count in the loss.
 """
 
+from pathlib import Path
+
 from codex_jax.config import default_config
+
+EXAMPLES = Path(__file__).resolve().parent / "data" / "sft_chat.jsonl"  # packaged with the configs
 
 
 def get_config(base: str = ""):
     """The SFT config; ``base`` is 'hf:FOLDER' (or 'workdir:RUN')."""
-    if not base.startswith(("workdir:", "hf:")):
-        raise ValueError(f"configs/sft.py:{base}: expected hf:FOLDER or workdir:RUN after the colon")
+    kind, _, where = base.partition(":")
+    if kind not in ("hf", "workdir") or not where:
+        raise ValueError(
+            "configs/sft.py needs its base after a colon: configs/sft.py:hf:FOLDER (a local Hugging Face "
+            f"folder) or configs/sft.py:workdir:RUN (got {base!r})"
+        )
     c = default_config()
     c.model.init_from = base
-    c.data.source = "jsonl:tests/fixtures/sft/chat.jsonl"
+    c.data.source = f"jsonl:{EXAMPLES}"
     c.data.format = "chat"
     c.data.packing = "segments"
     c.data.train_on = "completion"

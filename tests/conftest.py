@@ -56,7 +56,7 @@ jax.config.update("jax_enable_compilation_cache", False)
 
 # The longest tests (tens of seconds each) run first, so that the 2 workers do not end with one of them alone.
 LONGEST_FIRST = (
-    "tests/e2e/test_readme.py::test_readme_commands_run",
+    "tests/e2e/test_docs_commands.py::test_documented_commands_run",
     "tests/e2e/test_chaos.py",
     "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
     "tests/e2e/test_faults.py::test_kill_9_at_any_moment_resumes_to_the_same_params",

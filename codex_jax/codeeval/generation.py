@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import tqdm
 
+from codex_jax.codeeval import chat
 from codex_jax.codeeval.problems import Problem
 from codex_jax.codeeval.settings import Settings
 from codex_jax.generate import generate
@@ -25,13 +26,13 @@ class Prompt:
 
 
 def encode_prompts(
-    problems: list[Problem], tokenizer, context: int, max_new_tokens: int
+    problems: list[Problem], tokenizer, context: int, max_new_tokens: int, encode=None
 ) -> tuple[list[Prompt], list[str]]:
     """The prompts that fit: ``len(ids) + max_new_tokens - 1 <= context`` (the model's positions);
-    ``'task_id: why'`` for each problem skipped."""
+    ``'task_id: why'`` for each problem skipped. ``encode(problem) -> ids`` (default: the prompt's text)."""
     prompts, skipped = [], []
     for problem in problems:
-        ids = list(tokenizer.encode(problem.prompt))
+        ids = list(tokenizer.encode(problem.prompt) if encode is None else encode(problem))
         if not ids:
             skipped.append(f"{problem.task_id}: the prompt encodes to no tokens")
         elif len(ids) + max_new_tokens - 1 > context:
@@ -126,15 +127,18 @@ def generate_texts(
 def complete_all(
     model, params, tokenizer, prompts: list[Prompt], settings: Settings, seed: int, progress=True
 ) -> list[list[str]]:
-    """``settings.num_samples`` completions of each prompt (greedy: one, repeated), in order."""
+    """``settings.num_samples`` completions of each prompt (greedy: one, repeated), in order; chat prompts'
+    answers (``settings.prompt_format='chat'``, not cut at ``codeeval.stop``) made completions of the
+    problem's prompt (:mod:`codex_jax.codeeval.chat`)."""
     copies = 1 if settings.greedy else settings.num_samples
+    chat_format = settings.prompt_format == "chat"
     texts = generate_texts(
         model,
         params,
         tokenizer,
         [p.ids for p in prompts for _ in range(copies)],
         settings.max_new_tokens,
-        stop=settings.stop,
+        stop=() if chat_format else settings.stop,
         batch_size=settings.batch_size,
         bucket=settings.bucket,
         temperature=settings.temperature,
@@ -142,5 +146,7 @@ def complete_all(
         seed=seed,
         progress=progress,
     )
+    if chat_format:
+        texts = [chat.completion_of(prompts[i // copies].problem, t) for i, t in enumerate(texts)]
     per_prompt = [texts[r * copies : (r + 1) * copies] for r in range(len(prompts))]
     return [c * settings.num_samples if settings.greedy else c for c in per_prompt]

@@ -18,15 +18,18 @@ import ml_collections
 import tqdm
 
 from codex_jax.checkpoint import MANIFEST
+from codex_jax.codeeval import chat
 from codex_jax.codeeval.generation import complete_all, encode_prompts
 from codex_jax.codeeval.passk import pass_at_k
 from codex_jax.codeeval.problems import ProblemSet, check_program, read_problems
 from codex_jax.codeeval.sandbox import Outcome, make_sandbox, run_many
 from codex_jax.codeeval.settings import Settings, settings_from_config
+from codex_jax.data.examples import chat_template_text
 from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.files import sha256_file, write_json, write_text_atomic
 from codex_jax.metrics.writers import create_writers, parse_writer_names
 from codex_jax.setup.weights import load_checkpoint, weight_only
+from codex_jax.tokenizers.chat import chat_prompt
 
 SAMPLES, RESULTS = "samples.jsonl", "results.json"
 
@@ -56,14 +59,28 @@ def execute(problem_set: ProblemSet, completions: dict, settings: Settings, prog
 
 
 def evaluate_model(
-    model, params, tokenizer, problem_set: ProblemSet, settings: Settings, out_dir: Path, *, seed=0, meta=None
+    model,
+    params,
+    tokenizer,
+    problem_set: ProblemSet,
+    settings: Settings,
+    out_dir: Path,
+    *,
+    seed=0,
+    meta=None,
+    chat_template: str = "",
 ) -> dict:
     """Generates, executes and scores; writes ``out_dir/samples.jsonl`` and ``out_dir/results.json``
-    and returns the results (``meta``: e.g. the checkpoint's step and checksum, recorded as given)."""
+    and returns the results (``meta``: e.g. the checkpoint's step and checksum, recorded as given).
+    Under ``settings.prompt_format='chat'`` each problem is a user turn of ``chat_template`` ('': the
+    tokenizer's own, or the built-in one)."""
     progress = sys.stderr.isatty()
     start = time.time()
+    encode = None
+    if settings.prompt_format == "chat":
+        encode = lambda problem: chat_prompt(tokenizer, chat.user_turn(problem), chat_template)  # noqa: E731
     prompts, too_long = encode_prompts(
-        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens
+        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, encode
     )
     if too_long:
         print(
@@ -78,6 +95,7 @@ def evaluate_model(
     results = {
         **(meta or {}),
         "problems": problem_set.path,
+        "prompt_format": settings.prompt_format,
         "num_problems": len(per_task),
         "skipped": {"bad_lines": problem_set.skipped, "too_long": too_long},
         **pass_at_k(passed, settings.ks),
@@ -100,7 +118,7 @@ def evaluate_model(
 
 def summary(results: dict) -> dict:
     """The one-line view: step, pass@k, counts and where the files are."""
-    keys = ("step", "num_problems", "timeouts", "samples")
+    keys = ("step", "num_problems", "prompt_format", "timeouts", "samples")
     out = {k: results[k] for k in keys if k in results}
     out |= {k: v for k, v in results.items() if k.startswith("pass@")}
     out["skipped"] = sum(len(v) for v in results["skipped"].values())
@@ -117,6 +135,7 @@ def eval_code(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
     manifest = workdir / "checkpoints" / str(restored.step) / MANIFEST
     meta = {"step": restored.step, "checksum": sha256_file(manifest) if manifest.is_file() else None}
     out_dir = workdir / "codeeval" / str(restored.step)
+    template = chat_template_text(cfg.data, tokenizer) if settings.prompt_format == "chat" else ""
     results = evaluate_model(
         restored.model,
         weight_only(cfg, restored.params),
@@ -126,6 +145,7 @@ def eval_code(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
         out_dir,
         seed=cfg.seed,
         meta=meta,
+        chat_template=template,
     )
     names = ",".join(n for n in parse_writer_names(cfg.logging.writers) if n != "console")
     if names:

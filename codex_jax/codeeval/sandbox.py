@@ -14,7 +14,8 @@ namespaces. :meth:`Sandbox.info` says what this machine provides.
 
 A program passes only when it exits 0 AND prints, at its very end, a random token the harness appends
 (so ``sys.exit(0)`` or ``os._exit(0)`` before the tests counts as failed). This is containment for
-buggy or careless generated code, not a security boundary against a determined attacker (see README).
+buggy or careless generated code, not a security boundary against a determined attacker (see
+docs/evaluate.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from codex_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What one functional-correctness evaluation does (see the ``codeeval.*`` keys in the README)."""
+    """What one functional-correctness evaluation does (the ``codeeval.*`` keys: docs/reference/config.md)."""
 
     problems: str
     max_problems: int
@@ -28,6 +28,7 @@ class Settings:
     limits: Limits
     workers: int
     python: str
+    prompt_format: str = "raw"  # 'raw' or 'chat' (codeeval.prompt_format, 'auto' resolved)
 
     @property
     def greedy(self) -> bool:
@@ -35,7 +36,16 @@ class Settings:
 
     def sampling(self) -> dict:
         """The generation settings, as recorded with the results."""
-        keys = ("num_samples", "temperature", "top_p", "max_new_tokens", "stop", "batch_size", "bucket")
+        keys: tuple[str, ...] = (
+            "num_samples",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "stop",
+            "batch_size",
+            "bucket",
+            "prompt_format",
+        )
         return {k: getattr(self, k) for k in keys} | {"k": list(self.ks)}
 
 
@@ -88,6 +98,11 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         raise _fail(
             "max_procs" if c.max_procs < 1 else "workers", "must be >= 1", min(c.max_procs, c.workers)
         )
+    prompt_format = c.get("prompt_format", "raw")
+    if prompt_format not in ("auto", "raw", "chat"):
+        raise _fail("prompt_format", "must be one of auto, raw, chat", prompt_format)
+    if prompt_format == "auto":
+        prompt_format = "chat" if cfg.data.format == "chat" else "raw"
     limits = Limits(float(c.timeout), int(c.memory_mb), int(c.file_size_mb), int(c.max_procs))
     return Settings(
         problems=c.problems,
@@ -103,4 +118,5 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         limits=limits,
         workers=int(c.workers),
         python=c.python,
+        prompt_format=prompt_format,
     )

@@ -5,7 +5,8 @@ With ``model.loss_chunk = C`` and sequences longer than C, the loss never holds 
 float32 logits: :func:`chunked_loss_sum` computes them ``[B, C, V]`` at a time from the final hidden
 states and the output head, and (a custom VJP) their gradients in the same pass, so backward holds
 only ``[B, T, D]`` and ``[V, D]`` (no logits recomputed, no extra FLOPs). :func:`chunked_token_stats`
-is the forward-only version for evaluation. Both equal the unchunked path within float32 rounding.
+is the forward-only version for evaluation. Both equal the unchunked path within float32 rounding, and
+both soft-cap the logits as the model does (``model.final_softcap``, Gemma 2).
 
 ``train.z_loss > 0`` adds ``z_loss * logsumexp(logits)**2`` per trained target to the training objective
 (:func:`z_objective_sums`, chunked by :func:`chunked_z_objective`); evaluation never includes it.
@@ -18,6 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+
+from codex_jax.models.attention import softcap
 
 
 def inputs_and_targets(batch_BxL):
@@ -69,44 +72,49 @@ def _join(a_NxBxC, T):
     return a.reshape(a.shape[0], -1, *a.shape[3:])[:, :T]
 
 
-def _chunk_logits(x_BxCxD, head_VxD):
-    return jnp.einsum("bcd,vd->bcv", x_BxCxD, head_VxD, preferred_element_type=jnp.float32)
+def _chunk_logits(x_BxCxD, head_VxD, cap: float):
+    return softcap(jnp.einsum("bcd,vd->bcv", x_BxCxD, head_VxD, preferred_element_type=jnp.float32), cap)
 
 
-def chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk: int):
-    """Per-token float32 cross entropy and argmax hits of ``x @ head.T``, C positions at a time."""
+def chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk: int, cap: float = 0.0):
+    """Per-token float32 cross entropy and argmax hits of ``softcap(x @ head.T, cap)``, C positions at a
+    time."""
     T = targets_BxT.shape[1]
 
     def one(_, xs):
         x_BxCxD, targets_BxC = xs
-        return None, cross_entropy(_chunk_logits(x_BxCxD, head_VxD), targets_BxC)
+        return None, cross_entropy(_chunk_logits(x_BxCxD, head_VxD, cap), targets_BxC)
 
     _, (loss_N, correct_N) = jax.lax.scan(one, None, (_split(x_BxTxD, chunk), _split(targets_BxT, chunk)))
     return _join(loss_N, T), _join(correct_N, T)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int):
-    """``sum(weights * cross_entropy(x @ head.T, targets))`` without the ``[B, T, V]`` logits."""
-    loss_BxT, _ = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int, cap: float = 0.0):
+    """``sum(weights * cross_entropy(softcap(x @ head.T, cap), targets))`` without the ``[B, T, V]``
+    logits."""
+    loss_BxT, _ = chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, chunk, cap)
     return (loss_BxT * weights_BxT).sum()
 
 
-def _loss_sum_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk):
+def _loss_sum_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, cap):
     """The loss and, chunk by chunk, its gradients (d loss / d logits = weight * (softmax - onehot))."""
-    total, _, residuals = _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, 0.0)
+    total, _, residuals = _chunked_sums_and_grads(
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, 0.0, cap
+    )
     return total, residuals
 
 
-def _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss):
+def _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss, cap):
     """``(sum(w * (ce + z_loss * lse**2)), sum(w * lse**2), residuals)``, chunk by chunk, with the gradients
-    (d / d logits = weight * (softmax * (1 + 2 z_loss lse) - onehot)) as the residuals. ``z_loss == 0``
-    computes no log-partition terms at all (its second sum is 0)."""
+    (d / d logits = weight * (softmax * (1 + 2 z_loss lse) - onehot), times ``1 - (logits / cap)**2``
+    through a soft-cap) as the residuals. ``z_loss == 0`` computes no log-partition terms at all (its
+    second sum is 0)."""
     T, V = targets_BxT.shape[1], head_VxD.shape[0]
 
     def one(dhead_VxD, xs):
         x_BxCxD, targets_BxC, weights_BxC = xs
-        logits_BxCxV = _chunk_logits(x_BxCxD, head_VxD)
+        logits_BxCxV = _chunk_logits(x_BxCxD, head_VxD, cap)
         loss_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
         probs_BxCxV = jax.nn.softmax(logits_BxCxV, axis=-1)
         z_sums = ()
@@ -116,6 +124,8 @@ def _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, 
             loss_BxC = loss_BxC + z_loss * lse_BxC**2
             probs_BxCxV = probs_BxCxV * (1.0 + 2.0 * z_loss * lse_BxC)[..., None]
         dlogits_BxCxV = (probs_BxCxV - jax.nn.one_hot(targets_BxC, V)) * weights_BxC[..., None]
+        if cap:  # d cap * tanh(z / cap) / dz = 1 - tanh(z / cap)**2
+            dlogits_BxCxV = dlogits_BxCxV * (1.0 - jnp.square(logits_BxCxV / cap))
         dlogits_BxCxV = dlogits_BxCxV.astype(head_VxD.dtype)
         dx_BxCxD = jnp.einsum("bcv,vd->bcd", dlogits_BxCxV, head_VxD, preferred_element_type=jnp.float32)
         dhead_VxD += jnp.einsum("bcv,bcd->vd", dlogits_BxCxV, x_BxCxD, preferred_element_type=jnp.float32)
@@ -128,34 +138,36 @@ def _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, 
     return loss_N.sum(), (z_N[0].sum() if z_N else jnp.float32(0.0)), residuals
 
 
-def _loss_sum_bwd(chunk, residuals, g):
+def _loss_sum_bwd(chunk, cap, residuals, g):
     dx_BxTxD, dhead_VxD, targets_BxT, weights_BxT = residuals
-    del chunk, targets_BxT
+    del chunk, cap, targets_BxT
     return g.astype(dx_BxTxD.dtype) * dx_BxTxD, g.astype(dhead_VxD.dtype) * dhead_VxD, None, None
 
 
 chunked_loss_sum.defvjp(_loss_sum_fwd, _loss_sum_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def chunked_z_objective(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int, z_loss: float):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def chunked_z_objective(
+    x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk: int, z_loss: float, cap: float = 0.0
+):
     """``(sum(weights * (ce + z_loss * lse**2)), sum(weights * lse**2))`` of ``x @ head.T`` without the
     ``[B, T, V]`` logits (lse: the log-partition of each position's logits). Only the first output is
     differentiated; the second is a statistic (its cotangent is ignored)."""
-    total, z_sum, _ = _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss)
+    total, z_sum, _ = _chunked_sums_and_grads(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss, cap)
     return total, z_sum
 
 
-def _z_objective_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss):
+def _z_objective_fwd(x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss, cap):
     total, z_sum, residuals = _chunked_sums_and_grads(
-        x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, chunk, z_loss, cap
     )
     return (total, z_sum), residuals
 
 
-def _z_objective_bwd(chunk, z_loss, residuals, g):
+def _z_objective_bwd(chunk, z_loss, cap, residuals, g):
     del z_loss
-    return _loss_sum_bwd(chunk, residuals, g[0])
+    return _loss_sum_bwd(chunk, cap, residuals, g[0])
 
 
 chunked_z_objective.defvjp(_z_objective_fwd, _z_objective_bwd)
@@ -190,7 +202,7 @@ def z_objective_sums(
         return ce_sum + z_loss * z_sum, ce_sum, z_sum
     x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
     total, z_sum = chunked_z_objective(
-        x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, z_loss
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, z_loss, model.cfg.final_softcap
     )
     return total, total - z_loss * z_sum, z_sum
 
@@ -205,7 +217,10 @@ def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, 
     x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
     weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
     return (
-        chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk) / targets_BxT.size
+        chunked_loss_sum(
+            x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, model.cfg.final_softcap
+        )
+        / targets_BxT.size
     )
 
 
@@ -217,7 +232,9 @@ def loss_sum(model, variables, inputs_BxT, targets_BxT, weights_BxT, *, determin
         loss_BxT, _ = cross_entropy(model.apply(variables, inputs_BxT, **kwargs), targets_BxT)
         return (loss_BxT * weights_BxT).sum()
     x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
-    return chunked_loss_sum(x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk)
+    return chunked_loss_sum(
+        x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, model.cfg.final_softcap
+    )
 
 
 def token_stats(model, variables, inputs_BxT, targets_BxT, **kw):
@@ -226,4 +243,4 @@ def token_stats(model, variables, inputs_BxT, targets_BxT, **kw):
     if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
         return cross_entropy(model.apply(variables, inputs_BxT, deterministic=True, **kw), targets_BxT)
     x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, deterministic=True, hidden=True, **kw)
-    return chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk)
+    return chunked_token_stats(x_BxTxD, head_VxD, targets_BxT, model.cfg.loss_chunk, model.cfg.final_softcap)

@@ -10,6 +10,7 @@ lists them.
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import sys
 from pathlib import Path
@@ -41,6 +42,18 @@ def resolve(spec: str) -> str:
     if found is None or given.is_absolute() or str(given.parent) not in (".", "configs"):
         return spec  # not a packaged name: ml_collections reports the missing file
     return f"{found}{sep}{arg}"
+
+
+def missing_config(path: str) -> str | None:
+    """Why the config file ``path`` cannot be loaded (no such file: the packaged configs and a
+    did-you-mean), or None when it exists."""
+    if Path(path).expanduser().is_file():
+        return None
+    names = list(packaged())
+    stem = Path(path).name.removesuffix(".py")
+    close = difflib.get_close_matches(stem, names, n=1)
+    hint = f"; did you mean configs/{close[0]}.py?" if close else ""
+    return f"no such config file{hint} (packaged configs: {', '.join(names)})"
 
 
 def summary(path: Path) -> str:

@@ -90,6 +90,8 @@ def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
             node = node[name]
         node[leaf] = value
     except (KeyError, AttributeError):
-        raise UserError(f"config key '{key}': unknown key (see the config reference in README.md)") from None
+        raise UserError(
+            f"config key '{key}': unknown key (see the config reference: docs/reference/config.md)"
+        ) from None
     except TypeError as e:
         raise UserError(f"config key '{key}': {e}") from None

@@ -16,14 +16,24 @@ from codex_jax.config.schema_data import DATA_SCHEMA
 from codex_jax.metrics.base import flatten_hparams as flatten  # noqa: F401 - one flattening, re-exported
 from codex_jax.models.lora import DEFAULT_TARGETS
 
-# key -> (default, meaning), in the README's order (data.* keys: schema_data.py). The README's config
-# reference is checked against this table by a test.
+# key -> (default, meaning), in the documentation's order (data.* keys: schema_data.py). The config
+# reference, docs/reference/config.md, is generated from it (tools/gen_config_reference.py; a test checks it).
 SCHEMA: dict[str, tuple[Any, str]] = {
     "seed": (0, "Seed for parameter init, dropout and data order."),
     **DATA_SCHEMA,
     "model.family": (
         "gpt2",
-        "'gpt2' (learned positions, LayerNorm, GELU) or 'llama' (RoPE, RMSNorm, SwiGLU).",
+        "The block's features (models/families.py; `codex-jax models` lists them): 'gpt2' (learned "
+        "positions, LayerNorm, GELU), 'llama' (RoPE, RMSNorm, SwiGLU), 'qwen3' (llama + q/k norms), "
+        "'gemma', 'gemma2', 'gemma3', 'starcoder2' or 'phi3'.",
+    ),
+    "model.preset": (
+        "",
+        "A named architecture (`codex-jax models`: 'qwen3-0.6b', 'gemma-3-1b', 'starcoder2-3b', ...): it "
+        "sets every architecture field (the model.* shape keys are ignored, and the log says which "
+        "differ); the run-time keys (dtype, param_dtype, dropout, attention_impl, remat, grad_barriers, "
+        "loss_chunk) still apply. '': the model.* keys. With model.init_from, its config.json or run sets "
+        "the architecture instead (the log says so).",
     ),
     "model.num_layers": (4, "Transformer blocks."),
     "model.num_heads": (4, "Query heads."),
@@ -191,7 +201,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "train.hooks": (
         "",
         "Comma-separated names of installed codex_jax.hooks entry points to run on step end, eval end "
-        "and checkpoint save ('': none; see Hooks in README.md).",
+        "and checkpoint save ('': none; see Hooks in docs/extend.md).",
     ),
     "train.profile_steps": (
         "",
@@ -244,6 +254,13 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "codeeval.stop": (
         '["\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#"]',
         "JSON list of stop sequences: a completion ends before the first one.",
+    ),
+    "codeeval.prompt_format": (
+        "auto",
+        "How problems are put to the model: 'raw' (the prompt as text, completed up to codeeval.stop), "
+        "'chat' (one user turn of the run's chat template asking for the function; the answer's code "
+        "block becomes the completion) or 'auto' ('chat' for a run trained with data.format='chat', "
+        "else 'raw'). results.json records the format used.",
     ),
     "codeeval.batch_size": (8, "Completions generated per batch."),
     "codeeval.bucket": (
@@ -364,7 +381,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def reference_table() -> str:
-    """The README's config reference: a markdown table of every key, its default and meaning."""
+    """docs/reference/config.md's table: every key, its default and meaning, in markdown."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, (default, meaning) in SCHEMA.items():
         cell = repr(default).replace("|", "\\|")  # a pipe would end the table cell

@@ -17,6 +17,7 @@ from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
 from codex_jax.metrics.writers import WRITER_NAMES
+from codex_jax.models import registry as model_presets
 from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, GRAD_BARRIERS, REMAT_POLICIES
 
 
@@ -130,6 +131,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str] | Callable[[Any], str | None
         "must be 'latest', 'best' or a step number",
     ),
     "model.init_from": (_init_from, "must be '', 'hf:/path/to/folder' or 'workdir:/path/to/run'"),
+    "model.preset": lambda v: (
+        None
+        if v == "" or v in model_presets.names()
+        else f"must be '' or one of {', '.join(model_presets.names())}"
+    ),
     "lora.alpha": (lambda v: v > 0, "must be > 0"),
     "lora.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "lora.targets": _regex,
@@ -165,7 +171,9 @@ def _check_keys_and_types(flat: dict[str, Any]) -> None:
     """Every key known, none missing, each of its default's type (an int passes for a float)."""
     for key in flat:
         if key not in SCHEMA:
-            raise UserError(f"config key '{key}': unknown key (see the config reference in README.md)")
+            raise UserError(
+                f"config key '{key}': unknown key (see the config reference: docs/reference/config.md)"
+            )
     for key, (default, _) in SCHEMA.items():
         _check(key in flat, key, "missing", None)
         value = flat[key]
@@ -196,7 +204,7 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
     _check(
         flat["train.warmup_steps"] <= flat["train.steps"],
         "train.warmup_steps",
-        f"must be <= train.steps={flat['train.steps']}",
+        f"must be <= train.steps={flat['train.steps']} (set --config.train.warmup_steps too)",
         flat["train.warmup_steps"],
     )
     _check(

@@ -59,7 +59,8 @@ def chat_turns(record: dict, fields: ExampleFields) -> tuple[Turns | None, str]:
     """``(turns, '')`` of one chat record (``{messages: [{role, content}, ...]}``), or ``(None, reason)``."""
     messages = record.get(fields.messages)
     if messages is None:
-        return None, f"no field {fields.messages!r}"
+        names = ", ".join(map(repr, record)) if isinstance(record, dict) else "none"
+        return None, f"no field {fields.messages!r} (its fields: {names}; data.messages_field names the list)"
     if not isinstance(messages, list) or not messages:
         return None, f"field {fields.messages!r} is not a non-empty list of messages"
     turns = []

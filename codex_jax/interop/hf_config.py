@@ -1,51 +1,55 @@
-"""Hugging Face ``config.json`` <-> :class:`ModelConfig` for the supported architectures.
+"""Hugging Face ``config.json`` <-> :class:`ModelConfig`, one table entry per Hugging Face ``model_type``.
 
-GPT2LMHeadModel (family 'gpt2'), LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM (family
-'llama'): :func:`config_from_hf` reads one (refusing settings codex_jax cannot reproduce exactly),
-:func:`config_to_hf` writes one that transformers loads. The weights are ``models/hf.py``'s.
+:data:`HF_TYPES` names, for every supported ``model_type``, its architecture class, the codex_jax family
+(``models/families.py``), how its ``config.json`` fields read into ModelConfig fields, what it writes back,
+and its weight names (:class:`Names`, used by ``interop/hf_weights.py``). Adding a family is one entry here.
+
+:func:`config_from_hf` reads a ``config.json`` through the installed transformers' own config class (so
+every default is the one transformers would use) and refuses settings codex_jax cannot reproduce exactly
+(one :class:`UserError` naming them); :func:`config_to_hf` writes one that transformers loads, and refuses a
+model no Hugging Face architecture reproduces (it reads its own output back and compares).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from codex_jax.errors import UserError
 from codex_jax.files import as_path
 from codex_jax.models.config import ModelConfig
 
-ARCHITECTURES = {
-    "GPT2LMHeadModel": "gpt2",
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", **{a: "gelu_tanh" for a in _GELU_TANH}}
+_SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
-# ------------------------------------------------------------------------------------- config.json
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """How a ``model_type`` names its weights (Llama's layout unless changed)."""
+
+    layout: str = "llama"  # 'llama' (model.layers.i...) or 'gpt2' (transformer.h.i...)
+    mlp: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")  # HF module names of our MLP kernels
+    fused_qkv: bool = False  # one qkv_proj (Phi-3)
+    fused_gate_up: bool = False  # one gate_up_proj (Phi-3)
+    norm_bias: bool = False  # LayerNorms with a bias (StarCoder2)
 
 
-def read_config(path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a Hugging Face folder."""
-    file = as_path(path) / "config.json"
-    if not file.is_file():
-        raise UserError(f"{path}: no config.json; expected a Hugging Face model folder")
-    return json.loads(file.read_text())
+@dataclasses.dataclass(frozen=True)
+class HFType:
+    """One supported Hugging Face ``model_type``."""
+
+    architecture: str
+    family: str
+    read: Callable[[Any], dict[str, Any]]  # the resolved transformers config -> ModelConfig fields
+    write: Callable[[ModelConfig], dict[str, Any]]  # ModelConfig -> config.json fields
+    names: Names = Names()
 
 
-def model_type_of(hf: dict) -> str:
-    """The supported model type of a config.json ('gpt2', 'llama', 'mistral', 'qwen2'), or a UserError."""
-    archs = hf.get("architectures") or []
-    known = [ARCHITECTURES[a] for a in archs if a in ARCHITECTURES]
-    if known and len(known) == len(archs):
-        return known[0]
-    if not archs and hf.get("model_type") in ARCHITECTURES.values():
-        return hf["model_type"]
-    raise UserError(
-        f"config.json: unsupported architectures={archs} (model_type={hf.get('model_type')!r}); "
-        f"supported: {sorted(ARCHITECTURES)}"
-    )
+# ------------------------------------------------------------------------------------- reading
 
 
 def _require(ok: bool, what: str):
@@ -53,38 +57,18 @@ def _require(ok: bool, what: str):
         raise UserError(f"config.json: {what} is not supported")
 
 
-def _gpt2_fields(hf: dict) -> dict[str, Any]:
-    _require(
-        hf.get("activation_function", "gelu_new") in _GELU_TANH,
-        f"activation {hf.get('activation_function')}",
-    )
-    _require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
-    _require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
-    _require(not hf.get("add_cross_attention", False), "add_cross_attention=true")
-    d = hf["n_embd"]
-    return dict(
-        family="gpt2",
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        num_kv_heads=hf["n_head"],
-        d_model=d,
-        d_ff=hf.get("n_inner") or 4 * d,
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf.get("n_positions", 1024),
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-    )
+def _activation(name: str | None) -> str:
+    _require(name in _ACTIVATIONS, f"activation {name!r} (have: {', '.join(_ACTIVATIONS)})")
+    return _ACTIVATIONS[str(name)]
 
 
-def _rope_fields(hf: dict) -> dict[str, Any]:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+def _rope(params: dict) -> dict[str, Any]:
+    """ModelConfig's RoPE fields of one Hugging Face ``rope_parameters`` dict."""
     kind = params.get("rope_type", params.get("type", "default"))
-    _require(
-        params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) == 1.0,
-        "partial_rotary_factor != 1",
-    )
-    fields: dict[str, Any] = {"rope_theta": float(theta)}
+    fields: dict[str, Any] = {"rope_theta": float(params.get("rope_theta", 10000.0))}
+    fraction = float(params.get("partial_rotary_factor", 1.0))
+    if fraction != 1.0:
+        fields["rope_fraction"] = fraction
     if kind == "linear":
         fields["rope_linear_factor"] = float(params["factor"])
     elif kind == "llama3":
@@ -99,65 +83,174 @@ def _rope_fields(hf: dict) -> dict[str, Any]:
     return fields
 
 
-def _llama_fields(hf: dict, model_type: str) -> dict[str, Any]:
-    _require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')}")
-    _require(not hf.get("mlp_bias", False), "mlp_bias=true")
-    # Llama's attention_bias also biases o_proj; ModelConfig.attention_bias (Qwen2) does not.
-    _require(model_type == "qwen2" or not hf.get("attention_bias", False), "llama attention_bias=true")
-    window = 0
-    if model_type == "mistral":
-        window = hf.get("sliding_window") or 0
-    elif model_type == "qwen2":
-        _require(not hf.get("use_sliding_window", False), "qwen2 use_sliding_window=true")
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+def _shape(c) -> dict[str, Any]:
+    """The fields every decoder config has (Llama's names)."""
+    heads, width = c.num_attention_heads, c.hidden_size
+    head_dim = getattr(c, "head_dim", None) or width // heads
     return dict(
-        family="llama",
-        num_layers=hf["num_hidden_layers"],
+        num_layers=c.num_hidden_layers,
         num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        d_model=hf["hidden_size"],
-        d_ff=hf["intermediate_size"],
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf.get("max_position_embeddings", 2048),
-        head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim,
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
-        attention_bias=model_type == "qwen2",
-        sliding_window=int(window),
-        **_rope_fields(hf),
+        num_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+        d_model=width,
+        d_ff=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        max_seq_len=c.max_position_embeddings,
+        head_dim=0 if head_dim * heads == width else head_dim,
+        norm_eps=float(getattr(c, "rms_norm_eps", None) or getattr(c, "norm_epsilon", 1e-6)),
+        tie_embeddings=bool(c.tie_word_embeddings),
     )
 
 
-def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-    """ModelConfig for a parsed ``config.json``; ``overrides`` set other fields (dtype, ...)."""
-    model_type = model_type_of(hf)
-    try:
-        fields = _gpt2_fields(hf) if model_type == "gpt2" else _llama_fields(hf, model_type)
-    except KeyError as e:
-        raise UserError(f"config.json ({model_type}): missing key {e}") from None
-    return ModelConfig(**{**fields, **overrides})
+def _windows(c) -> dict[str, Any]:
+    """``sliding_window`` and ``layer_types`` from a config with ``layer_types`` (or none)."""
+    types = list(getattr(c, "layer_types", None) or [])
+    known = {"full_attention": "full", "sliding_attention": "sliding"}
+    _require(all(t in known for t in types), f"layer_types {sorted(set(types) - set(known))}")
+    if "sliding_attention" not in types:
+        return {}
+    return dict(sliding_window=int(c.sliding_window), layer_types=tuple(known[t] for t in types))
 
 
-def _export_model_type(cfg: ModelConfig) -> str:
-    if cfg.family == "gpt2":
-        plain = cfg.dims_per_head * cfg.num_heads == cfg.d_model and not cfg.sliding_window
-        if cfg.num_kv_heads != cfg.num_heads or not plain:
-            raise UserError(
-                "Hugging Face GPT-2 has no grouped-query attention, head_dim or sliding_window "
-                f"(this model: num_kv_heads={cfg.num_kv_heads} of {cfg.num_heads} heads, "
-                f"head_dim={cfg.head_dim}, sliding_window={cfg.sliding_window})"
-            )
-        return "gpt2"
-    if cfg.attention_bias:
-        if cfg.sliding_window or cfg.head_dim:
-            raise UserError("no Hugging Face architecture has q/k/v biases with sliding_window or head_dim")
-        return "qwen2"
-    return "mistral" if cfg.sliding_window else "llama"
+def _read_gpt2(c) -> dict[str, Any]:
+    _require(c.activation_function in _GELU_TANH, f"activation {c.activation_function}")
+    _require(c.scale_attn_weights, "scale_attn_weights=false")
+    _require(not c.scale_attn_by_inverse_layer_idx, "scale_attn_by_inverse_layer_idx=true")
+    _require(not getattr(c, "add_cross_attention", False), "add_cross_attention=true")
+    return dict(
+        num_layers=c.n_layer,
+        num_heads=c.n_head,
+        num_kv_heads=c.n_head,
+        d_model=c.n_embd,
+        d_ff=c.n_inner or 4 * c.n_embd,
+        vocab_size=c.vocab_size,
+        max_seq_len=c.n_positions,
+        norm_eps=c.layer_norm_epsilon,
+        tie_embeddings=bool(c.tie_word_embeddings),
+    )
 
 
-def _gpt2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The GPT-2 fields of ``config.json``."""
+def _read_llama(c) -> dict[str, Any]:
+    bias = bool(getattr(c, "attention_bias", False))
+    return dict(
+        _shape(c),
+        activation=_activation(c.hidden_act),
+        attention_bias=bias,
+        out_bias=bias,
+        mlp_bias=bool(getattr(c, "mlp_bias", False)),
+        sliding_window=int(getattr(c, "sliding_window", None) or 0),
+        **_rope(c.rope_parameters),
+    )
+
+
+def _read_qwen2(c) -> dict[str, Any]:
+    return dict(
+        _shape(c),
+        activation=_activation(c.hidden_act),
+        attention_bias=True,
+        **_windows(c),
+        **_rope(c.rope_parameters),
+    )
+
+
+def _read_qwen3(c) -> dict[str, Any]:
+    bias = bool(c.attention_bias)
+    return dict(
+        _shape(c),
+        activation=_activation(c.hidden_act),
+        attention_bias=bias,
+        out_bias=bias,
+        **_windows(c),
+        **_rope(c.rope_parameters),
+    )
+
+
+def _read_gemma(c) -> dict[str, Any]:
+    bias = bool(c.attention_bias)
+    _require(not getattr(c, "use_bidirectional_attention", False), "use_bidirectional_attention=true")
+    fields = dict(
+        _shape(c),
+        activation=_activation(getattr(c, "hidden_activation", None) or c.hidden_act),
+        attention_bias=bias,
+        out_bias=bias,
+        query_scale_dim=float(getattr(c, "query_pre_attn_scalar", None) or 0.0),
+        attn_softcap=float(getattr(c, "attn_logit_softcapping", None) or 0.0),
+        final_softcap=float(getattr(c, "final_logit_softcapping", None) or 0.0),
+        **_windows(c),
+    )
+    rope = c.rope_parameters
+    if "full_attention" in rope:  # Gemma 3: one RoPE per layer type
+        local = _rope(rope["sliding_attention"])
+        _require(set(local) == {"rope_theta"}, "a scaled RoPE on the sliding layers")
+        fields.update(_rope(rope["full_attention"]))
+        fields["rope_local_theta"] = local["rope_theta"]
+    else:
+        fields.update(_rope(rope))
+    if fields.get("query_scale_dim") == (fields["head_dim"] or fields["d_model"] // fields["num_heads"]):
+        fields["query_scale_dim"] = 0.0
+    return fields
+
+
+def _read_gemma_v1(c) -> dict[str, Any]:
+    fields = _read_gemma(c)
+    fields["activation"] = _activation(c.hidden_act)  # Gemma's MLP reads hidden_act, Gemma 2's the other
+    return fields
+
+
+def _read_starcoder2(c) -> dict[str, Any]:
+    return dict(
+        _shape(c),
+        activation=_activation(c.hidden_act),
+        attention_bias=bool(c.use_bias),
+        out_bias=bool(c.use_bias),
+        mlp_bias=bool(c.use_bias),
+        sliding_window=int(c.sliding_window or 0),
+        **_rope(c.rope_parameters),
+    )
+
+
+def _read_phi3(c) -> dict[str, Any]:
+    return dict(
+        _shape(c),
+        activation=_activation(c.hidden_act),
+        sliding_window=int(c.sliding_window or 0),
+        **_rope(c.rope_parameters),
+    )
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def _rope_to_hf(cfg: ModelConfig, scaled: bool = True) -> dict[str, Any]:
+    """Hugging Face's ``rope_parameters`` of ``cfg`` (``scaled=False``: Gemma 3's sliding layers)."""
+    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
+        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
+    out: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_fraction != 1.0:
+        out["partial_rotary_factor"] = cfg.rope_fraction
+    if scaled and cfg.rope_llama3_scaling:
+        factor, low, high, original = cfg.rope_llama3_scaling
+        out.update(
+            rope_type="llama3",
+            factor=factor,
+            low_freq_factor=low,
+            high_freq_factor=high,
+            original_max_position_embeddings=original,
+        )
+    elif scaled and cfg.rope_linear_factor != 1.0:
+        out.update(rope_type="linear", factor=cfg.rope_linear_factor)
+    return out
+
+
+def _number(x: float) -> int | float:
+    """``x`` as an int when it is one (transformers' strict configs type some fields ``int``)."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _layer_types_to_hf(cfg: ModelConfig) -> list[str]:
+    return [f"{cfg.layer_type(i)}_attention" for i in range(cfg.num_layers)]
+
+
+def _write_gpt2(cfg: ModelConfig) -> dict[str, Any]:
     return dict(
         n_layer=cfg.num_layers,
         n_head=cfg.num_heads,
@@ -175,27 +268,11 @@ def _gpt2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     )
 
 
-def _rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """Hugging Face's rope parameters (``rope_type`` default, llama3 or linear) of ``cfg``."""
-    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
-        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
-    if cfg.rope_llama3_scaling:
-        factor, low, high, original = cfg.rope_llama3_scaling
-        return dict(
-            rope_type="llama3",
-            factor=factor,
-            low_freq_factor=low,
-            high_freq_factor=high,
-            original_max_position_embeddings=original,
-        )
-    if cfg.rope_linear_factor != 1.0:
-        return dict(rope_type="linear", factor=cfg.rope_linear_factor)
-    return {"rope_type": "default"}
+_HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
 
 
-def _llama_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The Llama fields of ``config.json`` (Mistral and Qwen2 adjust them)."""
-    rope = _rope_to_hf(cfg)
+def _write_decoder(cfg: ModelConfig, **extra) -> dict[str, Any]:
+    """Llama's names for the fields every decoder has."""
     return dict(
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
@@ -205,37 +282,182 @@ def _llama_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         head_dim=cfg.dims_per_head,
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
-        hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
+        hidden_act=_HF_ACTIVATION[cfg.activation],
         attention_dropout=0.0,
-        rope_theta=cfg.rope_theta,
-        rope_scaling=None if rope["rope_type"] == "default" else rope,
-        rope_parameters=dict(rope, rope_theta=cfg.rope_theta),
+        rope_parameters=_rope_to_hf(cfg),
+        **extra,
     )
 
 
-def _mistral_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """Llama's fields plus the sliding window."""
-    return dict(_llama_to_hf(cfg), sliding_window=cfg.sliding_window)
+def _write_llama(cfg: ModelConfig) -> dict[str, Any]:
+    return _write_decoder(cfg, attention_bias=cfg.attention_bias, mlp_bias=cfg.mlp_bias)
 
 
-def _qwen2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """Llama's fields with q/k/v biases, no sliding window and no ``head_dim``."""
-    out = dict(_llama_to_hf(cfg), attention_bias=True, use_sliding_window=False, sliding_window=None)
+def _write_mistral(cfg: ModelConfig) -> dict[str, Any]:
+    return _write_decoder(cfg, sliding_window=cfg.sliding_window)
+
+
+def _write_qwen2(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(cfg, use_sliding_window=False, sliding_window=None)
+    del out["head_dim"]  # Qwen2 derives it from the width
+    return out
+
+
+def _write_qwen3(cfg: ModelConfig) -> dict[str, Any]:
+    sliding = "sliding" in [cfg.layer_type(i) for i in range(cfg.num_layers)]
+    return _write_decoder(
+        cfg,
+        attention_bias=cfg.attention_bias,
+        use_sliding_window=sliding,
+        sliding_window=cfg.sliding_window or None,
+        max_window_layers=cfg.num_layers,
+        layer_types=_layer_types_to_hf(cfg),
+    )
+
+
+def _write_gemma(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(
+        cfg,
+        attention_bias=cfg.attention_bias,
+        hidden_activation=_HF_ACTIVATION[cfg.activation],
+        query_pre_attn_scalar=_number(cfg.query_scale_dim or cfg.dims_per_head),
+    )
+    if cfg.family == "gemma":
+        del out["query_pre_attn_scalar"]
+        return out
+    out.update(
+        attn_logit_softcapping=cfg.attn_softcap or None,
+        final_logit_softcapping=cfg.final_softcap or None,
+        sliding_window=cfg.sliding_window or 4096,
+        layer_types=_layer_types_to_hf(cfg),
+    )
+    if cfg.family == "gemma3":
+        local = cfg.replace(rope_theta=cfg.rope_local_theta or cfg.rope_theta)
+        out["rope_parameters"] = {
+            "full_attention": _rope_to_hf(cfg),
+            "sliding_attention": _rope_to_hf(local, scaled=not cfg.rope_local_theta),
+        }
+    return out
+
+
+def _write_starcoder2(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(cfg, use_bias=cfg.attention_bias, sliding_window=cfg.sliding_window or None)
+    out["norm_epsilon"] = out.pop("rms_norm_eps")
     del out["head_dim"]
     return out
 
 
-_TO_HF = {"gpt2": _gpt2_to_hf, "llama": _llama_to_hf, "mistral": _mistral_to_hf, "qwen2": _qwen2_to_hf}
+def _write_phi3(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(cfg, sliding_window=cfg.sliding_window or None)
+    out["partial_rotary_factor"] = cfg.rope_fraction
+    del out["head_dim"]
+    return out
+
+
+HF_TYPES: dict[str, HFType] = {
+    "gpt2": HFType("GPT2LMHeadModel", "gpt2", _read_gpt2, _write_gpt2, Names(layout="gpt2")),
+    "llama": HFType("LlamaForCausalLM", "llama", _read_llama, _write_llama),
+    "mistral": HFType("MistralForCausalLM", "llama", _read_llama, _write_mistral),
+    "qwen2": HFType("Qwen2ForCausalLM", "llama", _read_qwen2, _write_qwen2),
+    "qwen3": HFType("Qwen3ForCausalLM", "qwen3", _read_qwen3, _write_qwen3),
+    "gemma": HFType("GemmaForCausalLM", "gemma", _read_gemma_v1, _write_gemma),
+    "gemma2": HFType("Gemma2ForCausalLM", "gemma2", _read_gemma, _write_gemma),
+    "gemma3_text": HFType("Gemma3ForCausalLM", "gemma3", _read_gemma, _write_gemma),
+    "starcoder2": HFType(
+        "Starcoder2ForCausalLM",
+        "starcoder2",
+        _read_starcoder2,
+        _write_starcoder2,
+        Names(mlp=("c_fc", "c_proj"), norm_bias=True),
+    ),
+    "phi3": HFType(
+        "Phi3ForCausalLM", "phi3", _read_phi3, _write_phi3, Names(fused_qkv=True, fused_gate_up=True)
+    ),
+}
+ARCHITECTURES = {t.architecture: name for name, t in HF_TYPES.items()}
+
+
+# ------------------------------------------------------------------------------------- public API
+
+
+def read_config(path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a Hugging Face folder."""
+    file = as_path(path) / "config.json"
+    if not file.is_file():
+        raise UserError(f"{path}: no config.json; expected a Hugging Face model folder")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{file}:{e.lineno}: not JSON ({e.msg})") from None
+
+
+def model_type_of(hf: dict) -> str:
+    """The supported ``model_type`` of a config.json, or a UserError naming the supported ones."""
+    archs = hf.get("architectures") or []
+    known = [ARCHITECTURES[a] for a in archs if a in ARCHITECTURES]
+    if known and len(known) == len(archs):
+        return known[0]
+    if not archs and hf.get("model_type") in HF_TYPES:
+        return hf["model_type"]
+    hint = ""
+    if hf.get("model_type") == "gemma3":
+        hint = " (a multimodal Gemma 3: save its language model as Gemma3ForCausalLM)"
+    raise UserError(
+        f"config.json: unsupported architectures={archs} (model_type={hf.get('model_type')!r}){hint}; "
+        f"supported model_types: {', '.join(HF_TYPES)} ({', '.join(sorted(ARCHITECTURES))})"
+    )
+
+
+def _resolved(model_type: str, hf: dict):
+    """The installed transformers' config object for ``hf`` (its defaults filled in)."""
+    import transformers  # a runtime dependency; imported where config.json is read
+
+    if model_type != "gpt2":
+        missing = [k for k in _SHAPE_KEYS if k not in hf]
+        if missing:
+            raise UserError(f"config.json ({model_type}): missing key {missing[0]!r}")
+    fields = {k: v for k, v in hf.items() if k not in ("architectures", "model_type", "transformers_version")}
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # transformers warns about token ids and rope fields it then fixes
+    try:
+        return transformers.AutoConfig.for_model(model_type, **fields)
+    except Exception as e:  # transformers' validation raises several kinds; each is a bad config.json
+        raise UserError(f"config.json ({model_type}): {' '.join(str(e).split())[:300]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def config_from_hf(hf: dict, **overrides) -> ModelConfig:
+    """ModelConfig for a parsed ``config.json``; ``overrides`` set other fields (dtype, ...)."""
+    model_type = model_type_of(hf)
+    entry = HF_TYPES[model_type]
+    try:
+        fields = entry.read(_resolved(model_type, hf))
+    except (KeyError, AttributeError) as e:
+        raise UserError(f"config.json ({model_type}): missing key {e}") from None
+    return ModelConfig(**{"family": entry.family, **fields, **overrides})
+
+
+def export_model_type(cfg: ModelConfig) -> str:
+    """The Hugging Face ``model_type`` that holds ``cfg`` (Llama's family: llama, mistral or qwen2)."""
+    if cfg.family != "llama":
+        return next(name for name, t in HF_TYPES.items() if t.family == cfg.family)
+    if cfg.attention_bias and not cfg.out_bias:
+        return "qwen2"
+    return "mistral" if cfg.sliding_window and not (cfg.attention_bias or cfg.mlp_bias) else "llama"
+
+
+_RUNTIME = ("dtype", "param_dtype", "dropout", "attention_impl", "remat", "grad_barriers", "loss_chunk")
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """A ``config.json`` mapping that transformers reads back as ``cfg``."""
-    model_type = _export_model_type(cfg)
-    arch = {v: k for k, v in ARCHITECTURES.items()}[model_type]
-    common = dict(
-        architectures=[arch],
+    """A ``config.json`` mapping that transformers reads back as ``cfg``; UserError naming the fields that
+    the Hugging Face architecture of ``cfg``'s family cannot hold."""
+    model_type = export_model_type(cfg)
+    entry = HF_TYPES[model_type]
+    out = dict(
+        architectures=[entry.architecture],
         model_type=model_type,
         vocab_size=cfg.vocab_size,
         tie_word_embeddings=cfg.tie_embeddings,
@@ -245,5 +467,17 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
+        **entry.write(cfg),
     )
-    return dict(common, **_TO_HF[model_type](cfg))
+    back = config_from_hf(out, **{k: getattr(cfg, k) for k in _RUNTIME})
+    differ = [
+        f"{f.name}={getattr(cfg, f.name)!r}"
+        for f in dataclasses.fields(cfg)
+        if f.name not in _RUNTIME + ("lora_alpha", "lora_dropout")
+        and getattr(back, f.name) != getattr(cfg, f.name)
+    ]
+    if differ:
+        raise UserError(
+            f"no Hugging Face {entry.architecture} holds this model ({cfg.family}): {', '.join(differ)}"
+        )
+    return out

@@ -3,10 +3,11 @@
     model, params = import_checkpoint("hf_folder")  # config.json + *.safetensors (sharded too)
     export_checkpoint(model, params, "out_dir")     # loads with AutoModelForCausalLM
 
-Supported: GPT2LMHeadModel (family 'gpt2'), LlamaForCausalLM, MistralForCausalLM and
-Qwen2ForCausalLM (family 'llama'). Each family has one table of ``(hf_name, [param paths],
-transpose)`` rows; import reads a tensor, transposes it if asked and splits it along the last axis
-over the paths (GPT-2's fused ``c_attn``); export does the reverse, so the round trip is exact.
+Supported: every ``model_type`` of ``interop/hf_config.py``'s table (GPT-2, Llama, Mistral, Qwen2, Qwen3,
+Gemma 1/2/3, StarCoder2, Phi-3). A model has one table of ``(hf_name, [param paths], transpose)`` rows;
+import reads a tensor, transposes it if asked and splits it along the last axis over the paths (GPT-2's
+fused ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) at the sizes the paths expect; export does
+the reverse, so the round trip is exact.
 The config.json side (architecture <-> ModelConfig) is ``interop/hf_config.py``; PEFT adapters are
 ``interop/peft.py``.
 """
@@ -25,7 +26,15 @@ from safetensors.numpy import save, save_file
 
 from codex_jax.errors import UserError
 from codex_jax.files import as_path, is_remote, local_copy
-from codex_jax.interop.hf_config import config_from_hf, config_to_hf, model_type_of, read_config
+from codex_jax.interop.hf_config import (
+    HF_TYPES,
+    Names,
+    config_from_hf,
+    config_to_hf,
+    export_model_type,
+    model_type_of,
+    read_config,
+)
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 
@@ -41,13 +50,15 @@ _IGNORED_SUFFIXES = (
 
 
 def weight_table(cfg: ModelConfig) -> list[tuple[str, list[tuple[str, ...]], bool]]:
-    """Rows ``(hf_name, param_paths, transpose)`` covering every parameter of ``cfg``."""
+    """Rows ``(hf_name, param_paths, transpose)`` covering every parameter of ``cfg``, named as the Hugging
+    Face architecture of its family names them (``hf_config.HF_TYPES``)."""
     rows: list[tuple[str, list[tuple[str, ...]], bool]] = []
 
     def add(name, paths, transpose=False):
         rows.append((name, [tuple(p.split("/")) for p in paths], transpose))
 
-    if cfg.family == "gpt2":
+    names = HF_TYPES[export_model_type(cfg)].names
+    if names.layout == "gpt2":
         add("transformer.wte.weight", ["embed/embedding"])
         add("transformer.wpe.weight", ["pos_embed/embedding"])
         for i in range(cfg.num_layers):
@@ -66,19 +77,57 @@ def weight_table(cfg: ModelConfig) -> list[tuple[str, list[tuple[str, ...]], boo
     else:
         add("model.embed_tokens.weight", ["embed/embedding"])
         for i in range(cfg.num_layers):
-            h, p = f"model.layers.{i}", f"layers_{i}"
-            add(f"{h}.input_layernorm.weight", [f"{p}/attn_norm/scale"])
-            add(f"{h}.post_attention_layernorm.weight", [f"{p}/mlp_norm/scale"])
-            for x in "qkvo":
-                add(f"{h}.self_attn.{x}_proj.weight", [f"{p}/attn/{x}_proj/kernel"], transpose=True)
-                if cfg.attention_bias and x != "o":
-                    add(f"{h}.self_attn.{x}_proj.bias", [f"{p}/attn/{x}_proj/bias"])
-            for x in ("gate", "up", "down"):
-                add(f"{h}.mlp.{x}_proj.weight", [f"{p}/mlp/{x}_proj/kernel"], transpose=True)
-        add("model.norm.weight", ["final_norm/scale"])
+            _decoder_layer_rows(cfg, names, i, add)
+        _norm_rows(cfg, "model.norm", "final_norm", add)
     if not cfg.tie_embeddings:
         add("lm_head.weight", ["lm_head"])
     return rows
+
+
+def _norm_rows(cfg: ModelConfig, hf: str, path: str, add) -> None:
+    add(f"{hf}.weight", [f"{path}/scale"])
+    if cfg.norm == "layernorm":
+        add(f"{hf}.bias", [f"{path}/bias"])
+
+
+def _decoder_layer_rows(cfg: ModelConfig, names: Names, i: int, add) -> None:
+    """One ``model.layers.i`` of Llama's layout, with its family's norms, fusions and MLP names."""
+    h, p = f"model.layers.{i}", f"layers_{i}"
+    norms = [("input_layernorm", "attn_norm")]
+    if cfg.post_norms:  # Gemma 2/3: a norm after each sublayer, another before the MLP
+        norms += [
+            ("post_attention_layernorm", "post_attn_norm"),
+            ("pre_feedforward_layernorm", "mlp_norm"),
+            ("post_feedforward_layernorm", "post_mlp_norm"),
+        ]
+    else:
+        norms.append(("post_attention_layernorm", "mlp_norm"))
+    for hf_norm, norm in norms:
+        _norm_rows(cfg, f"{h}.{hf_norm}", f"{p}/{norm}", add)
+    attn = f"{h}.self_attn"
+    if cfg.qk_norm:
+        add(f"{attn}.q_norm.weight", [f"{p}/attn/q_norm/scale"])
+        add(f"{attn}.k_norm.weight", [f"{p}/attn/k_norm/scale"])
+    if names.fused_qkv:
+        add(f"{attn}.qkv_proj.weight", [f"{p}/attn/{x}_proj/kernel" for x in "qkv"], transpose=True)
+    for x in "qkv":
+        if not names.fused_qkv:
+            add(f"{attn}.{x}_proj.weight", [f"{p}/attn/{x}_proj/kernel"], transpose=True)
+        if cfg.attention_bias:
+            add(f"{attn}.{x}_proj.bias", [f"{p}/attn/{x}_proj/bias"])
+    add(f"{attn}.o_proj.weight", [f"{p}/attn/o_proj/kernel"], transpose=True)
+    if cfg.out_bias:
+        add(f"{attn}.o_proj.bias", [f"{p}/attn/o_proj/bias"])
+    ours = ("fc_in", "fc_out") if cfg.mlp == "plain" else ("gate_proj", "up_proj", "down_proj")
+    if names.fused_gate_up:
+        add(f"{h}.mlp.gate_up_proj.weight", [f"{p}/mlp/gate_proj/kernel", f"{p}/mlp/up_proj/kernel"], True)
+        ours, hf_mlp = ("down_proj",), ("down_proj",)
+    else:
+        hf_mlp = names.mlp if cfg.mlp == "gated" else names.mlp[-2:]
+    for hf_name, name in zip(hf_mlp, ours, strict=True):
+        add(f"{h}.mlp.{hf_name}.weight", [f"{p}/mlp/{name}/kernel"], transpose=True)
+        if cfg.mlp_bias:
+            add(f"{h}.mlp.{hf_name}.bias", [f"{p}/mlp/{name}/bias"])
 
 
 def _get(tree, path):
@@ -184,11 +233,16 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
     for hf_name, paths, transpose in rows:
         array = reader.get(hf_name)
         array = array.T if transpose else array
-        parts = np.split(array, len(paths), axis=-1) if len(paths) > 1 else [array]
+        wants = [_get(expected, p).shape for p in paths]
+        implied = (*wants[0][:-1], sum(w[-1] for w in wants))
+        if array.shape != implied:
+            shape = array.T.shape if transpose else array.shape
+            raise UserError(
+                f"{folder}: {hf_name} has shape {tuple(shape)}; config.json implies "
+                f"{tuple(implied[::-1]) if transpose else implied}"
+            )
+        parts = np.split(array, np.cumsum([w[-1] for w in wants])[:-1], axis=-1)
         for p, part in zip(paths, parts, strict=True):
-            want = _get(expected, p).shape
-            if part.shape != want:
-                raise UserError(f"{folder}: {hf_name} has shape {array.shape}; config.json implies {want}")
             _put(params, p, jnp.asarray(part.astype(cfg.weights_dtype)))
     return Transformer(cfg), params
 

@@ -3,11 +3,11 @@
     export_peft(model.cfg, lora_tree, alpha, out_dir)  # adapter_config.json + safetensors
     lora_tree = import_peft(out_dir, model.cfg, alpha) # any PEFT LoRA of the same model
 
-PEFT naming: Llama-family modules map one to one (``model.layers.0.self_attn.q_proj``). GPT-2's
-``c_attn`` fuses q/k/v: the targeted ones export as one exact adapter of rank ``sum(r)`` (``A`` the
-concatenated ``lora_a``s, ``B`` block-diagonal; ``rank_pattern``/``alpha_pattern`` keep the scale),
-and a fused ``c_attn`` adapter imports as q/k/v adapters sharing its ``A`` (zero ``B`` columns
-dropped), which is exact too.
+PEFT naming: Llama-layout modules map one to one (``model.layers.0.self_attn.q_proj``). GPT-2's
+``c_attn`` fuses q/k/v (Phi-3's ``qkv_proj`` and ``gate_up_proj`` likewise): the targeted ones export as
+one exact adapter of rank ``sum(r)`` (``A`` the concatenated ``lora_a``s, ``B`` block-diagonal;
+``rank_pattern``/``alpha_pattern`` keep the scale), and a fused adapter imports as adapters of its parts
+sharing its ``A`` (zero ``B`` columns dropped), which is exact too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from codex_jax.errors import UserError
+from codex_jax.interop.hf_config import HF_TYPES, export_model_type
 from codex_jax.interop.hf_weights import weight_table
 from codex_jax.models.lora import modules_of, scale, tree_of
 
@@ -34,7 +35,13 @@ _PREFIX = "base_model.model."
 def _peft_modules(cfg) -> dict[str, list[tuple[str, int]]]:
     """Hugging Face module name -> its kernels ``[(path, out_size)]`` (GPT-2's c_attn: three)."""
     kv = cfg.num_kv_heads * cfg.dims_per_head
-    sizes = {"q_proj": cfg.num_heads * cfg.dims_per_head, "k_proj": kv, "v_proj": kv}
+    sizes = {
+        "q_proj": cfg.num_heads * cfg.dims_per_head,
+        "k_proj": kv,
+        "v_proj": kv,
+        "gate_proj": cfg.d_ff,
+        "up_proj": cfg.d_ff,
+    }
     out = {}
     for hf_name, paths, _ in weight_table(cfg):
         if hf_name.endswith(".weight") and paths[0][-1] == "kernel":
@@ -101,7 +108,7 @@ def peft_config(cfg, tensors: dict, r: int, alpha: float, dropout: float, base_n
         "target_modules": sorted(
             n[len(_PREFIX) : -len(".lora_A.weight")] for n in tensors if n.endswith(".lora_A.weight")
         ),
-        "fan_in_fan_out": cfg.family == "gpt2",
+        "fan_in_fan_out": HF_TYPES[export_model_type(cfg)].names.layout == "gpt2",  # GPT-2's Conv1D
         "bias": "none",
         "use_rslora": False,
         "use_dora": False,

@@ -59,7 +59,13 @@ class SystemMetrics:
             stats = [None]
             self._missing("memory", "accelerator memory stats failed: %s", e)
         if not stats or any(s is None or "bytes_in_use" not in s for s in stats):
-            self._missing("memory", "accelerator memory stats not reported by jax backend %r", self._backend)
+            level = logging.INFO if self._backend == "cpu" else logging.WARNING  # CPU never reports them
+            self._missing(
+                "memory",
+                "accelerator memory stats not reported by jax backend %r",
+                self._backend,
+                level=level,
+            )
             return {"system/accelerator_memory_available": 0.0}
         metrics = {
             "system/accelerator_memory_available": 1.0,

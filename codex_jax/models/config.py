@@ -1,4 +1,9 @@
-"""``ModelConfig``: the static description of a GPT-2 or Llama model (every architecture field, hashable)."""
+"""``ModelConfig``: the static description of a model (every architecture field, hashable).
+
+A family (``models/families.py``) is a table of feature values: the feature fields below default to ``None``,
+which means "the family's value", and are resolved when the config is made, so a resolved config names every
+feature and ``to_dict`` stores them all.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from typing import Any
 import jax.numpy as jnp
 
 from codex_jax.errors import UserError
+from codex_jax.models import families as fam
 
-FAMILIES = ("gpt2", "llama")
+FAMILIES = tuple(fam.FAMILIES)
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blocked")  # models/attention.py
 GRAD_BARRIERS = ("auto", "on", "off")  # models/grad_barrier.py
 REMAT_POLICIES = ("none", "full", "dots_saveable")
@@ -38,22 +44,51 @@ class ModelConfig:
     loss_chunk: int = 256
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
-    attention_bias: bool = False  # q/k/v biases (Qwen2); gpt2 always has biases
+    # Architecture features (models/families.py): None takes the family's value.
+    norm: str | None = None
+    norm_offset: float | None = None
+    post_norms: bool | None = None
+    qk_norm: bool | None = None
+    positions: str | None = None
+    mlp: str | None = None
+    activation: str | None = None
+    attention_bias: bool | None = None  # q/k/v biases
+    out_bias: bool | None = None
+    mlp_bias: bool | None = None
+    embed_scale: bool | None = None
+    # Per-model numbers (0: off): soft-caps of attention scores and output logits, the query scale's dim.
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    query_scale_dim: float = (
+        0.0  # scores * query_scale_dim ** -0.5 (0: head_dim); Gemma's query_pre_attn_scalar
+    )
     rope_theta: float = 10000.0
     # Llama 3 style scaling: (factor, low_freq_factor, high_freq_factor,
     # original_max_position_embeddings); empty tuple for none.
     rope_llama3_scaling: tuple = ()
     rope_linear_factor: float = 1.0
-    # Mistral: each token attends to at most this many most recent tokens (0: unlimited).
+    rope_fraction: float = (
+        1.0  # the leading fraction of each head's dims that RoPE rotates (Phi-4-mini: 0.75)
+    )
+    # Sliding layers: each token attends to at most this many most recent tokens (0: unlimited).
     sliding_window: int = 0
+    # Per layer 'sliding' or 'full' (empty: every layer sliding when sliding_window > 0, else full).
+    layer_types: tuple = ()
+    rope_local_theta: float = 0.0  # > 0: sliding layers use this RoPE base, unscaled (Gemma 3)
     # LoRA (models/lora.py): adapter scale alpha / rank and dropout on the adapter input.
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "rope_llama3_scaling", tuple(self.rope_llama3_scaling))
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.family not in FAMILIES:
+            raise UserError(f"model family={self.family!r}: expected one of {FAMILIES}")
+        for name, value in fam.features(self.family).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         checks = (
-            (self.family in FAMILIES, "family", FAMILIES),
+            *((getattr(self, k) in v, k, v) for k, v in fam.FEATURE_CHOICES.items()),
             (self.attention_impl in ATTENTION_IMPLS, "attention_impl", ATTENTION_IMPLS),
             (self.remat in REMAT_POLICIES, "remat", REMAT_POLICIES),
             (self.grad_barriers in GRAD_BARRIERS, "grad_barriers", GRAD_BARRIERS),
@@ -65,6 +100,20 @@ class ModelConfig:
             raise UserError(
                 f"model num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if self.layer_types and (
+            len(self.layer_types) != self.num_layers or set(self.layer_types) - set(fam.LAYER_TYPES)
+        ):
+            raise UserError(
+                f"model layer_types={list(self.layer_types)}: expected {self.num_layers} entries of "
+                f"{fam.LAYER_TYPES}"
+            )
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise UserError("model layer_types has 'sliding' layers but sliding_window=0")
+        if not 0.0 < self.rope_fraction <= 1.0 or int(self.dims_per_head * self.rope_fraction) % 2:
+            raise UserError(
+                f"model rope_fraction={self.rope_fraction}: must be in (0, 1] and rotate an even number of "
+                f"the {self.dims_per_head} dims per head"
+            )
         if self.rope_llama3_scaling and len(self.rope_llama3_scaling) != 4:
             raise UserError(
                 "model rope_llama3_scaling must be (factor, low_freq_factor, high_freq_factor, "
@@ -74,6 +123,31 @@ class ModelConfig:
     @property
     def dims_per_head(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
+
+    def layer_type(self, i: int) -> str:
+        """``'sliding'`` or ``'full'``: layer ``i``'s attention."""
+        if self.layer_types:
+            return self.layer_types[i]
+        return "sliding" if self.sliding_window else "full"
+
+    def layer(self, i: int) -> ModelConfig:
+        """The config layer ``i`` runs with: its own window (0 for a full layer) and RoPE base, no pattern."""
+        if self.layer_type(i) == "full":
+            changes: dict[str, Any] = {"sliding_window": 0}
+        elif self.rope_local_theta:
+            changes = {
+                "rope_theta": self.rope_local_theta,
+                "rope_llama3_scaling": (),
+                "rope_linear_factor": 1.0,
+            }
+        else:
+            changes = {}
+        return self.replace(layer_types=(), rope_local_theta=0.0, **changes)
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """The distinct attention windows of the layers (0: a full layer)."""
+        return tuple(sorted({self.layer(i).sliding_window for i in range(self.num_layers)}))
 
     @property
     def compute_dtype(self):
@@ -85,10 +159,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Builds a ModelConfig from a mapping, ignoring keys that are not model fields."""
+        """Builds a ModelConfig from a mapping, ignoring keys that are not model fields.
+
+        A mapping saved before families were data (no ``norm`` key) used ``attention_bias`` only for extra
+        q/k/v biases on a Llama; GPT-2 always had them, whatever it stored."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in names}
-        for key in ("rope_llama3_scaling",):
+        if "norm" not in kwargs and kwargs.get("family", "gpt2") == "gpt2":
+            kwargs.pop("attention_bias", None)
+        for key in ("rope_llama3_scaling", "layer_types"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

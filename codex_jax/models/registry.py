@@ -20,6 +20,7 @@ from typing import Any
 from codex_jax import plugins
 from codex_jax.errors import UserError
 from codex_jax.models.config import ModelConfig
+from codex_jax.models.families import pattern
 
 
 def _gpt2(layers: int, heads: int, width: int) -> dict[str, Any]:
@@ -52,6 +53,88 @@ def _llama(layers, heads, kv_heads, width, d_ff, vocab, max_len, **extra) -> dic
         rope_theta=10000.0,
     )
     return {**fields, **extra}
+
+
+def _decoder(family, layers, heads, kv_heads, width, d_ff, vocab, max_len, **extra) -> dict[str, Any]:
+    """A preset of ``family`` (its features from ``models/families.py``) with these shapes."""
+    return {**_llama(layers, heads, kv_heads, width, d_ff, vocab, max_len), "family": family, **extra}
+
+
+def _qwen3(layers, heads, width, d_ff, tie) -> dict[str, Any]:
+    return _decoder(
+        "qwen3",
+        layers,
+        heads,
+        8,
+        width,
+        d_ff,
+        151936,
+        40960,
+        head_dim=128,
+        rope_theta=1000000.0,
+        norm_eps=1e-6,
+        tie_embeddings=tie,
+    )
+
+
+def _gemma2(layers, heads, kv_heads, width, d_ff, query_scale_dim) -> dict[str, Any]:
+    return _decoder(
+        "gemma2",
+        layers,
+        heads,
+        kv_heads,
+        width,
+        d_ff,
+        256000,
+        8192,
+        head_dim=256,
+        norm_eps=1e-6,
+        tie_embeddings=True,
+        query_scale_dim=float(query_scale_dim),
+        attn_softcap=50.0,
+        final_softcap=30.0,
+        sliding_window=4096,
+        layer_types=pattern(layers, 2),
+    )
+
+
+def _gemma3(layers, heads, kv_heads, width, d_ff, vocab, window, **extra) -> dict[str, Any]:
+    return _decoder(
+        "gemma3",
+        layers,
+        heads,
+        kv_heads,
+        width,
+        d_ff,
+        vocab,
+        131072,
+        head_dim=256,
+        norm_eps=1e-6,
+        tie_embeddings=True,
+        query_scale_dim=256.0,
+        sliding_window=window,
+        layer_types=pattern(layers, 6),
+        rope_theta=1000000.0,
+        rope_local_theta=10000.0,
+        **extra,
+    )
+
+
+def _starcoder2(layers, heads, kv_heads, width, rope_theta) -> dict[str, Any]:
+    return _decoder(
+        "starcoder2",
+        layers,
+        heads,
+        kv_heads,
+        width,
+        4 * width,
+        49152,
+        16384,
+        sliding_window=4096,
+        rope_theta=rope_theta,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+    )
 
 
 BUILTIN: dict[str, dict[str, Any]] = {
@@ -100,6 +183,24 @@ BUILTIN: dict[str, dict[str, Any]] = {
         attention_bias=True,
         tie_embeddings=True,
     ),
+    "qwen3-0.6b": _qwen3(28, 16, 1024, 3072, True),
+    "qwen3-1.7b": _qwen3(28, 16, 2048, 6144, True),
+    "qwen3-4b": _qwen3(36, 32, 2560, 9728, True),
+    "qwen3-8b": _qwen3(36, 32, 4096, 12288, False),
+    "codegemma-2b": _decoder(
+        "gemma", 18, 8, 1, 2048, 16384, 256000, 8192, head_dim=256, norm_eps=1e-6, tie_embeddings=True
+    ),
+    "codegemma-7b": _decoder(
+        "gemma", 28, 16, 16, 3072, 24576, 256000, 8192, head_dim=256, norm_eps=1e-6, tie_embeddings=True
+    ),
+    "gemma-2-2b": _gemma2(26, 8, 4, 2304, 9216, 256),
+    "gemma-2-9b": _gemma2(42, 16, 8, 3584, 14336, 256),
+    "gemma-3-1b": dict(_gemma3(26, 4, 1, 1152, 6912, 262144, 512), max_seq_len=32768),
+    "gemma-3-4b": _gemma3(34, 8, 4, 2560, 10240, 262208, 1024, rope_linear_factor=8.0),
+    "starcoder2-3b": _starcoder2(30, 24, 2, 3072, 999999.4420358813),
+    "starcoder2-7b": _starcoder2(32, 36, 4, 4608, 1000000.0),
+    "starcoder2-15b": _starcoder2(40, 48, 4, 6144, 100000.0),
+    "phi-3-mini-4k": _decoder("phi3", 32, 32, 32, 3072, 8192, 32064, 4096, sliding_window=2047),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}

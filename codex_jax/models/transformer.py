@@ -1,18 +1,22 @@
-"""Decoder-only transformer in Flax Linen: GPT-2 and Llama families behind one module.
+"""Decoder-only transformer in Flax Linen: every family (``models/families.py``) behind one module.
 
-Parameter names follow the Hugging Face Llama layout (``q_proj``, ``gate_proj``, ...) for both
-families, so LoRA target regexes and Hugging Face conversion read the same everywhere:
+The block is built from the config's features (norm kind and placement, q/k norm, MLP kind and activation,
+biases, soft-caps, embedding scale, a per-layer sliding/full pattern with its RoPE bases); no code here
+asks which family it is. Parameter names follow the Hugging Face Llama layout (``q_proj``,
+``gate_proj``, ...) for every family, so LoRA target regexes and Hugging Face conversion read the same
+everywhere:
 
-    embed, pos_embed (gpt2), final_norm, lm_head (untied),
-    layers_{i}/{attn_norm, attn/{q,k,v,o}_proj, mlp_norm, mlp/...}
+    embed, pos_embed (learned positions), final_norm, lm_head (untied),
+    layers_{i}/{attn_norm, attn/{q,k,v,o}_proj, attn/{q,k}_norm (qk_norm), post_attn_norm (post_norms),
+               mlp_norm, mlp/{gate,up,down}_proj | mlp/{fc_in,fc_out}, post_mlp_norm (post_norms)}
 
 Training calls ``model.apply({'params': p}, tokens_BxT)`` and gets float32 logits ``[B, T, V]``.
 Generation passes a KV cache (see ``init_cache``), a ``cache_index`` (the cache column of the first
 token) and per-row ``positions_BxT``, and gets ``(logits, new_cache)``. Attention is always causal
-in cache columns (and limited to ``sliding_window`` columns when set); an optional boolean
-``mask_BxTxS`` (True: may attend) restricts it further, e.g. to hide the left padding of prompts. Packed
-training rows pass ``segments_BxT`` instead (the example each token belongs to): attention stays inside each
-segment, through the kernel ``models/attention.py`` picks.
+in cache columns (and limited to its layer's ``sliding_window`` columns on sliding layers); an optional
+boolean ``mask_BxTxS`` (True: may attend) restricts it further, e.g. to hide the left padding of prompts.
+Packed training rows pass ``segments_BxT`` instead (the example each token belongs to): attention stays
+inside each segment, through the kernel ``models/attention.py`` picks.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from codex_jax.models import grad_barrier, quant
-from codex_jax.models.attention import causal_attention
+from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.rope import apply_rope, rope_frequencies
 
@@ -37,23 +41,27 @@ def _init_normal(std: float = 0.02):
 
 
 class Norm(nn.Module):
-    """LayerNorm (gpt2) or RMSNorm (llama), computed in float32."""
+    """``cfg.norm`` over the last axis (LayerNorm with a bias, or RMSNorm times ``norm_offset + scale``),
+    computed in float32; ``kind`` overrides the config's (the q/k norms are always RMSNorm)."""
 
     cfg: ModelConfig
+    kind: str = ""
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
         x32 = x.astype(jnp.float32)
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), cfg.weights_dtype)
-        if cfg.family == "gpt2":
+        if (self.kind or cfg.norm) == "layernorm":
+            scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), cfg.weights_dtype)
             bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), cfg.weights_dtype)
             mean = x32.mean(-1, keepdims=True)
             var = jnp.square(x32 - mean).mean(-1, keepdims=True)
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias
         else:
+            init = nn.initializers.zeros if cfg.norm_offset else nn.initializers.ones
+            scale = self.param("scale", init, (x.shape[-1],), cfg.weights_dtype)
             ms = jnp.square(x32).mean(-1, keepdims=True)
-            y = x32 * jax.lax.rsqrt(ms + cfg.norm_eps) * scale
+            y = x32 * jax.lax.rsqrt(ms + cfg.norm_eps) * (cfg.norm_offset + scale.astype(jnp.float32))
         return y.astype(cfg.compute_dtype)
 
 
@@ -129,16 +137,18 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
         H, N, K = cfg.dims_per_head, cfg.num_heads, cfg.num_kv_heads
-        qkv_bias = cfg.family == "gpt2" or cfg.attention_bias
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
 
         def project(name, heads):
-            y = _dense(cfg, heads * H, name, bias=qkv_bias)(x_BxTxD, deterministic)
+            y = _dense(cfg, heads * H, name, bias=cfg.attention_bias)(x_BxTxD, deterministic)
             return y.reshape(B, T, heads, H)
 
         q_BxTxNxH = project("q_proj", N)
         k_BxTxKxH, v_BxTxKxH = project("k_proj", K), project("v_proj", K)
-        if cfg.family == "llama":
+        if cfg.qk_norm:
+            q_BxTxNxH = Norm(cfg, "rmsnorm", name="q_norm")(q_BxTxNxH)
+            k_BxTxKxH = Norm(cfg, "rmsnorm", name="k_norm")(k_BxTxKxH)
+        if cfg.positions == "rope":
             inv_freq = rope_frequencies(cfg)
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
             k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
@@ -156,38 +166,47 @@ class Attention(nn.Module):
         if mask is None:
             out_BxTxNxH = causal_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segments_BxT)
         else:
-            out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask)
+            out_BxTxNxH = masked_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask[cfg.sliding_window])
         out_BxTxD = out_BxTxNxH.reshape(B, T, N * H)
-        o_proj = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.family == "gpt2", std=out_std)
+        o_proj = _dense(cfg, cfg.d_model, "o_proj", bias=cfg.out_bias, std=out_std)
         y = o_proj(out_BxTxD, deterministic)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, new_cache
 
 
+ACTIVATIONS = {
+    "silu": nn.silu,
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+}
+
+
 class Mlp(nn.Module):
-    """GELU MLP (gpt2) or SwiGLU (llama)."""
+    """``cfg.mlp``: a gated MLP (``act(gate) * up`` then down; SwiGLU, GeGLU) or a plain one (fc_in, act,
+    fc_out), with ``cfg.activation``."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x_BxTxD, deterministic):
         cfg = self.cfg
+        act = ACTIVATIONS[cfg.activation]
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-        if cfg.family == "gpt2":
-            h = _dense(cfg, cfg.d_ff, "fc_in", bias=True)(x_BxTxD, deterministic)
-            h = nn.gelu(h, approximate=True)
-            y = _dense(cfg, cfg.d_model, "fc_out", bias=True, std=out_std)(h, deterministic)
+        if cfg.mlp == "plain":
+            h = _dense(cfg, cfg.d_ff, "fc_in", bias=cfg.mlp_bias)(x_BxTxD, deterministic)
+            y = _dense(cfg, cfg.d_model, "fc_out", bias=cfg.mlp_bias, std=out_std)(act(h), deterministic)
         else:
-            gate = _dense(cfg, cfg.d_ff, "gate_proj", bias=False)(x_BxTxD, deterministic)
-            up = _dense(cfg, cfg.d_ff, "up_proj", bias=False)(x_BxTxD, deterministic)
-            down = _dense(cfg, cfg.d_model, "down_proj", bias=False, std=out_std)
-            y = down(nn.silu(gate) * up, deterministic)
+            gate = _dense(cfg, cfg.d_ff, "gate_proj", bias=cfg.mlp_bias)(x_BxTxD, deterministic)
+            up = _dense(cfg, cfg.d_ff, "up_proj", bias=cfg.mlp_bias)(x_BxTxD, deterministic)
+            down = _dense(cfg, cfg.d_model, "down_proj", bias=cfg.mlp_bias, std=out_std)
+            y = down(act(gate) * up, deterministic)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); the residual stream's gradient is
-    materialised at both adds where ``models/grad_barrier.py`` says so."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)), with a norm on each output before
+    its add where ``cfg.post_norms`` says so; the residual stream's gradient is materialised at both adds
+    where ``models/grad_barrier.py`` says so. ``cfg`` is the layer's own (``ModelConfig.layer``)."""
 
     cfg: ModelConfig
 
@@ -195,11 +214,12 @@ class Block(nn.Module):
     def __call__(
         self, x, positions_BxT, deterministic, kv_cache=None, cache_index=None, mask=None, segments_BxT=None
     ):
-        barrier = grad_barrier.enabled(self.cfg, jax.default_backend())
+        cfg = self.cfg
+        barrier = grad_barrier.enabled(cfg, jax.default_backend())
         if barrier:
             x = grad_barrier.residual_barrier(x)
-        attn_out, new_cache = Attention(self.cfg, name="attn")(
-            Norm(self.cfg, name="attn_norm")(x),
+        attn_out, new_cache = Attention(cfg, name="attn")(
+            Norm(cfg, name="attn_norm")(x),
             positions_BxT,
             deterministic,
             kv_cache,
@@ -207,11 +227,15 @@ class Block(nn.Module):
             mask,
             segments_BxT,
         )
+        if cfg.post_norms:
+            attn_out = Norm(cfg, name="post_attn_norm")(attn_out)
         x = x + attn_out
         if barrier:
             x = grad_barrier.residual_barrier(x)
-        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), deterministic)
-        return x, new_cache
+        mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x), deterministic)
+        if cfg.post_norms:
+            mlp_out = Norm(cfg, name="post_mlp_norm")(mlp_out)
+        return x + mlp_out, new_cache
 
 
 _REMAT_POLICIES = {
@@ -242,7 +266,7 @@ class Transformer(nn.Module):
 
         With ``hidden=True`` (no cache): ``(final hidden states [B, T, D], output head [V, D])`` in the
         compute dtype instead of the logits, for a loss that computes the logits chunk by chunk
-        (``compute/loss.py``); ``logits == hidden @ head.T`` in float32.
+        (``compute/loss.py``); ``logits == softcap(hidden @ head.T, cfg.final_softcap)`` in float32.
         """
         B, T = tokens_BxT.shape
         if positions_BxT is None:
@@ -255,13 +279,17 @@ class Transformer(nn.Module):
         head_VxD = self._head(embed)
         if hidden:
             return x_BxTxD, head_VxD
-        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)
+        logits_BxTxV = softcap(
+            jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32),
+            self.cfg.final_softcap,
+        )
         if kv_cache is None:
             return logits_BxTxV
         return logits_BxTxV, new_cache
 
     def _embed(self, tokens_BxT, positions_BxT, deterministic):
-        """``(the token embedding module, embedded tokens [B, T, D])``; GPT-2 adds learned positions."""
+        """``(the token embedding module, embedded tokens [B, T, D])``: scaled by ``sqrt(d_model)`` with
+        ``embed_scale`` (in the compute dtype, as Gemma), plus learned positions (``positions='learned'``)."""
         cfg = self.cfg
         embed = nn.Embed(
             cfg.vocab_size,
@@ -272,7 +300,9 @@ class Transformer(nn.Module):
             name="embed",
         )
         x = embed(tokens_BxT)
-        if cfg.family == "gpt2":
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), cfg.compute_dtype)
+        if cfg.positions == "learned":
             pos = nn.Embed(
                 cfg.max_seq_len,
                 cfg.d_model,
@@ -291,18 +321,18 @@ class Transformer(nn.Module):
         block_cls = Block
         if cfg.remat != "none" and kv_cache is None:
             block_cls = nn.remat(Block, static_argnums=(3,), policy=_REMAT_POLICIES[cfg.remat])
-        mask = None
+        masks = None  # one per distinct window (a dict keeps remat's arguments hashable-free)
         if kv_cache is not None or mask_BxTxS is not None:
             cache_index = 0 if cache_index is None else cache_index
             S = T if kv_cache is None else kv_cache["layers_0"]["k"].shape[1]
-            mask = attention_mask(T, S, cache_index, cfg.sliding_window, mask_BxTxS)
-        if mask is not None and segments_BxT is not None:
+            masks = {w: attention_mask(T, S, cache_index, w, mask_BxTxS) for w in cfg.windows}
+        if masks is not None and segments_BxT is not None:
             raise ValueError("segments_BxT is for training rows: not with a KV cache or mask_BxTxS")
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
-            x, layer_new = block_cls(cfg, name=f"layers_{i}")(
-                x, positions_BxT, deterministic, layer_cache, cache_index, mask, segments_BxT
+            x, layer_new = block_cls(cfg.layer(i), name=f"layers_{i}")(
+                x, positions_BxT, deterministic, layer_cache, cache_index, masks, segments_BxT
             )
             new_cache[f"layers_{i}"] = layer_new
         return x, new_cache
@@ -350,7 +380,21 @@ def count_params(params) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
+def num_params(cfg: ModelConfig) -> int:
+    """The number of parameters ``init_params(cfg)`` makes, counted from the config alone (no tracing)."""
+    D, F, V, H = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.dims_per_head
+    q, kv = cfg.num_heads * H, cfg.num_kv_heads * H
+    norm = 2 * D if cfg.norm == "layernorm" else D
+    attn = 2 * D * (q + kv) + cfg.attention_bias * (q + 2 * kv) + cfg.out_bias * D + cfg.qk_norm * 2 * H
+    projections = 3 if cfg.mlp == "gated" else 2  # gate/up/down or fc_in/fc_out
+    mlp = projections * D * F + cfg.mlp_bias * ((projections - 1) * F + D)
+    layer = attn + mlp + norm * (4 if cfg.post_norms else 2)
+    positions = cfg.max_seq_len * D if cfg.positions == "learned" else 0
+    embeds = V * D * (1 if cfg.tie_embeddings else 2) + positions
+    return int(cfg.num_layers * layer + norm + embeds)
+
+
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
     """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings)."""
-    n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.family == "gpt2" else 0)
+    n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0)
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len

@@ -15,9 +15,11 @@ from pathlib import Path
 import ml_collections
 
 from codex_jax.config.runspec import RunSpec
+from codex_jax.config.schema import SCHEMA
 from codex_jax.errors import UserError
 from codex_jax.interop import hf_config
 from codex_jax.interop import hf_weights as hf
+from codex_jax.models import registry
 from codex_jax.models.config import ModelConfig
 from codex_jax.setup.checkpoints import open_checkpoints
 
@@ -52,6 +54,8 @@ def model_config(cfg: ml_collections.ConfigDict, saved: dict | None = None) -> M
         resolved = hf_config.config_from_hf(hf_config.read_config(spec.hf_folder), **runtime)
     elif spec.hf_folder is not None or spec.base_run is not None:
         resolved = ModelConfig.from_dict({**(saved or _base_run_model(spec)), **runtime})
+    elif cfg.model.preset:
+        resolved = ModelConfig.from_dict({**(saved or registry.get(cfg.model.preset)), **runtime})
     else:
         resolved = ModelConfig.from_dict({**cfg.model.to_dict(), "max_seq_len": cfg.data.seq_len})
     return resolved.replace(lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout)
@@ -79,11 +83,26 @@ def check_model(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
     ``data.seq_len`` (gpt2); logs the architecture it sets. Nothing without ``model.init_from``."""
     spec = RunSpec.from_config(cfg)
     source = spec.hf_folder or spec.base_run
+    if cfg.model.preset and source is None:
+        if model_cfg.positions == "learned" and cfg.data.seq_len > model_cfg.max_seq_len:
+            raise UserError(
+                f"config key 'data.seq_len': {cfg.data.seq_len} exceeds the {model_cfg.max_seq_len} "
+                f"positions of model.preset {cfg.model.preset!r}"
+            )
+        changed = _set_shape_keys(cfg, model_cfg)
+        print(
+            f"model.preset {cfg.model.preset!r} ({model_cfg.family}, {model_cfg.num_layers} layers, d_model "
+            f"{model_cfg.d_model}, vocab {model_cfg.vocab_size}): the model.* shape keys are ignored"
+            + (f" (the config's {', '.join(changed)})" if changed else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        return
     if source is None:
         return
     if spec.hf_folder is not None:
         hf.safetensors_files(spec.hf_folder)  # a pickle-only folder is refused before any data work
-    if model_cfg.family == "gpt2" and cfg.data.seq_len > model_cfg.max_seq_len:
+    if model_cfg.positions == "learned" and cfg.data.seq_len > model_cfg.max_seq_len:
         raise UserError(
             f"config key 'data.seq_len': {cfg.data.seq_len} exceeds the {model_cfg.max_seq_len} "
             f"positions of model.init_from {source}"
@@ -93,16 +112,25 @@ def check_model(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
         f"vocab {model_cfg.vocab_size}"
     )
     if spec.hf_folder is not None:
-        changed = [
-            f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
-            for k in SHAPE_KEYS
-            if cfg.model[k] != getattr(model_cfg, k)
-        ]
-        said = f"overrides model.* {', '.join(changed) if changed else '(all equal)'}"
+        changed = _set_shape_keys(cfg, model_cfg)
+        said = "the model.* shape keys are ignored"
+        said += f" (the config's {', '.join(changed)})" if changed else ""
+        if cfg.model.preset:
+            said += f", and so is model.preset {cfg.model.preset!r}"
         where = f"architecture from {spec.hf_folder / 'config.json'}"
     else:
         said, where = "the model.* shape keys are ignored", f"architecture of the run in {spec.base_run}"
     print(f"model.init_from: {where} ({shape}); {said}", file=sys.stderr, flush=True)
+
+
+def _set_shape_keys(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> list[str]:
+    """``key=config->model`` of the shape keys the config set (not schema defaults) that the model differs
+    on: only those are news to the user."""
+    return [
+        f"{k}={cfg.model[k]!r}->{getattr(model_cfg, k)!r}"
+        for k in SHAPE_KEYS
+        if cfg.model[k] != getattr(model_cfg, k) and cfg.model[k] != SCHEMA[f"model.{k}"][0]
+    ]
 
 
 def check_vocab(tokenizer, model_cfg: ModelConfig, where: str | Path) -> None:

@@ -56,8 +56,16 @@ def _quantized(saved: dict) -> bool:
     return saved.get("lora", {}).get("base_dtype") in quant.FORMATS
 
 
-def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path, notes: bool = True) -> None:
-    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs.
+_NEW_RUN = "use a new --workdir"
+# What a follow-up command (eval, generate, export...) given a different config should do instead.
+FOLLOWUP = "leave out --config: --workdir alone uses the run's own config"
+
+
+def check_compatible(
+    meta: dict, cfg: ml_collections.ConfigDict, path: Path, notes: bool = True, advice: str = _NEW_RUN
+) -> None:
+    """Refuses a checkpoint (or workdir config.json) whose model or data shape differs (the error
+    ends with ``advice``).
 
     Training, parallelism and logging keys may change on resume (``train.steps``, the schedule,
     the device count and mesh...); each change is one ``note:`` line on stderr (with ``notes``).
@@ -74,10 +82,10 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, path: Path, not
         if key in _QUANT_KEYS and (old in quant.FORMATS or new in quant.FORMATS or _quantized(saved)):
             raise UserError(
                 f"{path}: saved with {key}={old!r}, config says {new!r}; a quantized (QLoRA) base resumes "
-                "only as it was saved (use a new --workdir)"
+                f"only as it was saved ({advice})"
             )
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
-            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} (use a new --workdir)")
+            raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} ({advice})")
         if notes and not key.startswith(_OTHER_MODES):
             print(f"note: {key} changed on resume: {old!r} -> {new!r}", file=sys.stderr)
 
@@ -106,12 +114,12 @@ def find_resume(cfg: ml_collections.ConfigDict, workdir: Path) -> int | None:
     return step
 
 
-def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path, advice: str = _NEW_RUN) -> None:
     """Refuses a workdir whose config.json (from an earlier run) disagrees on the model or data (the
     checkpoint's own config, checked next, notes what else changed: once)."""
     path = workdir / RUN_CONFIG
     if path.is_file():
-        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False)
+        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False, advice=advice)
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:

@@ -29,7 +29,7 @@ from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.setup import adapters
 from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import model_config
-from codex_jax.setup.resume import check_compatible, check_workdir_config
+from codex_jax.setup.resume import FOLLOWUP, check_compatible, check_workdir_config
 from codex_jax.setup.runners import eval_runner, fresh_state_fn, optimizer_spec
 
 
@@ -60,7 +60,7 @@ def load_checkpoint(
     """
     if not (workdir / "checkpoints").is_dir():
         raise UserError(f"no checkpoints in {workdir / 'checkpoints'}; train first (--mode=train)")
-    check_workdir_config(cfg, workdir)
+    check_workdir_config(cfg, workdir, advice=FOLLOWUP)
     lora_run = adapters.enabled(cfg)
     checkpointer = open_checkpoints(workdir, lora=lora_run, retention=Retention.from_config(cfg.checkpoint))
     try:
@@ -69,7 +69,7 @@ def load_checkpoint(
         if step is None:
             raise UserError(f"no complete checkpoint in {workdir / 'checkpoints'}")
         meta = checkpointer.restore_meta(step)
-        check_compatible(meta, cfg, checkpointer.path(step))
+        check_compatible(meta, cfg, checkpointer.path(step), notes=False, advice=FOLLOWUP)
         model = Transformer(model_config(cfg, meta.get("model")))
         target = abstract_adapters(cfg, model) if lora_run else abstract_params(cfg, model)
         trained = checkpointer.restore_params(step, target)

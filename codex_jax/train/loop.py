@@ -165,7 +165,7 @@ def _print_sample(t: Trainer, state, step: int) -> None:
     ``top_k``, ``top_p`` and ``seed`` say (0 temperature: greedy), and writes it (stdout, process 0)."""
     g, model = t.cfg.generate, t.model
     n = g.max_new_tokens
-    if model.cfg.family == "gpt2":  # learned positions: prompt + new tokens must fit
+    if model.cfg.positions == "learned":  # learned positions: prompt + new tokens must fit
         n = min(n, model.cfg.max_seq_len)
     params = t.runner.model_params(state)  # every process joins the (sharded) computation
     template = chat_template_text(t.cfg.data, t.data.tokenizer)

@@ -60,7 +60,7 @@ def test_training_logs_system_metrics_and_mlflow(tmp_path, monkeypatch):
     assert [r["step"] for r in sys_lines] == [1, 2, 3]
     assert sys_lines[0]["accelerator_memory_available"] == 0.0  # CPU: no memory stats
     assert sys_lines[0]["ram_used_gb"] > 0
-    assert out.stderr.count("accelerator memory stats not reported") == 1  # reported once
+    assert "accelerator memory stats" not in out.stderr  # CPU never has them: logged at INFO, not a warning
     run_id = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     assert run.data.params["train.steps"] == "3" and run.data.params["model.num_layers"] == "2"

@@ -172,6 +172,7 @@ def test_wheel_contents(release):
 
     for name in ("base", "tiny", "lora", "gpt2_small", "llama_1b", "__init__"):
         assert f"codex_jax/configs/{name}.py" in names
+    assert "codex_jax/configs/data/sft_chat.jsonl" in names  # configs/sft.py's default data.source
     packaged = {
         p.relative_to(release["src"]).as_posix()
         for p in (release["src"] / "codex_jax").rglob("*")

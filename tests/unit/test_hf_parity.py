@@ -69,7 +69,52 @@ def _hf_config(kind: str):
         return t.Qwen2Config(**LLAMA, tie_word_embeddings=True)
     if kind == "mistral_window":
         return t.MistralConfig(**LLAMA, sliding_window=5)
+    return _new_family_config(kind)
+
+
+# The families of issue 25: shapes unlike the defaults (head_dim apart from the width, GQA), windows shorter
+# than the test sequences, soft-caps small enough to bite on random weights.
+THREE = dict(LLAMA, num_hidden_layers=3)
+_GEMMA3_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+}
+
+
+def _new_family_config(kind: str):
+    t = transformers
+    if kind == "qwen3":
+        return t.Qwen3Config(
+            **LLAMA, head_dim=24, rope_parameters={"rope_type": "default", "rope_theta": 1e6}
+        )
+    if kind == "gemma":
+        return t.GemmaConfig(**LLAMA, head_dim=24)
+    if kind == "gemma2":
+        return t.Gemma2Config(
+            **THREE,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        )
+    if kind == "gemma3_text":
+        return t.Gemma3TextConfig(
+            **THREE,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters=_GEMMA3_ROPE,
+        )
+    if kind == "starcoder2":
+        return t.Starcoder2Config(**LLAMA, sliding_window=5, use_bias=True)
+    if kind == "phi3":
+        return t.Phi3Config(**LLAMA, partial_rotary_factor=0.5, sliding_window=None, pad_token_id=0)
     raise KeyError(kind)
+
+
+NEW_FAMILIES = ["qwen3", "gemma", "gemma2", "gemma3_text", "starcoder2", "phi3"]
 
 
 KINDS = [
@@ -79,6 +124,7 @@ KINDS = [
     "llama_linear_headdim",
     "qwen2",
     "mistral_window",
+    *NEW_FAMILIES,
 ]
 
 
@@ -120,7 +166,7 @@ def test_logits_match_transformers(checkpoint, kind):
     assert ours.dtype == np.float32 and ours.shape == (2, SEQ, VOCAB)
     assert np.abs(ours - _hf_logits(hf_model, tokens)).max() <= 1e-4
     if model.cfg.sliding_window:  # the window really bites at this length
-        unwindowed = type(model)(model.cfg.replace(sliding_window=0))
+        unwindowed = type(model)(model.cfg.replace(sliding_window=0, layer_types=()))
         assert np.abs(_jax_logits(unwindowed, params, tokens) - ours).max() > 1e-3
 
 
@@ -153,16 +199,17 @@ def _hf_greedy(hf_model, prompts, lengths, max_new, eos):
     return np.pad(out, ((0, 0), (0, max_new - out.shape[1])), constant_values=eos)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama_gqa_untied", "qwen2", "mistral_window"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama_gqa_untied", "qwen2", "mistral_window", *NEW_FAMILIES])
 def test_greedy_generate_matches_transformers_ragged(checkpoint, kind):
+    """40 new tokens: past every sliding window (5 positions) of these models."""
     hf_model, folder = checkpoint(kind)
     model, params = hf.import_checkpoint(folder)
     lengths = np.array([SEQ, 7, 3])
     prompts = _tokens(3, SEQ, seed=2)
     prompts[np.arange(SEQ)[None, :] < (SEQ - lengths)[:, None]] = 0  # left padding
-    eos = VOCAB - 1  # not produced by these models: rows run all 32 tokens
-    ours = np.asarray(generate(model, params, prompts, 32, prompt_lengths=lengths, eos_id=eos))
-    np.testing.assert_array_equal(ours, _hf_greedy(hf_model, prompts, lengths, 32, eos))
+    eos = VOCAB - 1  # not produced by these models: rows run all 40 tokens
+    ours = np.asarray(generate(model, params, prompts, 40, prompt_lengths=lengths, eos_id=eos))
+    np.testing.assert_array_equal(ours, _hf_greedy(hf_model, prompts, lengths, 40, eos))
 
 
 def test_greedy_generate_stops_at_eos_like_transformers(checkpoint):

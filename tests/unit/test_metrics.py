@@ -316,6 +316,7 @@ def test_system_metrics(caplog):
         return
     assert first["system/accelerator_memory_available"] == 0.0  # CPU reports no memory stats
     assert first["system/nvml_available"] == 0.0
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "memory stats" in warnings[0].getMessage()  # once, not per call
+    # CPU never reports them: an INFO line (a warning would break the progress bar), once, not per call
+    said = [r for r in caplog.records if "memory stats" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
     assert any("NVML" in r.getMessage() for r in caplog.records)
