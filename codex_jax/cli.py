@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from codex_jax import cli_compile, cli_config, cli_models, cli_plugins
+from codex_jax import cli_compile, cli_config, cli_models, cli_plugins, cli_prepare, cli_serve
 from codex_jax import main as main_lib
 from codex_jax.config import modes
 from codex_jax.config import packaged as configs
@@ -32,6 +32,8 @@ commands:
   config     print|validate|diff configs:  codex-jax config print --config=configs/tiny.py
   plot       loss/lr/throughput PNG:       codex-jax plot WORKDIR... [--out PNG]
   compile    TPU memory/FLOPs, no TPU:     codex-jax compile --config=configs/gpt2_small.py --topology=v5e:2x2
+  prepare    token cache by Apache Beam:   codex-jax prepare --config=configs/base.py [--runner=DirectRunner]
+  serve      OpenAI-compatible HTTP API:   codex-jax serve --workdir=RUN [--port=8000] [--slots=8]
 
 Flags: --config=FILE, --config.KEY=VALUE overrides, --workdir=DIR. A packaged config is found by name from
 any directory (--config=configs/base.py, --config=base). After training, --workdir=RUN alone names the run
@@ -57,6 +59,8 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "config": cli_config.main,
     "plot": plot.main,
     "compile": _compile,
+    "prepare": cli_prepare.main,
+    "serve": cli_serve.main,
 }
 
 

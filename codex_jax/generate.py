@@ -39,18 +39,46 @@ class Sampler:
     def __call__(self, logits_BxV, rng):
         if self.greedy:
             return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-        logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
-        if 0 < self.top_k < logits_BxV.shape[-1]:
-            kth_Bx1 = jax.lax.top_k(logits_BxV, self.top_k)[0][:, -1:]
-            logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-        if self.top_p < 1.0:
-            sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
-            probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-            mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-            kept_B = jnp.sum(mass_before_BxV < self.top_p, axis=-1)  # >= 1: the top token is always kept
-            threshold_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
-            logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
-        return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+        B = logits_BxV.shape[0]
+        filtered_BxV = filter_logits(
+            logits_BxV,
+            jnp.full((B,), self.temperature, jnp.float32),
+            jnp.full((B,), self.top_k, jnp.int32),
+            jnp.full((B,), self.top_p, jnp.float32),
+        )
+        return jax.random.categorical(rng, filtered_BxV, axis=-1).astype(jnp.int32)
+
+
+def filter_logits(logits_BxV, temperature_B, top_k_B, top_p_B):
+    """Float32 logits divided by each row's temperature (> 0), then -inf outside its top-k (``0``: all)
+    and outside its top-p nucleus (``1.0``: all; the top token is always kept)."""
+    V = logits_BxV.shape[-1]
+    logits_BxV = logits_BxV.astype(jnp.float32) / temperature_B[:, None]
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    k_B = jnp.where((top_k_B > 0) & (top_k_B < V), top_k_B, V)
+    kth_Bx1 = jnp.take_along_axis(sorted_BxV, k_B[:, None] - 1, axis=-1)
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    sorted_BxV = jnp.where(sorted_BxV < kth_Bx1, -jnp.inf, sorted_BxV)  # the sorted top-k rows
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    kept_B = jnp.sum(mass_before_BxV < top_p_B[:, None], axis=-1)  # >= 1: the top token is always kept
+    threshold_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
+    nucleus_BxV = (logits_BxV >= threshold_Bx1) | (top_p_B[:, None] >= 1.0)
+    return jnp.where(nucleus_BxV, logits_BxV, -jnp.inf)
+
+
+def sample_rows(logits_BxV, keys_B, temperature_B, top_k_B, top_p_B):
+    """One token per row with the row's own settings and key (``temperature_B <= 0``: greedy), as
+    :class:`Sampler` draws them; for batches whose rows are different requests (``codex-jax serve``)."""
+    greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+
+    def draw(_):
+        safe_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
+        filtered_BxV = filter_logits(logits_BxV, safe_B, top_k_B, top_p_B)
+        drawn_B = jax.vmap(lambda key, row_V: jax.random.categorical(key, row_V))(keys_B, filtered_BxV)
+        return jnp.where(temperature_B > 0, drawn_B.astype(jnp.int32), greedy_B)
+
+    return jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy_B, None)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0):

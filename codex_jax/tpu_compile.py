@@ -69,11 +69,16 @@ def topology_devices(topology: str) -> list:
 def _mesh(cfg: ml_collections.ConfigDict, devices: list) -> Mesh:
     """``parallel.mesh`` (one axis may be -1) over the topology's devices."""
     n, data, fsdp = len(devices), cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp
-    data, fsdp = (n // fsdp if data == -1 else data), (n // data if fsdp == -1 and data != -1 else fsdp)
-    if data * fsdp != n:
-        raise UserError(f"config key 'parallel.mesh': data={data} x fsdp={fsdp} does not cover {n} chips")
-    grid = np.array(devices).reshape(data, fsdp)
-    return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+    expert = cfg.parallel.mesh.get("expert", 1)
+    rest = n // expert
+    data, fsdp = (rest // fsdp if data == -1 else data), (rest // data if fsdp == -1 and data != -1 else fsdp)
+    if data * fsdp * expert != n:
+        raise UserError(
+            f"config key 'parallel.mesh': data={data} x fsdp={fsdp} x expert={expert} does not cover "
+            f"{n} chips"
+        )
+    grid = np.array(devices).reshape(data, fsdp, expert)
+    return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):

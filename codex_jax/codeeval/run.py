@@ -21,13 +21,13 @@ from codex_jax.checkpoint import MANIFEST
 from codex_jax.codeeval import chat
 from codex_jax.codeeval.generation import complete_all, encode_prompts
 from codex_jax.codeeval.passk import pass_at_k
-from codex_jax.codeeval.problems import ProblemSet, check_program, read_problems
-from codex_jax.codeeval.sandbox import Outcome, make_sandbox, run_many
+from codex_jax.codeeval.problems import ProblemSet, read_problems
 from codex_jax.codeeval.settings import Settings, settings_from_config
 from codex_jax.data.examples import chat_template_text
 from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.files import sha256_file, write_json, write_text_atomic
 from codex_jax.metrics.writers import create_writers, parse_writer_names
+from codex_jax.sandbox import Attempt, Outcome, make_sandbox, run_tests_many
 from codex_jax.setup.weights import load_checkpoint, weight_only
 from codex_jax.tokenizers.chat import chat_prompt
 
@@ -45,12 +45,14 @@ def load_problems(settings: Settings) -> ProblemSet:
 
 
 def execute(problem_set: ProblemSet, completions: dict, settings: Settings, progress: bool = True):
-    """``{task_id: [Outcome per completion]}``: every completion's program run in the sandbox."""
+    """``{task_id: [Outcome per completion]}``: every completion judged in the sandbox (its tests run in
+    a process the completion never runs in: :mod:`codex_jax.sandbox.judged`)."""
     sandbox = make_sandbox(settings.limits, settings.python)
     by_id = {p.task_id: p for p in problem_set.problems}
     jobs = [(task, c) for task, texts in completions.items() for c in texts]
     bar = tqdm.tqdm(total=len(jobs), desc="execute", unit="program", disable=not progress, file=sys.stderr)
-    outcomes = run_many(sandbox, [check_program(by_id[t], c) for t, c in jobs], settings.workers, bar.update)
+    tests = [Attempt(by_id[t].prompt, c, by_id[t].test, by_id[t].entry_point) for t, c in jobs]
+    outcomes = run_tests_many(sandbox, tests, settings.workers, bar.update)
     bar.close()
     per_task: dict[str, list[Outcome]] = {task: [] for task in completions}
     for (task, _), outcome in zip(jobs, outcomes, strict=True):
@@ -79,9 +81,17 @@ def evaluate_model(
     encode = None
     if settings.prompt_format == "chat":
         encode = lambda problem: chat_prompt(tokenizer, chat.user_turn(problem), chat_template)  # noqa: E731
+    truncate = settings.long_prompts == "truncate"
     prompts, too_long = encode_prompts(
-        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, encode
+        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, truncate, encode
     )
+    truncated = {p.problem.task_id: p.dropped for p in prompts if p.dropped}
+    if truncated:
+        print(
+            f"codeeval: {len(truncated)} of {len(problem_set.problems)} prompts truncated at their start for "
+            f"the model's context of {model.cfg.max_seq_len} (their programs run the whole prompt)",
+            file=sys.stderr,
+        )
     if too_long:
         print(
             f"codeeval: {len(too_long)} of {len(problem_set.problems)} prompts skipped: {too_long[0]}",
@@ -98,13 +108,19 @@ def evaluate_model(
         "prompt_format": settings.prompt_format,
         "num_problems": len(per_task),
         "skipped": {"bad_lines": problem_set.skipped, "too_long": too_long},
+        "truncated": {"count": len(truncated), "prompt_tokens_dropped": truncated},
         **pass_at_k(passed, settings.ks),
         "timeouts": sum(o.timed_out for outs in per_task.values() for o in outs),
         "sampling": settings.sampling() | {"seed": seed},
         "sandbox": sandbox,
         "seconds": {"generate": round(generated - start, 2), "execute": round(time.time() - generated, 2)},
         "per_problem": {
-            task: {"passed": sum(passed[task]), "n": len(outs), "results": [o.result for o in outs]}
+            task: {
+                "passed": sum(passed[task]),
+                "n": len(outs),
+                "results": [o.result for o in outs],
+                **({"prompt_tokens_dropped": truncated[task]} if task in truncated else {}),
+            }
             for task, outs in per_task.items()
         },
     }
@@ -122,6 +138,8 @@ def summary(results: dict) -> dict:
     out = {k: results[k] for k in keys if k in results}
     out |= {k: v for k, v in results.items() if k.startswith("pass@")}
     out["skipped"] = sum(len(v) for v in results["skipped"].values())
+    if results.get("truncated", {}).get("count"):
+        out["truncated"] = results["truncated"]["count"]  # pass@k of prompts the model saw only the end of
     return out
 
 

@@ -7,8 +7,10 @@ import json
 
 import ml_collections
 
-from codex_jax.codeeval.sandbox import Limits
 from codex_jax.errors import UserError
+from codex_jax.sandbox import Limits
+
+LONG_PROMPTS = ("truncate", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Settings:
     workers: int
     python: str
     prompt_format: str = "raw"  # 'raw' or 'chat' (codeeval.prompt_format, 'auto' resolved)
+    long_prompts: str = "truncate"
 
     @property
     def greedy(self) -> bool:
@@ -45,6 +48,7 @@ class Settings:
             "batch_size",
             "bucket",
             "prompt_format",
+            "long_prompts",
         )
         return {k: getattr(self, k) for k in keys} | {"k": list(self.ks)}
 
@@ -103,6 +107,8 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         raise _fail("prompt_format", "must be one of auto, raw, chat", prompt_format)
     if prompt_format == "auto":
         prompt_format = "chat" if cfg.data.format == "chat" else "raw"
+    if c.long_prompts not in LONG_PROMPTS:
+        raise _fail("long_prompts", f"must be one of {', '.join(LONG_PROMPTS)}", c.long_prompts)
     limits = Limits(float(c.timeout), int(c.memory_mb), int(c.file_size_mb), int(c.max_procs))
     return Settings(
         problems=c.problems,
@@ -119,4 +125,5 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         workers=int(c.workers),
         python=c.python,
         prompt_format=prompt_format,
+        long_prompts=c.long_prompts,
     )

@@ -10,6 +10,11 @@ both soft-cap the logits as the model does (``model.final_softcap``, Gemma 2).
 
 ``train.z_loss > 0`` adds ``z_loss * logsumexp(logits)**2`` per trained target to the training objective
 (:func:`z_objective_sums`, chunked by :func:`chunked_z_objective`); evaluation never includes it.
+
+A mixture-of-experts model (``model.num_experts > 0``) sows its router statistics into the ``'moe'``
+collection: the training losses take ``router_terms`` (a dict they fill with ``models/moe.router_losses``
+of their forward pass: load balance, router z-loss, dropped fraction), and the step adds
+:func:`codex_jax.models.moe.penalty` of them to the objective.
 """
 
 from __future__ import annotations
@@ -20,7 +25,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from codex_jax.models import moe
 from codex_jax.models.attention import softcap
+
+
+def apply_model(model, variables, inputs_BxT, router_terms: dict | None = None, **kw):
+    """``model.apply(variables, inputs, **kw)``; with ``router_terms`` (a dict) and a mixture-of-experts
+    model, the ``'moe'`` collection is made mutable and ``router_terms`` gets :func:`moe.router_losses`
+    of it."""
+    if router_terms is None or not model.cfg.num_experts:
+        return model.apply(variables, inputs_BxT, **kw)
+    out, state = model.apply(variables, inputs_BxT, mutable=[moe.COLLECTION], **kw)
+    router_terms.update(moe.router_losses(state.get(moe.COLLECTION, {})))
+    return out
 
 
 def inputs_and_targets(batch_BxL):
@@ -188,33 +205,36 @@ def z_objective_sums(
     *,
     deterministic=True,
     rngs=None,
+    router_terms: dict | None = None,
     **kw,
 ):
     """``(objective, cross_entropy, lse_squared)`` sums of one batch, each weighted by ``weights``: the
     objective is ``cross_entropy + z_loss * lse**2`` (the z-loss of PaLM, keeping the log-partition near 0),
-    through the full logits or in chunks (``kw``: as :func:`loss_sum`)."""
-    kwargs = {"deterministic": deterministic, "rngs": rngs, **kw}
+    through the full logits or in chunks (``kw``: as :func:`loss_sum`; ``router_terms``:
+    :func:`apply_model`)."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs, "router_terms": router_terms, **kw}
     if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
-        logits_BxTxV = model.apply(variables, inputs_BxT, **kwargs)
+        logits_BxTxV = apply_model(model, variables, inputs_BxT, **kwargs)
         loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
         z_sum = (log_partition(logits_BxTxV) ** 2 * weights_BxT).sum()
         ce_sum = (loss_BxT * weights_BxT).sum()
         return ce_sum + z_loss * z_sum, ce_sum, z_sum
-    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    x_BxTxD, head_VxD = apply_model(model, variables, inputs_BxT, hidden=True, **kwargs)
     total, z_sum = chunked_z_objective(
         x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, z_loss, model.cfg.final_softcap
     )
     return total, total - z_loss * z_sum, z_sum
 
 
-def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, rngs=None):
+def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, rngs=None, router_terms=None):
     """Mean next-token cross entropy of ``model`` on one batch: through the full logits, or in chunks of
-    ``model.cfg.loss_chunk`` positions when that splits the sequence (:func:`chunks_apply`)."""
-    kwargs = {"deterministic": deterministic, "rngs": rngs}
+    ``model.cfg.loss_chunk`` positions when that splits the sequence (:func:`chunks_apply`);
+    ``router_terms``: :func:`apply_model`."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs, "router_terms": router_terms}
     if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
-        loss_BxT, _ = cross_entropy(model.apply(variables, inputs_BxT, **kwargs), targets_BxT)
+        loss_BxT, _ = cross_entropy(apply_model(model, variables, inputs_BxT, **kwargs), targets_BxT)
         return loss_BxT.mean()
-    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    x_BxTxD, head_VxD = apply_model(model, variables, inputs_BxT, hidden=True, **kwargs)
     weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
     return (
         chunked_loss_sum(
@@ -224,14 +244,26 @@ def mean_loss(model, variables, inputs_BxT, targets_BxT, *, deterministic=True, 
     )
 
 
-def loss_sum(model, variables, inputs_BxT, targets_BxT, weights_BxT, *, deterministic=True, rngs=None, **kw):
+def loss_sum(
+    model,
+    variables,
+    inputs_BxT,
+    targets_BxT,
+    weights_BxT,
+    *,
+    deterministic=True,
+    rngs=None,
+    router_terms=None,
+    **kw,
+):
     """``sum(weights * cross entropy)`` of one masked batch (``kw``: the model's segment positions and
-    attention mask, :func:`codex_jax.compute.batch.model_inputs`), through the full logits or in chunks."""
-    kwargs = {"deterministic": deterministic, "rngs": rngs, **kw}
+    attention mask, :func:`codex_jax.compute.batch.model_inputs`), through the full logits or in chunks;
+    ``router_terms``: :func:`apply_model`."""
+    kwargs = {"deterministic": deterministic, "rngs": rngs, "router_terms": router_terms, **kw}
     if not chunks_apply(model.cfg.loss_chunk, targets_BxT.shape[1]):
-        loss_BxT, _ = cross_entropy(model.apply(variables, inputs_BxT, **kwargs), targets_BxT)
+        loss_BxT, _ = cross_entropy(apply_model(model, variables, inputs_BxT, **kwargs), targets_BxT)
         return (loss_BxT * weights_BxT).sum()
-    x_BxTxD, head_VxD = model.apply(variables, inputs_BxT, hidden=True, **kwargs)
+    x_BxTxD, head_VxD = apply_model(model, variables, inputs_BxT, hidden=True, **kwargs)
     return chunked_loss_sum(
         x_BxTxD, head_VxD, targets_BxT, weights_BxT, model.cfg.loss_chunk, model.cfg.final_softcap
     )

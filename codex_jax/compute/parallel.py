@@ -28,20 +28,36 @@ from codex_jax.compute import step as step_lib
 from codex_jax.errors import UserError
 from codex_jax.models import lora as lora_lib
 
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp", "expert")  # the batch is split over every mesh axis
+EXPERT_WEIGHTS = ("gate_proj", "up_proj", "down_proj")  # models/moe.py: [E, ...] stacked expert weights
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, num_devices: int | None = None) -> Mesh:
-    """A ``('data', 'fsdp')`` mesh; one axis may be -1 (all remaining devices). Axes are Auto."""
+def make_mesh(data: int = -1, fsdp: int = 1, num_devices: int | None = None, expert: int = 1) -> Mesh:
+    """A ``('data', 'fsdp', 'expert')`` mesh; data or fsdp may be -1 (all remaining devices). Axes are Auto.
+    The ``expert`` axis shards the experts of a mixture-of-experts model (and, like the others, the batch)."""
     devices = jax.devices()[: num_devices or None]
     n = len(devices)
+    if expert < 1 or n % expert:
+        raise UserError(f"config key 'parallel.mesh.expert': {expert} does not divide the {n} devices")
     if data == -1:
-        data = n // fsdp
+        data = n // (fsdp * expert)
     elif fsdp == -1:
-        fsdp = n // data
-    if data * fsdp != n or data < 1 or fsdp < 1:
-        raise UserError(f"config key 'parallel.mesh': data={data} x fsdp={fsdp} does not cover {n} devices")
-    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+        fsdp = n // (data * expert)
+    if data * fsdp * expert != n or data < 1 or fsdp < 1:
+        raise UserError(
+            f"config key 'parallel.mesh': data={data} x fsdp={fsdp} x expert={expert} does not cover "
+            f"{n} devices"
+        )
+    return jax.make_mesh((data, fsdp, expert), BATCH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def check_expert_axis(model_cfg, expert_size: int) -> None:
+    """UserError unless an ``expert`` axis of ``expert_size`` divides the model's experts."""
+    if expert_size > 1 and (not model_cfg.num_experts or model_cfg.num_experts % expert_size):
+        raise UserError(
+            f"config key 'parallel.mesh.expert': {expert_size} does not divide the model's "
+            f"model.num_experts={model_cfg.num_experts}"
+        )
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
@@ -54,6 +70,25 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
             spec[axis] = "fsdp"
             return P(*spec)
     return P()
+
+
+def is_expert_weight(path, shape) -> bool:
+    """Whether a state leaf at ``path`` (a key path) is a mixture-of-experts layer's stacked expert weight."""
+    last = getattr(path[-1], "key", None) if path else None
+    return last in EXPERT_WEIGHTS and len(shape) == 3
+
+
+def param_spec(path, shape, fsdp_size: int, expert_size: int, min_size: int) -> P:
+    """An expert weight: experts over the ``expert`` axis, its other axes as :func:`fsdp_spec`; any other
+    leaf: :func:`fsdp_spec`."""
+    if expert_size > 1 and is_expert_weight(path, shape):
+        if shape[0] % expert_size:
+            raise UserError(
+                f"config key 'parallel.mesh.expert': {expert_size} does not divide the {shape[0]} experts"
+            )
+        rest = fsdp_spec(tuple(shape[1:]), fsdp_size, min_size)
+        return P("expert", *(tuple(rest) + (None,) * (len(shape) - 1 - len(rest))))
+    return fsdp_spec(shape, fsdp_size, min_size)
 
 
 class JitRunner:
@@ -75,6 +110,7 @@ class JitRunner:
         eval_ema: bool = False,
     ):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
+        check_expert_axis(model.cfg, mesh.shape.get("expert", 1))
         self.scan_steps = scan_steps  # micro-batches each train_step call takes
         self.eval_ema = eval_ema  # params(state): the EMA of the parameters the optimizer keeps
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
@@ -82,8 +118,9 @@ class JitRunner:
             _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite, z_loss=z_loss
         )
         self.replicated = NamedSharding(mesh, P())
-        self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
-        self.stacked_batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES))  # [K, B, L]
+        batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+        self.batch_sharding = NamedSharding(mesh, P(batch_axes))
+        self.stacked_batch_sharding = NamedSharding(mesh, P(None, batch_axes))  # [K, B, L]
         self.train_batch_sharding = self.stacked_batch_sharding if scan_steps > 1 else self.batch_sharding
         self.state_sharding = None
         self._train: Any = None  # the jitted step (jax.stages.Wrapped), once the state's shapes are known
@@ -92,10 +129,14 @@ class JitRunner:
         )
 
     def shardings_for(self, shapes):
-        """NamedShardings for every leaf of ``shapes`` (params, optimizer state, ...)."""
-        fsdp = self.mesh.shape["fsdp"]
-        return jax.tree.map(
-            lambda s: NamedSharding(self.mesh, fsdp_spec(s.shape, fsdp, self.fsdp_min_size)), shapes
+        """NamedShardings for every leaf of ``shapes`` (params, optimizer state, ...): FSDP, and expert
+        weights' experts over the ``expert`` axis."""
+        fsdp, expert = self.mesh.shape["fsdp"], self.mesh.shape.get("expert", 1)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, s: NamedSharding(
+                self.mesh, param_spec(path, s.shape, fsdp, expert, self.fsdp_min_size)
+            ),
+            shapes,
         )
 
     def _compile(self, state_shapes) -> None:
@@ -280,14 +321,14 @@ def make_runner(
     tx,
     *,
     mode: str = "jit",
-    mesh_shape: tuple[int, int] = (-1, 1),
+    mesh_shape: tuple[int, ...] = (-1, 1),
     fsdp_min_size: int = 1 << 16,
     skip_nonfinite: bool = False,
     scan_steps: int = 1,
     z_loss: float = 0.0,
     eval_ema: bool = False,
 ):
-    """The runner for ``mode`` ('jit' over a ``(data, fsdp)`` mesh of ``mesh_shape``, or 'pmap');
+    """The runner for ``mode`` ('jit' over a ``(data, fsdp[, expert])`` mesh of ``mesh_shape``, or 'pmap');
     ``z_loss``: the train step's z-loss coefficient; ``eval_ema``: evaluation uses the parameters' EMA."""
     if mode == "pmap":
         return PmapRunner(
@@ -296,7 +337,7 @@ def make_runner(
     return JitRunner(
         model,
         tx,
-        make_mesh(*mesh_shape),
+        make_mesh(mesh_shape[0], mesh_shape[1], expert=mesh_shape[2] if len(mesh_shape) > 2 else 1),
         fsdp_min_size=fsdp_min_size,
         skip_nonfinite=skip_nonfinite,
         scan_steps=scan_steps,

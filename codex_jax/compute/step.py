@@ -18,6 +18,7 @@ from codex_jax.compute.loss import (
     z_objective_sums,
 )
 from codex_jax.compute.state import TrainState
+from codex_jax.models import moe
 
 
 def variables(params, frozen=None) -> dict:
@@ -30,7 +31,9 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0
     """(advanced rng, loss, grads, grad_norm, finite, extra metrics) of one micro-batch: forward, backward and
     (under pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step.
     With ``z_loss > 0`` the gradients are those of cross entropy + z-loss, ``loss`` is still the cross
-    entropy and the extra metrics hold the z-loss term (``{'z_loss'}``)."""
+    entropy and the extra metrics hold the z-loss term (``{'z_loss'}``). A mixture-of-experts model adds its
+    router penalty (``models/moe.penalty``) to the objective and its router terms to the extra metrics
+    (``{'moe_balance', 'router_z', 'moe_dropped'}``)."""
     rng, dropout_rng = jax.random.split(rng)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
@@ -48,25 +51,33 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0
         def objective(params):
             weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
             args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
-            total, ce, z = z_objective_sums(*args, z_loss, deterministic=False, rngs=rngs)
-            return total / targets_BxT.size, (ce / targets_BxT.size, z_loss * z / targets_BxT.size)
+            router = {}
+            total, ce, z = z_objective_sums(
+                *args, z_loss, deterministic=False, rngs=rngs, router_terms=router
+            )
+            n = targets_BxT.size
+            return _plus_router(model, total / n, router), (ce / n, {"z_loss": z_loss * z / n, **router})
 
-        (_, (loss, z_term)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        extra = {"z_loss": z_term}
     else:
 
-        def loss_fn(params):
-            return mean_loss(
-                model, variables(params, frozen), inputs_BxT, targets_BxT, deterministic=False, rngs=rngs
-            )
+        def objective(params):
+            router = {}
+            args = (model, variables(params, frozen), inputs_BxT, targets_BxT)
+            loss = mean_loss(*args, deterministic=False, rngs=rngs, router_terms=router)
+            return _plus_router(model, loss, router), (loss, router)
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    (_, (loss, extra)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     if axis_name is not None:
         loss, extra = jax.lax.pmean((loss, extra), axis_name)
         grads = jax.lax.pmean(grads, axis_name)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     return rng, loss, grads, grad_norm, finite, extra
+
+
+def _plus_router(model, value, router: dict, weight=1.0):
+    """``value + weight * moe.penalty(router terms)``; ``value`` itself when the model has no MoE layer."""
+    return value + moe.penalty(model.cfg, router) * weight if router else value
 
 
 def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name, z_loss=0.0):
@@ -79,21 +90,29 @@ def _masked_grads(params, frozen, batch, dropout_rng, *, model, axis_name, z_los
     scale = jnp.max(batch[STEP_SCALE])  # the same in every row
     rngs = {"dropout": dropout_rng}
 
+    local_count = weights_BxT.sum()
+
     def objective(params):
         args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
+        router = {}
         if z_loss:
-            total, ce, z = z_objective_sums(*args, z_loss, deterministic=False, rngs=rngs, **kw)
-            return total * scale, (ce, z)
-        total = loss_sum(*args, deterministic=False, rngs=rngs, **kw)
-        return total * scale, (total, None)
+            total, ce, z = z_objective_sums(
+                *args, z_loss, deterministic=False, rngs=rngs, router_terms=router, **kw
+            )
+        else:
+            total = ce = loss_sum(*args, deterministic=False, rngs=rngs, router_terms=router, **kw)
+            z = None
+        # The router terms are means over this micro-batch: weighted by its trained targets, like the loss.
+        return _plus_router(model, total, router, local_count) * scale, (ce, z, router)
 
-    (_, (total, z)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    count = weights_BxT.sum()
+    (_, (total, z, router)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    count = local_count
     if axis_name is not None:
         total, z, count, grads = jax.lax.psum((total, z, count, grads), axis_name)
+        router = jax.lax.pmean(router, axis_name)
     count = jnp.maximum(count, 1.0)
     extra = {} if z is None else {"z_loss": z_loss * z / count}
-    return total / count, grads, extra
+    return total / count, grads, {**extra, **router}
 
 
 def _zero_unless(finite, grads):

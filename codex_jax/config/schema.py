@@ -72,6 +72,37 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "a time, never all [batch, seq_len, vocab] at once (its gradients in the same pass: no extra "
         "FLOPs); 0 or >= data.seq_len: all at once. Same result within float32 rounding.",
     ),
+    "model.num_experts": (
+        0,
+        "Mixture of experts (llama family): experts per sparse layer; 0: every layer has a dense MLP.",
+    ),
+    "model.experts_per_token": (2, "Mixture of experts: the top-k experts each token is routed to."),
+    "model.moe_d_ff": (0, "Mixture of experts: each expert's hidden width (0: model.d_ff)."),
+    "model.norm_topk_prob": (True, "Mixture of experts: renormalise the top-k routing weights to sum to 1."),
+    "model.router_aux_loss_coef": (
+        0.0,
+        "Weight of the load-balancing loss (Switch Transformer's, as transformers computes it) in the "
+        "training objective; logged as train/moe_balance.",
+    ),
+    "model.router_z_loss_coef": (
+        0.0,
+        "Weight of the router z-loss (mean squared logsumexp of the router logits) in the training "
+        "objective; logged as train/router_z.",
+    ),
+    "model.decoder_sparse_step": (
+        1,
+        "Mixture of experts: layer i is sparse when (i + 1) % decoder_sparse_step == 0 (a Hugging Face "
+        "checkpoint's mlp_only_layers also keep a dense MLP).",
+    ),
+    "model.moe_impl": (
+        "auto",
+        "Expert computation: 'auto' ('ragged' on TPU/GPU, 'blocks' on CPU; the choice is logged), 'ragged' "
+        "(dropless, jax.lax.ragged_dot), 'blocks' (dropless, each expert's tokens padded to blocks, one "
+        "batched matmul), 'dispatch' (at most model.capacity_factor * tokens * k / experts tokens per "
+        "expert; the dropped fraction is logged as train/moe_dropped) or 'dense' (every expert on every "
+        "token: the reference).",
+    ),
+    "model.capacity_factor": (1.25, "moe_impl='dispatch': expert capacity as a multiple of the mean load."),
     "model.rope_theta": (10000.0, "RoPE base (llama)."),
     "model.norm_eps": (1e-5, "Epsilon of LayerNorm / RMSNorm."),
     "model.tie_embeddings": (True, "Share the input embedding with the output projection."),
@@ -251,6 +282,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "codeeval.temperature": (0.0, "Sampling temperature (0: greedy; n greedy samples are one, repeated)."),
     "codeeval.top_p": (1.0, "Nucleus sampling threshold (1: off)."),
     "codeeval.max_new_tokens": (256, "Tokens generated per completion (prompt + these must fit the model)."),
+    "codeeval.long_prompts": (
+        "truncate",
+        "A prompt that, with max_new_tokens, exceeds the model's context: 'truncate' (the model sees the "
+        "prompt's end, the program still runs the whole prompt; results.json lists such problems under "
+        "'truncated') or 'skip' (not evaluated, counted under skipped.too_long).",
+    ),
     "codeeval.stop": (
         '["\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#"]',
         "JSON list of stop sequences: a completion ends before the first one.",
@@ -304,6 +341,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "parallel.mesh.fsdp": (
         1,
         "FSDP axis size: parameters and optimizer state sharded over it (-1: the rest).",
+    ),
+    "parallel.mesh.expert": (
+        1,
+        "Expert-parallel axis size: a mixture-of-experts model's experts sharded over it (it must divide "
+        "model.num_experts); the batch is split over it too.",
     ),
     "parallel.fsdp_min_size": (
         65536,

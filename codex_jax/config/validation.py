@@ -18,7 +18,7 @@ from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
 from codex_jax.metrics.writers import WRITER_NAMES
 from codex_jax.models import registry as model_presets
-from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, GRAD_BARRIERS, REMAT_POLICIES
+from codex_jax.models.config import ATTENTION_IMPLS, FAMILIES, GRAD_BARRIERS, MOE_IMPLS, REMAT_POLICIES
 
 
 def _check(ok: bool, key: str, reason: str, value: Any) -> None:
@@ -31,6 +31,7 @@ _CHOICES = {
     "model.attention_impl": ATTENTION_IMPLS,
     "model.remat": REMAT_POLICIES,
     "model.grad_barriers": GRAD_BARRIERS,
+    "model.moe_impl": MOE_IMPLS,
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "parallel.mode": ("jit", "pmap"),
@@ -87,6 +88,10 @@ _NON_NEGATIVE = (
     "checkpoint.best_k",
     "lora.rank",
     "model.loss_chunk",
+    "model.num_experts",
+    "model.moe_d_ff",
+    "model.router_aux_loss_coef",
+    "model.router_z_loss_coef",
 )
 
 
@@ -212,6 +217,20 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         "eval.use_ema",
         "needs train.ema_decay > 0 (an EMA of the parameters to evaluate)",
         flat["eval.use_ema"],
+    )
+    experts = flat["model.num_experts"]
+    _check(
+        not experts or 1 <= flat["model.experts_per_token"] <= experts,
+        "model.experts_per_token",
+        f"must be between 1 and model.num_experts={experts}",
+        flat["model.experts_per_token"],
+    )
+    expert_axis = flat["parallel.mesh.expert"]
+    _check(
+        expert_axis >= 1 and (expert_axis == 1 or (experts and experts % expert_axis == 0)),
+        "parallel.mesh.expert",
+        f"must divide model.num_experts={experts}",
+        expert_axis,
     )
     lora_from = flat["lora.init_from"]
     _check(

@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 
 from codex_jax import files
-from codex_jax.data import cache_build
+from codex_jax.data import cache_build, cache_shards
 from codex_jax.errors import UserError
 from codex_jax.files import write_bytes_atomic
 from codex_jax.tokenizers.base import Tokenizer
@@ -75,6 +75,14 @@ def pack(tokenizer: Tokenizer, texts: Sequence[str], desc: str = "", progress: b
     return np.concatenate(pieces)
 
 
+def stored_key(directory: Path) -> Any:
+    """The parsed ``key.json`` of the cache in ``directory`` (None when missing or unreadable)."""
+    try:
+        return json.loads((directory / KEY_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load(directory: Path, key: dict) -> dict[str, np.ndarray] | None:
     """The cached streams (read-only memmaps) when ``directory`` holds them under ``key``."""
     return check(directory, key)[0]
@@ -82,7 +90,8 @@ def load(directory: Path, key: dict) -> dict[str, np.ndarray] | None:
 
 def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str]:
     """``(streams, '')`` when the cache in ``directory`` is valid for ``key``, else
-    ``(None, why not)``."""
+    ``(None, why not)``. An ArrayRecord cache (:mod:`codex_jax.data.cache_shards`) is read into local
+    streams; a missing or corrupt shard of it is a UserError."""
     try:
         stored = json.loads((directory / KEY_FILENAME).read_text())
     except FileNotFoundError:
@@ -93,6 +102,8 @@ def check(directory: Path, key: dict) -> tuple[dict[str, np.ndarray] | None, str
     if old != key:
         changed = [k for k in key if not isinstance(old, dict) or old.get(k) != key[k]]
         return None, "changed: " + ", ".join(k.replace("_", " ") for k in changed)
+    if stored.get("format") == cache_shards.FORMAT:  # prepared by codex-jax prepare
+        return cache_shards.open_streams(directory, stored), ""
     streams: dict[str, np.ndarray] = {}
     dtype = np.dtype(key["dtype"])
     for split, length in stored.get("tokens", {}).items():

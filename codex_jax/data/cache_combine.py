@@ -88,7 +88,7 @@ def combine(folder: Path, count: int, dtype: np.dtype, directory: Path) -> dict[
     the lowest split hash, and an empty train split the eval document with the highest.
     """
     markers = _done_markers(folder, count, dtype)
-    moved = _moved_document(markers)
+    moved = moved_document(markers)
     counts = {}
     tmp = {s: directory / f".{s}.tokens.{os.getpid()}.tmp" for s in SPLITS}
     directory.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def _done_markers(folder: Path, count: int, dtype: np.dtype) -> list[dict]:
     return markers
 
 
-def _moved_document(markers: list[dict]) -> _Moved | None:
+def moved_document(markers: list[dict]) -> _Moved | None:
     """The document moved over when one split is empty (the never-empty split rule), or None; an error
     when there are documents but too few to fill both splits."""
     totals = {s: sum(m["tokens"][s] for m in markers) for s in SPLITS}
@@ -149,11 +149,20 @@ def _write_train(folder: Path, markers: list[dict], moved: _Moved | None, item: 
 def _eval_documents(
     folder: Path, count: int, moved: _Moved | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`eval_order` of the eval order files of tasks ``0..count-1`` in ``folder``."""
+    orders = [np.load(shard_path(folder, i, "eval.order.npy"), allow_pickle=False) for i in range(count)]
+    return eval_order(orders, moved)
+
+
+def eval_order(
+    orders: Sequence[np.ndarray], moved: _Moved | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(task, offset, length)`` of every eval document (less one moved to train), in the order of
-    the documents' order keys (a stable sort: ties keep task order); offsets and lengths in tokens."""
+    the documents' order keys (a stable sort: ties keep task order); offsets and lengths in tokens.
+    ``orders[i]`` is task ``i``'s ``eval.order.npy`` (``[2, documents]``: order keys as int64 bits,
+    lengths)."""
     keys, lengths, tasks, offsets = [], [], [], []
-    for index in range(count):
-        order = np.load(shard_path(folder, index, "eval.order.npy"), allow_pickle=False)
+    for index, order in enumerate(orders):
         keys.append(order[0].view(np.float64))
         lengths.append(order[1])
         tasks.append(np.full(order.shape[1], index, np.int64))

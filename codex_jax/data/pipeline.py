@@ -84,11 +84,11 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         return _prepare_mixture(cfg, workdir, write, sources)
     d = cfg.data
     if streaming.is_streamed(d):
-        source = streaming.scan_source(d, _settings(d))
+        source = streaming.scan_source(d, data_settings(d))
         manifest = source.corpus.manifest
         if write:
             report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
-        tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, source.tokenizer_texts, write)
+        tokenizer, tokenizer_path = run_tokenizer(cfg, workdir, source.tokenizer_texts, write)
         key = cache.cache_key(manifest["checksum"], tokenizer)
         progress, workers = bool(cfg.logging.progress), d.cache_workers
         streams = streaming.load_or_build(
@@ -99,7 +99,7 @@ def prepare_data(cfg: ConfigDict, workdir: str | Path, write: bool | None = None
         train_docs, eval_docs, manifest = _read_and_split(d)
         if write:
             report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
-        tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(train_docs), write)
+        tokenizer, tokenizer_path = run_tokenizer(cfg, workdir, _tokenizer_texts(train_docs), write)
         windows, tokens = source_rows(
             cfg, d, workdir / "cache", tokenizer, train_docs, eval_docs, manifest, write
         )
@@ -134,7 +134,7 @@ def _tokenizer_texts(train_docs: list[Document]) -> Callable[[], Iterator[str]]:
     return lambda: (d.text for d in sorted(train_docs, key=lambda d: hash_fraction("tok:" + d.key)))
 
 
-def _run_tokenizer(cfg: ConfigDict, workdir: Path, texts: Callable[[], Iterable[str]], write: bool):
+def run_tokenizer(cfg: ConfigDict, workdir: Path, texts: Callable[[], Iterable[str]], write: bool):
     """``(tokenizer, where)``, trained on ``texts()`` when there is none yet; it must have an EOS."""
     tokenizer, tokenizer_path = load_run_tokenizer(cfg, workdir, texts, write)
     if tokenizer.eos_id < 0:
@@ -156,7 +156,7 @@ def _prepare_mixture(
     if write:
         report_corpus_change(workdir / MANIFEST_FILENAME, manifest)
     all_train = [doc for train_docs, _, _ in read.values() for doc in train_docs]
-    tokenizer, tokenizer_path = _run_tokenizer(cfg, workdir, _tokenizer_texts(all_train), write)
+    tokenizer, tokenizer_path = run_tokenizer(cfg, workdir, _tokenizer_texts(all_train), write)
     masked = masked_rows(cfg)
     rows, tokens = {}, {}
     for s in sources:
@@ -292,14 +292,14 @@ def _read_and_split(d, label: str = "") -> tuple[list[Document], list[Document],
         train_docs, eval_docs = corpus.documents, eval_corpus.documents
     else:
         train_docs, eval_docs = split_documents(corpus.documents, d.eval_fraction)
-    manifest = corpus_manifest(corpus, eval_docs, _settings(d), eval_corpus)
+    manifest = corpus_manifest(corpus, eval_docs, data_settings(d), eval_corpus)
     manifest["on_bad_record"] = d.on_bad_record
     safety.add_to_manifest(manifest)
     log_totals(label, manifest["totals"], started)
     return train_docs, eval_docs, manifest
 
 
-def _settings(d) -> dict[str, Any]:
+def data_settings(d) -> dict[str, Any]:
     """The data settings that the corpus checksum covers."""
     settings = {key: d[key] for key in SETTINGS}
     if d.format != "text":  # text runs keep the checksum (and token cache) they always had

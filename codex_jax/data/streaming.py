@@ -41,7 +41,7 @@ from jax.experimental import multihost_utils
 from codex_jax import files
 from codex_jax.corpus.scan import ScannedCorpus, scan_corpus
 from codex_jax.corpus.sources import is_plugin_source
-from codex_jax.data import cache, cache_build
+from codex_jax.data import cache, cache_build, cache_shards
 from codex_jax.data.cache_combine import SPLITS, build_folder, finish_files
 from codex_jax.data.cache_tasks import FilesTask
 from codex_jax.errors import UserError
@@ -168,6 +168,8 @@ def load_or_build(
         except OSError as e:  # disk full, I/O error: no key is written
             raise UserError(f"token cache {directory}: cannot write ({e.strerror or e})") from e
 
+    # a cache prepared by `codex-jax prepare` for other data is refused, not rebuilt over
+    cache_shards.refuse_other(directory, cache.stored_key(directory), key, source.corpus.manifest)
     return cache.load_or_build_streams(directory, key, SPLITS, build, write)
 
 

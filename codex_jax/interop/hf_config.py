@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,10 @@ class Names:
     fused_qkv: bool = False  # one qkv_proj (Phi-3)
     fused_gate_up: bool = False  # one gate_up_proj (Phi-3)
     norm_bias: bool = False  # LayerNorms with a bias (StarCoder2)
+    moe_block: str = (
+        ""  # a sparse layer's MoE module under model.layers.i ('' : no MoE; interop/hf_experts.py)
+    )
+    expert_style: str = ""  # its per-expert tensor names: a key of hf_experts.PER_EXPERT_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +67,7 @@ def _activation(name: str | None) -> str:
     return _ACTIVATIONS[str(name)]
 
 
-def _rope(params: dict) -> dict[str, Any]:
+def _rope(params: dict, max_len: int) -> dict[str, Any]:
     """ModelConfig's RoPE fields of one Hugging Face ``rope_parameters`` dict."""
     kind = params.get("rope_type", params.get("type", "default"))
     fields: dict[str, Any] = {"rope_theta": float(params.get("rope_theta", 10000.0))}
@@ -78,9 +83,32 @@ def _rope(params: dict) -> dict[str, Any]:
             float(params["high_freq_factor"]),
             int(params["original_max_position_embeddings"]),
         )
+    elif kind == "yarn":
+        factor = float(params.get("factor") or max_len / params["original_max_position_embeddings"])
+        attention = params.get("attention_factor")
+        if attention is None:
+            mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+            attention = (
+                _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+                if mscale and mscale_all
+                else (_yarn_mscale(factor))
+            )
+        fields["rope_yarn"] = (
+            factor,
+            int(params["original_max_position_embeddings"]),
+            float(params.get("beta_fast") or 32),
+            float(params.get("beta_slow") or 1),
+            float(attention),
+            float(bool(params.get("truncate", True))),
+        )
     else:
-        _require(kind == "default", f"rope type {kind!r} (have: default, linear, llama3)")
+        _require(kind == "default", f"rope type {kind!r} (have: default, linear, llama3, yarn)")
     return fields
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scale for a context ``factor`` times longer (its paper's eq. 21)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 def _shape(c) -> dict[str, Any]:
@@ -96,7 +124,7 @@ def _shape(c) -> dict[str, Any]:
         vocab_size=c.vocab_size,
         max_seq_len=c.max_position_embeddings,
         head_dim=0 if head_dim * heads == width else head_dim,
-        norm_eps=float(getattr(c, "rms_norm_eps", None) or getattr(c, "norm_epsilon", 1e-6)),
+        norm_eps=float(getattr(c, "rms_norm_eps", None) or getattr(c, "norm_epsilon", None) or 1e-6),
         tie_embeddings=bool(c.tie_word_embeddings),
     )
 
@@ -138,7 +166,7 @@ def _read_llama(c) -> dict[str, Any]:
         out_bias=bias,
         mlp_bias=bool(getattr(c, "mlp_bias", False)),
         sliding_window=int(getattr(c, "sliding_window", None) or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -148,7 +176,7 @@ def _read_qwen2(c) -> dict[str, Any]:
         activation=_activation(c.hidden_act),
         attention_bias=True,
         **_windows(c),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -160,7 +188,7 @@ def _read_qwen3(c) -> dict[str, Any]:
         attention_bias=bias,
         out_bias=bias,
         **_windows(c),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -179,12 +207,12 @@ def _read_gemma(c) -> dict[str, Any]:
     )
     rope = c.rope_parameters
     if "full_attention" in rope:  # Gemma 3: one RoPE per layer type
-        local = _rope(rope["sliding_attention"])
+        local = _rope(rope["sliding_attention"], c.max_position_embeddings)
         _require(set(local) == {"rope_theta"}, "a scaled RoPE on the sliding layers")
-        fields.update(_rope(rope["full_attention"]))
+        fields.update(_rope(rope["full_attention"], c.max_position_embeddings))
         fields["rope_local_theta"] = local["rope_theta"]
     else:
-        fields.update(_rope(rope))
+        fields.update(_rope(rope, c.max_position_embeddings))
     if fields.get("query_scale_dim") == (fields["head_dim"] or fields["d_model"] // fields["num_heads"]):
         fields["query_scale_dim"] = 0.0
     return fields
@@ -204,7 +232,7 @@ def _read_starcoder2(c) -> dict[str, Any]:
         out_bias=bool(c.use_bias),
         mlp_bias=bool(c.use_bias),
         sliding_window=int(c.sliding_window or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
     )
 
 
@@ -213,7 +241,36 @@ def _read_phi3(c) -> dict[str, Any]:
         _shape(c),
         activation=_activation(c.hidden_act),
         sliding_window=int(c.sliding_window or 0),
-        **_rope(c.rope_parameters),
+        **_rope(c.rope_parameters, c.max_position_embeddings),
+    )
+
+
+def _moe_loss(c) -> dict[str, Any]:
+    """The load-balancing coefficient transformers trains with (only when it outputs router logits)."""
+    _require(not float(getattr(c, "router_jitter_noise", 0.0) or 0.0), "router_jitter_noise > 0")
+    return dict(router_aux_loss_coef=float(c.router_aux_loss_coef) if c.output_router_logits else 0.0)
+
+
+def _read_mixtral(c) -> dict[str, Any]:
+    return dict(
+        _read_llama(c),
+        num_experts=int(c.num_local_experts),
+        experts_per_token=int(c.num_experts_per_tok),
+        norm_topk_prob=True,  # Mixtral always renormalises its top-k weights
+        **_moe_loss(c),
+    )
+
+
+def _read_qwen3_moe(c) -> dict[str, Any]:
+    return dict(
+        _read_qwen3(c),
+        num_experts=int(c.num_experts),
+        experts_per_token=int(c.num_experts_per_tok),
+        moe_d_ff=int(c.moe_intermediate_size),
+        norm_topk_prob=bool(c.norm_topk_prob),
+        decoder_sparse_step=int(c.decoder_sparse_step),
+        mlp_only_layers=tuple(int(i) for i in (c.mlp_only_layers or ())),
+        **_moe_loss(c),
     )
 
 
@@ -222,8 +279,6 @@ def _read_phi3(c) -> dict[str, Any]:
 
 def _rope_to_hf(cfg: ModelConfig, scaled: bool = True) -> dict[str, Any]:
     """Hugging Face's ``rope_parameters`` of ``cfg`` (``scaled=False``: Gemma 3's sliding layers)."""
-    if cfg.rope_llama3_scaling and cfg.rope_linear_factor != 1.0:
-        raise UserError("Hugging Face rope takes one scaling: llama3 or linear, not both")
     out: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_fraction != 1.0:
         out["partial_rotary_factor"] = cfg.rope_fraction
@@ -238,6 +293,17 @@ def _rope_to_hf(cfg: ModelConfig, scaled: bool = True) -> dict[str, Any]:
         )
     elif scaled and cfg.rope_linear_factor != 1.0:
         out.update(rope_type="linear", factor=cfg.rope_linear_factor)
+    elif scaled and cfg.rope_yarn:
+        factor, original, beta_fast, beta_slow, attention, truncate = cfg.rope_yarn
+        out.update(
+            rope_type="yarn",
+            factor=factor,
+            original_max_position_embeddings=int(original),
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            attention_factor=attention,
+            truncate=bool(truncate),
+        )
     return out
 
 
@@ -282,7 +348,7 @@ def _write_decoder(cfg: ModelConfig, **extra) -> dict[str, Any]:
         head_dim=cfg.dims_per_head,
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
-        hidden_act=_HF_ACTIVATION[cfg.activation],
+        hidden_act=_HF_ACTIVATION[str(cfg.activation)],
         attention_dropout=0.0,
         rope_parameters=_rope_to_hf(cfg),
         **extra,
@@ -315,11 +381,44 @@ def _write_qwen3(cfg: ModelConfig) -> dict[str, Any]:
     )
 
 
+def _write_moe_loss(cfg: ModelConfig) -> dict[str, Any]:
+    coef = cfg.router_aux_loss_coef
+    return dict(output_router_logits=coef > 0, router_aux_loss_coef=coef or 0.001, router_jitter_noise=0.0)
+
+
+def _write_mixtral(cfg: ModelConfig) -> dict[str, Any]:
+    if cfg.moe_d_ff not in (0, cfg.d_ff):
+        raise UserError(f"Mixtral's experts are d_ff={cfg.d_ff} wide (model.moe_d_ff={cfg.moe_d_ff})")
+    return _write_decoder(
+        cfg,
+        sliding_window=cfg.sliding_window or None,
+        num_local_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.experts_per_token,
+        **_write_moe_loss(cfg),
+    )
+
+
+def _write_qwen3_moe(cfg: ModelConfig) -> dict[str, Any]:
+    out = _write_decoder(
+        cfg, attention_bias=cfg.attention_bias, use_sliding_window=False, sliding_window=None
+    )
+    out.update(
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.experts_per_token,
+        moe_intermediate_size=cfg.expert_d_ff,
+        norm_topk_prob=cfg.norm_topk_prob,
+        decoder_sparse_step=cfg.decoder_sparse_step,
+        mlp_only_layers=list(cfg.mlp_only_layers),
+        **_write_moe_loss(cfg),
+    )
+    return out
+
+
 def _write_gemma(cfg: ModelConfig) -> dict[str, Any]:
     out = _write_decoder(
         cfg,
         attention_bias=cfg.attention_bias,
-        hidden_activation=_HF_ACTIVATION[cfg.activation],
+        hidden_activation=_HF_ACTIVATION[str(cfg.activation)],
         query_pre_attn_scalar=_number(cfg.query_scale_dim or cfg.dims_per_head),
     )
     if cfg.family == "gemma":
@@ -372,6 +471,20 @@ HF_TYPES: dict[str, HFType] = {
     ),
     "phi3": HFType(
         "Phi3ForCausalLM", "phi3", _read_phi3, _write_phi3, Names(fused_qkv=True, fused_gate_up=True)
+    ),
+    "mixtral": HFType(
+        "MixtralForCausalLM",
+        "mixtral",
+        _read_mixtral,
+        _write_mixtral,
+        Names(moe_block="block_sparse_moe", expert_style="mixtral"),
+    ),
+    "qwen3_moe": HFType(
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe",
+        _read_qwen3_moe,
+        _write_qwen3_moe,
+        Names(moe_block="mlp", expert_style="qwen3_moe"),
     ),
 }
 ARCHITECTURES = {t.architecture: name for name, t in HF_TYPES.items()}
@@ -448,7 +561,18 @@ def export_model_type(cfg: ModelConfig) -> str:
     return "mistral" if cfg.sliding_window and not (cfg.attention_bias or cfg.mlp_bias) else "llama"
 
 
-_RUNTIME = ("dtype", "param_dtype", "dropout", "attention_impl", "remat", "grad_barriers", "loss_chunk")
+_RUNTIME = (
+    "dtype",
+    "param_dtype",
+    "dropout",
+    "attention_impl",
+    "remat",
+    "grad_barriers",
+    "loss_chunk",
+    "moe_impl",
+    "capacity_factor",
+    "router_z_loss_coef",  # training only: no Hugging Face config holds it
+)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from safetensors.numpy import save, save_file
 
 from codex_jax.errors import UserError
 from codex_jax.files import as_path, is_remote, local_copy
+from codex_jax.interop import hf_experts
 from codex_jax.interop.hf_config import (
     HF_TYPES,
     Names,
@@ -118,12 +119,15 @@ def _decoder_layer_rows(cfg: ModelConfig, names: Names, i: int, add) -> None:
     add(f"{attn}.o_proj.weight", [f"{p}/attn/o_proj/kernel"], transpose=True)
     if cfg.out_bias:
         add(f"{attn}.o_proj.bias", [f"{p}/attn/o_proj/bias"])
-    ours = ("fc_in", "fc_out") if cfg.mlp == "plain" else ("gate_proj", "up_proj", "down_proj")
+    if cfg.sparse_layer(i):  # a mixture-of-experts MLP: interop/hf_experts.py, not rows of this table
+        return
+    ours: tuple[str, ...] = (
+        ("fc_in", "fc_out") if cfg.mlp == "plain" else ("gate_proj", "up_proj", "down_proj")
+    )
+    hf_mlp = names.mlp if cfg.mlp == "gated" else names.mlp[-2:]
     if names.fused_gate_up:
         add(f"{h}.mlp.gate_up_proj.weight", [f"{p}/mlp/gate_proj/kernel", f"{p}/mlp/up_proj/kernel"], True)
-        ours, hf_mlp = ("down_proj",), ("down_proj",)
-    else:
-        hf_mlp = names.mlp if cfg.mlp == "gated" else names.mlp[-2:]
+        ours = hf_mlp = ("down_proj",)
     for hf_name, name in zip(hf_mlp, ours, strict=True):
         add(f"{h}.mlp.{hf_name}.weight", [f"{p}/mlp/{name}/kernel"], transpose=True)
         if cfg.mlp_bias:
@@ -218,10 +222,14 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
     expected = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     rows = weight_table(cfg)
     wanted = {r[0] for r in rows}
+    moe = _moe_prefixes(cfg, reader.where)
     unknown = sorted(
         n
         for n in reader.where
-        if n not in wanted and not n.endswith(_IGNORED_SUFFIXES) and n != "lm_head.weight"
+        if n not in wanted
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and n != "lm_head.weight"
+        and not n.startswith(tuple(f"{p}." for p in moe.values()))
     )
     missing = sorted(wanted - set(reader.where))
     if unknown or missing:
@@ -244,7 +252,34 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
         parts = np.split(array, np.cumsum([w[-1] for w in wants])[:-1], axis=-1)
         for p, part in zip(paths, parts, strict=True):
             _put(params, p, jnp.asarray(part.astype(cfg.weights_dtype)))
+    style = HF_TYPES[export_model_type(cfg)].names.expert_style
+    for i, prefix in moe.items():
+        layer = hf_experts.layer_params(
+            reader.get, set(reader.where), prefix, cfg.num_experts, style, str(folder)
+        )
+        for name, array in layer.items():
+            want = expected[f"layers_{i}"]["mlp"][name].shape
+            if array.shape != want:
+                raise UserError(
+                    f"{folder}: {prefix} {name} has shape {array.shape}; config.json implies {want}"
+                )
+            params[f"layers_{i}"].setdefault("mlp", {})[name] = jnp.asarray(array.astype(cfg.weights_dtype))
     return Transformer(cfg), params
+
+
+def _moe_prefixes(cfg: ModelConfig, tensors) -> dict[int, str]:
+    """``{layer: the Hugging Face prefix of its experts}`` of the sparse layers: the family's module
+    (Mixtral's ``block_sparse_moe``), or ``mlp`` where the checkpoint holds transformers 5's fused tensors
+    there."""
+    names = HF_TYPES[export_model_type(cfg)].names
+    out = {}
+    for i in range(cfg.num_layers):
+        if cfg.sparse_layer(i):
+            fused = f"model.layers.{i}.mlp"
+            out[i] = (
+                fused if f"{fused}.experts.gate_up_proj" in tensors else f"model.layers.{i}.{names.moe_block}"
+            )
+    return out
 
 
 def export_checkpoint(model, params, out_dir, *, dtype=None, extra_config: dict | None = None) -> Path:
@@ -264,6 +299,14 @@ def export_checkpoint(model, params, out_dir, *, dtype=None, extra_config: dict 
         if dtype is not None:
             array = array.astype(jnp.dtype(dtype))
         tensors[hf_name] = np.ascontiguousarray(array)
+    names = HF_TYPES[export_model_type(cfg)].names
+    for i in range(cfg.num_layers):
+        if cfg.sparse_layer(i):
+            prefix = f"model.layers.{i}.{names.moe_block}"
+            for hf_name, array in hf_experts.layer_tensors(
+                params[f"layers_{i}"]["mlp"], prefix, names.expert_style
+            ).items():
+                tensors[hf_name] = array if dtype is None else array.astype(jnp.dtype(dtype))
     hf = config_to_hf(cfg)
     stored = tensors[weight_table(cfg)[0][0]].dtype.name  # the embedding's
     hf.update(dtype=stored, torch_dtype=stored)

@@ -19,6 +19,7 @@ FAMILIES = tuple(fam.FAMILIES)
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blocked")  # models/attention.py
 GRAD_BARRIERS = ("auto", "on", "off")  # models/grad_barrier.py
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+MOE_IMPLS = ("auto", "ragged", "blocks", "dispatch", "dense")  # models/moe.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ModelConfig:
     # original_max_position_embeddings); empty tuple for none.
     rope_llama3_scaling: tuple = ()
     rope_linear_factor: float = 1.0
+    # YaRN: (factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor, truncate);
+    # empty for none (models/rope.py).
+    rope_yarn: tuple = ()
     rope_fraction: float = (
         1.0  # the leading fraction of each head's dims that RoPE rotates (Phi-4-mini: 0.75)
     )
@@ -78,10 +82,23 @@ class ModelConfig:
     # LoRA (models/lora.py): adapter scale alpha / rank and dropout on the adapter input.
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    # Mixture of experts (models/moe.py); num_experts=0: every layer has a dense MLP.
+    num_experts: int = 0
+    experts_per_token: int = 2
+    moe_d_ff: int = 0  # each expert's hidden width (0: d_ff)
+    norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+    router_aux_loss_coef: float = 0.0  # the load-balancing loss's weight in the training objective
+    router_z_loss_coef: float = 0.0  # the router z-loss's weight in the training objective
+    mlp_only_layers: tuple = ()  # layers that keep a dense MLP
+    decoder_sparse_step: int = 1  # layer i is sparse when (i + 1) % step == 0 (and not in mlp_only_layers)
+    moe_impl: str = "auto"
+    capacity_factor: float = 1.25  # moe_impl='dispatch': slots per expert = factor * tokens * k / E
 
     def __post_init__(self):
         object.__setattr__(self, "rope_llama3_scaling", tuple(self.rope_llama3_scaling))
+        object.__setattr__(self, "mlp_only_layers", tuple(int(i) for i in self.mlp_only_layers))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "rope_yarn", tuple(self.rope_yarn))
         if self.family not in FAMILIES:
             raise UserError(f"model family={self.family!r}: expected one of {FAMILIES}")
         for name, value in fam.features(self.family).items():
@@ -92,6 +109,7 @@ class ModelConfig:
             (self.attention_impl in ATTENTION_IMPLS, "attention_impl", ATTENTION_IMPLS),
             (self.remat in REMAT_POLICIES, "remat", REMAT_POLICIES),
             (self.grad_barriers in GRAD_BARRIERS, "grad_barriers", GRAD_BARRIERS),
+            (self.moe_impl in MOE_IMPLS, "moe_impl", MOE_IMPLS),
         )
         for ok, name, allowed in checks:
             if not ok:
@@ -114,11 +132,49 @@ class ModelConfig:
                 f"model rope_fraction={self.rope_fraction}: must be in (0, 1] and rotate an even number of "
                 f"the {self.dims_per_head} dims per head"
             )
+        if self.rope_yarn and len(self.rope_yarn) != 6:
+            raise UserError(
+                "model rope_yarn must be (factor, original_max_position_embeddings, beta_fast, beta_slow, "
+                f"attention_factor, truncate), got {self.rope_yarn!r}"
+            )
+        if sum(map(bool, (self.rope_yarn, self.rope_llama3_scaling, self.rope_linear_factor != 1.0))) > 1:
+            raise UserError(
+                "model RoPE takes one scaling: rope_yarn, rope_llama3_scaling or rope_linear_factor"
+            )
         if self.rope_llama3_scaling and len(self.rope_llama3_scaling) != 4:
             raise UserError(
                 "model rope_llama3_scaling must be (factor, low_freq_factor, high_freq_factor, "
                 f"original_max_position_embeddings), got {self.rope_llama3_scaling!r}"
             )
+
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        if self.num_experts < 0:
+            raise UserError(f"model num_experts={self.num_experts} must be >= 0 (0: no mixture of experts)")
+        if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+            raise UserError(
+                f"model experts_per_token={self.experts_per_token} must be between 1 and "
+                f"num_experts={self.num_experts}"
+            )
+        if self.decoder_sparse_step < 1:
+            raise UserError(f"model decoder_sparse_step={self.decoder_sparse_step} must be >= 1")
+        if self.capacity_factor <= 0:
+            raise UserError(f"model capacity_factor={self.capacity_factor} must be > 0")
+
+    @property
+    def expert_d_ff(self) -> int:
+        """Each expert's hidden width."""
+        return self.moe_d_ff or self.d_ff
+
+    def sparse_layer(self, i: int) -> bool:
+        """Whether layer ``i`` has a mixture-of-experts MLP (Qwen3-MoE's rule: ``num_experts > 0``, not in
+        ``mlp_only_layers``, and ``(i + 1) % decoder_sparse_step == 0``)."""
+        return (
+            bool(self.num_experts)
+            and i not in self.mlp_only_layers
+            and (i + 1) % self.decoder_sparse_step == 0
+        )
 
     @property
     def dims_per_head(self) -> int:
@@ -167,7 +223,7 @@ class ModelConfig:
         kwargs = {k: v for k, v in values.items() if k in names}
         if "norm" not in kwargs and kwargs.get("family", "gpt2") == "gpt2":
             kwargs.pop("attention_bias", None)
-        for key in ("rope_llama3_scaling", "layer_types"):
+        for key in ("rope_llama3_scaling", "layer_types", "rope_yarn", "mlp_only_layers"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -92,6 +92,12 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
         ),
     ),
     "phi3": ("Phi-3/4: Llama's block (Hugging Face fuses qkv and gate_up; split on import)", {}),
+    # Mixtures of experts: the MoE fields (num_experts, ...) are per-model numbers, models/moe.py the MLP.
+    "mixtral": ("Mixtral: Llama's block with a sparse mixture-of-experts MLP (top-k renormalised)", {}),
+    "qwen3_moe": (
+        "Qwen3-MoE (Qwen3-Coder): Qwen3's block with a sparse mixture-of-experts MLP, dense layers mixed in",
+        dict(qk_norm=True),
+    ),
 }
 
 LAYER_TYPES = ("full", "sliding")

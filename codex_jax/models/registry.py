@@ -201,6 +201,36 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "starcoder2-7b": _starcoder2(32, 36, 4, 4608, 1000000.0),
     "starcoder2-15b": _starcoder2(40, 48, 4, 6144, 100000.0),
     "phi-3-mini-4k": _decoder("phi3", 32, 32, 32, 3072, 8192, 32064, 4096, sliding_window=2047),
+    # Mixtures of experts (models/moe.py).
+    "mixtral-8x7b": _decoder(
+        "mixtral",
+        32,
+        32,
+        8,
+        4096,
+        14336,
+        32000,
+        32768,
+        rope_theta=1000000.0,
+        num_experts=8,
+        experts_per_token=2,
+    ),
+    "qwen3-30b-a3b": _decoder(
+        "qwen3_moe",
+        48,
+        32,
+        4,
+        2048,
+        6144,
+        151936,
+        40960,
+        head_dim=128,
+        rope_theta=1000000.0,
+        norm_eps=1e-6,
+        num_experts=128,
+        experts_per_token=8,
+        moe_d_ff=768,
+    ),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}

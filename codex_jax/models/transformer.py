@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from codex_jax.models import grad_barrier, quant
 from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
-from codex_jax.models.rope import apply_rope, rope_frequencies
+from codex_jax.models.moe import MoeMlp
+from codex_jax.models.rope import apply_rope, attention_factor, rope_frequencies
 
 
 def _init_normal(std: float = 0.02):
@@ -149,9 +150,9 @@ class Attention(nn.Module):
             q_BxTxNxH = Norm(cfg, "rmsnorm", name="q_norm")(q_BxTxNxH)
             k_BxTxKxH = Norm(cfg, "rmsnorm", name="k_norm")(k_BxTxKxH)
         if cfg.positions == "rope":
-            inv_freq = rope_frequencies(cfg)
-            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
-            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+            inv_freq, factor = rope_frequencies(cfg), attention_factor(cfg)
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq, factor)
+            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq, factor)
 
         new_cache = None
         k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH  # S == T without a cache
@@ -206,9 +207,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)), with a norm on each output before
     its add where ``cfg.post_norms`` says so; the residual stream's gradient is materialised at both adds
-    where ``models/grad_barrier.py`` says so. ``cfg`` is the layer's own (``ModelConfig.layer``)."""
+    where ``models/grad_barrier.py`` says so. ``cfg`` is the layer's own (``ModelConfig.layer``); layer
+    ``layer`` has a mixture-of-experts MLP (``models/moe.py``) where ``cfg.sparse_layer(layer)``."""
 
     cfg: ModelConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(
@@ -232,7 +235,8 @@ class Block(nn.Module):
         x = x + attn_out
         if barrier:
             x = grad_barrier.residual_barrier(x)
-        mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x), deterministic)
+        mlp_cls = MoeMlp if cfg.sparse_layer(self.layer) else Mlp
+        mlp_out = mlp_cls(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x), deterministic)
         if cfg.post_norms:
             mlp_out = Norm(cfg, name="post_mlp_norm")(mlp_out)
         return x + mlp_out, new_cache
@@ -331,7 +335,7 @@ class Transformer(nn.Module):
         new_cache = {}
         for i in range(cfg.num_layers):
             layer_cache = None if kv_cache is None else kv_cache[f"layers_{i}"]
-            x, layer_new = block_cls(cfg.layer(i), name=f"layers_{i}")(
+            x, layer_new = block_cls(cfg.layer(i), i, name=f"layers_{i}")(
                 x, positions_BxT, deterministic, layer_cache, cache_index, masks, segments_BxT
             )
             new_cache[f"layers_{i}"] = layer_new
@@ -385,16 +389,22 @@ def num_params(cfg: ModelConfig) -> int:
     D, F, V, H = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.dims_per_head
     q, kv = cfg.num_heads * H, cfg.num_kv_heads * H
     norm = 2 * D if cfg.norm == "layernorm" else D
-    attn = 2 * D * (q + kv) + cfg.attention_bias * (q + 2 * kv) + cfg.out_bias * D + cfg.qk_norm * 2 * H
+    qkv_bias, out_bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.out_bias), bool(cfg.mlp_bias)
+    attn = 2 * D * (q + kv) + qkv_bias * (q + 2 * kv) + out_bias * D + bool(cfg.qk_norm) * 2 * H
     projections = 3 if cfg.mlp == "gated" else 2  # gate/up/down or fc_in/fc_out
-    mlp = projections * D * F + cfg.mlp_bias * ((projections - 1) * F + D)
+    mlp = projections * D * F + mlp_bias * ((projections - 1) * F + D)
     layer = attn + mlp + norm * (4 if cfg.post_norms else 2)
     positions = cfg.max_seq_len * D if cfg.positions == "learned" else 0
     embeds = V * D * (1 if cfg.tie_embeddings else 2) + positions
-    return int(cfg.num_layers * layer + norm + embeds)
+    sparse = sum(cfg.sparse_layer(i) for i in range(cfg.num_layers))  # MoE: router + E SwiGLU experts
+    moe_extra = sparse * (D * cfg.num_experts + 3 * cfg.num_experts * D * cfg.expert_d_ff - mlp)
+    return int(cfg.num_layers * layer + norm + embeds + moe_extra)
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings)."""
+    """Training FLOPs per token: 6·N + 12·L·H·Q·T (nanoGPT's; N without position embeddings, and of a
+    mixture of experts only the ``experts_per_token`` experts that run)."""
     n = num_params - (cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0)
+    sparse = sum(cfg.sparse_layer(i) for i in range(cfg.num_layers))  # MoE: only k experts run per token
+    n -= sparse * (cfg.num_experts - cfg.experts_per_token) * 3 * cfg.d_model * cfg.expert_d_ff
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.dims_per_head * seq_len

@@ -31,7 +31,7 @@ def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.G
         model,
         tx,
         mode=cfg.parallel.mode,
-        mesh_shape=(cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp),
+        mesh_shape=(cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp, cfg.parallel.mesh.get("expert", 1)),
         fsdp_min_size=cfg.parallel.fsdp_min_size,
         skip_nonfinite=cfg.train.on_nan == "skip",
         scan_steps=spec.scan_steps,
@@ -43,8 +43,13 @@ def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.G
 
 def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:
     """A jit runner over this machine's devices (whatever device count saved the checkpoint)."""
-    mesh_shape = (-1, 1) if cfg.parallel.mode == "pmap" else (cfg.parallel.mesh.data, cfg.parallel.mesh.fsdp)
-    return JitRunner(model, tx=None, mesh=make_mesh(*mesh_shape), fsdp_min_size=cfg.parallel.fsdp_min_size)
+    mesh = cfg.parallel.mesh
+    data, fsdp, expert = (
+        (-1, 1, 1) if cfg.parallel.mode == "pmap" else (mesh.data, mesh.fsdp, mesh.get("expert", 1))
+    )
+    return JitRunner(
+        model, tx=None, mesh=make_mesh(data, fsdp, expert=expert), fsdp_min_size=cfg.parallel.fsdp_min_size
+    )
 
 
 def fresh_state_fn(

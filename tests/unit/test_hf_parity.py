@@ -16,7 +16,7 @@ from codex_jax.generate import generate
 from codex_jax.interop import hf_config
 from codex_jax.interop import hf_weights as hf
 from codex_jax.models.config import ModelConfig
-from codex_jax.models.rope import rope_frequencies
+from codex_jax.models.rope import attention_factor, rope_frequencies
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -87,6 +87,9 @@ def _new_family_config(kind: str):
         return t.Qwen3Config(
             **LLAMA, head_dim=24, rope_parameters={"rope_type": "default", "rope_theta": 1e6}
         )
+    if kind == "qwen3_yarn":
+        yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 1e4}
+        return t.Qwen3Config(**LLAMA, head_dim=24, rope_parameters=yarn)
     if kind == "gemma":
         return t.GemmaConfig(**LLAMA, head_dim=24)
     if kind == "gemma2":
@@ -125,6 +128,7 @@ KINDS = [
     "qwen2",
     "mistral_window",
     *NEW_FAMILIES,
+    "qwen3_yarn",
 ]
 
 
@@ -258,13 +262,15 @@ def test_bfloat16_checkpoint_imports(checkpoint, tmp_path):
 def test_llama3_and_linear_rope_frequencies_match_transformers():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    for kind, fields in (("llama_tied_llama3", {}), ("llama_linear_headdim", {})):
+    for kind in ("llama_tied_llama3", "llama_linear_headdim", "qwen3_yarn"):
         hf_cfg = _hf_config(kind)
-        cfg = hf_config.config_from_hf(hf_cfg.to_dict(), **fields)
+        cfg = hf_config.config_from_hf(hf_cfg.to_dict())
         rope_type = hf_cfg.rope_parameters["rope_type"]
-        expected, _ = ROPE_INIT_FUNCTIONS[rope_type](hf_cfg, "cpu")
+        expected, factor = ROPE_INIT_FUNCTIONS[rope_type](hf_cfg, "cpu")
         np.testing.assert_allclose(np.asarray(rope_frequencies(cfg)), expected.numpy(), rtol=1e-6)
-    assert cfg.head_dim == 24
+        assert attention_factor(cfg) == pytest.approx(factor or 1.0)
+        assert cfg.head_dim == 24 or kind == "llama_tied_llama3"
+    assert cfg.rope_yarn and attention_factor(cfg) > 1.1  # YaRN's factor of 4 scales cos and sin
 
 
 _opened: list[str] = []

@@ -151,7 +151,7 @@ def test_two_hosts_build_shares_of_one_cache(corpus, tmp_path, monkeypatch, requ
             names.append((index, name))
             barrier.wait()
 
-        source = streaming.scan_source(cfg.data, pipeline._settings(cfg.data))
+        source = streaming.scan_source(cfg.data, pipeline.data_settings(cfg.data))
         tok = one.tokenizer
         key = cache.cache_key(source.corpus.manifest["checksum"], tok)
         hosts = streaming.Hosts(index, 2, wait)

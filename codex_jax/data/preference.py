@@ -1,0 +1,121 @@
+"""Preference pairs for DPO: one record a line (JSONL) or a row (Parquet) with ``prompt``, ``chosen`` and
+``rejected``, each as text (``prompt + chosen`` is the example, the completion and its EOS trained) or as
+chat message lists (``[{"role", "content"}, ...]``: the prompt's messages then the completion's, rendered
+with the tokenizer's chat template; the assistant turns are trained).
+
+Each side becomes a row of ``seq_len + 1`` token ids (right-padded with 0) and per-target weights that are 1
+on the trained targets: :mod:`codex_jax.compute.preference` sums the log-probabilities under them. A record
+without a field, one the template cannot render, or one longer than ``seq_len + 1`` tokens is skipped and
+listed (``'file:line: why'``); a file with no usable pair is an error.
+
+A prompt's own assistant turns (multi-turn prompts) are trained on both sides: their tokens and contexts are
+the same in both, so they cancel in the ``sigmoid`` and ``hinge`` losses, not in ``ipo``'s token counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from codex_jax.errors import UserError
+from codex_jax.files import as_path
+from codex_jax.tokenizers.base import Tokenizer
+from codex_jax.tokenizers.chat import RenderError, encode_example
+
+SIDES = ("chosen", "rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Token rows ``{'chosen', 'chosen_weights', 'rejected', 'rejected_weights'}`` (numpy, N pairs) and the
+    records skipped."""
+
+    arrays: dict
+    skipped: list[str]
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.arrays["chosen"])
+
+
+def _records(path):
+    """``(line or row number, record)`` of a JSONL or Parquet file (a malformed line: the error)."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with path.open("rb") as f:
+            yield from enumerate(pq.read_table(f).to_pylist(), 1)
+        return
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except ValueError as e:
+                yield number, e
+
+
+def _turns(prompt, completion) -> list[tuple[str, str]]:
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [("prompt", prompt), ("completion", completion)]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": completion}]
+    if not isinstance(prompt, list) or not isinstance(completion, list):
+        raise ValueError("prompt and completions must be text or lists of messages")
+    turns = []
+    for message in [*prompt, *completion]:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError("a message without text 'content'")
+        turns.append((str(message.get("role", "")), message["content"]))
+    return turns
+
+
+def _row(tokenizer: Tokenizer, prompt, completion, length: int, template: str):
+    """``(ids [length], weights [length - 1])`` of one side; ValueError saying why it is unusable."""
+    try:
+        ids, mask = encode_example(tokenizer, _turns(prompt, completion), "completion", template)
+    except RenderError as e:
+        raise ValueError(f"the chat template cannot render it ({e})") from None
+    if len(ids) > length:
+        raise ValueError(f"{len(ids)} tokens, more than data.seq_len + 1 = {length}")
+    if not any(mask[1:]):
+        raise ValueError("nothing to train: the completion is empty")
+    tokens = np.zeros(length, np.int32)
+    tokens[: len(ids)] = ids
+    weights = np.zeros(length - 1, np.float32)
+    weights[: len(ids) - 1] = mask[1:]
+    return tokens, weights
+
+
+def read_pairs(source: str, tokenizer: Tokenizer, seq_len: int, template: str = "") -> Pairs:
+    """The pairs of ``source`` (``.jsonl`` or ``.parquet``, local or ``gs://``): rows of seq_len + 1 ids."""
+    path = as_path(source)
+    if not path.is_file():
+        raise UserError(f"preference data: no such file {path}")
+    rows: dict[str, list] = {k: [] for s in SIDES for k in (s, f"{s}_weights")}
+    skipped: list[str] = []
+    try:
+        for number, record in _records(path):
+            try:
+                if isinstance(record, Exception):
+                    raise record
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                missing = [k for k in ("prompt", *SIDES) if not record.get(k)]
+                if missing:
+                    raise ValueError(f"missing or empty field(s) {', '.join(missing)}")
+                sides = [_row(tokenizer, record["prompt"], record[s], seq_len + 1, template) for s in SIDES]
+            except ValueError as e:
+                skipped.append(f"{path}:{number}: {' '.join(str(e).split())[:200]}")
+                continue
+            for side, (tokens, weights) in zip(SIDES, sides, strict=True):
+                rows[side].append(tokens)
+                rows[f"{side}_weights"].append(weights)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"preference data: cannot read {path} ({e})") from None
+    if not rows["chosen"]:
+        raise UserError(f"preference data: no usable pair in {path} ({len(skipped)} records skipped)")
+    return Pairs({k: np.stack(v) for k, v in rows.items()}, skipped, str(path))

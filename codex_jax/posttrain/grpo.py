@@ -1,0 +1,181 @@
+"""GRPO with execution rewards: sample G completions of each problem's prompt with the KV-cache generator,
+judge each in the sandbox (:mod:`codex_jax.sandbox.judged`: the verdict a completion cannot forge), reward
+it, and update the policy with :func:`codex_jax.compute.grpo.grpo_loss` several times on the batch.
+
+Rows for the update are ``prompt + completion`` right-padded (causal attention: the padding after a row
+changes none of its log-probabilities); the mask is 1 on the completion's tokens (up to and including EOS,
+or cut where a stop sequence begins). The reference is the base with the adapters off for a LoRA policy
+(``frozen`` given), else the starting params the caller keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from codex_jax.codeeval.generation import truncate_at_stop
+from codex_jax.codeeval.problems import Problem
+from codex_jax.compute.grpo import GRPO, group_advantages, grpo_loss
+from codex_jax.compute.loss import cross_entropy
+from codex_jax.generate import generate
+from codex_jax.sandbox import Attempt, Sandbox, run_tests_many
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How completions are drawn and rewarded (``train.grpo.*``)."""
+
+    group: int = 4  # G completions per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    length_penalty: float = 0.0  # reward -= this * completion tokens / max_new_tokens
+    workers: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """One batch of rewarded completions, ready for updates (numpy; N = problems * G)."""
+
+    tokens_NxL: np.ndarray
+    mask_NxT: np.ndarray  # 1 on the completion's targets
+    rewards_N: np.ndarray
+    advantages_N: np.ndarray
+    texts: list[str]
+    metrics: dict
+
+
+def token_logps(model, variables, tokens_NxL):
+    """Per-target float32 log-probabilities ``[N, L-1]`` of rows of tokens."""
+    logits = model.apply(variables, tokens_NxL[:, :-1], deterministic=True)
+    loss_NxT, _ = cross_entropy(logits, tokens_NxL[:, 1:])
+    return -loss_NxT
+
+
+def _completion_ids(tokenizer, new_ids: list[int], eos_id, stop) -> tuple[list[int], str]:
+    """The completion's ids (through EOS, or the fewest whose text covers the stop-cut text) and its text."""
+    if eos_id is not None and eos_id in new_ids:
+        ids = new_ids[: new_ids.index(eos_id) + 1]
+        return ids, truncate_at_stop(tokenizer.decode(ids[:-1]), stop)
+    text = truncate_at_stop(tokenizer.decode(new_ids), stop)
+    for k in range(len(new_ids) + 1):
+        if len(tokenizer.decode(new_ids[:k])) >= len(text):
+            return new_ids[:k], text
+    return new_ids, text
+
+
+def rollout(
+    model,
+    variables,
+    tokenizer,
+    problems: Sequence[Problem],
+    sampling: Sampling,
+    sandbox: Sandbox,
+    rng,
+    grpo: GRPO,
+    prompt_width: int = 0,
+) -> Rollout:
+    """Samples ``sampling.group`` completions of each problem, judges and rewards them. ``prompt_width``:
+    the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles)."""
+    start = time.perf_counter()
+    G, N = sampling.group, sampling.max_new_tokens
+    prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
+    T = max(prompt_width, *(len(p) for p in prompts))
+    rows = [p for p in prompts for _ in range(G)]
+    left = np.zeros((len(rows), T), np.int32)
+    for i, ids in enumerate(rows):
+        left[i, T - len(ids) :] = ids
+    eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
+    new_BxN = generate(
+        model,
+        variables,
+        left,
+        N,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        eos_id=eos_id,
+        rng=rng,
+        prompt_lengths=np.array([len(r) for r in rows], np.int32),
+    )
+    new_BxN = np.asarray(new_BxN)
+    sampled = time.perf_counter()
+    completions = [
+        _completion_ids(tokenizer, new_BxN[i].tolist(), eos_id, sampling.stop) for i in range(len(rows))
+    ]
+    jobs = [
+        Attempt(problems[i // G].prompt, text, problems[i // G].test, problems[i // G].entry_point)
+        for i, (_, text) in enumerate(completions)
+    ]
+    outcomes = run_tests_many(sandbox, jobs, sampling.workers)
+    executed = time.perf_counter()
+    L = T + N
+    tokens = np.zeros((len(rows), L), np.int32)
+    mask = np.zeros((len(rows), L - 1), np.float32)
+    lengths = np.zeros(len(rows), np.float32)
+    for i, (ids, (completion, _)) in enumerate(zip(rows, completions, strict=True)):
+        tokens[i, : len(ids) + len(completion)] = ids + completion
+        mask[i, len(ids) - 1 : len(ids) - 1 + len(completion)] = 1.0
+        lengths[i] = len(completion)
+    passed = np.array([o.passed for o in outcomes], np.float32)
+    rewards = passed - sampling.length_penalty * lengths / N
+    advantages = np.asarray(
+        group_advantages(jnp.asarray(rewards.reshape(-1, G)), grpo.scale_rewards)
+    ).reshape(-1)
+    metrics = {
+        "reward": float(rewards.mean()),
+        "reward_std": float(rewards.reshape(-1, G).std(axis=1, ddof=1).mean()) if G > 1 else 0.0,
+        "pass_rate": float(passed.mean()),
+        "completion_length": float(lengths.mean()),
+        "timeouts": sum(o.timed_out for o in outcomes),
+        "seconds_sampling": sampled - start,
+        "seconds_execution": executed - sampled,
+    }
+    return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics)
+
+
+def make_update(model, tx: optax.GradientTransformation, grpo: GRPO, frozen=None):
+    """A jitted ``(params, opt_state, tokens, mask, advantages, old_logps, ref_logps) -> (params, opt_state,
+    metrics)``: one optimizer step on the GRPO loss (``frozen``: a LoRA policy's base)."""
+
+    def variables(params):
+        return {"params": params} if frozen is None else {"params": frozen, "lora": params}
+
+    def loss_fn(params, tokens, mask, advantages, old, ref):
+        return grpo_loss(token_logps(model, variables(params), tokens), old, ref, advantages, mask, grpo)
+
+    @jax.jit
+    def update(params, opt_state, tokens, mask, advantages, old, ref):
+        """One optimizer step; ``update.logps`` is the jitted forward that gives ``old`` and ``ref``."""
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, tokens, mask, advantages, old, ref
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **metrics}
+
+    update.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))  # type: ignore[attr-defined]
+    return update
+
+
+def grpo_step(model, params, opt_state, reference, update, batch: Rollout, iterations: int, frozen=None):
+    """``iterations`` updates on one rollout (the first at ratio 1); returns params, opt_state and metrics
+    (the updates' means, ``seconds_updates``). ``reference``: the reference's params (the base, for LoRA)."""
+    start = time.perf_counter()
+    tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxT)
+    advantages = jnp.asarray(batch.advantages_N)
+    policy = {"params": params} if frozen is None else {"params": frozen, "lora": params}
+    old, ref = update.logps(policy, tokens), update.logps({"params": reference}, tokens)
+    history = []
+    for _ in range(iterations):
+        params, opt_state, metrics = update(params, opt_state, tokens, mask, advantages, old, ref)
+        history.append(jax.device_get(metrics))
+    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    means["kl_first"] = float(history[0]["kl"])
+    means["seconds_updates"] = time.perf_counter() - start
+    return params, opt_state, means
