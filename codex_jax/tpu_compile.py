@@ -29,10 +29,11 @@ from codex_jax.data.pipeline import masked_rows
 from codex_jax.errors import UserError
 from codex_jax.metrics.perf import peak_flops_per_device
 from codex_jax.models import attention, grad_barrier
-from codex_jax.models.transformer import Transformer, init_params
+from codex_jax.models.transformer import Transformer
 from codex_jax.setup import adapters
 from codex_jax.setup.model import model_config
 from codex_jax.setup.runners import fresh_state_fn, optimizer_spec
+from codex_jax.setup.weights import base_form
 
 # Per chip: HBM bytes and bandwidth (bytes/s), public figures of each generation.
 TPU_HBM = {"v4": (32e9, 1.2e12), "v5e": (16e9, 8.19e11), "v5p": (95e9, 2.765e12), "v6e": (32e9, 1.64e12)}
@@ -83,10 +84,10 @@ def _mesh(cfg: ml_collections.ConfigDict, devices: list) -> Mesh:
 def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):
     """ShapeDtypeStructs (with shardings) of the state, the batch and the frozen base (LoRA) of one step."""
     frozen = None
-    if adapters.enabled(cfg):
-        dtype = jnp.dtype(cfg.lora.base_dtype or model_cfg.param_dtype)
-        shapes = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
-        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), shapes)
+    if adapters.enabled(cfg):  # the base as place_base holds it: cast, or quantized (QLoRA)
+        shapes = adapters.base_shapes(model_cfg)
+        form = base_form(cfg)
+        shapes = shapes if form is None else jax.eval_shape(form, shapes)
         runner.frozen_sharding = runner.shardings_for(shapes)  # as set_frozen does, without the arrays
         frozen = runner.frozen_target(shapes)
     state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model_cfg, tx)))
@@ -142,7 +143,10 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
             raise
         return _does_not_fit(str(e), generation, topology, len(devices), time.perf_counter() - start)
     compile_s = time.perf_counter() - start
-    return report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
+    out = report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
+    if adapters.enabled(cfg):
+        out["lora_base_dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
+    return out
 
 
 def _does_not_fit(message: str, generation: str, topology: str, chips: int, compile_s: float) -> dict:

@@ -30,7 +30,7 @@ from codex_jax.codeeval.generation import bucket_batches, generate_texts
 from codex_jax.compute.loss import cross_entropy
 from codex_jax.config.runspec import run_config, set_key
 from codex_jax.data.pipeline import load_run_tokenizer
-from codex_jax.setup.weights import load_checkpoint
+from codex_jax.setup.weights import load_checkpoint, weight_only
 
 BUCKET = 32  # sequences are padded to a multiple of this many tokens (one compilation per length)
 
@@ -66,7 +66,7 @@ class CodexJaxLM(LM):
             if step is not None:
                 set_key(cfg, "eval.step", str(step))
             restored = load_checkpoint(cfg, Path(workdir))
-            model, params = restored.model, restored.params
+            model, params = restored.model, weight_only(cfg, restored.params)
             tokenizer, _ = load_run_tokenizer(cfg, Path(workdir))
         self.model, self.tokenizer = model, tokenizer
         self.variables = params if "params" in params else {"params": params}

@@ -28,7 +28,7 @@ from codex_jax.data.pipeline import load_run_tokenizer
 from codex_jax.files import sha256_file, write_json, write_text_atomic
 from codex_jax.metrics.writers import create_writers, parse_writer_names
 from codex_jax.sandbox import Attempt, Outcome, make_sandbox, run_tests_many
-from codex_jax.setup.weights import load_checkpoint
+from codex_jax.setup.weights import load_checkpoint, weight_only
 from codex_jax.tokenizers.chat import chat_prompt
 
 SAMPLES, RESULTS = "samples.jsonl", "results.json"
@@ -156,7 +156,7 @@ def eval_code(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
     template = chat_template_text(cfg.data, tokenizer) if settings.prompt_format == "chat" else ""
     results = evaluate_model(
         restored.model,
-        restored.params,
+        weight_only(cfg, restored.params),
         tokenizer,
         problem_set,
         settings,

@@ -129,7 +129,13 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "lora.base_dtype": (
         "",
         "dtype of the frozen base weights in a LoRA run: '' (model.param_dtype), 'float32' or "
-        "'bfloat16' (half the memory).",
+        "'bfloat16' (half the memory), or quantized (QLoRA, docs/qlora.md): 'int8' or 'nf4' (4-bit "
+        "NormalFloat) kernels with block-wise scales, the other weights in bfloat16.",
+    ),
+    "lora.quant_block_size": (
+        64,
+        "Rows of a kernel that share one scale when lora.base_dtype is 'int8' or 'nf4' (must divide "
+        "d_model and d_ff).",
     ),
     "lora.init_from": (
         "",
@@ -233,6 +239,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none.",
     ),
     "eval.num_batches": (8, "Held-out batches per evaluation."),
+    "eval.quantize": (
+        "",
+        "'int8': eval, generate and eval-code run the checkpoint with int8 weight-only kernels (one "
+        "scale per output channel, dequantized in the matmul; docs/qlora.md). '': as saved.",
+    ),
     "eval.metrics": (
         "loss,perplexity,token_accuracy",
         "--mode=eval metrics (comma-separated; loss, perplexity and token_accuracy are always "

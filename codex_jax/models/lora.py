@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from codex_jax.errors import UserError
+from codex_jax.models import quant
 
 DEFAULT_TARGETS = r".*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|fc_in|fc_out)$"
 
@@ -49,7 +50,9 @@ def tree_of(modules: dict[str, dict]):
 def kernel_paths(params) -> list[str]:
     """Module paths of every 2-D ``kernel`` (the layers LoRA can adapt), sorted."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    return sorted(k.rsplit("/", 1)[0] for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2)
+    plain = [k.rsplit("/", 1)[0] for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2]
+    quantized = [k.rsplit("/", 2)[0] for k in flat if k.endswith("/kernel/codes")]
+    return sorted(plain + quantized)
 
 
 def target_paths(params, targets: str) -> list[str]:
@@ -80,7 +83,10 @@ def init_lora(params, rank: int, targets: str, rng: jax.Array, dtype=jnp.float32
     keys = jax.random.split(rng, len(paths))
     modules = {}
     for path, key in zip(paths, keys, strict=True):
-        d_in, d_out = flat[f"{path}/kernel"].shape
+        if f"{path}/kernel" in flat:
+            d_in, d_out = flat[f"{path}/kernel"].shape
+        else:  # a quantized kernel (models/quant.py)
+            d_in, d_out = quant.kernel_shape({n: flat[f"{path}/kernel/{n}"] for n in ("codes", "scales")})
         bound = 1.0 / math.sqrt(d_in)
         modules[path] = {
             "lora_a": jax.random.uniform(key, (d_in, rank), dtype, -bound, bound),
@@ -101,6 +107,8 @@ def delta(entry: dict, alpha: float):
 
 
 def _fold(params, lora_tree, alpha: float, sign: float):
+    if quant.quantized_format(params) is not None:  # a quantized base merges into bfloat16 kernels
+        params = quant.dequantize_tree(params, jnp.bfloat16)
     flat = traverse_util.flatten_dict(params, sep="/")
     for path, entry in modules_of(lora_tree).items():
         kernel = flat[f"{path}/kernel"]

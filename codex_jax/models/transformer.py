@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from codex_jax.models import grad_barrier
+from codex_jax.models import grad_barrier, quant
 from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.moe import MoeMlp
@@ -78,9 +79,16 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         cfg = self.cfg
-        kernel = self.param("kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype)
+        if self.has_variable("params", "kernel") and quant.is_quantized(
+            self.get_variable("params", "kernel")
+        ):
+            kernel: Any = self.get_variable("params", "kernel")  # a quantized base (models/quant.py)
+        else:
+            kernel = self.param(
+                "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
+            )
         x = x.astype(cfg.compute_dtype)
-        y = jax.lax.dot_general(x, kernel.astype(cfg.compute_dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        y = quant.matmul(x, kernel, cfg.compute_dtype)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), cfg.weights_dtype)
             y = y + bias.astype(cfg.compute_dtype)

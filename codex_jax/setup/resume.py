@@ -18,6 +18,7 @@ from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import flatten
 from codex_jax.errors import UserError
 from codex_jax.files import write_text_atomic
+from codex_jax.models import quant
 from codex_jax.setup import adapters
 from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import SHAPE_KEYS
@@ -48,6 +49,13 @@ _FREE_MODEL_KEYS = (
 _OTHER_MODES = ("codeeval.", "export.", "generate.")
 
 
+_QUANT_KEYS = ("lora.base_dtype", "lora.quant_block_size")
+
+
+def _quantized(saved: dict) -> bool:
+    return saved.get("lora", {}).get("base_dtype") in quant.FORMATS
+
+
 _NEW_RUN = "use a new --workdir"
 # What a follow-up command (eval, generate, export...) given a different config should do instead.
 FOLLOWUP = "leave out --config: --workdir alone uses the run's own config"
@@ -71,6 +79,11 @@ def check_compatible(
         new = now.get(key)
         if new == old or key in ignored:
             continue
+        if key in _QUANT_KEYS and (old in quant.FORMATS or new in quant.FORMATS or _quantized(saved)):
+            raise UserError(
+                f"{path}: saved with {key}={old!r}, config says {new!r}; a quantized (QLoRA) base resumes "
+                f"only as it was saved ({advice})"
+            )
         if key.startswith(_FIXED_KEYS) and key not in _FREE_MODEL_KEYS:
             raise UserError(f"{path}: saved with {key}={old!r}, config says {new!r} ({advice})")
         if notes and not key.startswith(_OTHER_MODES):

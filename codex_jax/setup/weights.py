@@ -23,7 +23,7 @@ from codex_jax.config.runspec import RunSpec
 from codex_jax.errors import UserError
 from codex_jax.files import sha256_files
 from codex_jax.interop import hf_weights as hf
-from codex_jax.models import lora
+from codex_jax.models import lora, quant
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 from codex_jax.setup import adapters
@@ -101,7 +101,7 @@ def _ema_of(cfg: ml_collections.ConfigDict, model: Transformer, checkpointer, st
 def restore_params(cfg: ml_collections.ConfigDict, workdir: Path):
     """(model, params, step) of checkpoint ``eval.step`` (see :func:`load_checkpoint`)."""
     r = load_checkpoint(cfg, workdir)
-    return r.model, r.params, r.step
+    return r.model, weight_only(cfg, r.params), r.step
 
 
 def abstract_params(cfg: ml_collections.ConfigDict, model: Transformer):
@@ -163,15 +163,26 @@ def load_params(cfg: ml_collections.ConfigDict, like, step: int | None = None):
         raise UserError(f"model.init_from: {spec.base_run}'s params do not fit this model ({e})") from None
 
 
+def weight_only(cfg: ml_collections.ConfigDict, params):
+    """``params`` for eval, generate and eval-code: with ``eval.quantize='int8'`` every 2-D kernel int8
+    with one scale per output channel (dequantized in the matmul), other weights as they were."""
+    if not cfg.eval.get("quantize"):
+        return params
+    print(f"eval.quantize: {cfg.eval.quantize} weight-only kernels (per output channel)", file=sys.stderr)
+    return jax.jit(lambda p: quant.quantize_tree(p, cfg.eval.quantize, 0, other_dtype=None))(params)
+
+
 # --------------------------------------------------------------------------- a LoRA run's base
 
 
-def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, saved=None):
+def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, saved=None, form=None):
     """``(params, record)``: the weights ``model.init_from`` names, placed as ``target`` (arrays or
     ShapeDtypeStructs with shardings), and ``{'source', 'sha256', 'step'}`` for the checkpoint meta.
 
     ``saved`` (the record of a resumed run) pins a workdir base to the step the run started from;
     a base whose checksum changed since is refused. No ``init_from``: the random init of ``seed``.
+    ``form`` (``(function, target)``: e.g. a quantizer and the target of its output) is applied to the
+    weights; a random init is formed inside the jitted init, so the full-precision tree never exists whole.
     """
     spec = RunSpec.from_config(cfg)
     record: dict = {"source": spec.init_from or f"random init (seed {cfg.seed})"}
@@ -184,27 +195,47 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
         params, record["step"] = load_params(cfg, target, (saved or {}).get("step"))
         record["sha256"] = sha256_files([spec.base_run / "checkpoints" / str(record["step"]) / MANIFEST])
     else:
-        shardings = jax.tree.map(lambda t: t.sharding, target)
-        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)), out_shardings=shardings)()
-        record["sha256"] = None
+        fn, out = form or ((lambda p: p), target)
+        shardings = jax.tree.map(lambda t: t.sharding, out)
+        params = jax.jit(
+            lambda: fn(init_params(model_cfg, jax.random.key(cfg.seed))), out_shardings=shardings
+        )()
+        form, record["sha256"] = None, None
     if saved is not None and saved.get("sha256") != record["sha256"]:
         raise UserError(
             f"the base model {record['source']} changed since this LoRA run started "
             f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
             "restore the original or start a new --workdir"
         )
+    if form is not None:
+        fn, out = form
+        params = jax.jit(fn, out_shardings=jax.tree.map(lambda t: t.sharding, out))(params)
     return params, record
+
+
+def base_form(cfg: ml_collections.ConfigDict):
+    """The function that turns a full-precision base into ``lora.base_dtype``'s (None: keep it):
+    a cast, or :func:`quant.quantize_tree` (other leaves in bfloat16) for ``'int8'``/``'nf4'``."""
+    dtype = cfg.lora.base_dtype
+    if dtype in quant.FORMATS:
+        return lambda p: quant.quantize_tree(p, dtype, cfg.lora.quant_block_size)
+    if dtype:
+        return lambda p: jax.tree.map(lambda x: x.astype(dtype), p)
+    return None
 
 
 def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, saved=None) -> dict:
     """Loads the base (``model.init_from``) in ``lora.base_dtype`` into ``runner``; returns its
     record for the checkpoint meta (``saved``: the record a resumed run's checkpoint holds)."""
-    target = runner.frozen_target(adapters.base_shapes(model_cfg))
-    base, record = load_base(cfg, model_cfg, target, saved)
-    if cfg.lora.base_dtype:
-        base = jax.tree.map(lambda x: x.astype(cfg.lora.base_dtype), base)
+    shapes = adapters.base_shapes(model_cfg)
+    fn = base_form(cfg)
+    form = None if fn is None else (fn, runner.frozen_target(jax.eval_shape(fn, shapes)))
+    base, record = load_base(cfg, model_cfg, runner.frozen_target(shapes), saved, form)
     runner.set_frozen(base)
     record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
+    if cfg.lora.base_dtype in quant.FORMATS:
+        record["quant_block_size"] = cfg.lora.quant_block_size
+        record["bytes"] = quant.nbytes(base)
     print(f"LoRA: frozen {record['dtype']} base from {record['source']}", file=sys.stderr)
     return record
 

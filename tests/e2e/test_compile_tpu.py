@@ -52,3 +52,15 @@ def test_compile_falls_back_and_refuses_bad_topology():
     proc = _compile("--config=configs/tiny.py", "--topology=v9:2x2")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --topology='v9:2x2'")
+
+
+def test_compile_a_qlora_step_sizes_the_nf4_base():
+    """lora.base_dtype=nf4: the step's frozen base is the quantized tree, smaller than bfloat16's."""
+    args = ("--config=configs/tiny.py", "--config.lora.rank=4", "--topology=v5e:1x1")
+    outs = {}
+    for dtype in ("nf4", "bfloat16"):
+        proc = _compile(*args, f"--config.lora.base_dtype={dtype}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[dtype] = json.loads(proc.stdout)
+    assert outs["nf4"]["lora_base_dtype"] == "nf4" and outs["nf4"]["fits"] is True
+    assert outs["nf4"]["per_chip_argument_gb"] < outs["bfloat16"]["per_chip_argument_gb"]
