@@ -22,6 +22,7 @@ def get_config():
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = "dots_saveable"
+    c.parallel.mesh.data = 1
     c.parallel.mesh.fsdp = -1  # parameters and optimizer state sharded over every device
     c.data.seq_len = 2048
     c.data.batch_size = 8

@@ -225,6 +225,12 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         f"must be between 1 and model.num_experts={experts}",
         flat["model.experts_per_token"],
     )
+    _check(
+        not (flat["parallel.mesh.data"] == -1 and flat["parallel.mesh.fsdp"] == -1),
+        "parallel.mesh.fsdp",
+        "-1 (the devices left) needs a fixed parallel.mesh.data (one axis at most may be -1)",
+        flat["parallel.mesh.fsdp"],
+    )
     expert_axis = flat["parallel.mesh.expert"]
     _check(
         expert_axis >= 1 and (expert_axis == 1 or (experts and experts % expert_axis == 0)),
