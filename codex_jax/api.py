@@ -88,14 +88,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, hooks: Sequence[A
     that raises stops the run with a UserError naming it, once the saves in flight are committed.
     Holds ``workdir``'s lock (another run there: UserError). SIGTERM or SIGINT (the main thread's) stop
     it after the current step with that step saved: :class:`codex_jax.train.stop.Stopped`.
-    A run that fails before it saved any checkpoint removes ``workdir`` when it created it (a local one)."""
+    A run that fails before it saved any checkpoint removes ``workdir`` when it created it (a local one),
+    unless it holds token cache work the next run continues from (a ``cache/build-*`` folder: a build that
+    stopped, e.g. on a full disk, resumes from the tasks it finished)."""
     prepare(cfg)
     path = as_path(workdir)
     created = not is_remote(path) and not path.exists() and jax.process_count() == 1
     try:
         return loop.train(cfg, path, hooks)
     except BaseException:
-        if created and path.is_dir() and not any((path / "checkpoints").glob("[0-9]*")):
+        saved = any((path / "checkpoints").glob("[0-9]*")) or any((path / "cache").glob("build-*"))
+        if created and path.is_dir() and not saved:
             shutil.rmtree(path, ignore_errors=True)
         raise
 

@@ -80,6 +80,13 @@ def _resolved(split: Split, value: str) -> str:
     return prefix + _absolute(path) + suffix
 
 
+def same_after_resolving(key: str, saved, now) -> bool:
+    """Whether ``saved`` (a run's stored value of ``key``, relative when stored before paths were resolved)
+    names the path ``now`` does once resolved from the current directory."""
+    split = PATH_KEYS.get(key)
+    return split is not None and isinstance(saved, str) and _resolved(split, saved) == now
+
+
 def resolve_paths(cfg: ml_collections.ConfigDict) -> list[str]:
     """Rewrites every local path of ``cfg`` as an absolute path (in place); returns the keys changed."""
     changed = []

@@ -14,6 +14,7 @@ import ml_collections
 
 from codex_jax.checkpoint import TRAIN_ITEMS
 from codex_jax.compute.optim import opt_state_layout
+from codex_jax.config.paths import same_after_resolving
 from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import flatten
 from codex_jax.errors import UserError
@@ -77,7 +78,7 @@ def check_compatible(
     ignored = {f"model.{k}" for k in SHAPE_KEYS} if cfg.model.get("init_from") else set()
     for key, old in flatten(saved).items():
         new = now.get(key)
-        if new == old or key in ignored:
+        if new == old or key in ignored or same_after_resolving(key, old, new):
             continue
         if key in _QUANT_KEYS and (old in quant.FORMATS or new in quant.FORMATS or _quantized(saved)):
             raise UserError(

@@ -14,7 +14,17 @@ from codex_jax.errors import UserError
 
 
 def test_packaged_configs_resolve_by_name_and_a_real_file_wins(tmp_path, monkeypatch):
-    assert set(packaged()) == {"base", "tiny", "lora", "sft", "gpt2_small", "llama_1b"}
+    assert set(packaged()) == {
+        "base",
+        "tiny",
+        "lora",
+        "sft",
+        "gpt2_small",
+        "llama_1b",
+        "qwen3_0_6b",
+        "gemma3_1b",
+        "starcoder2_3b",
+    }
     monkeypatch.chdir(tmp_path)
     for spec in ("configs/tiny.py", "tiny.py", "tiny"):
         assert resolve(spec) == str(CONFIGS / "tiny.py")

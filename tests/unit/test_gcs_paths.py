@@ -217,6 +217,7 @@ OPEN_ALLOWED = {
     "codex_jax/sandbox/judged.py": "the sandbox's own temporary folder, never a user path",
     "codex_jax/sandbox/inside.py": "runs inside the sandbox, on the files of its temporary folder",
     "codex_jax/data/cache_combine.py": "the token cache's local build folder (a gs:// cache is uploaded)",
+    "codex_jax/data/cache_shards.py": "the local memory-mapped copy of a prepared cache's shards (temporary)",
 }
 
 
