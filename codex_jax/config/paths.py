@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import ml_collections
@@ -46,7 +47,13 @@ def _source(value: str) -> tuple[str, str, str] | None:
                 return None
             path, sep, field = rest.partition(":")
             return (kind + ":", path, sep + field) if path else None
-    return _whole(value)
+    return _unless_plugin(value)
+
+
+def _unless_plugin(value: str) -> tuple[str, str, str] | None:
+    """A path, unless ``value`` is a plugin's 'NAME:ARGS' (a data source or tokenizer plugin: its argument is
+    the plugin's to read)."""
+    return None if re.match(r"[A-Za-z_][\w.-]*:", value) else _whole(value)
 
 
 def _policy(value: str) -> tuple[str, str, str] | None:
@@ -57,7 +64,7 @@ def _policy(value: str) -> tuple[str, str, str] | None:
 PATH_KEYS: dict[str, Split] = {
     "data.source": _source,
     "data.eval_source": _source,
-    "data.tokenizer": _whole,
+    "data.tokenizer": _unless_plugin,
     "data.chat_template": _whole,
     "data.safety_policy": _policy,
     "model.init_from": lambda v: _after("hf:")(v) or _after("workdir:")(v),
@@ -85,6 +92,17 @@ def same_after_resolving(key: str, saved, now) -> bool:
     names the path ``now`` does once resolved from the current directory."""
     split = PATH_KEYS.get(key)
     return split is not None and isinstance(saved, str) and _resolved(split, saved) == now
+
+
+def keep_saved_forms(cfg: ml_collections.ConfigDict, saved: dict) -> None:
+    """Puts back, in ``cfg``, a run's stored relative path (``saved``: its flattened config) where it names
+    the same path as ``cfg``'s resolved one: a run saved before paths were resolved resumes with the very
+    values it was saved with, so its token cache key and manifests stay its own."""
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        now = cfg[section][leaf]
+        if key in saved and saved[key] != now and same_after_resolving(key, saved[key], now):
+            cfg[section][leaf] = saved[key]
 
 
 def resolve_paths(cfg: ml_collections.ConfigDict) -> list[str]:

@@ -14,7 +14,7 @@ import ml_collections
 
 from codex_jax.checkpoint import TRAIN_ITEMS
 from codex_jax.compute.optim import opt_state_layout
-from codex_jax.config.paths import same_after_resolving
+from codex_jax.config.paths import keep_saved_forms, same_after_resolving
 from codex_jax.config.runspec import RUN_CONFIG, saved_config
 from codex_jax.config.schema import flatten
 from codex_jax.errors import UserError
@@ -120,7 +120,9 @@ def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: Path, advice: 
     checkpoint's own config, checked next, notes what else changed: once)."""
     path = workdir / RUN_CONFIG
     if path.is_file():
-        check_compatible({"config": saved_config(workdir)}, cfg, path, notes=False, advice=advice)
+        saved = saved_config(workdir)
+        keep_saved_forms(cfg, flatten(saved))
+        check_compatible({"config": saved}, cfg, path, notes=False, advice=advice)
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:
