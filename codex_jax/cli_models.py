@@ -1,7 +1,7 @@
 """``codex-jax models [--json]``: the model families, the Hugging Face ``model_type``s each reads, and the
 presets with their parameter counts.
 
-It reads the family table (``models/families.py``), the Hugging Face table (``interop/hf_config.py``) and the
+It reads the family table (``models/families.py``), the Hugging Face table (``interop/hf_types.py``) and the
 presets (``models/registry.py``, plugins included), so it sits at the command-line level above them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from codex_jax.interop.hf_config import HF_TYPES
+from codex_jax.interop.hf_types import HF_TYPES
 from codex_jax.models import registry
 from codex_jax.models.families import FAMILIES
 from codex_jax.models.transformer import num_params

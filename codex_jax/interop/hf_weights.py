@@ -3,7 +3,7 @@
     model, params = import_checkpoint("hf_folder")  # config.json + *.safetensors (sharded too)
     export_checkpoint(model, params, "out_dir")     # loads with AutoModelForCausalLM
 
-Supported: every ``model_type`` of ``interop/hf_config.py``'s table (GPT-2, Llama, Mistral, Qwen2, Qwen3,
+Supported: every ``model_type`` of ``interop/hf_types.py``'s table (GPT-2, Llama, Mistral, Qwen2, Qwen3,
 Gemma 1/2/3, StarCoder2, Phi-3). A model has one table of ``(hf_name, [param paths], transpose)`` rows;
 import reads a tensor, transposes it if asked and splits it along the last axis over the paths (GPT-2's
 fused ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) at the sizes the paths expect; export does
@@ -28,14 +28,13 @@ from codex_jax.errors import UserError
 from codex_jax.files import as_path, is_remote, local_copy
 from codex_jax.interop import hf_experts
 from codex_jax.interop.hf_config import (
-    HF_TYPES,
-    Names,
     config_from_hf,
     config_to_hf,
     export_model_type,
     model_type_of,
     read_config,
 )
+from codex_jax.interop.hf_types import HF_TYPES, Names
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 
@@ -52,7 +51,7 @@ _IGNORED_SUFFIXES = (
 
 def weight_table(cfg: ModelConfig) -> list[tuple[str, list[tuple[str, ...]], bool]]:
     """Rows ``(hf_name, param_paths, transpose)`` covering every parameter of ``cfg``, named as the Hugging
-    Face architecture of its family names them (``hf_config.HF_TYPES``)."""
+    Face architecture of its family names them (``hf_types.HF_TYPES``)."""
     rows: list[tuple[str, list[tuple[str, ...]], bool]] = []
 
     def add(name, paths, transpose=False):

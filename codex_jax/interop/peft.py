@@ -23,7 +23,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from codex_jax.errors import UserError
-from codex_jax.interop.hf_config import HF_TYPES, export_model_type
+from codex_jax.interop.hf_config import export_model_type
+from codex_jax.interop.hf_types import HF_TYPES
 from codex_jax.interop.hf_weights import weight_table
 from codex_jax.models.lora import modules_of, scale, tree_of
 

@@ -24,7 +24,7 @@ Per-model numbers that no family fixes are plain fields with "off" defaults: ``a
 (scores scaled by ``query_scale_dim ** -0.5`` instead of ``head_dim ** -0.5``), ``layer_types`` (a
 ``'sliding'``/``'full'`` attention pattern over the layers, with ``rope_local_theta`` for the sliding ones)
 and ``rope_fraction`` (partial rotary embeddings). Adding a family is one entry here and one in
-``interop/hf_families.py`` (its Hugging Face names and config.json fields).
+``interop/hf_types.py`` (its Hugging Face names and config.json fields).
 """
 
 from __future__ import annotations
