@@ -12,7 +12,7 @@ import json
 from codex_jax.interop.hf_types import HF_TYPES
 from codex_jax.models import registry
 from codex_jax.models.families import FAMILIES
-from codex_jax.models.transformer import num_params
+from codex_jax.models.sizes import num_params
 
 
 def catalogue() -> dict:

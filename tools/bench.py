@@ -163,7 +163,8 @@ def bench_train(cfg, steps: int, warmup: int, compare_bare: bool | None) -> dict
     import jax
 
     from codex_jax.metrics import perf
-    from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_params
+    from codex_jax.models.sizes import count_params, flops_per_token
+    from codex_jax.models.transformer import Transformer, init_params
     from codex_jax.setup.model import model_config
     from codex_jax.setup.runners import fresh_state_fn, train_runner
 

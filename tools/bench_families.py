@@ -25,7 +25,8 @@ import optax
 from codex_jax.compute.loss import mean_loss
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.families import FAMILIES, pattern
-from codex_jax.models.transformer import Transformer, init_params, num_params
+from codex_jax.models.sizes import num_params
+from codex_jax.models.transformer import Transformer, init_params
 
 
 def family_config(family: str, layers: int, width: int, seq: int) -> ModelConfig:

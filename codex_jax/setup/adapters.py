@@ -15,7 +15,8 @@ from codex_jax.config.runspec import RunSpec
 from codex_jax.interop import peft
 from codex_jax.models import lora
 from codex_jax.models.config import ModelConfig
-from codex_jax.models.transformer import count_params, init_params
+from codex_jax.models.sizes import count_params
+from codex_jax.models.transformer import init_params
 
 
 def enabled(cfg: ml_collections.ConfigDict) -> bool:

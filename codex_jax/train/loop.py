@@ -20,7 +20,8 @@ from codex_jax.generate import sample
 from codex_jax.metrics.perf import StepTimer
 from codex_jax.metrics.writers import parse_writer_names
 from codex_jax.models import lora
-from codex_jax.models.transformer import count_params, flops_per_token, init_params
+from codex_jax.models.sizes import count_params, flops_per_token
+from codex_jax.models.transformer import init_params
 from codex_jax.setup import adapters
 from codex_jax.setup.lock import workdir_lock
 from codex_jax.setup.resume import find_resume, truncate_metrics

@@ -11,7 +11,8 @@ import pytest
 from conftest import run_python, xla_flags
 
 from codex_jax.config.validation import validate
-from codex_jax.models.transformer import count_params, init_params
+from codex_jax.models.sizes import count_params
+from codex_jax.models.transformer import init_params
 from codex_jax.setup.model import model_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ from conftest import run_python
 from codex_jax.interop.hf_config import HF_TYPES
 from codex_jax.models import registry
 from codex_jax.models.families import FAMILIES
-from codex_jax.models.transformer import count_params, init_params
+from codex_jax.models.sizes import count_params
+from codex_jax.models.transformer import init_params
 
 # Parameter counts of the released checkpoints (their safetensors metadata / model cards).
 PUBLISHED = {

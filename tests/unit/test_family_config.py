@@ -11,7 +11,8 @@ from codex_jax.errors import UserError
 from codex_jax.interop import hf_config
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.families import FAMILIES
-from codex_jax.models.transformer import count_params, init_params, num_params
+from codex_jax.models.sizes import count_params, num_params
+from codex_jax.models.transformer import init_params
 
 pytest.importorskip("transformers")
 

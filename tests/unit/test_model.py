@@ -15,7 +15,8 @@ from codex_jax import plugins
 from codex_jax.errors import UserError
 from codex_jax.models import registry
 from codex_jax.models.config import ModelConfig
-from codex_jax.models.transformer import Transformer, count_params, flops_per_token, init_cache, init_params
+from codex_jax.models.sizes import count_params, flops_per_token
+from codex_jax.models.transformer import Transformer, init_cache, init_params
 
 TINY = dict(num_layers=2, num_heads=4, d_model=64, d_ff=128, vocab_size=256, max_seq_len=64)
 

@@ -202,7 +202,7 @@ def test_presets_have_the_published_parameter_counts():
     """Mixtral-8x7B: 46.7B parameters; Qwen3-30B-A3B: 30.5B, of which ~3.3B run per token; ``num_params``
     (from the config alone) counts the experts as init does."""
     from codex_jax.models import registry
-    from codex_jax.models.transformer import count_params, flops_per_token, num_params
+    from codex_jax.models.sizes import count_params, flops_per_token, num_params
 
     for name, billions in (("mixtral-8x7b", 46.70), ("qwen3-30b-a3b", 30.53)):
         cfg = registry.config(name)
