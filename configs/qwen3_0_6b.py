@@ -12,25 +12,9 @@ architecture and its tokenizer is used; LoRA keeps the base frozen):
 Without model.init_from it trains from random weights with a tokenizer trained on data.source.
 """
 
-from codex_jax.config import default_config
+from codex_jax.config import preset_config
 
 
 def get_config():
     """Returns the Qwen3-0.6B config."""
-    c = default_config()
-    c.model.preset = "qwen3-0.6b"
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "float32"
-    c.model.remat = "dots_saveable"
-    c.parallel.mesh.data = 1
-    c.parallel.mesh.fsdp = -1  # parameters and optimizer state sharded over every device
-    c.data.seq_len = 2048
-    c.data.batch_size = 8
-    c.train.steps = 1000
-    c.train.warmup_steps = 50
-    c.train.learning_rate = 1e-4
-    c.train.log_every = 10
-    c.train.eval_every = 200
-    c.eval.num_batches = 4
-    c.checkpoint.every_steps = 200
-    return c
+    return preset_config("qwen3-0.6b")

@@ -333,6 +333,29 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(root)
 
 
+def preset_config(preset: str) -> ml_collections.ConfigDict:
+    """The run defaults of a shipped config for the architecture ``model.preset=preset``
+    (configs/qwen3_0_6b.py and its siblings): bf16 compute over float32 parameters, parameters and optimizer
+    state sharded over every device, 8 x 2048 batches, a 1000-step fine-tuning schedule."""
+    c = default_config()
+    c.model.preset = preset
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "dots_saveable"
+    c.parallel.mesh.data = 1
+    c.parallel.mesh.fsdp = -1  # parameters and optimizer state sharded over every device
+    c.data.seq_len = 2048
+    c.data.batch_size = 8
+    c.train.steps = 1000
+    c.train.warmup_steps = 50
+    c.train.learning_rate = 1e-4
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.eval.num_batches = 4
+    c.checkpoint.every_steps = 200
+    return c
+
+
 def reference_table() -> str:
     """docs/reference/config.md's table: every key, its default and meaning, in markdown."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
