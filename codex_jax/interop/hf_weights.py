@@ -220,35 +220,13 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
     reader = _Reader(files)
     expected = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     rows = weight_table(cfg)
-    wanted = {r[0] for r in rows}
     moe = _moe_prefixes(cfg, reader.where)
-    unknown = sorted(
-        n
-        for n in reader.where
-        if n not in wanted
-        and not n.endswith(_IGNORED_SUFFIXES)
-        and n != "lm_head.weight"
-        and not n.startswith(tuple(f"{p}." for p in moe.values()))
-    )
-    missing = sorted(wanted - set(reader.where))
-    if unknown or missing:
-        raise UserError(
-            f"{folder}: weights do not match config.json ({cfg.family}); "
-            f"missing {missing[:5]}, unexpected {unknown[:5]}"
-        )
+    _check_names(folder, cfg, {r[0] for r in rows}, set(reader.where), moe)
     params: dict = {}
     for hf_name, paths, transpose in rows:
-        array = reader.get(hf_name)
-        array = array.T if transpose else array
-        wants = [_get(expected, p).shape for p in paths]
-        implied = (*wants[0][:-1], sum(w[-1] for w in wants))
-        if array.shape != implied:
-            shape = array.T.shape if transpose else array.shape
-            raise UserError(
-                f"{folder}: {hf_name} has shape {tuple(shape)}; config.json implies "
-                f"{tuple(implied[::-1]) if transpose else implied}"
-            )
-        parts = np.split(array, np.cumsum([w[-1] for w in wants])[:-1], axis=-1)
+        parts = _table_row(
+            folder, reader.get(hf_name), hf_name, [_get(expected, p).shape for p in paths], transpose
+        )
         for p, part in zip(paths, parts, strict=True):
             _put(params, p, jnp.asarray(part.astype(cfg.weights_dtype)))
     style = HF_TYPES[export_model_type(cfg)].names.expert_style
@@ -264,6 +242,40 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
                 )
             params[f"layers_{i}"].setdefault("mlp", {})[name] = jnp.asarray(array.astype(cfg.weights_dtype))
     return Transformer(cfg), params
+
+
+def _check_names(folder, cfg: ModelConfig, wanted: set[str], found: set[str], moe: dict[int, str]) -> None:
+    """UserError naming the tensors the table wants and the folder lacks, and those it has unasked (buffers,
+    an untied head's ``lm_head`` and the experts' own tensors aside)."""
+    experts = tuple(f"{p}." for p in moe.values())
+    unknown = sorted(
+        n
+        for n in found
+        if n not in wanted
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and n != "lm_head.weight"
+        and not n.startswith(experts)
+    )
+    missing = sorted(wanted - found)
+    if unknown or missing:
+        raise UserError(
+            f"{folder}: weights do not match config.json ({cfg.family}); "
+            f"missing {missing[:5]}, unexpected {unknown[:5]}"
+        )
+
+
+def _table_row(folder, array: np.ndarray, hf_name: str, wants: list[tuple], transpose: bool) -> list:
+    """One row's tensor as the parts its param paths of shapes ``wants`` take (transposed if asked, split
+    along the last axis); UserError when its shape is not what config.json implies."""
+    array = array.T if transpose else array
+    implied = (*wants[0][:-1], sum(w[-1] for w in wants))
+    if array.shape != implied:
+        shape = array.T.shape if transpose else array.shape
+        raise UserError(
+            f"{folder}: {hf_name} has shape {tuple(shape)}; config.json implies "
+            f"{tuple(implied[::-1]) if transpose else implied}"
+        )
+    return np.split(array, np.cumsum([w[-1] for w in wants])[:-1], axis=-1)
 
 
 def _moe_prefixes(cfg: ModelConfig, tensors) -> dict[int, str]:
