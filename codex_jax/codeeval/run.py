@@ -60,6 +60,32 @@ def execute(problem_set: ProblemSet, completions: dict, settings: Settings, prog
     return per_task, sandbox.info()
 
 
+def _model_prompts(model, tokenizer, problem_set: ProblemSet, settings: Settings, chat_template: str):
+    """``(prompts, skipped)``: each problem's ids as the model sees them (its chat format under
+    ``prompt_format='chat'``; a start dropped for a short context under ``long_prompts='truncate'``), with a
+    log line for the truncated and the skipped ones."""
+    encode = None
+    if settings.prompt_format == "chat":
+        encode = lambda problem: chat_prompt(tokenizer, chat.user_turn(problem), chat_template)  # noqa: E731
+    truncate = settings.long_prompts == "truncate"
+    prompts, too_long = encode_prompts(
+        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, truncate, encode
+    )
+    truncated = sum(1 for p in prompts if p.dropped)
+    if truncated:
+        print(
+            f"codeeval: {truncated} of {len(problem_set.problems)} prompts truncated at their start for "
+            f"the model's context of {model.cfg.max_seq_len} (their programs run the whole prompt)",
+            file=sys.stderr,
+        )
+    if too_long:
+        print(
+            f"codeeval: {len(too_long)} of {len(problem_set.problems)} prompts skipped: {too_long[0]}",
+            file=sys.stderr,
+        )
+    return prompts, too_long
+
+
 def evaluate_model(
     model,
     params,
@@ -78,25 +104,8 @@ def evaluate_model(
     tokenizer's own, or the built-in one)."""
     progress = sys.stderr.isatty()
     start = time.time()
-    encode = None
-    if settings.prompt_format == "chat":
-        encode = lambda problem: chat_prompt(tokenizer, chat.user_turn(problem), chat_template)  # noqa: E731
-    truncate = settings.long_prompts == "truncate"
-    prompts, too_long = encode_prompts(
-        problem_set.problems, tokenizer, model.cfg.max_seq_len, settings.max_new_tokens, truncate, encode
-    )
+    prompts, too_long = _model_prompts(model, tokenizer, problem_set, settings, chat_template)
     truncated = {p.problem.task_id: p.dropped for p in prompts if p.dropped}
-    if truncated:
-        print(
-            f"codeeval: {len(truncated)} of {len(problem_set.problems)} prompts truncated at their start for "
-            f"the model's context of {model.cfg.max_seq_len} (their programs run the whole prompt)",
-            file=sys.stderr,
-        )
-    if too_long:
-        print(
-            f"codeeval: {len(too_long)} of {len(problem_set.problems)} prompts skipped: {too_long[0]}",
-            file=sys.stderr,
-        )
     texts = complete_all(model, params, tokenizer, prompts, settings, seed, progress) if prompts else []
     completions = {p.problem.task_id: t for p, t in zip(prompts, texts, strict=True)}
     generated = time.time()
