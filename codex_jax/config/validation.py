@@ -168,6 +168,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
         else:
             _check(rule[0](flat[key]), key, rule[1], flat[key])
     _check_cross_keys(flat, num_devices, num_processes)
+    _check_mesh(flat)
     _check_writers(flat)
     parse_mixture(flat["data.mixture"], {k: flat[f"data.{k}"] for k in SOURCE_KEYS})  # names a bad key
 
@@ -218,6 +219,24 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         "needs train.ema_decay > 0 (an EMA of the parameters to evaluate)",
         flat["eval.use_ema"],
     )
+    lora_from = flat["lora.init_from"]
+    _check(
+        flat["lora.rank"] > 0 or not lora_from,
+        "lora.init_from",
+        "needs lora.rank > 0 (a LoRA run)",
+        lora_from,
+    )
+    for count, what in ((num_devices, "devices in use"), (num_processes, "processes")):
+        _check(
+            flat["data.batch_size"] % count == 0,
+            "data.batch_size",
+            f"must be divisible by the {count} {what}",
+            flat["data.batch_size"],
+        )
+
+
+def _check_mesh(flat: dict[str, Any]) -> None:
+    """The device mesh's axes against each other and the model's experts."""
     experts = flat["model.num_experts"]
     _check(
         not experts or 1 <= flat["model.experts_per_token"] <= experts,
@@ -238,20 +257,6 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         f"must divide model.num_experts={experts}",
         expert_axis,
     )
-    lora_from = flat["lora.init_from"]
-    _check(
-        flat["lora.rank"] > 0 or not lora_from,
-        "lora.init_from",
-        "needs lora.rank > 0 (a LoRA run)",
-        lora_from,
-    )
-    for count, what in ((num_devices, "devices in use"), (num_processes, "processes")):
-        _check(
-            flat["data.batch_size"] % count == 0,
-            "data.batch_size",
-            f"must be divisible by the {count} {what}",
-            flat["data.batch_size"],
-        )
 
 
 def _check_writers(flat: dict[str, Any]) -> None:
