@@ -81,9 +81,10 @@ def sample_rows(logits_BxV, keys_B, temperature_B, top_k_B, top_p_B):
     return jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy_B, None)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int = 0):
-    """``(prompts_BxT, prompt_lengths_B)`` int32 numpy arrays, rows left-padded with ``pad_id``."""
-    T = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int = 0, width: int = 0):
+    """``(prompts_BxT, prompt_lengths_B)`` int32 numpy arrays, rows left-padded with ``pad_id`` to the longest
+    prompt, or to ``width`` columns when that is more (a fixed width compiles once)."""
+    T = max(width, *(len(p) for p in prompts))
     tokens = np.full((len(prompts), T), pad_id, np.int32)
     for row, p in enumerate(prompts):
         tokens[row, T - len(p) :] = p

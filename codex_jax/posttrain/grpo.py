@@ -23,7 +23,7 @@ from codex_jax.codeeval.generation import truncate_at_stop
 from codex_jax.codeeval.problems import Problem
 from codex_jax.compute.grpo import GRPO, group_advantages, grpo_loss
 from codex_jax.compute.loss import cross_entropy
-from codex_jax.generate import generate
+from codex_jax.generate import generate, left_pad
 from codex_jax.sandbox import Attempt, Sandbox, run_tests_many
 
 
@@ -71,6 +71,19 @@ def _completion_ids(tokenizer, new_ids: list[int], eos_id, stop) -> tuple[list[i
     return new_ids, text
 
 
+def _policy_rows(prompts: list[list[int]], completions: list[list[int]], L: int):
+    """``(tokens [B, L], mask [B, L-1], completion lengths [B])``: each prompt then its completion,
+    right-padded, the mask on the targets that are completion tokens."""
+    tokens = np.zeros((len(prompts), L), np.int32)
+    mask = np.zeros((len(prompts), L - 1), np.float32)
+    lengths = np.zeros(len(prompts), np.float32)
+    for i, (ids, completion) in enumerate(zip(prompts, completions, strict=True)):
+        tokens[i, : len(ids) + len(completion)] = ids + completion
+        mask[i, len(ids) - 1 : len(ids) - 1 + len(completion)] = 1.0
+        lengths[i] = len(completion)
+    return tokens, mask, lengths
+
+
 def rollout(
     model,
     variables,
@@ -87,11 +100,9 @@ def rollout(
     start = time.perf_counter()
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
-    T = max(prompt_width, *(len(p) for p in prompts))
     rows = [p for p in prompts for _ in range(G)]
-    left = np.zeros((len(rows), T), np.int32)
-    for i, ids in enumerate(rows):
-        left[i, T - len(ids) :] = ids
+    left, row_lengths = left_pad(rows, width=prompt_width)
+    T = left.shape[1]
     eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
     new_BxN = generate(
         model,
@@ -102,7 +113,7 @@ def rollout(
         top_p=sampling.top_p,
         eos_id=eos_id,
         rng=rng,
-        prompt_lengths=np.array([len(r) for r in rows], np.int32),
+        prompt_lengths=row_lengths,
     )
     new_BxN = np.asarray(new_BxN)
     sampled = time.perf_counter()
@@ -115,14 +126,7 @@ def rollout(
     ]
     outcomes = run_tests_many(sandbox, jobs, sampling.workers)
     executed = time.perf_counter()
-    L = T + N
-    tokens = np.zeros((len(rows), L), np.int32)
-    mask = np.zeros((len(rows), L - 1), np.float32)
-    lengths = np.zeros(len(rows), np.float32)
-    for i, (ids, (completion, _)) in enumerate(zip(rows, completions, strict=True)):
-        tokens[i, : len(ids) + len(completion)] = ids + completion
-        mask[i, len(ids) - 1 : len(ids) - 1 + len(completion)] = 1.0
-        lengths[i] = len(completion)
+    tokens, mask, lengths = _policy_rows(rows, [c for c, _ in completions], T + N)
     passed = np.array([o.passed for o in outcomes], np.float32)
     rewards = passed - sampling.length_penalty * lengths / N
     advantages = np.asarray(
