@@ -14,6 +14,9 @@ group                      each entry point's object
 ``codex_jax.hooks``        a hook (``on_step_end``/``on_eval_end``/``on_checkpoint_save``), or a
                            callable making one per run, for ``train.hooks='NAME'``
                            (train/hooks.py)
+``codex_jax.rewards``      ``fn(prompt, completion, passed) -> float``, added to a GRPO
+                           completion's reward for ``train.grpo.rewards='NAME'``
+                           (posttrain/rewards.py)
 =========================  ==================================================================
 
 This module is the generic loader only: each group's owner passes the check of its objects. A
@@ -34,7 +37,8 @@ METRICS = "codex_jax.metrics"
 TOKENIZERS = "codex_jax.tokenizers"
 DATA_SOURCES = "codex_jax.data_sources"
 HOOKS = "codex_jax.hooks"
-GROUPS = (MODELS, METRICS, TOKENIZERS, DATA_SOURCES, HOOKS)
+REWARDS = "codex_jax.rewards"
+GROUPS = (MODELS, METRICS, TOKENIZERS, DATA_SOURCES, HOOKS, REWARDS)
 
 
 @dataclasses.dataclass

@@ -30,8 +30,11 @@ def is_masked(batch) -> bool:
 
 
 def token_rows(batch):
-    """The token rows of a batch (bare rows, or a masked batch's ``'tokens'``)."""
-    return batch[TOKENS] if is_masked(batch) else batch
+    """The token rows of a batch (bare rows, a masked or GRPO batch's ``'tokens'``, a DPO batch's
+    ``'chosen'``)."""
+    if not is_masked(batch):
+        return batch
+    return batch[TOKENS] if TOKENS in batch else batch["chosen"]
 
 
 def stack(batches: list):

@@ -18,6 +18,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from codex_jax.compute.loss import cross_entropy
+
 AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
 
 
@@ -31,6 +33,14 @@ class GRPO:
     aggregation: str = "grpo"
     scale_rewards: bool = True
     max_completion_tokens: int = 0  # dr_grpo's constant normaliser (0: the batch's token axis)
+    iterations: int = 1  # optimizer updates per rollout (the training loop's GRPO step)
+
+
+def token_logps(model, variables, tokens_NxL):
+    """Per-target float32 log-probabilities ``[N, L-1]`` of rows of tokens (no dropout)."""
+    logits = model.apply(variables, tokens_NxL[:, :-1], deterministic=True)
+    loss_NxT, _ = cross_entropy(logits, tokens_NxL[:, 1:])
+    return -loss_NxT
 
 
 def group_advantages(rewards_PxG, scale: bool = True):

@@ -108,6 +108,7 @@ class JitRunner:
         scan_steps: int = 1,
         z_loss: float = 0.0,
         eval_ema: bool = False,
+        objective=None,
     ):
         self.mesh, self.fsdp_min_size, self.model = mesh, fsdp_min_size, model
         check_expert_axis(model.cfg, mesh.shape.get("expert", 1))
@@ -115,7 +116,12 @@ class JitRunner:
         self.eval_ema = eval_ema  # params(state): the EMA of the parameters the optimizer keeps
         self.frozen, self.frozen_sharding, self._state_shapes = None, None, None
         self.train_fn = functools.partial(
-            _train_step_fn(scan_steps), model=model, tx=tx, skip_nonfinite=skip_nonfinite, z_loss=z_loss
+            _train_step_fn(scan_steps, objective),
+            model=model,
+            tx=tx,
+            skip_nonfinite=skip_nonfinite,
+            z_loss=z_loss,
+            objective=objective,
         )
         self.replicated = NamedSharding(mesh, P())
         batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
@@ -125,7 +131,8 @@ class JitRunner:
         self.state_sharding = None
         self._train: Any = None  # the jitted step (jax.stages.Wrapped), once the state's shapes are known
         self._eval = jax.jit(
-            functools.partial(step_lib.eval_step, model=model), out_shardings=self.replicated
+            functools.partial(step_lib.eval_step, model=model, objective=objective),
+            out_shardings=self.replicated,
         )
 
     def shardings_for(self, shapes):
@@ -218,7 +225,11 @@ def _eval_params(state, eval_ema: bool):
     return optim_lib.ema_params(state.opt_state, state.params) if eval_ema else state.params
 
 
-def _train_step_fn(scan_steps: int):
+def _train_step_fn(scan_steps: int, objective=None):
+    """The step function: K micro-batches in one scan, GRPO's updates per rollout, or one micro-step."""
+    iterations = getattr(objective, "iterations", 1)
+    if iterations > 1:
+        return functools.partial(step_lib.train_step_repeated, iterations=iterations)
     return step_lib.train_step_scan if scan_steps > 1 else step_lib.train_step
 
 
@@ -240,6 +251,7 @@ class PmapRunner:
         scan_steps: int = 1,
         z_loss: float = 0.0,
         eval_ema: bool = False,
+        objective=None,
     ):
         self.devices = jax.local_devices()[: num_devices or None]
         self.model, self.frozen = model, None
@@ -247,19 +259,20 @@ class PmapRunner:
         self.eval_ema = eval_ema  # params(state): the EMA of the parameters the optimizer keeps
         self._train = jax.pmap(
             functools.partial(
-                _train_step_fn(scan_steps),
+                _train_step_fn(scan_steps, objective),
                 model=model,
                 tx=tx,
                 axis_name=self.AXIS,
                 skip_nonfinite=skip_nonfinite,
                 z_loss=z_loss,
+                objective=objective,
             ),
             axis_name=self.AXIS,
             donate_argnums=0,
             devices=self.devices,
         )
         self._eval = jax.pmap(
-            functools.partial(step_lib.eval_step, model=model, axis_name=self.AXIS),
+            functools.partial(step_lib.eval_step, model=model, axis_name=self.AXIS, objective=objective),
             axis_name=self.AXIS,
             devices=self.devices,
         )
@@ -327,20 +340,19 @@ def make_runner(
     scan_steps: int = 1,
     z_loss: float = 0.0,
     eval_ema: bool = False,
+    objective=None,
 ):
     """The runner for ``mode`` ('jit' over a ``(data, fsdp[, expert])`` mesh of ``mesh_shape``, or 'pmap');
-    ``z_loss``: the train step's z-loss coefficient; ``eval_ema``: evaluation uses the parameters' EMA."""
+    ``z_loss``: the train step's z-loss coefficient; ``eval_ema``: evaluation uses the parameters' EMA;
+    ``objective``: a post-training objective's settings (:mod:`codex_jax.compute.objectives`) or None."""
+    common = {"skip_nonfinite": skip_nonfinite, "scan_steps": scan_steps, "z_loss": z_loss}
+    common |= {"eval_ema": eval_ema, "objective": objective}
     if mode == "pmap":
-        return PmapRunner(
-            model, tx, skip_nonfinite=skip_nonfinite, scan_steps=scan_steps, z_loss=z_loss, eval_ema=eval_ema
-        )
+        return PmapRunner(model, tx, **common)
     return JitRunner(
         model,
         tx,
         make_mesh(mesh_shape[0], mesh_shape[1], expert=mesh_shape[2] if len(mesh_shape) > 2 else 1),
         fsdp_min_size=fsdp_min_size,
-        skip_nonfinite=skip_nonfinite,
-        scan_steps=scan_steps,
-        z_loss=z_loss,
-        eval_ema=eval_ema,
+        **common,
     )

@@ -17,6 +17,7 @@ from codex_jax.compute.loss import (
     token_sums,
     z_objective_sums,
 )
+from codex_jax.compute.objectives import is_pairs, objective_grads, pair_eval_sums
 from codex_jax.compute.state import TrainState
 from codex_jax.models import moe
 
@@ -27,28 +28,33 @@ def variables(params, frozen=None) -> dict:
     return {"params": params} if frozen is None else {"params": frozen, "lora": params}
 
 
-def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0):
+def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0, objective=None):
     """(advanced rng, loss, grads, grad_norm, finite, extra metrics) of one micro-batch: forward, backward and
     (under pmap) the all-reduce. Each micro-step takes its dropout key from ``rng``, one split per micro-step.
     With ``z_loss > 0`` the gradients are those of cross entropy + z-loss, ``loss`` is still the cross
     entropy and the extra metrics hold the z-loss term (``{'z_loss'}``). A mixture-of-experts model adds its
     router penalty (``models/moe.penalty``) to the objective and its router terms to the extra metrics
-    (``{'moe_balance', 'router_z', 'moe_dropped'}``)."""
+    (``{'moe_balance', 'router_z', 'moe_dropped'}``). A post-training ``objective`` (DPO, GRPO:
+    :mod:`codex_jax.compute.objectives`) replaces the next-token loss; its metrics are the extra ones."""
     rng, dropout_rng = jax.random.split(rng)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
     extra: dict = {}
-    if is_masked(batch_BxL):
-        loss, grads, extra = _masked_grads(
-            params, frozen, batch_BxL, dropout_rng, model=model, axis_name=axis_name, z_loss=z_loss
-        )
+    if objective is not None or is_masked(batch_BxL):
+        kw = {"model": model, "axis_name": axis_name}
+        if objective is not None:
+            loss, grads, extra = objective_grads(
+                params, frozen, batch_BxL, dropout_rng, objective=objective, **kw
+            )
+        else:
+            loss, grads, extra = _masked_grads(params, frozen, batch_BxL, dropout_rng, z_loss=z_loss, **kw)
         grad_norm = optax.tree.norm(grads)
         return rng, loss, grads, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm), extra
     inputs_BxT, targets_BxT = inputs_and_targets(batch_BxL)
     rngs = {"dropout": dropout_rng}
     if z_loss:
 
-        def objective(params):
+        def lm_objective(params):
             weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
             args = (model, variables(params, frozen), inputs_BxT, targets_BxT, weights_BxT)
             router = {}
@@ -60,13 +66,13 @@ def _micro_grads(params, frozen, batch_BxL, rng, *, model, axis_name, z_loss=0.0
 
     else:
 
-        def objective(params):
+        def lm_objective(params):
             router = {}
             args = (model, variables(params, frozen), inputs_BxT, targets_BxT)
             loss = mean_loss(*args, deterministic=False, rngs=rngs, router_terms=router)
             return _plus_router(model, loss, router), (loss, router)
 
-    (_, (loss, extra)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (_, (loss, extra)), grads = jax.value_and_grad(lm_objective, has_aux=True)(params)
     if axis_name is not None:
         loss, extra = jax.lax.pmean((loss, extra), axis_name)
         grads = jax.lax.pmean(grads, axis_name)
@@ -120,7 +126,16 @@ def _zero_unless(finite, grads):
 
 
 def train_step(
-    state: TrainState, batch_BxL, frozen=None, *, model, tx, axis_name=None, skip_nonfinite=False, z_loss=0.0
+    state: TrainState,
+    batch_BxL,
+    frozen=None,
+    *,
+    model,
+    tx,
+    axis_name=None,
+    skip_nonfinite=False,
+    z_loss=0.0,
+    objective=None,
 ):
     """One micro-step: forward, backward, (all-reduce under pmap), optimizer update.
 
@@ -132,11 +147,19 @@ def train_step(
     With ``skip_nonfinite`` a micro-step whose loss or gradients are not finite changes nothing but the
     PRNG key (and, when accumulating, contributes a zero gradient), and ``metrics['finite']`` is False.
     ``z_loss > 0`` adds the z-loss to the objective (``metrics['z_loss']``: its term; ``loss`` stays the
-    cross entropy).
+    cross entropy). ``objective``: a post-training objective's settings (DPO, GRPO) in place of the
+    next-token loss.
     """
     rng = jax.random.wrap_key_data(state.rng)
     rng, loss, grads, grad_norm, finite, extra = _micro_grads(
-        state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name, z_loss=z_loss
+        state.params,
+        frozen,
+        batch_BxL,
+        rng,
+        model=model,
+        axis_name=axis_name,
+        z_loss=z_loss,
+        objective=objective,
     )
     if skip_nonfinite:
         grads = _zero_unless(finite, grads)
@@ -169,6 +192,7 @@ def train_step_scan(
     axis_name=None,
     skip_nonfinite=False,
     z_loss=0.0,
+    objective=None,
 ):
     """One optimizer step over K micro-batches in one call (``train.accum_impl='scan'``).
 
@@ -181,7 +205,14 @@ def train_step_scan(
     def micro(carry, batch_BxL):
         rng, grads_sum = carry
         rng, loss, grads, grad_norm, finite, extra = _micro_grads(
-            state.params, frozen, batch_BxL, rng, model=model, axis_name=axis_name, z_loss=z_loss
+            state.params,
+            frozen,
+            batch_BxL,
+            rng,
+            model=model,
+            axis_name=axis_name,
+            z_loss=z_loss,
+            objective=objective,
         )
         if skip_nonfinite:
             grads = _zero_unless(finite, grads)
@@ -203,9 +234,23 @@ def train_step_scan(
     return new_state, metrics_K
 
 
-def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None):
+def train_step_repeated(state: TrainState, batch, frozen=None, *, iterations: int, **kwargs):
+    """``iterations`` updates of :func:`train_step` on one batch (GRPO's updates per rollout), counted as
+    one step; the metrics are their means (``finite``: all of them were)."""
+
+    def update(s, _):
+        return train_step(s, batch, frozen, **kwargs)
+
+    new_state, metrics_I = jax.lax.scan(update, state, length=iterations)
+    metrics = {k: jnp.all(v) if k == "finite" else v.mean() for k, v in metrics_I.items()}
+    return dataclasses.replace(new_state, step=state.step + 1), metrics
+
+
+def eval_step(params, batch_BxL, frozen=None, *, model, axis_name=None, objective=None):
     """Summed loss, correct predictions and token count of one held-out batch (a masked batch: of its
-    trained targets)."""
+    trained targets); a batch of preference pairs: the DPO sums of ``objective`` (``pair_eval_sums``)."""
+    if is_pairs(batch_BxL):
+        return pair_eval_sums(params, frozen, batch_BxL, model=model, dpo=objective, axis_name=axis_name)
     if is_masked(batch_BxL):
         inputs_BxT, targets_BxT, weights_BxT, kw = model_inputs(batch_BxL)
         stats = token_stats(model, variables(params, frozen), inputs_BxT, targets_BxT, **kw)

@@ -14,6 +14,7 @@ import ml_collections
 
 from codex_jax.config.schema_data import DATA_SCHEMA
 from codex_jax.config.schema_model import MODEL_SCHEMA
+from codex_jax.config.schema_objective import OBJECTIVE_SCHEMA
 from codex_jax.metrics.base import flatten_hparams as flatten  # noqa: F401 - one flattening, re-exported
 from codex_jax.models.lora import DEFAULT_TARGETS
 
@@ -149,6 +150,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "",
         "Profiler trace of steps 'a,b' ([a, b)) into workdir/profile/; '' for none.",
     ),
+    **OBJECTIVE_SCHEMA,
     "eval.num_batches": (8, "Held-out batches per evaluation."),
     "eval.quantize": (
         "",

@@ -13,6 +13,7 @@ import ml_collections
 
 from codex_jax.config.mixture import SOURCE_KEYS, parse_mixture
 from codex_jax.config.schema import SCHEMA, flatten
+from codex_jax.config.schema_objective import check_objective
 from codex_jax.corpus.examples import FORMATS, OVERLONG, PACKINGS, TRAIN_ON
 from codex_jax.errors import UserError
 from codex_jax.metrics.mlflow_writer import is_remote
@@ -170,6 +171,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int = 1, num_processes
     _check_cross_keys(flat, num_devices, num_processes)
     _check_mesh(flat)
     _check_writers(flat)
+    check_objective(flat, num_devices, num_processes)
     parse_mixture(flat["data.mixture"], {k: flat[f"data.{k}"] for k in SOURCE_KEYS})  # names a bad key
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import grain
 import numpy as np
 
 from codex_jax.errors import UserError
@@ -119,3 +120,60 @@ def read_pairs(source: str, tokenizer: Tokenizer, seq_len: int, template: str = 
     if not rows["chosen"]:
         raise UserError(f"preference data: no usable pair in {path} ({len(skipped)} records skipped)")
     return Pairs({k: np.stack(v) for k, v in rows.items()}, skipped, str(path))
+
+
+def step_indices(count: int, per_step: int, seed: int, step: int) -> list[int]:
+    """The data indices of ``step`` (1-based): a slice of an endless sequence of seeded permutations of
+    ``range(count)``, one per epoch."""
+    first = (step - 1) * per_step
+    out = []
+    for position in range(first, first + per_step):
+        epoch, index = divmod(position, count)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(count)[index]))
+    return out
+
+
+def _share(rows: list[int], process_index: int, process_count: int) -> list[int]:
+    n = len(rows) // process_count
+    return rows[process_index * n : (process_index + 1) * n]
+
+
+class PairBatches(grain.DatasetIterator):
+    """This process's share of each micro-batch of ``batch_size`` pairs (all processes), drawn by
+    :func:`step_indices`: a dict of the pair arrays (with the reference log-probs once
+    :meth:`set_reference` gave them). Checkpointable: its state is the micro-batches taken."""
+
+    def __init__(
+        self, arrays: dict, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+    ):
+        super().__init__()
+        self.arrays, self.batch_size, self.seed = dict(arrays), batch_size, seed
+        self.process_index, self.process_count = process_index, process_count
+        self.position = 0
+
+    def set_reference(self, reference: dict) -> None:
+        """Adds ``{'ref_chosen', 'ref_rejected'}`` (one value per pair) to every batch from now on."""
+        self.arrays |= reference
+
+    def __next__(self) -> dict:
+        self.position += 1
+        rows = step_indices(len(self.arrays["chosen"]), self.batch_size, self.seed, self.position)
+        rows = _share(rows, self.process_index, self.process_count)
+        return {k: v[np.array(rows)] for k, v in self.arrays.items()}
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+def pair_eval_batches(arrays: dict, batch_size: int, process_index: int = 0, process_count: int = 1) -> list:
+    """Every held-out pair in batches of ``batch_size`` (the last filled by starting over from the first
+    pair), this process's share of each."""
+    n = len(arrays["chosen"])
+    batches = []
+    for start in range(0, n, batch_size):
+        rows = _share([i % n for i in range(start, start + batch_size)], process_index, process_count)
+        batches.append({k: v[np.array(rows)] for k, v in arrays.items()})
+    return batches

@@ -21,8 +21,8 @@ import optax
 
 from codex_jax.codeeval.generation import truncate_at_stop
 from codex_jax.codeeval.problems import Problem
-from codex_jax.compute.grpo import GRPO, group_advantages, grpo_loss
-from codex_jax.compute.loss import cross_entropy
+from codex_jax.compute.grpo import GRPO, group_advantages, grpo_loss, token_logps
+from codex_jax.errors import UserError
 from codex_jax.generate import generate, left_pad
 from codex_jax.sandbox import Attempt, Sandbox, run_tests_many
 
@@ -50,13 +50,6 @@ class Rollout:
     advantages_N: np.ndarray
     texts: list[str]
     metrics: dict
-
-
-def token_logps(model, variables, tokens_NxL):
-    """Per-target float32 log-probabilities ``[N, L-1]`` of rows of tokens."""
-    logits = model.apply(variables, tokens_NxL[:, :-1], deterministic=True)
-    loss_NxT, _ = cross_entropy(logits, tokens_NxL[:, 1:])
-    return -loss_NxT
 
 
 def _completion_ids(tokenizer, new_ids: list[int], eos_id, stop) -> tuple[list[int], str]:
@@ -94,9 +87,12 @@ def rollout(
     rng,
     grpo: GRPO,
     prompt_width: int = 0,
+    reward_fns: Sequence = (),
 ) -> Rollout:
     """Samples ``sampling.group`` completions of each problem, judges and rewards them. ``prompt_width``:
-    the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles)."""
+    the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles).
+    ``reward_fns``: ``fn(prompt, completion, passed) -> float`` each added to every reward (one that
+    raises or returns no finite number adds 0, counted in ``metrics['reward_errors']``)."""
     start = time.perf_counter()
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
@@ -129,6 +125,10 @@ def rollout(
     tokens, mask, lengths = _policy_rows(rows, [c for c, _ in completions], T + N)
     passed = np.array([o.passed for o in outcomes], np.float32)
     rewards = passed - sampling.length_penalty * lengths / N
+    extra, errors = _extra_rewards(
+        reward_fns, [problems[i // G].prompt for i in range(len(rows))], completions, passed
+    )
+    rewards = (rewards + extra).astype(np.float32)
     advantages = np.asarray(
         group_advantages(jnp.asarray(rewards.reshape(-1, G)), grpo.scale_rewards)
     ).reshape(-1)
@@ -138,10 +138,28 @@ def rollout(
         "pass_rate": float(passed.mean()),
         "completion_length": float(lengths.mean()),
         "timeouts": sum(o.timed_out for o in outcomes),
+        "reward_errors": errors,
         "seconds_sampling": sampled - start,
         "seconds_execution": executed - sampled,
     }
     return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics)
+
+
+def _extra_rewards(reward_fns: Sequence, prompts: list[str], completions, passed) -> tuple[np.ndarray, int]:
+    """The sum of ``reward_fns`` for each completion, and how many calls raised or gave no finite number
+    (those add 0)."""
+    extra, errors = np.zeros(len(prompts), np.float32), 0
+    for fn in reward_fns:
+        for i, (prompt, (_, text)) in enumerate(zip(prompts, completions, strict=True)):
+            try:
+                value = float(fn(prompt, text, bool(passed[i])))
+                if not np.isfinite(value):
+                    raise ValueError(f"not finite: {value}")
+            except Exception:  # noqa: BLE001 - a user's reward never stops the run: it counts as an error
+                errors += 1
+                continue
+            extra[i] += value
+    return extra, errors
 
 
 def make_update(model, tx: optax.GradientTransformation, grpo: GRPO, frozen=None):
@@ -183,3 +201,20 @@ def grpo_step(model, params, opt_state, reference, update, batch: Rollout, itera
     means["kl_first"] = float(history[0]["kl"])
     means["seconds_updates"] = time.perf_counter() - start
     return params, opt_state, means
+
+
+def usable_problems(problems: Sequence[Problem], tokenizer, context: int, max_new_tokens: int):
+    """``(problems whose prompt + max_new_tokens fit the model's context, 'task_id: why' for the others)``;
+    none usable is a UserError."""
+    kept, skipped = [], []
+    for problem in problems:
+        n = len(tokenizer.encode(problem.prompt))
+        if n and n + max_new_tokens <= context:
+            kept.append(problem)
+        else:
+            skipped.append(
+                f"{problem.task_id}: prompt of {n} tokens + {max_new_tokens} new exceed the context {context}"
+            )
+    if not kept:
+        raise UserError(f"GRPO: no problem fits the model's context of {context} ({len(skipped)} skipped)")
+    return kept, skipped

@@ -3,14 +3,17 @@ train state. The one place that reads ``train.*`` / ``parallel.*`` for compute/,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import ml_collections
 import optax
 
+from codex_jax.compute.grpo import GRPO
 from codex_jax.compute.optim import OptimizerSpec, make_optimizer
 from codex_jax.compute.parallel import JitRunner, make_mesh, make_runner
+from codex_jax.compute.preference import DPO
 from codex_jax.compute.state import TrainState, create_train_state
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import init_params
@@ -18,8 +21,15 @@ from codex_jax.setup import adapters
 
 
 def optimizer_spec(cfg: ml_collections.ConfigDict) -> OptimizerSpec:
-    """The optimizer that ``train.*`` describes."""
-    return OptimizerSpec.from_mapping(cfg.train)
+    """The optimizer that ``train.*`` describes (GRPO: its schedule counts each of a step's
+    ``train.grpo.iterations`` updates)."""
+    spec = OptimizerSpec.from_mapping(cfg.train)
+    iterations = cfg.train.grpo.iterations if cfg.train.get("objective") == "grpo" else 1
+    if iterations > 1:
+        spec = dataclasses.replace(
+            spec, steps=spec.steps * iterations, warmup_steps=spec.warmup_steps * iterations
+        )
+    return spec
 
 
 def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.GradientTransformation]:
@@ -37,8 +47,28 @@ def train_runner(cfg: ml_collections.ConfigDict, model) -> tuple[object, optax.G
         scan_steps=spec.scan_steps,
         z_loss=cfg.train.z_loss,
         eval_ema=cfg.eval.use_ema,
+        objective=objective_settings(cfg),
     )
     return runner, tx
+
+
+def objective_settings(cfg: ml_collections.ConfigDict) -> DPO | GRPO | None:
+    """The settings of ``train.objective``: None for 'lm', else :class:`DPO` / :class:`GRPO`."""
+    if cfg.train.objective == "dpo":
+        d = cfg.train.dpo
+        return DPO(loss=d.loss, beta=d.beta, label_smoothing=d.label_smoothing)
+    if cfg.train.objective == "grpo":
+        g = cfg.train.grpo
+        return GRPO(
+            epsilon=g.epsilon,
+            epsilon_high=g.epsilon_high,
+            beta=g.beta,
+            aggregation=g.aggregation,
+            scale_rewards=g.scale_rewards,
+            max_completion_tokens=g.max_new_tokens,
+            iterations=g.iterations,
+        )
+    return None
 
 
 def eval_runner(cfg: ml_collections.ConfigDict, model) -> JitRunner:

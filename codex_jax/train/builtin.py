@@ -101,11 +101,10 @@ class TrainMetrics:
             "train/learning_rate": float(self.t.schedule(step - 1)),
             "train/skipped_nonfinite": nonfinite,
         }
-        if "z_loss" in finite[0]:  # train.z_loss > 0: the z-loss term, beside the cross entropy
-            scalars["train/z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
-        for key in ("moe_balance", "router_z", "moe_dropped"):  # a mixture-of-experts model's router terms
-            if key in finite[0]:
-                scalars[f"train/{key}"] = float(np.mean([m[key] for m in finite]))
+        # the step's other metrics: train.z_loss's term, a mixture-of-experts model's router terms, a
+        # post-training objective's (DPO rewards, GRPO reward, kl, clip_ratio, seconds_sampling, ...)
+        for key in (k for k in finite[0] if k not in ("loss", "grad_norm", "finite")):
+            scalars[f"train/{key}"] = float(np.mean([m[key] for m in finite]))
         perf = self.p.timer.summary()
         if perf:
             tps = perf["tokens_per_second"]
@@ -118,7 +117,8 @@ class TrainMetrics:
                 scalars["train/mfu"] = utilization
         scalars.update(system.collect())  # host/accelerator memory, CPU, GPU utilisation
         feed = self.t.train_iter  # data.mixture: train/mix/NAME of the batches consumed so far
-        scalars.update(mixture_scalars(feed.source, feed.get_state()))
+        if hasattr(feed, "source"):
+            scalars.update(mixture_scalars(feed.source, feed.get_state()))
         return scalars
 
 

@@ -148,7 +148,15 @@ def _shows_bar(t: Trainer) -> bool:
 
 def _optimizer_step(t: Trainer, state, p: builtin.Progress):
     """``train.grad_accum_steps`` micro-steps (in jitted calls of ``scan_steps`` micro-batches each);
-    their metrics join ``p.window``."""
+    their metrics join ``p.window``. GRPO: one rollout from ``state`` (timed as the step's data wait),
+    then its updates (one jitted call)."""
+    if t.post is not None and t.post.rollouts is not None:
+        p.timer.data_start()
+        batch, rollout_metrics = t.post.rollouts.batch(state)
+        p.timer.data_end()
+        state, metrics = t.runner.train_step(state, batch)
+        p.window.append({**metrics, **rollout_metrics})
+        return state
     for _ in range(t.cfg.train.grad_accum_steps // t.runner.scan_steps):
         p.timer.data_start()
         batch = next(t.train_iter)  # read and put while the previous call ran

@@ -24,6 +24,7 @@ from codex_jax.setup.checkpoints import open_checkpoints
 from codex_jax.setup.model import check_model, check_vocab, model_config
 from codex_jax.setup.runners import fresh_state_fn, optimizer_spec, train_runner
 from codex_jax.setup.weights import load_params, place_base
+from codex_jax.train import objective
 
 
 @dataclasses.dataclass
@@ -42,10 +43,16 @@ class Trainer:
     writers: Any
     schedule: Any
     base: dict | None = None  # a LoRA run's frozen base: its source and checksum (meta['lora'])
+    post: objective.Posttrain | None = None  # train.objective 'dpo' or 'grpo': its data
 
     def evaluate(self, state) -> dict[str, float]:
-        """Held-out metrics of ``state`` (``train.builtin.evaluate`` sends them to the writers)."""
-        return evaluate(self.runner, self.runner.params(state), self.eval_data)
+        """Held-out metrics of ``state`` (``train.builtin.evaluate`` sends them to the writers); DPO's
+        held-out pairs add ``dpo/*``."""
+        params = self.runner.params(state)
+        metrics = evaluate(self.runner, params, self.eval_data)
+        if self.post is not None:
+            metrics |= objective.eval_pairs(self.runner, params, self.post.eval_pairs)
+        return metrics
 
     def check_finite(self, host: list, step: int) -> None:
         """Under ``train.on_nan='raise'``, stops at the first non-finite micro-step of ``host`` (the
@@ -73,7 +80,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     data = prepare_data(cfg, workdir)
     check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
     runner, tx = train_runner(cfg, model)
-    train_iter, eval_data = _iterators(cfg, data, runner)
+    train_iter, eval_data, post = _iterators(cfg, data, runner, model)
     checkpointer = open_checkpoints(
         workdir,
         lora=adapters.enabled(cfg),
@@ -87,24 +94,40 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     )
     schedule = learning_rate_schedule(optimizer_spec(cfg))
     return Trainer(
-        cfg, workdir, model, runner, tx, checkpointer, data, train_iter, eval_data, writers, schedule
+        cfg,
+        workdir,
+        model,
+        runner,
+        tx,
+        checkpointer,
+        data,
+        train_iter,
+        eval_data,
+        writers,
+        schedule,
+        post=post,
     )
 
 
-def _iterators(cfg: ml_collections.ConfigDict, data, runner) -> tuple[DeviceFeed, list]:
-    """This process's train batches (on the devices, one jitted call ahead) and its held-out batches."""
+def _iterators(cfg: ml_collections.ConfigDict, data, runner, model) -> tuple[Any, list, Any]:
+    """This process's train batches (on the devices, one jitted call ahead; GRPO: its rollouts), its
+    held-out batches, and a post-training objective's data (:mod:`codex_jax.train.objective`)."""
     per_process_batch = cfg.data.batch_size // jax.process_count()
-    train_iter = make_train_iterator(
-        data.train_windows,
-        batch_size=per_process_batch,
-        seed=cfg.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=cfg.data.num_workers,
-        prefetch=cfg.data.prefetch,
-        accum_steps=cfg.train.grad_accum_steps,
-    )
-    train_feed = DeviceFeed(train_iter, runner.put_batch, runner.scan_steps)
+
+    def lm_feed() -> DeviceFeed:
+        train_iter = make_train_iterator(
+            data.train_windows,
+            batch_size=per_process_batch,
+            seed=cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_workers=cfg.data.num_workers,
+            prefetch=cfg.data.prefetch,
+            accum_steps=cfg.train.grad_accum_steps,
+        )
+        return DeviceFeed(train_iter, runner.put_batch, runner.scan_steps)
+
+    train_feed, post = objective.train_feed(cfg, data, runner, model, lm_feed)
     eval_data = eval_batches(
         data.eval_windows,
         batch_size=per_process_batch,
@@ -112,7 +135,7 @@ def _iterators(cfg: ml_collections.ConfigDict, data, runner) -> tuple[DeviceFeed
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    return train_feed, eval_data
+    return train_feed, eval_data, post
 
 
 def init_or_restore(t: Trainer, step: int | None):
@@ -137,8 +160,10 @@ def init_or_restore(t: Trainer, step: int | None):
         if cfg.model.init_from and not lora_run:  # start from those weights, placed like the init
             state = state.replace(params=load_params(cfg, state.params)[0])
             print(f"initialised from the weights of {cfg.model.init_from}", file=sys.stderr)
+        objective.start(t, t.post, state, fresh=True)  # a full fine-tune's DPO / GRPO reference
         return state
     abstract = t.runner.abstract_state(jax.eval_shape(make_state))
     state = t.checkpointer.restore(step, abstract, t.train_iter)
     print(f"resumed from {t.checkpointer.directory / str(step)}", file=sys.stderr)
+    objective.start(t, t.post, state, fresh=False)
     return t.runner.put_state(state)

@@ -1,0 +1,143 @@
+"""The training loop's GRPO batches: each step samples its prompts' completions from the current policy.
+
+What step s does depends only on the seed, s and the train state: its prompts are entries
+``(s-1)*k .. s*k-1`` of an endless sequence of seeded permutations of the problems
+(:func:`~codex_jax.data.preference.step_indices`), its sampling key is ``fold_in(key(seed), s)``. So the
+feed's checkpointed state is the steps taken, and a resumed run is the uninterrupted one bit for bit.
+
+Every process samples and judges the same rows (the same inputs and key), then puts its share of them on
+the devices, as the runner splits any batch. The reference is the LoRA base (adapters off) or the
+starting weights (``set_reference``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from codex_jax.codeeval.problems import HUMAN_EVAL, read_problems
+from codex_jax.codeeval.settings import settings_from_config
+from codex_jax.compute.grpo import token_logps
+from codex_jax.data.preference import step_indices
+from codex_jax.errors import UserError
+from codex_jax.files import as_path
+from codex_jax.posttrain.grpo import Sampling, rollout, usable_problems
+from codex_jax.posttrain.rewards import reward_functions
+from codex_jax.sandbox import make_sandbox
+from codex_jax.setup.runners import objective_settings
+
+
+def _stop(text: str) -> tuple[str, ...]:
+    try:
+        stop = json.loads(text)
+    except ValueError:
+        stop = None
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise UserError(
+            f"config key 'train.grpo.stop': must be a JSON list of non-empty strings (got {text!r})"
+        )
+    return tuple(stop)
+
+
+def _problems(cfg: ml_collections.ConfigDict, tokenizer, context: int, max_new_tokens: int):
+    source = cfg.train.grpo.problems
+    if source != HUMAN_EVAL and not as_path(source).is_file():
+        raise UserError(f"config key 'train.grpo.problems': no such file {source}")
+    try:
+        problem_set = read_problems(source)
+    except UserError as e:
+        raise UserError(str(e).replace("codeeval.problems", "train.grpo.problems")) from None
+    for why in problem_set.skipped[:3]:
+        print(f"grpo: skipped {why}", file=sys.stderr)
+    problems, skipped = usable_problems(problem_set.problems, tokenizer, context, max_new_tokens)
+    if skipped:
+        print(f"grpo: {len(skipped)} problems too long for the model: {skipped[0]}", file=sys.stderr)
+    return problems
+
+
+class Rollouts(grain.DatasetIterator):
+    """GRPO's step batches: :meth:`batch` samples, judges and rewards the next step's completions with
+    the current params and returns the device batch (:mod:`codex_jax.compute.objectives`) and the
+    rollout's metrics. Checkpointable like a data iterator: its state is the steps taken."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, model, tokenizer, runner):
+        super().__init__()
+        g = cfg.train.grpo
+        self.cfg, self.model, self.tokenizer, self.runner = cfg, model, tokenizer, runner
+        self.grpo = objective_settings(cfg)
+        self.problems = _problems(cfg, tokenizer, model.cfg.max_seq_len, g.max_new_tokens)
+        settings = settings_from_config(cfg)  # the sandbox: codeeval.timeout, memory_mb, workers, python
+        self.sampling = Sampling(
+            group=g.group,
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            stop=_stop(g.stop),
+            length_penalty=g.length_penalty,
+            workers=settings.workers,
+        )
+        self.reward_fns = reward_functions(g.rewards)
+        self.sandbox = make_sandbox(settings.limits, settings.python)
+        self.width = max(len(tokenizer.encode(p.prompt)) for p in self.problems)  # fixed: one compile
+        self.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))
+        self.reference = None  # the starting weights of a full fine-tune (None: the LoRA base)
+        self.position = 0
+
+    def set_reference(self, params) -> None:
+        """The weights the KL penalty compares with (a full fine-tune's starting weights)."""
+        self.reference = params
+
+    def _policy(self, params) -> dict:
+        frozen = self.runner.frozen
+        return {"params": params} if frozen is None else {"params": frozen, "lora": params}
+
+    def batch(self, state) -> tuple[dict, dict]:
+        """``(device batch, metrics)`` of the next step, sampled with ``state.params``."""
+        self.position += 1
+        cfg, g = self.cfg, self.cfg.train.grpo
+        chosen = [
+            self.problems[i]
+            for i in step_indices(len(self.problems), g.prompts_per_step, cfg.seed, self.position)
+        ]
+        policy = self._policy(state.params)
+        rng = jax.random.fold_in(jax.random.key(cfg.seed), self.position)
+        r = rollout(
+            self.model,
+            policy,
+            self.tokenizer,
+            chosen,
+            self.sampling,
+            self.sandbox,
+            rng,
+            self.grpo,
+            self.width,
+            self.reward_fns,
+        )
+        start = time.perf_counter()
+        reference = {"params": self.runner.frozen if self.reference is None else self.reference}
+        rows = {
+            "tokens": r.tokens_NxL,
+            "completion_mask": r.mask_NxT,
+            "advantages": r.advantages_N.astype(np.float32),
+            "old_logps": np.asarray(self.logps(policy, r.tokens_NxL)),
+            "ref_logps": np.asarray(self.logps(reference, r.tokens_NxL)),
+        }
+        n = len(r.tokens_NxL) // jax.process_count()
+        share = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+        metrics = {**r.metrics, "seconds_logps": time.perf_counter() - start}
+        return self.runner.put_batch({k: v[share] for k, v in rows.items()}), metrics
+
+    def __next__(self):
+        raise TypeError("GRPO batches come from Rollouts.batch(state)")
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])
