@@ -1,5 +1,6 @@
-"""One GRPO step with execution rewards on a tiny model: G sampled completions per problem judged in the
-sandbox, rewarded, and used for several updates (KL 0 at the first); the same key samples the same batch."""
+"""GRPO's building blocks (posttrain/grpo.py) on a tiny model: one step, G sampled completions per problem
+judged in the sandbox, rewarded, and used for several updates (KL 0 at the first); the same key samples the
+same batch; problems too long for the context are skipped. Runs: tests/e2e/test_posttrain_runs.py."""
 
 from __future__ import annotations
 
@@ -69,101 +70,11 @@ def test_a_grpo_step_samples_judges_rewards_and_updates():
     assert max(jax.tree.leaves(moved)) > 0.0
 
 
-def test_a_grpo_run_resumes_bit_for_bit(tmp_path):
-    """Two steps straight equal one step, a stop, and a resumed second step: params, optimizer state,
-    the problems and samples of step 2 and its metrics."""
-    from codex_jax.posttrain.grpo_run import STATE_META, train_grpo
-    from codex_jax.posttrain.state import step_indices
-
-    cfg = ModelConfig(
-        family="gpt2",
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        d_model=32,
-        d_ff=64,
-        vocab_size=256,
-        max_seq_len=64,
-    )
-    model, tok = Transformer(cfg), ByteTokenizer()
-    params = init_params(cfg, jax.random.key(0))
-    sandbox = make_sandbox(Limits(timeout_s=5.0))
-    printable = tuple(chr(c) for c in range(33, 127))
-    kw = dict(
-        steps=2,
-        prompts_per_step=1,
-        iterations=2,
-        sampling=Sampling(group=4, max_new_tokens=6, stop=printable, length_penalty=0.5),
-        seed=3,
-    )
-    straight = train_grpo(model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "a", **kw)
-    first = train_grpo(
-        model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "b", stop_after=1, **kw
-    )
-    assert [m["step"] for m in first] == [1] and (tmp_path / "b" / STATE_META).is_file()
-    resumed = train_grpo(model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path / "b", **kw)
-    assert [m["step"] for m in resumed] == [2]
-    timing = ("seconds_sampling", "seconds_execution", "seconds_updates")
-    same = {k: v for k, v in straight[1].items() if k not in timing}
-    assert same == {k: v for k, v in resumed[0].items() if k not in timing}
-    for name in ("grpo_state.safetensors",):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert step_indices(5, 2, 3, 3) == step_indices(5, 2, 3, 3) and len(set(step_indices(5, 5, 0, 1))) == 5
-
-
-def test_sigterm_mid_rollout_stops_after_the_step_with_it_saved(tmp_path):
-    import os
-    import signal
-    import tempfile
-    import threading
-    import time
-    from pathlib import Path
-
-    import pytest
-
-    from codex_jax.posttrain.grpo_run import STATE_META, train_grpo
-    from codex_jax.train.stop import Stopped
-
-    cfg = ModelConfig(
-        family="gpt2",
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        d_model=32,
-        d_ff=64,
-        vocab_size=256,
-        max_seq_len=64,
-    )
-    model, tok = Transformer(cfg), ByteTokenizer()
-    params = init_params(cfg, jax.random.key(0))
-    sampling = Sampling(group=2, max_new_tokens=4, stop=("\n",))
-    sandbox = make_sandbox(Limits())  # (its probe runs a program now, before the watch starts)
-    before = set(Path(tempfile.gettempdir()).glob("codex_jax_sandbox_*"))
-
-    def signal_mid_rollout():  # once step 1's completions are being judged
-        deadline = time.time() + 120
-        while (
-            time.time() < deadline and set(Path(tempfile.gettempdir()).glob("codex_jax_sandbox_*")) <= before
-        ):
-            time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    timer = threading.Thread(target=signal_mid_rollout)
-    timer.start()
-    with pytest.raises(Stopped, match="stopped by SIGTERM after step 1") as stopped:
-        train_grpo(
-            model, params, tok, PROBLEMS, sandbox, optax.adam(1e-2), tmp_path,
-            steps=5, prompts_per_step=1, sampling=sampling,
-        )  # fmt: skip
-    timer.join()
-    assert stopped.value.step == 1 and '"step": 1' in (tmp_path / STATE_META).read_text()
-
-
 def test_problems_too_long_for_the_context_are_skipped_and_counted():
     import pytest
 
     from codex_jax.errors import UserError
-    from codex_jax.posttrain.grpo_run import usable_problems
+    from codex_jax.posttrain.grpo import usable_problems
 
     long = Problem("t/long", "#" * 100 + "\ndef f():\n", "def check(c):\n    pass\n", "f")
     kept, skipped = usable_problems([*PROBLEMS, long], ByteTokenizer(), context=64, max_new_tokens=8)

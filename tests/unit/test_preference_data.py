@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from codex_jax.compute.preference import DPO, completion_logps, dpo_objective
-from codex_jax.data.preference import read_pairs
+from codex_jax.data.preference import PairBatches, pair_eval_batches, read_pairs
 from codex_jax.errors import UserError
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
@@ -130,32 +130,23 @@ def test_dpo_steps_separate_held_out_pairs(tmp_path):
     assert float(after["rewards/accuracies"]) >= 0.9 and float(after["rewards/margins"]) > 0
 
 
-def test_a_dpo_run_caches_its_reference_and_resumes_bit_for_bit(tmp_path):
-    from codex_jax.posttrain.dpo_run import REFERENCE, train_dpo
-
+def test_pair_batches_resume_from_their_state_and_split_over_processes(tmp_path):
+    """The pairs of each micro-batch are a function of (seed, position): a restored iterator continues
+    the same sequence, each epoch visits every pair once, and processes take disjoint shares."""
     tok = ByteTokenizer()
     pairs = read_pairs(str(_write_jsonl(tmp_path / "t.jsonl", _records(range(6)))), tok, seq_len=40)
-    cfg = ModelConfig(
-        family="gpt2",
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=2,
-        d_model=32,
-        d_ff=64,
-        vocab_size=256,
-        max_seq_len=64,
-    )
-    model, params = Transformer(cfg), init_params(cfg, jax.random.key(0))
-    kw = dict(steps=3, batch_size=4, dpo=DPO("ipo", beta=0.5), seed=1)
-    straight = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "a", **kw)
-    first = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "b", stop_after=1, **kw)
-    cached = (tmp_path / "b" / REFERENCE).read_bytes()
-    resumed = train_dpo(model, params, pairs, optax.adam(1e-3), tmp_path / "b", **kw)
-    assert [m["step"] for m in first + resumed] == [1, 2, 3] and straight[1:] == resumed
-    assert (tmp_path / "b" / REFERENCE).read_bytes() == cached  # reused, not recomputed
-    assert (tmp_path / "a" / "dpo_state.safetensors").read_bytes() == (
-        tmp_path / "b" / "dpo_state.safetensors"
-    ).read_bytes()
-    assert straight[0]["rewards/margins"] == 0.0 and "rewards/accuracies" in straight[0]
-    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.ndjson").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2, 3] and all(x["split"] == "dpo" for x in lines)
+    arrays = {**pairs.arrays, "index": np.arange(len(pairs))}
+    straight = PairBatches(arrays, batch_size=4, seed=1)
+    seen = [next(straight)["index"].tolist() for _ in range(6)]
+    assert sorted(sum(seen[:3], [])) == sorted(list(range(6)) * 2)  # two epochs in 12 rows
+    resumed = PairBatches(arrays, batch_size=4, seed=1)
+    resumed.set_state({"position": 3})
+    assert [next(resumed)["index"].tolist() for _ in range(3)] == seen[3:]
+    shares = [PairBatches(arrays, 4, 1, process_index=i, process_count=2) for i in range(2)]
+    assert sum((next(s)["index"].tolist() for s in shares), []) == seen[0]
+    reference = {"ref_chosen": np.arange(6.0), "ref_rejected": -np.arange(6.0)}
+    straight.set_reference(reference)
+    batch = next(straight)
+    np.testing.assert_array_equal(batch["ref_chosen"], batch["index"].astype(float))
+    held = pair_eval_batches(arrays, batch_size=4)
+    assert [b["index"].tolist() for b in held] == [[0, 1, 2, 3], [4, 5, 0, 1]]
