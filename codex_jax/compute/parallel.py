@@ -345,7 +345,7 @@ def make_runner(
     """The runner for ``mode`` ('jit' over a ``(data, fsdp[, expert])`` mesh of ``mesh_shape``, or 'pmap');
     ``z_loss``: the train step's z-loss coefficient; ``eval_ema``: evaluation uses the parameters' EMA;
     ``objective``: a post-training objective's settings (:mod:`codex_jax.compute.objectives`) or None."""
-    common = {"skip_nonfinite": skip_nonfinite, "scan_steps": scan_steps, "z_loss": z_loss}
+    common: dict[str, Any] = {"skip_nonfinite": skip_nonfinite, "scan_steps": scan_steps, "z_loss": z_loss}
     common |= {"eval_ema": eval_ema, "objective": objective}
     if mode == "pmap":
         return PmapRunner(model, tx, **common)

@@ -23,7 +23,7 @@ import numpy as np
 
 from codex_jax.codeeval.problems import HUMAN_EVAL, read_problems
 from codex_jax.codeeval.settings import settings_from_config
-from codex_jax.compute.grpo import token_logps
+from codex_jax.compute.grpo import GRPO, token_logps
 from codex_jax.data.preference import step_indices
 from codex_jax.errors import UserError
 from codex_jax.files import as_path
@@ -70,7 +70,9 @@ class Rollouts(grain.DatasetIterator):
         super().__init__()
         g = cfg.train.grpo
         self.cfg, self.model, self.tokenizer, self.runner = cfg, model, tokenizer, runner
-        self.grpo = objective_settings(cfg)
+        grpo = objective_settings(cfg)
+        assert isinstance(grpo, GRPO)  # train.objective='grpo'
+        self.grpo = grpo
         self.problems = _problems(cfg, tokenizer, model.cfg.max_seq_len, g.max_new_tokens)
         settings = settings_from_config(cfg)  # the sandbox: codeeval.timeout, memory_mb, workers, python
         self.sampling = Sampling(
