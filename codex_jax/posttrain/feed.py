@@ -12,6 +12,7 @@ starting weights (``set_reference``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -21,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from codex_jax.codeeval.passk import pass_at_k
 from codex_jax.codeeval.problems import HUMAN_EVAL, read_problems
 from codex_jax.codeeval.settings import settings_from_config
 from codex_jax.compute.grpo import GRPO, token_logps
@@ -45,14 +47,14 @@ def _stop(text: str) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _problems(cfg: ml_collections.ConfigDict, tokenizer, context: int, max_new_tokens: int):
-    source = cfg.train.grpo.problems
+def _problems(key: str, source: str, tokenizer, context: int, max_new_tokens: int):
+    """The problems of ``source`` (config key ``key``) that fit the model's context."""
     if source != HUMAN_EVAL and not as_path(source).is_file():
-        raise UserError(f"config key 'train.grpo.problems': no such file {source}")
+        raise UserError(f"config key '{key}': no such file {source}")
     try:
         problem_set = read_problems(source)
     except UserError as e:
-        raise UserError(str(e).replace("codeeval.problems", "train.grpo.problems")) from None
+        raise UserError(str(e).replace("codeeval.problems", key)) from None
     for why in problem_set.skipped[:3]:
         print(f"grpo: skipped {why}", file=sys.stderr)
     problems, skipped = usable_problems(problem_set.problems, tokenizer, context, max_new_tokens)
@@ -73,7 +75,13 @@ class Rollouts(grain.DatasetIterator):
         grpo = objective_settings(cfg)
         assert isinstance(grpo, GRPO)  # train.objective='grpo'
         self.grpo = grpo
-        self.problems = _problems(cfg, tokenizer, model.cfg.max_seq_len, g.max_new_tokens)
+        context = model.cfg.max_seq_len
+        self.problems = _problems("train.grpo.problems", g.problems, tokenizer, context, g.max_new_tokens)
+        self.eval_problems = []
+        if g.eval_problems:
+            self.eval_problems = _problems(
+                "train.grpo.eval_problems", g.eval_problems, tokenizer, context, g.max_new_tokens
+            )
         settings = settings_from_config(cfg)  # the sandbox: codeeval.timeout, memory_mb, workers, python
         self.sampling = Sampling(
             group=g.group,
@@ -134,6 +142,32 @@ class Rollouts(grain.DatasetIterator):
         share = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
         metrics = {**r.metrics, "seconds_logps": time.perf_counter() - start}
         return self.runner.put_batch({k: v[share] for k, v in rows.items()}), metrics
+
+    def evaluate(self, params) -> dict[str, float]:
+        """``grpo/pass@1`` (and ``grpo/pass@n``) of ``params`` on ``train.grpo.eval_problems``: n =
+        ``train.grpo.eval_samples`` completions of each, sampled as in training with a fixed key."""
+        if not self.eval_problems:
+            return {}
+        n = self.cfg.train.grpo.eval_samples
+        sampling = dataclasses.replace(self.sampling, group=n, length_penalty=0.0)
+        width = max(len(self.tokenizer.encode(p.prompt)) for p in self.eval_problems)
+        rng = jax.random.fold_in(jax.random.key(self.cfg.seed), 0)  # steps count from 1: no step draws this
+        r = rollout(
+            self.model,
+            self._policy(params),
+            self.tokenizer,
+            self.eval_problems,
+            sampling,
+            self.sandbox,
+            rng,
+            self.grpo,
+            width,
+        )
+        assert r.passed_N is not None
+        passed = {
+            p.task_id: r.passed_N[i * n : (i + 1) * n].astype(bool) for i, p in enumerate(self.eval_problems)
+        }
+        return {f"grpo/{k}": v for k, v in pass_at_k(passed, {1, n}).items()}
 
     def __next__(self):
         raise TypeError("GRPO batches come from Rollouts.batch(state)")

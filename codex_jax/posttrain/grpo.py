@@ -50,6 +50,7 @@ class Rollout:
     advantages_N: np.ndarray
     texts: list[str]
     metrics: dict
+    passed_N: np.ndarray | None = None  # 1.0 where the completion passed its tests
 
 
 def _completion_ids(tokenizer, new_ids: list[int], eos_id, stop) -> tuple[list[int], str]:
@@ -142,7 +143,7 @@ def rollout(
         "seconds_sampling": sampled - start,
         "seconds_execution": executed - sampled,
     }
-    return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics)
+    return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics, passed)
 
 
 def _extra_rewards(reward_fns: Sequence, prompts: list[str], completions, passed) -> tuple[np.ndarray, int]:

@@ -47,11 +47,13 @@ class Trainer:
 
     def evaluate(self, state) -> dict[str, float]:
         """Held-out metrics of ``state`` (``train.builtin.evaluate`` sends them to the writers); DPO's
-        held-out pairs add ``dpo/*``."""
+        held-out pairs add ``dpo/*``, GRPO's held-out problems ``grpo/pass@k``."""
         params = self.runner.params(state)
         metrics = evaluate(self.runner, params, self.eval_data)
         if self.post is not None:
             metrics |= objective.eval_pairs(self.runner, params, self.post.eval_pairs)
+            if self.post.rollouts is not None:  # GRPO: pass@k on train.grpo.eval_problems
+                metrics |= self.post.rollouts.evaluate(params)
         return metrics
 
     def check_finite(self, host: list, step: int) -> None:

@@ -126,7 +126,9 @@ def _grpo(tmp_path):
     return [*COMMON, "--config.train.objective=grpo", f"--config.train.grpo.problems={problems}",
             "--config.train.grpo.max_new_tokens=8", "--config.train.grpo.iterations=2",
             "--config.train.grpo.length_penalty=0.5", f"--config.train.grpo.stop={stop}",
-            "--config.train.learning_rate=0.05", "--config.logging.writers=ndjson"]  # fmt: skip
+            "--config.train.learning_rate=0.05", "--config.logging.writers=ndjson",
+            f"--config.train.grpo.eval_problems={problems}",
+            "--config.train.grpo.eval_samples=2"]  # fmt: skip
 
 
 def test_grpo_stopped_by_sigterm_resumes_to_the_uninterrupted_runs_bits(tmp_path):
@@ -156,6 +158,9 @@ def test_grpo_stopped_by_sigterm_resumes_to_the_uninterrupted_runs_bits(tmp_path
     assert {"seconds_sampling", "seconds_execution"} <= set(a[4])
     assert 0.0 < np.mean([a[s]["pass_rate"] for s in range(1, 5)]) < 1.0
     assert a[1]["kl"] == 0.0 < a[4]["kl"]  # the first update is at the reference; then it moves
+    evals, resumed_evals = read_metrics(straight, "eval"), read_metrics(part, "eval")
+    assert 0.0 < evals[0]["grpo/pass@1"] <= evals[0]["grpo/pass@2"] <= 1.0  # half the problems can pass
+    assert evals[4]["grpo/pass@1"] == resumed_evals[4]["grpo/pass@1"]
 
 
 def test_bad_post_training_inputs_are_one_error_line(tmp_path):
