@@ -23,6 +23,7 @@ def report() -> dict[str, dict[str, dict[str, str]]]:
         plugins.TOKENIZERS: plugins.load(plugins.TOKENIZERS, plugins.callable_plugin),
         plugins.DATA_SOURCES: plugins.load(plugins.DATA_SOURCES, plugins.callable_plugin),
         plugins.HOOKS: plugins.load(plugins.HOOKS, hooks.check_hook),
+        plugins.REWARDS: plugins.load(plugins.REWARDS, plugins.callable_plugin),
     }
     return {
         group: {"loaded": dict(found.origin), "failed": dict(found.failed)} for group, found in groups.items()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codex_jax import plugins
+from codex_jax import cli_plugins, plugins
 from codex_jax.errors import UserError
 from codex_jax.posttrain.grpo import _extra_rewards
 from codex_jax.posttrain.rewards import reward_functions
@@ -49,3 +49,5 @@ def test_reward_plugins_add_up_and_a_failing_one_adds_zero(installed):
         reward_functions("nope")
     with pytest.raises(UserError, match="'train.grpo.rewards': reward 'missing' failed to load"):
         reward_functions("missing")
+    listed = cli_plugins.report()["codex_jax.rewards"]  # what `codex-jax plugins` prints
+    assert sorted(listed["loaded"]) == ["broken", "short"] and list(listed["failed"]) == ["missing"]
