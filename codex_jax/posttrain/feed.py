@@ -21,6 +21,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from codex_jax.codeeval.passk import pass_at_k
 from codex_jax.codeeval.problems import HUMAN_EVAL, read_problems
@@ -31,7 +32,7 @@ from codex_jax.errors import UserError
 from codex_jax.files import as_path
 from codex_jax.posttrain.grpo import Sampling, rollout, usable_problems
 from codex_jax.posttrain.rewards import reward_functions
-from codex_jax.sandbox import make_sandbox
+from codex_jax.sandbox import Outcome, make_sandbox, run_tests_many
 from codex_jax.setup.runners import objective_settings
 
 
@@ -61,6 +62,19 @@ def _problems(key: str, source: str, tokenizer, context: int, max_new_tokens: in
     if skipped:
         print(f"grpo: {len(skipped)} problems too long for the model: {skipped[0]}", file=sys.stderr)
     return problems
+
+
+def judge_once(sandbox, attempts: list, workers: int) -> list[Outcome]:
+    """The sandbox's verdicts, judged by process 0 alone and sent to the others, so that every process
+    rewards the same outcomes (and processes sharing a machine never share sandbox uids)."""
+    if jax.process_count() == 1:
+        return run_tests_many(sandbox, attempts, workers)
+    flags_Nx2 = np.zeros((len(attempts), 2), np.int32)
+    if jax.process_index() == 0:
+        flags_Nx2[:] = [(o.passed, o.timed_out) for o in run_tests_many(sandbox, attempts, workers)]
+    flags_Nx2 = np.asarray(multihost_utils.broadcast_one_to_all(flags_Nx2))
+    results = ("failed", "timed out", "passed", "passed")
+    return [Outcome(bool(p), bool(t), results[2 * p + t], None, "") for p, t in flags_Nx2.tolist()]
 
 
 class Rollouts(grain.DatasetIterator):
@@ -93,7 +107,8 @@ class Rollouts(grain.DatasetIterator):
             workers=settings.workers,
         )
         self.reward_fns = reward_functions(g.rewards)
-        self.sandbox = make_sandbox(settings.limits, settings.python)
+        # process 0 judges every completion (judge_once): the others never start a sandboxed program
+        self.sandbox = make_sandbox(settings.limits, settings.python) if jax.process_index() == 0 else None
         self.width = max(len(tokenizer.encode(p.prompt)) for p in self.problems)  # fixed: one compile
         self.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))
         self.reference = None  # the starting weights of a full fine-tune (None: the LoRA base)
@@ -128,6 +143,7 @@ class Rollouts(grain.DatasetIterator):
             self.grpo,
             self.width,
             self.reward_fns,
+            judge_once,
         )
         start = time.perf_counter()
         reference = {"params": self.runner.frozen if self.reference is None else self.reference}
@@ -162,6 +178,7 @@ class Rollouts(grain.DatasetIterator):
             rng,
             self.grpo,
             width,
+            run_tests=judge_once,
         )
         assert r.passed_N is not None
         passed = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,11 +89,13 @@ def rollout(
     grpo: GRPO,
     prompt_width: int = 0,
     reward_fns: Sequence = (),
+    run_tests: Callable = run_tests_many,
 ) -> Rollout:
     """Samples ``sampling.group`` completions of each problem, judges and rewards them. ``prompt_width``:
     the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles).
     ``reward_fns``: ``fn(prompt, completion, passed) -> float`` each added to every reward (one that
-    raises or returns no finite number adds 0, counted in ``metrics['reward_errors']``)."""
+    raises or returns no finite number adds 0, counted in ``metrics['reward_errors']``). ``run_tests``:
+    what judges the completions (``(sandbox, attempts, workers) -> outcomes``)."""
     start = time.perf_counter()
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
@@ -121,7 +123,7 @@ def rollout(
         Attempt(problems[i // G].prompt, text, problems[i // G].test, problems[i // G].entry_point)
         for i, (_, text) in enumerate(completions)
     ]
-    outcomes = run_tests_many(sandbox, jobs, sampling.workers)
+    outcomes = run_tests(sandbox, jobs, sampling.workers)
     executed = time.perf_counter()
     tokens, mask, lengths = _policy_rows(rows, [c for c, _ in completions], T + N)
     passed = np.array([o.passed for o in outcomes], np.float32)

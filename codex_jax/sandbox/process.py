@@ -44,7 +44,9 @@ PRIVATE_UID = 1_900_000_000  # sandbox uids (root only): one per program from he
 NOBODY = 65534
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 _TAIL = 4096  # bytes at the end of the output searched for the success token
-_RUNS = itertools.count()
+# Private uids of this interpreter's runs count on from a random point, so that two processes sandboxing on
+# one machine (test workers, a run beside eval-code) do not hand out, and then kill, the same uids.
+_RUNS = itertools.count(secrets.randbelow(100_000_000))
 # Started by this interpreter (no preexec_fn: forking a multithreaded process such as JAX's to run Python
 # code is unsafe), it applies the limits, then becomes the sandbox user and execs the program. Where the
 # kernel allows, the program is the first process of a PID namespace of its own: it can see (in /proc) but

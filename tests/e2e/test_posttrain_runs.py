@@ -195,3 +195,19 @@ def test_bad_post_training_inputs_are_one_error_line(tmp_path):
             overrides,
             result.stderr[-2000:],
         )
+
+
+def test_grpo_on_two_processes_matches_one_process(tmp_path):
+    """Two processes (2 devices each) sample the same rows, process 0 judges them for both, each trains on
+    its share: the same run as one process on 4 devices."""
+    from test_multihost import _run_two_processes
+
+    args = [*_grpo(tmp_path), "--config.train.steps=2", "--config.train.eval_every=2"]
+    run_cli(tmp_path / "one", *args, devices=4)
+    _run_two_processes(tmp_path / "two", *args)
+    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for step in (1, 2):
+        for key in ("loss", "reward", "pass_rate", "kl", "completion_length"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+    evals = [read_metrics(w, "eval")[2] for w in (tmp_path / "one", tmp_path / "two")]
+    assert evals[0]["grpo/pass@1"] == evals[1]["grpo/pass@1"]
