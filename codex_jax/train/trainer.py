@@ -94,7 +94,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     writers = create_writers(
         cfg.logging.writers, workdir, is_main_process=main_process, options=cfg.logging, resume_step=resume
     )
-    schedule = learning_rate_schedule(optimizer_spec(cfg))
+    schedule = _step_schedule(cfg)
     return Trainer(
         cfg,
         workdir,
@@ -109,6 +109,14 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
         schedule,
         post=post,
     )
+
+
+def _step_schedule(cfg: ml_collections.ConfigDict):
+    """The learning rate at the first update of each optimizer step, by step index (GRPO makes
+    ``train.grpo.iterations`` updates a step: its optimizer's schedule counts every update)."""
+    updates = learning_rate_schedule(optimizer_spec(cfg))
+    iterations = cfg.train.grpo.iterations if cfg.train.objective == "grpo" else 1
+    return updates if iterations == 1 else (lambda step: updates(step * iterations))
 
 
 def _iterators(cfg: ml_collections.ConfigDict, data, runner, model) -> tuple[Any, list, Any]:
