@@ -84,7 +84,7 @@ def rollout(
     tokenizer,
     problems: Sequence[Problem],
     sampling: Sampling,
-    sandbox: Sandbox,
+    sandbox: Sandbox | None,
     rng,
     grpo: GRPO,
     prompt_width: int = 0,
@@ -95,7 +95,8 @@ def rollout(
     the prompt columns (at least the longest prompt; a run keeps it fixed so that nothing recompiles).
     ``reward_fns``: ``fn(prompt, completion, passed) -> float`` each added to every reward (one that
     raises or returns no finite number adds 0, counted in ``metrics['reward_errors']``). ``run_tests``:
-    what judges the completions (``(sandbox, attempts, workers) -> outcomes``)."""
+    what judges the completions (``(sandbox, attempts, workers) -> outcomes``; ``sandbox`` may be None
+    when it needs none)."""
     start = time.perf_counter()
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
