@@ -19,6 +19,8 @@ def test_packaged_configs_resolve_by_name_and_a_real_file_wins(tmp_path, monkeyp
         "tiny",
         "lora",
         "sft",
+        "dpo",
+        "grpo",
         "gpt2_small",
         "llama_1b",
         "qwen3_0_6b",
