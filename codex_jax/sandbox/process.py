@@ -135,6 +135,8 @@ class Sandbox:
     uid: int | None  # None: this process's own user
     private: bool  # a new uid per program (uid + a counter), killed by uid after it
     network_isolated: bool = False
+    # verdicts of judged programs by their text (make_sandbox(remember_verdicts=True)); None: judge each
+    verdicts: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def info(self) -> dict:
         """What the sandbox provides on this machine (recorded with the results)."""
@@ -143,6 +145,7 @@ class Sandbox:
             "uid": self.uid,
             "private_uid_per_program": self.private,
             "network_isolated": self.network_isolated,
+            "remember_verdicts": self.verdicts is not None,
             **dataclasses.asdict(self.limits),
         }
 
@@ -254,10 +257,17 @@ def _outcome(out, token: str, returncode: int | None, timed_out: bool, keep: int
     return Outcome(ok, timed_out, result, returncode, text)
 
 
-def make_sandbox(limits: Limits, python: str = "") -> Sandbox:
+def make_sandbox(limits: Limits, python: str = "", remember_verdicts: bool = False) -> Sandbox:
     """The sandbox this machine allows: as root, the first of ``python`` (default: this interpreter),
     /usr/bin/python3 that an unprivileged uid can run (private uids, else ``nobody``); otherwise (or
-    when none can) this user. A probe program says whether its network is isolated."""
+    when none can) this user. A probe program says whether its network is isolated.
+    ``remember_verdicts``: :func:`codex_jax.sandbox.judged.run_tests_many` judges each distinct program
+    (prompt, completion, tests) once and reuses its verdict (timeouts are judged again)."""
+    sandbox = _probed_sandbox(limits, python)
+    return dataclasses.replace(sandbox, verdicts={}) if remember_verdicts else sandbox
+
+
+def _probed_sandbox(limits: Limits, python: str) -> Sandbox:
     candidates = list(dict.fromkeys(p for p in (python or sys.executable, "/usr/bin/python3") if p))
     users: list[tuple[int | None, bool]] = [(PRIVATE_UID, True), (NOBODY, False)] if os.geteuid() == 0 else []
     probe = "import socket\nprint('interfaces', len(socket.if_nameindex()))"
