@@ -18,6 +18,7 @@ Prints one JSON line: held-out pass@1 after SFT, after GRPO, the gain, and the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from codex_jax.codeeval.run import evaluate_model  # noqa: E402
 from codex_jax.codeeval.settings import settings_from_config  # noqa: E402
 from codex_jax.codeeval.synthetic import write_family  # noqa: E402
 from codex_jax.data.pipeline import load_run_tokenizer  # noqa: E402
+from codex_jax.sandbox import Limits  # noqa: E402
 
 SFT_KEYS = {  # the SFT run: --config.KEY=VALUE over configs/tiny.py
     "data.format": "prompt_completion",
@@ -54,7 +56,9 @@ SFT_KEYS = {  # the SFT run: --config.KEY=VALUE over configs/tiny.py
     "train.log_every": 20,
     "logging.progress": False,
 }
-EVAL_KEYS = {"codeeval.max_new_tokens": 24, "codeeval.workers": 2}  # held-out greedy pass@1
+EVAL_KEYS = {"codeeval.max_new_tokens": 24, "codeeval.workers": 4}  # held-out greedy pass@1
+# the problems need only the standard library: their programs start without site (-S), faster
+LIMITS = Limits(timeout_s=3.0, site_packages=False)
 
 
 def run_command(out: Path, *args: str) -> dict:
@@ -91,18 +95,18 @@ def grpo_phase(model, params, tokenizer, problems, workdir: Path, args, evaluate
     from codex_jax.posttrain.grpo import Sampling, grpo_step, make_update, rollout
     from codex_jax.posttrain.grpo_run import usable_problems
     from codex_jax.posttrain.state import step_indices
-    from codex_jax.sandbox import Limits, make_sandbox
+    from codex_jax.sandbox import make_sandbox
 
     sampling = Sampling(
         group=args.group,
         max_new_tokens=EVAL_KEYS["codeeval.max_new_tokens"],
         temperature=args.temperature,
         stop=("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
-        workers=2,
+        workers=EVAL_KEYS["codeeval.workers"],
     )
     grpo = GRPO(epsilon=0.2, beta=args.beta, aggregation="grpo")
     tx = optax.adam(args.lr)
-    sandbox = make_sandbox(Limits(timeout_s=3.0))
+    sandbox = make_sandbox(LIMITS, remember_verdicts=True)  # each distinct program is judged once
     problems, _ = usable_problems(problems, tokenizer, model.cfg.max_seq_len, sampling.max_new_tokens)
     width = max(len(tokenizer.encode(p.prompt)) for p in problems)
     update, reference, opt_state = make_update(model, tx, grpo), params, tx.init(params)
@@ -184,7 +188,8 @@ def main(argv=None) -> int:
 
     restored = load_checkpoint(cfg, out / "sft")
     tokenizer, _ = load_run_tokenizer(cfg, out / "sft")
-    settings, heldout = settings_from_config(cfg), read_problems(data["heldout"])
+    settings = dataclasses.replace(settings_from_config(cfg), limits=LIMITS)
+    heldout = read_problems(data["heldout"])
     curve: list[dict] = []
 
     def evaluate(step, params):

@@ -5,8 +5,13 @@ but never together, so a model that passes a held-out problem has learnt to read
 remembered the answer.
 
 ``write_family(out, seed)`` writes ``train.jsonl`` and ``heldout.jsonl`` (problems ``read_problems`` and
-``eval-code`` read) and ``sft.jsonl`` (``prompt``/``completion`` records of the train problems'
-reference solutions, for ``data.format='prompt_completion'``).
+``eval-code`` read) and ``sft.jsonl`` (``prompt``/``completion`` records of the train problems, for
+``data.format='prompt_completion'``). The SFT records are noisy on purpose (``noisy=True``), as if written
+by a careless teacher: each train problem has four completions, its reference solution or its operation's
+typical bug (``x / k`` for floor division, ``min`` for ``max``, ...), the reference in a
+:data:`CORRECT_RATES` fraction of them (half the operations, a seeded choice, get the low one). A model
+fitted to them learns the mixture, so greedy decoding writes the bug for those operations, while sampling
+still writes the reference now and then: what rewards from running the tests can reinforce.
 """
 
 from __future__ import annotations
@@ -33,19 +38,21 @@ class Operation:
     words: str
     code: str
     value: Callable[[int, int], int]
+    bug: str  # a typical wrong solution's expression
 
 
 OPERATIONS = (
-    Operation("add", "x plus {k}", "x + {k}", lambda x, k: x + k),
-    Operation("sub", "x minus {k}", "x - {k}", lambda x, k: x - k),
-    Operation("rsub", "{k} minus x", "{k} - x", lambda x, k: k - x),
-    Operation("mul", "x times {k}", "x * {k}", lambda x, k: x * k),
-    Operation("mod", "x modulo {k}", "x % {k}", lambda x, k: x % k),
-    Operation("floordiv", "x divided by {k}, rounded down", "x // {k}", lambda x, k: x // k),
-    Operation("max", "the larger of x and {k}", "max(x, {k})", lambda x, k: max(x, k)),
-    Operation("min", "the smaller of x and {k}", "min(x, {k})", lambda x, k: min(x, k)),
+    Operation("add", "x plus {k}", "x + {k}", lambda x, k: x + k, "x - {k}"),
+    Operation("sub", "x minus {k}", "x - {k}", lambda x, k: x - k, "{k} - x"),
+    Operation("rsub", "{k} minus x", "{k} - x", lambda x, k: k - x, "x - {k}"),
+    Operation("mul", "x times {k}", "x * {k}", lambda x, k: x * k, "x ** {k}"),
+    Operation("mod", "x modulo {k}", "x % {k}", lambda x, k: x % k, "{k} % x"),
+    Operation("floordiv", "x divided by {k}, rounded down", "x // {k}", lambda x, k: x // k, "x / {k}"),
+    Operation("max", "the larger of x and {k}", "max(x, {k})", lambda x, k: max(x, k), "min(x, {k})"),
+    Operation("min", "the smaller of x and {k}", "min(x, {k})", lambda x, k: min(x, k), "max(x, {k})"),
 )
 CONSTANTS = tuple(range(2, 32))
+CORRECT_RATES = (0.25, 0.75)  # how often a noisy SFT record is the reference: half the operations each
 
 
 def problem(op: Operation, k: int) -> Problem:
@@ -82,18 +89,40 @@ def family(seed: int = 0, heldout: int = 40) -> tuple[list[Problem], list[Proble
     return train, held
 
 
+def bug(problem_: Problem) -> str:
+    """The typical wrong completion of one of the family's problems."""
+    _, name, k = problem_.task_id.split("/")
+    return f"    return {next(op for op in OPERATIONS if op.name == name).bug.format(k=k)}\n"
+
+
+def sft_records(train: list[Problem], seed: int = 0, noisy: bool = True, per_problem: int = 4) -> list[dict]:
+    """``{prompt, completion}`` records, ``per_problem`` of each train problem (in a seeded order): its
+    reference solution, or (``noisy``) for all but a :data:`CORRECT_RATES` fraction of them its operation's
+    bug (half the operations, a seeded choice, get the low rate)."""
+    rng = np.random.default_rng([seed, 1])
+    low = set(rng.permutation([op.name for op in OPERATIONS])[: len(OPERATIONS) // 2].tolist())
+    records = []
+    for p in train:
+        rate = CORRECT_RATES[0] if p.task_id.split("/")[1] in low else CORRECT_RATES[1]
+        right = per_problem if not noisy else round(rate * per_problem)
+        records += [
+            {"prompt": p.prompt, "completion": p.canonical_solution if i < right else bug(p)}
+            for i in range(per_problem)
+        ]
+    return [records[int(i)] for i in rng.permutation(len(records))]
+
+
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
-def write_family(out: Path, seed: int = 0, heldout: int = 40) -> dict[str, Path]:
+def write_family(out: Path, seed: int = 0, heldout: int = 40, noisy: bool = True) -> dict[str, Path]:
     """Writes ``train.jsonl``, ``heldout.jsonl`` (HumanEval format, with ``canonical_solution``) and
-    ``sft.jsonl`` (the train problems' prompt and reference completion) into ``out``; returns the paths."""
+    ``sft.jsonl`` (:func:`sft_records` of the train problems) into ``out``; returns the paths."""
     train, held = family(seed, heldout)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "sft")}
     write_text_atomic(paths["train"], _jsonl([dataclasses.asdict(p) for p in train]))
     write_text_atomic(paths["heldout"], _jsonl([dataclasses.asdict(p) for p in held]))
-    sft = [{"prompt": p.prompt, "completion": p.canonical_solution} for p in train]
-    write_text_atomic(paths["sft"], _jsonl(sft))
+    write_text_atomic(paths["sft"], _jsonl(sft_records(train, seed, noisy)))
     return paths

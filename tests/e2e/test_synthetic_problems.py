@@ -1,6 +1,7 @@
 """The GRPO demo's problem family (codex_jax.codeeval.synthetic): seeded, split so that held-out problems are
 new (operation, constant) pairs, written as files eval-code reads, and judged right in the sandbox: each
-reference solution passes its tests, a wrong constant or a wrong operation fails. A sandbox that remembers
+reference solution passes its tests, a wrong constant, a wrong operation or the operation's typical bug (what
+the noisy SFT records hold) fails. A sandbox that remembers
 verdicts judges each distinct program once."""
 
 from __future__ import annotations
@@ -8,7 +9,16 @@ from __future__ import annotations
 import json
 
 from codex_jax.codeeval.problems import read_problems
-from codex_jax.codeeval.synthetic import CONSTANTS, OPERATIONS, family, problem, write_family
+from codex_jax.codeeval.synthetic import (
+    CONSTANTS,
+    CORRECT_RATES,
+    OPERATIONS,
+    bug,
+    family,
+    problem,
+    sft_records,
+    write_family,
+)
 from codex_jax.sandbox import Attempt, Limits, make_sandbox, run_tests_many
 
 
@@ -38,10 +48,20 @@ def test_written_files_read_back_as_problems_and_sft_records(tmp_path):
         problem_set = read_problems(str(paths[name]))
         assert problem_set.skipped == [] and problem_set.problems == expected
     records = [json.loads(line) for line in paths["sft"].read_text().splitlines()]
-    assert records == [{"prompt": p.prompt, "completion": p.canonical_solution} for p in train]
-    assert (
-        write_family(tmp_path / "again", seed=3, heldout=10)["sft"].read_bytes() == paths["sft"].read_bytes()
-    )
+    assert records == sft_records(train, seed=3)
+    clean = sft_records(train, noisy=False, per_problem=1)
+    expected = [{"prompt": p.prompt, "completion": p.canonical_solution} for p in train]
+    assert sorted(clean, key=str) == sorted(expected, key=str)
+    # noisy: four completions a problem, the reference or its bug, the reference at one of two rates
+    by_prompt = {p.prompt: p for p in train}
+    rates: dict[str, list[bool]] = {}
+    for record in records:
+        p = by_prompt[record["prompt"]]
+        assert record["completion"] in (p.canonical_solution, bug(p))
+        rates.setdefault(_pair(p)[0], []).append(record["completion"] == p.canonical_solution)
+    assert len(records) == 4 * len(train)
+    fractions = {op: sum(r) / len(r) for op, r in rates.items()}
+    assert sorted(fractions.values()) == [CORRECT_RATES[0]] * 4 + [CORRECT_RATES[1]] * 4, fractions
 
 
 def test_reference_solutions_pass_and_wrong_ones_fail_in_the_sandbox():
