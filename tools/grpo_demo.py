@@ -4,9 +4,10 @@ then GRPO with rewards from running its programs in the sandbox, and see held-ou
     .venv/bin/python tools/grpo_demo.py --out=runs/grpo-demo [--plot=docs/images/grpo_demo.png]
 
 1. ``codex_jax.codeeval.synthetic.write_family``: train and held-out problems (HumanEval format) and the
-   SFT records (the train problems' reference solutions) in ``OUT/data``.
+   SFT records (four a train problem: its reference solution or its operation's typical bug, the reference
+   in 25% of them for half the operations and 75% for the others) in ``OUT/data``.
 2. SFT with the ``train`` command (``configs/tiny.py`` shape, a BPE tokenizer of 320 pieces trained on the
-   data, ``data.format='prompt_completion'``) in ``OUT/sft``, stopped early on purpose (``--sft-steps``).
+   noisy SFT records, ``data.format='prompt_completion'``) in ``OUT/sft``, ``--sft-steps`` steps.
 3. Held-out greedy pass@1 of that checkpoint with the ``eval-code`` command.
 4. GRPO on the train problems (:func:`grpo_phase`: the only place that calls the GRPO API), the held-out
    greedy pass@1 measured every ``--eval-every`` steps with eval-code's own ``evaluate_model``; the run's
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default OUT/grpo_demo.png)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=100)
+    parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=150, help="GRPO steps")
     parser.add_argument("--prompts", type=int, default=2, help="problems per GRPO step")
     parser.add_argument("--group", type=int, default=8, help="G: completions per problem")
