@@ -46,6 +46,14 @@ MODEL_KEYS = {  # the shared model: configs/tiny.py, Llama-shaped, SFT'd briefly
     "logging.progress": False,
 }
 STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+WORKERS = 4  # sandbox workers, both sides
+
+
+def _sandbox():
+    """The same sandbox for both sides: stdlib-only programs (-S), every program judged (no memo)."""
+    from codex_jax.sandbox import Limits, make_sandbox
+
+    return make_sandbox(Limits(timeout_s=5.0, site_packages=False))
 
 
 def _main(*args: str) -> None:
@@ -58,7 +66,7 @@ def _main(*args: str) -> None:
 
 def prepare(out: Path) -> dict:
     """Problems, pairs, a trained run (steps 40 and 80) and both steps exported for transformers."""
-    from codex_jax.codeeval.synthetic import family, problem, write_family
+    from codex_jax.codeeval.synthetic import family, write_family
 
     paths = write_family(out / "data")
     train, _ = family()
@@ -70,7 +78,6 @@ def prepare(out: Path) -> dict:
         pairs.append(
             {"prompt": p.prompt, "chosen": p.canonical_solution, "rejected": wrong.canonical_solution}
         )
-    del problem
     (out / "data" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     run = out / "model"
     if not (run / "checkpoints" / "80").is_dir():
@@ -101,13 +108,15 @@ def ours_model(run: Path, step: int):
     return restored.model, restored.params, load_run_tokenizer(cfg, run)[0]
 
 
+WARMUP = 2  # steps left out of the means: train_grpo compiles at steps 1 and 2 here, TRL warms up at 1
+
+
 def _split(seconds: list[dict]) -> dict:
-    """Mean seconds per step of each part (the first step, compiles/warm-up, left out)."""
-    rest = seconds[1:] or seconds
-    keys = rest[0].keys()
-    out = {k: round(statistics.mean(s[k] for s in rest), 4) for k in keys}
+    """Mean seconds per step of each part, the first :data:`WARMUP` steps (compiles, warm-up) left out."""
+    rest = seconds[WARMUP:]
+    out = {k: round(statistics.mean(s[k] for s in rest), 4) for k in rest[0]}
     out["steps_per_second"] = round(1.0 / out["step"], 3)
-    out["first_step"] = round(seconds[0]["step"], 2)
+    out["warmup_seconds"] = [round(s["step"], 2) for s in seconds[:WARMUP]]
     return out
 
 
@@ -118,20 +127,21 @@ def bench_grpo_ours(args, data) -> dict:
     from codex_jax.compute.grpo import GRPO
     from codex_jax.posttrain.grpo import Sampling
     from codex_jax.posttrain.grpo_run import train_grpo
-    from codex_jax.sandbox import Limits, make_sandbox
 
     model, params, tokenizer = ours_model(data["run"], 80)
     problems = read_problems(str(data["train"])).problems
-    sampling = Sampling(group=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, stop=STOP)
+    sampling = Sampling(
+        group=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, stop=STOP, workers=WORKERS
+    )
     history = train_grpo(
         model,
         params,
         tokenizer,
         problems,
-        make_sandbox(Limits(timeout_s=5.0)),
+        _sandbox(),
         optax.adam(args.lr),
         args.out / "ours_grpo",
-        steps=args.steps + 1,
+        steps=args.steps + WARMUP,
         prompts_per_step=args.prompts,
         iterations=1,
         sampling=sampling,
@@ -196,11 +206,11 @@ def bench_grpo_trl(args, data) -> dict:
 
     from codex_jax.codeeval.generation import truncate_at_stop
     from codex_jax.codeeval.problems import read_problems
-    from codex_jax.sandbox import Attempt, Limits, make_sandbox, run_tests_many
+    from codex_jax.sandbox import Attempt, run_tests_many
 
     model, tokenizer = _hf(args.out, 80)
     problems = {p.task_id: p for p in read_problems(str(data["train"])).problems}
-    sandbox = make_sandbox(Limits(timeout_s=5.0))
+    sandbox = _sandbox()
     passed: list[float] = []
 
     def tests_passed(prompts, completions, task_id, **_):
@@ -208,7 +218,7 @@ def bench_grpo_trl(args, data) -> dict:
             Attempt(problems[t].prompt, truncate_at_stop(c, STOP), problems[t].test, problems[t].entry_point)
             for t, c in zip(task_id, completions, strict=True)
         ]
-        rewards = [float(o.passed) for o in run_tests_many(sandbox, jobs, 2)]
+        rewards = [float(o.passed) for o in run_tests_many(sandbox, jobs, WORKERS)]
         passed.extend(rewards)
         return rewards
 
@@ -223,7 +233,7 @@ def bench_grpo_trl(args, data) -> dict:
         beta=0.0,
         num_iterations=1,
         loss_type="dapo",
-        max_steps=args.steps + 1,
+        max_steps=args.steps + WARMUP,
         logging_steps=1,
         report_to=[],
         use_cpu=True,
@@ -315,12 +325,12 @@ def _trl_dpo(args, data, loss_type: str, lr: float, steps: int, batch: int, ref_
 
 
 def bench_dpo_trl(args, data) -> dict:
-    _, clock = _trl_dpo(args, data, "sigmoid", args.lr, args.steps + 2, args.dpo_batch, None)
+    _, clock = _trl_dpo(args, data, "sigmoid", args.lr, args.steps + WARMUP, args.dpo_batch, None)
     parts = _split(clock.steps)
     return {
         "step": parts["step"],
         "steps_per_second": parts["steps_per_second"],
-        "first_step": parts["first_step"],
+        "warmup_seconds": parts["warmup_seconds"],
     }
 
 
@@ -354,7 +364,7 @@ def dpo_loss_vs_trl(args, data) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after the warm-up steps)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
@@ -376,18 +386,24 @@ def main(argv=None) -> int:
                 "updates_per_step": 1,
                 "beta": 0.0,
                 "loss": "dapo",
-                "sandbox_workers": 2,
+                "sandbox_workers": WORKERS,
             },
             "dpo": {"batch": args.dpo_batch, "seq_len": 64, "loss": "sigmoid", "beta": 0.1},
             "timed_steps": args.steps,
         }
     }
-    if "grpo" in only:
-        result["grpo"] = {"codex_jax": bench_grpo_ours(args, data), "trl": bench_grpo_trl(args, data)}
-    if "dpo" in only:
-        result["dpo"] = {"codex_jax": bench_dpo_ours(args, data), "trl": bench_dpo_trl(args, data)}
-    if "loss" in only:
-        result["dpo_loss_vs_trl"] = dpo_loss_vs_trl(args, data)
+    parts = {  # (--only name, result key, what it runs)
+        ("grpo", "grpo"): lambda: {
+            "codex_jax": bench_grpo_ours(args, data),
+            "trl": bench_grpo_trl(args, data),
+        },
+        ("dpo", "dpo"): lambda: {"codex_jax": bench_dpo_ours(args, data), "trl": bench_dpo_trl(args, data)},
+        ("loss", "dpo_loss_vs_trl"): lambda: dpo_loss_vs_trl(args, data),
+    }
+    for (part, name), run in parts.items():
+        if part in only:
+            result[name] = run()
+            (args.out / "bench.json").write_text(json.dumps(result, indent=1))  # each part as it ends
     print(json.dumps(result))
     return 0
 

@@ -66,7 +66,8 @@ def run_command(out: Path, *args: str) -> dict:
     """``python -m codex_jax.main ARGS`` (the ``train``/``eval-code`` commands); its last stdout JSON line."""
     cmd = [sys.executable, "-m", "codex_jax.main", *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    (out / "commands.log").open("a").write(" ".join(cmd) + "\n" + done.stderr[-4000:] + done.stdout + "\n")
+    with (out / "commands.log").open("a") as log:
+        log.write(" ".join(cmd) + "\n" + done.stderr[-4000:] + done.stdout + "\n")
     if done.returncode:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
