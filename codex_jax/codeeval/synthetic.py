@@ -75,7 +75,8 @@ def family(seed: int = 0, heldout: int = 40) -> tuple[list[Problem], list[Proble
     constant's) held out; both lists in a seeded order."""
     pairs = [(op, k) for op in OPERATIONS for k in CONSTANTS]
     order = np.random.default_rng(seed).permutation(len(pairs))
-    held, train = [], []
+    held: list[Problem] = []
+    train: list[Problem] = []
     per_op = {op.name: 0 for op in OPERATIONS}
     per_k = {k: 0 for k in CONSTANTS}
     for index in order:
