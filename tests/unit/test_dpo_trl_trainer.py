@@ -30,7 +30,7 @@ PAIRS = [  # each prompt ends on a token boundary (TRL tokenizes prompt + comple
 ]
 
 
-def _llama(folder, seed: int):
+def _llama(folder, seed: int, tokenizer: bool = True):
     config = transformers.LlamaConfig(
         vocab_size=320,
         hidden_size=32,
@@ -49,14 +49,15 @@ def _llama(folder, seed: int):
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape))
     model.save_pretrained(folder, safe_serialization=True)
-    chat_tokenizer_folder(folder)
+    if tokenizer:
+        chat_tokenizer_folder(folder)
     return transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("trl_dpo")
-    policy, ref = _llama(root / "policy", 0), _llama(root / "ref", 1)
+    policy, ref = _llama(root / "policy", 0), _llama(root / "ref", 1, tokenizer=False)
     pairs_file = root / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
     return root, policy, ref, pairs_file
