@@ -77,7 +77,9 @@ def test_reference_solutions_pass_and_wrong_ones_fail_in_the_sandbox():
             Attempt(p.prompt, c, p.test, p.entry_point)
             for c in (other_k, problem(other_op, k).canonical_solution)
         ]
-    sandbox = make_sandbox(Limits(timeout_s=10.0), remember_verdicts=True)
+    # stdlib-only problems: the programs start without site (-S), as the demo runs them
+    sandbox = make_sandbox(Limits(timeout_s=10.0, site_packages=False), remember_verdicts=True)
+    assert sandbox.info()["site_packages"] is False and sandbox.info()["remember_verdicts"] is True
     outcomes = run_tests_many(sandbox, good + wrong + good[:2], workers=2)
     assert [o.passed for o in outcomes[: len(good)]] == [True] * len(good), [o.result for o in outcomes]
     assert not any(o.passed for o in outcomes[len(good) : len(good) + len(wrong)])
@@ -86,3 +88,12 @@ def test_reference_solutions_pass_and_wrong_ones_fail_in_the_sandbox():
     assert outcomes[-2] is outcomes[0] and outcomes[-1] is outcomes[1]
     again = run_tests_many(sandbox, wrong[:3], workers=2)
     assert [o is w for o, w in zip(again, outcomes[len(good) : len(good) + 3], strict=True)] == [True] * 3
+
+
+def test_a_timed_out_program_is_judged_again_not_remembered():
+    p = problem(OPERATIONS[0], 3)
+    slow = Attempt(p.prompt, "    while True:\n        pass\n", p.test, p.entry_point)
+    sandbox = make_sandbox(Limits(timeout_s=1.0), remember_verdicts=True)
+    first, second = run_tests_many(sandbox, [slow], workers=1) + run_tests_many(sandbox, [slow], workers=1)
+    assert first.timed_out and second.timed_out and first is not second
+    assert sandbox.verdicts == {}
