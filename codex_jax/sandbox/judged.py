@@ -187,10 +187,21 @@ def _signal_name(number: int) -> str:
     return f"signal {number}"
 
 
+MAX_VERDICTS = 20_000  # verdicts a sandbox remembers (the oldest are forgotten first)
+
+
+def _key(job: Attempt) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.astuple(job)).encode()).hexdigest()
+
+
 def run_tests_many(
     sandbox: Sandbox, jobs: Sequence[Attempt], workers: int = 2, on_done: Callable[[], None] | None = None
 ) -> list[Outcome]:
-    """The outcome of each job, in order, ``workers`` at a time (``on_done`` after each)."""
+    """The outcome of each job, in order, ``workers`` at a time (``on_done`` after each). A sandbox that
+    remembers verdicts (``make_sandbox(remember_verdicts=True)``) judges each distinct job once, in this
+    call and across calls: the same program and tests get the verdict its one real judged run earned
+    (a timed-out run is not remembered). Under RL that makes the reward of a program whose tests pass
+    only sometimes the one of its first run."""
 
     def one(job: Attempt) -> Outcome:
         try:
@@ -199,5 +210,19 @@ def run_tests_many(
             if on_done is not None:
                 on_done()
 
+    memo = sandbox.verdicts
+    if memo is None:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return list(pool.map(one, jobs))
+    keys = [_key(job) for job in jobs]
+    known = {key: memo[key] for key in keys if key in memo}
+    todo = {key: job for key, job in zip(keys, jobs, strict=True) if key not in known}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, jobs))
+        judged = dict(zip(todo, pool.map(run_tests, (sandbox,) * len(todo), todo.values()), strict=True))
+    outcomes = [judged[key] if key in judged else known[key] for key in keys]
+    memo.update((key, outcome) for key, outcome in judged.items() if not outcome.timed_out)
+    while len(memo) > MAX_VERDICTS:
+        memo.pop(next(iter(memo)))
+    for _ in jobs if on_done is not None else ():
+        on_done()  # type: ignore[misc]
+    return outcomes

@@ -99,6 +99,7 @@ class Limits:
     file_size_mb: int = 16
     max_procs: int = 16
     max_output_bytes: int = 4096
+    site_packages: bool = True  # False: the program starts with -S (stdlib only, no site; starts faster)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _user_tasks(uid: int) -> int:
 
 def _kill_users(*uids: int) -> None:
     """Kills every process of each of ``uids`` (private sandbox uids) from a process that becomes it."""
-    argv = [sys.executable, "-I", "-c", KILLER, *map(str, uids)]
+    argv = [sys.executable, "-I", "-S", "-c", KILLER, *map(str, uids)]  # -S: stdlib only, starts faster
     subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
 
 
@@ -137,6 +138,8 @@ class Sandbox:
     uid: int | None  # None: this process's own user
     private: bool  # a new uid per program (uid + a counter), killed by uid after it
     network_isolated: bool = False
+    # verdicts of judged programs by their text (make_sandbox(remember_verdicts=True)); None: judge each
+    verdicts: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def info(self) -> dict:
         """What the sandbox provides on this machine (recorded with the results)."""
@@ -145,6 +148,7 @@ class Sandbox:
             "uid": self.uid,
             "private_uid_per_program": self.private,
             "network_isolated": self.network_isolated,
+            "remember_verdicts": self.verdicts is not None,
             **dataclasses.asdict(self.limits),
         }
 
@@ -183,8 +187,9 @@ class Sandbox:
             -1 if uid is None else uid,
             flags,
         )
-        launcher = [sys.executable, "-I", "-c", LAUNCHER, *map(str, numbers)]
-        return [*launcher, self.python, "-I", "-B", str(program), *args]
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, *map(str, numbers)]  # stdlib only: no site
+        site = () if limits.site_packages else ("-S",)
+        return [*launcher, self.python, "-I", "-B", *site, str(program), *args]
 
     def run(self, source: str) -> Outcome:
         """Runs ``source`` with a success token appended; see the module docstring."""
@@ -256,10 +261,17 @@ def _outcome(out, token: str, returncode: int | None, timed_out: bool, keep: int
     return Outcome(ok, timed_out, result, returncode, text)
 
 
-def make_sandbox(limits: Limits, python: str = "") -> Sandbox:
+def make_sandbox(limits: Limits, python: str = "", remember_verdicts: bool = False) -> Sandbox:
     """The sandbox this machine allows: as root, the first of ``python`` (default: this interpreter),
     /usr/bin/python3 that an unprivileged uid can run (private uids, else ``nobody``); otherwise (or
-    when none can) this user. A probe program says whether its network is isolated."""
+    when none can) this user. A probe program says whether its network is isolated.
+    ``remember_verdicts``: :func:`codex_jax.sandbox.judged.run_tests_many` judges each distinct program
+    (prompt, completion, tests) once and reuses its verdict (timeouts are judged again)."""
+    sandbox = _probed_sandbox(limits, python)
+    return dataclasses.replace(sandbox, verdicts={}) if remember_verdicts else sandbox
+
+
+def _probed_sandbox(limits: Limits, python: str) -> Sandbox:
     candidates = list(dict.fromkeys(p for p in (python or sys.executable, "/usr/bin/python3") if p))
     users: list[tuple[int | None, bool]] = [(PRIVATE_UID, True), (NOBODY, False)] if os.geteuid() == 0 else []
     probe = "import socket\nprint('interfaces', len(socket.if_nameindex()))"
