@@ -92,6 +92,9 @@ def test_the_run_stores_absolute_paths(project):
 
 
 def test_follow_up_commands_need_only_the_workdir_from_anywhere(project):
+    """From the project dir every follow-up command needs only the workdir; from another directory (the
+    workdir given relative to it) the same run answers the same (generate and export: the commands that
+    read the checkpoint, the tokenizer and the recorded base)."""
     proj, other = project
     outputs = {}
     for cwd, run in ((proj, "runs/sft"), (other, os.path.relpath(proj / "runs/sft", other))):
@@ -99,25 +102,25 @@ def test_follow_up_commands_need_only_the_workdir_from_anywhere(project):
         assert generated.stdout.startswith("Write a function that adds 3 to x.\n"), generated.stdout
         assert "data: train" not in generated.stderr  # generate reads no data
         assert "changed on resume" not in generated.stderr
-        evaluated = json.loads(cli(cwd, "eval", f"--workdir={run}").stdout.strip().splitlines()[-1])
-        assert evaluated["step"] == 2
-        code = cli(
-            cwd,
-            "eval-code",
-            f"--workdir={run}",
-            f"--config.codeeval.problems={proj / 'problems.jsonl'}",
-            "--config.codeeval.max_new_tokens=8",
-            "--config.codeeval.batch_size=1",
-        )
-        summary = json.loads(code.stdout.strip().splitlines()[-1])
-        assert summary["prompt_format"] == "chat" and summary["num_problems"] == 1  # trained on chat
         adapter = cwd / "adapter"
         exported = cli(
             cwd, "export", f"--workdir={run}", "--config.export.format=peft", "--config.export.dir=adapter"
         )
         assert str(adapter) in exported.stdout
-        outputs[cwd] = (generated.stdout, evaluated, (adapter / "adapter_model.safetensors").read_bytes())
+        outputs[cwd] = (generated.stdout, (adapter / "adapter_model.safetensors").read_bytes())
     assert outputs[proj] == outputs[other]  # the same run, whichever directory asks
+    evaluated = json.loads(cli(proj, "eval", "--workdir=runs/sft").stdout.strip().splitlines()[-1])
+    assert evaluated["step"] == 2
+    code = cli(
+        other,
+        "eval-code",
+        f"--workdir={os.path.relpath(proj / 'runs/sft', other)}",
+        f"--config.codeeval.problems={proj / 'problems.jsonl'}",
+        "--config.codeeval.max_new_tokens=8",
+        "--config.codeeval.batch_size=1",
+    )
+    summary = json.loads(code.stdout.strip().splitlines()[-1])
+    assert summary["prompt_format"] == "chat" and summary["num_problems"] == 1  # trained on chat
     printed = cli(other, "config", "print", f"--workdir={os.path.relpath(proj / 'runs/sft', other)}").stdout
     assert f"model.init_from = 'hf:{proj / 'base'}'" in printed
 
