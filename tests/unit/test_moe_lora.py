@@ -136,3 +136,83 @@ def test_a_lora_step_with_expert_adapters_lowers_the_loss_and_trains_only_adapte
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(runner.frozen), before)
     moments = [x for x in jax.tree.leaves(trained.opt_state) if x.ndim > 0]
     assert sum(x.size for x in moments) == 2 * lora.count(trained.params)
+
+
+# ----------------------------------------------------------------------- PEFT (torch CPU, peft 0.21)
+
+
+def _hf_moe(style, folder):
+    """A tiny random transformers MoE (2 layers, 4 experts, top-2, router perturbed) saved as safetensors."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    common = dict(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    if style == "mixtral":
+        config = transformers.MixtralConfig(**common, intermediate_size=24, num_local_experts=4)
+    else:
+        config = transformers.Qwen3MoeConfig(
+            **common,
+            intermediate_size=32,
+            moe_intermediate_size=24,
+            num_experts=4,
+            num_experts_per_tok=2,
+            head_dim=8,
+        )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "style,targets",
+    [
+        ("qwen3_moe", lora.DEFAULT_TARGETS),  # attention + every expert weight: gate_up at rank 2r
+        ("mixtral", r".*(q_proj|v_proj|down_proj)"),  # down_proj alone on the experts
+        ("qwen3_moe", r"layers_1/mlp/up_proj"),  # one fused half in one layer
+    ],
+)
+def test_expert_adapters_export_to_peft_target_parameters(style, targets, tmp_path):
+    """The export loads in peft 0.21 (``target_parameters`` on transformers' fused 3-D experts): its logits
+    equal ours, and peft's merged expert weights equal our merged ones within 1e-5."""
+    pytest.importorskip("peft")
+    import json
+
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    from codex_jax.interop import hf_weights, peft
+
+    model, params = hf_weights.import_checkpoint(_hf_moe(style, tmp_path / "base"))
+    cfg = model.cfg.replace(lora_alpha=8.0, moe_impl="dense")
+    adapters = _trained_like(lora.init_lora(params, 4, targets, jax.random.key(1), experts=True), seed=3)
+    peft.export_peft(cfg, adapters, 8.0, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / peft.PEFT_CONFIG).read_text())
+    fused = targets == lora.DEFAULT_TARGETS
+    assert config["r"] == (8 if fused else 4) and config["lora_alpha"] / config["r"] == 2.0
+    tokens = np.random.default_rng(0).integers(0, 64, (2, 12))
+    ours = np.asarray(Transformer(cfg).apply({"params": params, "lora": adapters}, jnp.asarray(tokens)))
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", local_files_only=True)
+    with torch.no_grad():
+        before = base(torch.tensor(tokens)).logits.numpy()
+        theirs_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        theirs = theirs_model(torch.tensor(tokens)).logits.numpy()
+        merged_hf = {k: v.numpy() for k, v in theirs_model.merge_and_unload().state_dict().items()}
+    assert np.abs(theirs - before).max() > 1e-3  # the adapters do something in peft
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
+    merged = lora.merge(params, adapters, 8.0)
+    for i in (0, 1):
+        mlp = merged[f"layers_{i}"]["mlp"]
+        gate_up = np.concatenate([mlp["gate_proj"], mlp["up_proj"]], -1).transpose(0, 2, 1)
+        np.testing.assert_allclose(
+            merged_hf[f"model.layers.{i}.mlp.experts.gate_up_proj"], gate_up, atol=1e-5
+        )
+        down = np.asarray(mlp["down_proj"]).transpose(0, 2, 1)
+        np.testing.assert_allclose(merged_hf[f"model.layers.{i}.mlp.experts.down_proj"], down, atol=1e-5)
+    with pytest.raises(UserError, match="target_parameters=.* is not supported"):
+        peft.import_peft(tmp_path / "adapter", cfg, 8.0)
