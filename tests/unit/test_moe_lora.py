@@ -216,3 +216,22 @@ def test_expert_adapters_export_to_peft_target_parameters(style, targets, tmp_pa
         np.testing.assert_allclose(merged_hf[f"model.layers.{i}.mlp.experts.down_proj"], down, atol=1e-5)
     with pytest.raises(UserError, match="target_parameters=.* is not supported"):
         peft.import_peft(tmp_path / "adapter", cfg, 8.0)
+
+
+def test_a_preset_takes_the_run_time_expert_keys_and_its_experts_validate_the_expert_axis():
+    """model.moe_impl / capacity_factor apply over a preset (they change no shape), an ahead-of-time TPU
+    compile resolves 'auto' for TPU, and the expert axis is checked against the preset's 128 experts."""
+    from codex_jax.config import preset_config
+    from codex_jax.setup.model import model_config
+
+    cfg = preset_config("qwen3-30b-a3b")
+    assert model_config(cfg).num_experts == 128 and model_config(cfg).moe_impl == "auto"
+    assert moe.resolve(model_config(cfg), "tpu").moe_impl == "ragged"
+    assert moe.resolve(model_config(cfg), "cpu").moe_impl == "blocks"
+    cfg.model.moe_impl, cfg.model.capacity_factor = "dispatch", 2.0
+    assert (model_config(cfg).moe_impl, model_config(cfg).capacity_factor) == ("dispatch", 2.0)
+    cfg.parallel.mesh.expert, cfg.data.batch_size = 8, 16
+    validate(cfg, num_devices=16)  # 8 divides the preset's 128 experts (model.num_experts is 0)
+    cfg.parallel.mesh.expert, cfg.data.batch_size = 3, 24
+    with pytest.raises(UserError, match="'parallel.mesh.expert': must divide model.num_experts=128"):
+        validate(cfg, num_devices=6)
