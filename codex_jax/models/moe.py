@@ -262,7 +262,7 @@ class MoeMlp(nn.Module):
         dtype = self.cfg.compute_dtype
         if not self.has_variable("lora", name):
             return Proj(kernel.astype(dtype))
-        entry = self.get_variable("lora", name)
+        entry: dict = self.get_variable("lora", name)
         a, b = entry["lora_a"], entry["lora_b"]
         scale = jnp.asarray(self.cfg.lora_alpha / a.shape[-1], jnp.float32)
         return Proj(kernel.astype(dtype), a.astype(dtype), (b.astype(jnp.float32) * scale).astype(dtype))
