@@ -230,8 +230,16 @@ def test_a_preset_takes_the_run_time_expert_keys_and_its_experts_validate_the_ex
     assert moe.resolve(model_config(cfg), "cpu").moe_impl == "blocks"
     cfg.model.moe_impl, cfg.model.capacity_factor = "dispatch", 2.0
     assert (model_config(cfg).moe_impl, model_config(cfg).capacity_factor) == ("dispatch", 2.0)
-    cfg.parallel.mesh.expert, cfg.data.batch_size = 8, 16
-    validate(cfg, num_devices=16)  # 8 divides the preset's 128 experts (model.num_experts is 0)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "qwen3_30b_a3b.py"
+    spec = importlib.util.spec_from_file_location("qwen3_30b_a3b", path)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    shipped_cfg = shipped.get_config()
+    assert (shipped_cfg.model.preset, shipped_cfg.parallel.mesh.expert) == ("qwen3-30b-a3b", 8)
+    validate(shipped_cfg, num_devices=16)  # 8 divides the preset's 128 experts (model.num_experts is 0)
     cfg.parallel.mesh.expert, cfg.data.batch_size = 3, 24
     with pytest.raises(UserError, match="'parallel.mesh.expert': must divide model.num_experts=128"):
         validate(cfg, num_devices=6)
