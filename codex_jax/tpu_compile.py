@@ -28,7 +28,7 @@ from codex_jax.compute.parallel import BATCH_AXES, JitRunner
 from codex_jax.data.pipeline import masked_rows
 from codex_jax.errors import UserError
 from codex_jax.metrics.perf import peak_flops_per_device
-from codex_jax.models import attention, grad_barrier
+from codex_jax.models import attention, grad_barrier, moe
 from codex_jax.models.transformer import Transformer
 from codex_jax.setup import adapters
 from codex_jax.setup.model import model_config
@@ -122,6 +122,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
     packed = cfg.data.packing == "segments"
     model_cfg = attention.resolve(model_config(cfg), "tpu", cfg.data.seq_len, packed)
     model_cfg = grad_barrier.resolve(model_cfg, "tpu")  # this host is a CPU: 'auto' must mean TPU's
+    model_cfg = moe.resolve(model_cfg, "tpu")
     spec = optimizer_spec(cfg)
     tx = make_optimizer(spec)
     mesh = _mesh(cfg, devices)
@@ -144,6 +145,9 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str) -> dict:
         return _does_not_fit(str(e), generation, topology, len(devices), time.perf_counter() - start)
     compile_s = time.perf_counter() - start
     out = report(compiled, generation, topology, len(devices), model_cfg.attention_impl, compile_s)
+    if model_cfg.num_experts:
+        out["moe_impl"] = model_cfg.moe_impl
+        out["mesh"] = dict(mesh.shape)
     if adapters.enabled(cfg):
         out["lora_base_dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
     return out

@@ -38,6 +38,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Regex that must fully match a kernel's module path ('layers_0/attn/q_proj', "
         "'layers_3/mlp/down_proj', ...) for it to get an adapter.",
     ),
+    "lora.experts": (
+        False,
+        "Also adapt a mixture-of-experts model's stacked expert weights that lora.targets matches "
+        "(gate_proj, up_proj, down_proj): one rank-lora.rank adapter per expert (docs/moe.md). The "
+        "router is never adapted. Needs lora.dropout=0.",
+    ),
     "lora.base_dtype": (
         "",
         "dtype of the frozen base weights in a LoRA run: '' (model.param_dtype), 'float32' or "

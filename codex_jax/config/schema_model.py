@@ -18,8 +18,8 @@ MODEL_SCHEMA: dict[str, tuple[Any, str]] = {
         "A named architecture (`codex-jax models`: 'qwen3-0.6b', 'gemma-3-1b', 'starcoder2-3b', ...): it "
         "sets every architecture field (the model.* shape keys are ignored, and the log says which "
         "differ); the run-time keys (dtype, param_dtype, dropout, attention_impl, remat, grad_barriers, "
-        "loss_chunk) still apply. '': the model.* keys. With model.init_from, its config.json or run sets "
-        "the architecture instead (the log says so).",
+        "loss_chunk, moe_impl, capacity_factor) still apply. '': the model.* keys. With model.init_from, "
+        "its config.json or run sets the architecture instead (the log says so).",
     ),
     "model.num_layers": (4, "Transformer blocks."),
     "model.num_heads": (4, "Query heads."),

@@ -228,6 +228,13 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         "needs lora.rank > 0 (a LoRA run)",
         lora_from,
     )
+    _check(
+        not flat["lora.experts"] or flat["lora.dropout"] == 0,
+        "lora.dropout",
+        "must be 0 with lora.experts=True (an expert's adapter input is not one row per token; PEFT's "
+        "expert adapters refuse dropout too)",
+        flat["lora.dropout"],
+    )
     for count, what in ((num_devices, "devices in use"), (num_processes, "processes")):
         _check(
             flat["data.batch_size"] % count == 0,
@@ -238,10 +245,13 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
 
 
 def _check_mesh(flat: dict[str, Any]) -> None:
-    """The device mesh's axes against each other and the model's experts."""
-    experts = flat["model.num_experts"]
+    """The device mesh's axes against each other and the model's experts (a preset's, when
+    ``model.preset`` names one; a model from ``model.init_from`` is checked by the runner)."""
+    experts, keyed = flat["model.num_experts"], not flat["model.preset"]
+    if not keyed and flat["model.preset"] in model_presets.names():
+        experts = model_presets.get(flat["model.preset"]).get("num_experts", 0)
     _check(
-        not experts or 1 <= flat["model.experts_per_token"] <= experts,
+        not keyed or not experts or 1 <= flat["model.experts_per_token"] <= experts,
         "model.experts_per_token",
         f"must be between 1 and model.num_experts={experts}",
         flat["model.experts_per_token"],
@@ -254,7 +264,8 @@ def _check_mesh(flat: dict[str, Any]) -> None:
     )
     expert_axis = flat["parallel.mesh.expert"]
     _check(
-        expert_axis >= 1 and (expert_axis == 1 or (experts and experts % expert_axis == 0)),
+        expert_axis >= 1
+        and (expert_axis == 1 or flat["model.init_from"] or (experts and experts % expert_axis == 0)),
         "parallel.mesh.expert",
         f"must divide model.num_experts={experts}",
         expert_axis,

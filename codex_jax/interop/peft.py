@@ -8,6 +8,9 @@ PEFT naming: Llama-layout modules map one to one (``model.layers.0.self_attn.q_p
 one exact adapter of rank ``sum(r)`` (``A`` the concatenated ``lora_a``s, ``B`` block-diagonal;
 ``rank_pattern``/``alpha_pattern`` keep the scale), and a fused adapter imports as adapters of its parts
 sharing its ``A`` (zero ``B`` columns dropped), which is exact too.
+
+Per-expert adapters of a mixture of experts (``lora.experts``) export as PEFT's ``target_parameters`` on
+transformers' fused 3-D expert weights (:func:`expert_peft_tensors`); they are not imported.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from codex_jax.errors import UserError
 from codex_jax.interop.hf_config import export_model_type
 from codex_jax.interop.hf_types import HF_TYPES
 from codex_jax.interop.hf_weights import weight_table
-from codex_jax.models.lora import modules_of, scale, tree_of
+from codex_jax.models.lora import is_expert_adapter, modules_of, scale, tree_of
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -62,10 +65,89 @@ def export_peft(
     modules = {p: jax.tree.map(np.asarray, e) for p, e in modules_of(lora_tree).items()}
     ranks = [e["lora_a"].shape[-1] for e in modules.values()]
     r = max(set(ranks), key=ranks.count)
-    tensors, rank_pattern, alpha_pattern = peft_tensors(cfg, modules, r, alpha)
+    experts = {p: e for p, e in modules.items() if is_expert_adapter(e)}
+    plain = {p: e for p, e in modules.items() if p not in experts}
+    tensors, rank_pattern, alpha_pattern = peft_tensors(cfg, plain, r, alpha)
     config = peft_config(cfg, tensors, r, alpha, dropout, base_name)
+    if experts:
+        if rank_pattern or alpha_pattern or len(set(ranks)) > 1:
+            raise UserError("export.format=peft: expert adapters need one rank for every adapter")
+        rank, expert_tensors, targets = expert_peft_tensors(experts, r)
+        tensors = {k: _pad_rank(k, v, rank) for k, v in tensors.items()}
+        tensors.update(expert_tensors)
+        # every module at the one rank PEFT gives them all; the scale stays alpha / r
+        config.update(r=rank, lora_alpha=float(alpha) * rank / r, target_parameters=targets)
     config.update(rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     return write_peft(out_dir, tensors, config)
+
+
+def _pad_rank(name: str, tensor: np.ndarray, rank: int) -> np.ndarray:
+    """A plain module's ``lora_A [r, in]`` / ``lora_B [out, r]`` with zero rank rows/columns up to ``rank``
+    (the same update)."""
+    if name.endswith(".lora_A.weight"):
+        return np.pad(tensor, ((0, rank - tensor.shape[0]), (0, 0)))
+    return np.pad(tensor, ((0, 0), (0, rank - tensor.shape[1])))
+
+
+def expert_peft_tensors(experts: dict[str, dict], r: int) -> tuple[int, dict[str, np.ndarray], list[str]]:
+    """``(rank, tensors, target_parameters)`` of per-expert adapters (``'layers_1/mlp/gate_proj'``: ``lora_a
+    [E, in, r]``, ``lora_b [E, r, out]``) in PEFT's ``target_parameters`` form on transformers' fused expert
+    weights (``mlp.experts.gate_up_proj [E, 2F, D]``, ``mlp.experts.down_proj [E, D, F]``).
+
+    ``gate_up_proj`` is one adapter: the gate and up ``A``s side by side, ``B`` block-diagonal (rank 2r when
+    both are adapted). PEFT nests two adapted parameters of one module: the first (``gate_up_proj``) under
+    ``experts.base_layer``, the second at ``experts``. Its ``lora_A.weight`` is ``[E * R, in]`` (expert
+    major), its ``lora_B.weight`` ``[out, R * E]`` (rank major)."""
+    layers: dict[str, dict[str, dict]] = {}
+    for path, entry in experts.items():
+        layer, _, weight = path.rpartition("/")
+        if not re.fullmatch(r"layers_\d+/mlp", layer):
+            raise UserError(f"export.format=peft: no Hugging Face parameter for the expert adapter {path!r}")
+        layers.setdefault(layer, {})[weight] = entry
+    fused = any({"gate_proj", "up_proj"} <= set(w) for w in layers.values())
+    rank = 2 * r if fused else r
+    wanted = {n for w in layers.values() for n in w}
+    targets = [t for t, parts in _EXPERT_PARAMS if wanted & set(parts)]
+    tensors: dict[str, np.ndarray] = {}
+    for layer, weights in sorted(layers.items()):
+        prefix = f"{_PREFIX}model.layers.{layer.split('/')[0].split('_')[1]}.mlp.experts"
+        for target, parts in _EXPERT_PARAMS:
+            if not set(parts) & set(weights):
+                continue
+            a, b = _expert_adapter(weights, parts, rank)
+            where = prefix + (".base_layer" if len(targets) == 2 and target.endswith("gate_up_proj") else "")
+            E, d_in, R = a.shape
+            tensors[f"{where}.lora_A.weight"] = np.ascontiguousarray(
+                a.transpose(0, 2, 1).reshape(E * R, d_in)
+            )
+            tensors[f"{where}.lora_B.weight"] = np.ascontiguousarray(b.transpose(2, 1, 0).reshape(-1, R * E))
+    return rank, tensors, targets
+
+
+# transformers' fused expert parameters and our stacked weights they hold, in the module's order
+_EXPERT_PARAMS = (
+    ("mlp.experts.gate_up_proj", ("gate_proj", "up_proj")),
+    ("mlp.experts.down_proj", ("down_proj",)),
+)
+
+
+def _expert_adapter(weights: dict[str, dict], parts: tuple[str, ...], rank: int):
+    """``(A [E, in, rank], B [E, rank, sum(out)])`` of one fused parameter: the adapted parts' ``A``s side
+    by side, ``B`` block-diagonal, zero where a part has no adapter or the rank is padded."""
+    first = next(weights[p] for p in parts if p in weights)
+    E, d_in, _ = first["lora_a"].shape
+    outs = [weights[p]["lora_b"].shape[-1] if p in weights else first["lora_b"].shape[-1] for p in parts]
+    a = np.zeros((E, d_in, rank), first["lora_a"].dtype)
+    b = np.zeros((E, rank, sum(outs)), first["lora_b"].dtype)
+    row, col = 0, 0
+    for part, out in zip(parts, outs, strict=True):
+        if part in weights:
+            r = weights[part]["lora_a"].shape[-1]
+            a[:, :, row : row + r] = weights[part]["lora_a"]
+            b[:, row : row + r, col : col + out] = weights[part]["lora_b"]
+            row += r
+        col += out
+    return a, b
 
 
 def peft_tensors(cfg, modules: dict[str, dict], r: int, alpha: float):
@@ -193,6 +275,10 @@ def _read_peft_config(folder: Path) -> dict:
         (bool(config.get("use_dora")), "use_dora=true"),
         (config.get("bias", "none") != "none", f"bias={config.get('bias')!r}"),
         (bool(config.get("modules_to_save")), f"modules_to_save={config.get('modules_to_save')}"),
+        (
+            bool(config.get("target_parameters")),
+            f"target_parameters={config.get('target_parameters')} (expert adapters are exported, not read)",
+        ),
     ]
     for bad, what in problems:
         if bad:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,7 @@ COLLECTION = "moe"  # the flax collection the router statistics are sown into
 ROUTER_STATS = "router"
 MAX_BLOCK = 128  # 'blocks': rows per block at most
 MOE_PATHS = ("dense", "ragged", "blocks", "dispatch")  # what model.moe_impl='auto' chooses between
+EXPERT_WEIGHTS = ("gate_proj", "up_proj", "down_proj")  # the stacked [E, in, out] parameters of a layer
 
 
 def choose(cfg: ModelConfig, platform: str) -> tuple[str, str]:
@@ -54,6 +56,12 @@ def choose(cfg: ModelConfig, platform: str) -> tuple[str, str]:
     if platform in ("tpu", "gpu", "cuda", "rocm"):
         return "ragged", f"{platform}: jax.lax.ragged_dot (grouped matmul)"
     return "blocks", f"{platform}: ragged_dot would compute every expert here; expert runs padded to blocks"
+
+
+def resolve(cfg: ModelConfig, platform: str) -> ModelConfig:
+    """``cfg`` with ``moe_impl`` set to what ``'auto'`` means on ``platform`` (an ahead-of-time compile for
+    TPU on a CPU host must not take the host's choice)."""
+    return cfg.replace(moe_impl=choose(cfg, platform)[0]) if cfg.num_experts else cfg
 
 
 @functools.lru_cache(maxsize=32)
@@ -83,11 +91,41 @@ def route(cfg: ModelConfig, logits_NxE):
     return weights_NxK, experts_NxK.astype(jnp.int32), probs_NxE
 
 
-def _swiglu(x_GxBxD, gate_GxDxF, up_GxDxF, down_GxFxD):
-    """SwiGLU of each group of rows with its own weights (a batched matmul over the groups)."""
-    h_GxBxF = nn.silu(jnp.einsum("gbd,gdf->gbf", x_GxBxD, gate_GxDxF))
-    h_GxBxF = h_GxBxF * jnp.einsum("gbd,gdf->gbf", x_GxBxD, up_GxDxF)
-    return jnp.einsum("gbf,gfd->gbd", h_GxBxF, down_GxFxD)
+class Proj(NamedTuple):
+    """One stacked expert projection: ``kernel [E, in, out]`` and, when the experts carry LoRA adapters
+    (``lora.experts``), ``lora_a [E, in, r]`` and ``lora_b [E, r, out]`` (already scaled by alpha / r)."""
+
+    kernel: jax.Array
+    lora_a: jax.Array | None = None
+    lora_b: jax.Array | None = None
+
+
+class Experts(NamedTuple):
+    """The three projections of a layer's experts (a pytree: each path gathers or slices it as a whole)."""
+
+    gate: Proj
+    up: Proj
+    down: Proj
+
+
+def _grouped(x, w_GxIxO):
+    """Each group's rows times its own weights: ``x [G, B, I]`` (or ``[B, I]``, shared by every group)."""
+    return jnp.einsum("gbi,gio->gbo" if x.ndim == 3 else "bi,gio->gbo", x, w_GxIxO)
+
+
+def _project(x, proj: Proj, matmul):
+    """``x @ kernel`` plus the adapter's ``x @ lora_a @ lora_b`` under the path's grouped ``matmul``."""
+    y = matmul(x, proj.kernel)
+    if proj.lora_a is not None:
+        y = y + matmul(matmul(x, proj.lora_a), proj.lora_b)
+    return y
+
+
+def _swiglu(x, experts: Experts, matmul=_grouped):
+    """SwiGLU of each group of rows with its own experts' weights (``matmul``: :func:`_grouped`, or
+    ``ragged_dot`` over sorted rows)."""
+    h = nn.silu(_project(x, experts.gate, matmul)) * _project(x, experts.up, matmul)
+    return _project(h, experts.down, matmul)
 
 
 def _sorted_assignments(experts_NxK):
@@ -106,20 +144,19 @@ def _unsort(y_AxD, order_A, weights_NxK):
     return jnp.einsum("nkd,nk->nd", y_NxKxD, weights_NxK.astype(y_NxKxD.dtype))
 
 
-def ragged_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down):
-    """Dropless: tokens sorted by expert, three ``jax.lax.ragged_dot`` grouped matmuls."""
-    E = gate.shape[0]
+def ragged_experts(x_NxD, weights_NxK, experts_NxK, experts: Experts):
+    """Dropless: tokens sorted by expert, ``jax.lax.ragged_dot`` grouped matmuls (three, and two more per
+    adapted projection)."""
+    E = experts.gate.kernel.shape[0]
     order_A, tokens_A, sorted_experts_A = _sorted_assignments(experts_NxK)
     sizes_E = jnp.bincount(sorted_experts_A, length=E).astype(jnp.int32)
-    xs_AxD = x_NxD[tokens_A]
-    h_AxF = nn.silu(jax.lax.ragged_dot(xs_AxD, gate, sizes_E)) * jax.lax.ragged_dot(xs_AxD, up, sizes_E)
-    y_AxD = jax.lax.ragged_dot(h_AxF, down, sizes_E)
+    y_AxD = _swiglu(x_NxD[tokens_A], experts, lambda x, w: jax.lax.ragged_dot(x, w, sizes_E))
     return _unsort(y_AxD, order_A, weights_NxK)
 
 
-def block_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down):
+def block_experts(x_NxD, weights_NxK, experts_NxK, experts: Experts):
     """Dropless: tokens sorted by expert, each expert's run padded to whole blocks, one batched matmul."""
-    E = gate.shape[0]
+    E = experts.gate.kernel.shape[0]
     N, K = experts_NxK.shape
     A = N * K
     b = block_rows(A, E)
@@ -137,15 +174,15 @@ def block_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down):
     expert_G = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded_E), block_start_G, side="right"), E - 1)
     x_pad = jnp.concatenate([x_NxD, jnp.zeros((1, x_NxD.shape[1]), x_NxD.dtype)])
     xb_GxBxD = x_pad[token_P].reshape(nb, b, -1)
-    y_GxBxD = _swiglu(xb_GxBxD, gate[expert_G], up[expert_G], down[expert_G])
+    y_GxBxD = _swiglu(xb_GxBxD, jax.tree.map(lambda w: w[expert_G], experts))
     y_AxD = y_GxBxD.reshape(nb * b, -1)[slot_A]
     return _unsort(y_AxD, order_A, weights_NxK)
 
 
-def dispatch_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down, capacity_per_expert: int):
+def dispatch_experts(x_NxD, weights_NxK, experts_NxK, experts: Experts, capacity_per_expert: int):
     """Capacity-limited: each expert's first ``capacity_per_expert`` assignments (choice-major, then token
     order), gathered into ``[E, C, D]``; returns ``(y [N, D], dropped assignments' fraction)``."""
-    E = gate.shape[0]
+    E = experts.gate.kernel.shape[0]
     N, K = experts_NxK.shape
     C = capacity_per_expert
     onehot_KxNxE = jax.nn.one_hot(experts_NxK.T, E, dtype=jnp.int32)
@@ -157,7 +194,7 @@ def dispatch_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down, capacity_p
     token_S = jnp.full((E * C + 1,), N, jnp.int32).at[slot_NxK.reshape(-1)].set(tokens_NxK.reshape(-1))
     x_pad = jnp.concatenate([x_NxD, jnp.zeros((1, x_NxD.shape[1]), x_NxD.dtype)])
     xe_ExCxD = x_pad[token_S[: E * C]].reshape(E, C, -1)
-    ye_ExCxD = _swiglu(xe_ExCxD, gate, up, down)
+    ye_ExCxD = _swiglu(xe_ExCxD, experts)
     y_pad = jnp.concatenate([ye_ExCxD.reshape(E * C, -1), jnp.zeros((1, ye_ExCxD.shape[-1]), ye_ExCxD.dtype)])
     y_NxKxD = y_pad[slot_NxK]
     y_NxD = jnp.einsum("nkd,nk->nd", y_NxKxD, weights_NxK.astype(y_NxKxD.dtype))
@@ -165,12 +202,11 @@ def dispatch_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down, capacity_p
     return y_NxD, dropped
 
 
-def dense_experts(x_NxD, weights_NxK, experts_NxK, gate, up, down):
+def dense_experts(x_NxD, weights_NxK, experts_NxK, experts: Experts):
     """Every expert on every token, combined with the routing weights (zero outside the top k)."""
-    E = gate.shape[0]
+    E = experts.gate.kernel.shape[0]
     combine_NxE = (jax.nn.one_hot(experts_NxK, E, dtype=jnp.float32) * weights_NxK[..., None]).sum(1)
-    h_ExNxF = nn.silu(jnp.einsum("nd,edf->enf", x_NxD, gate)) * jnp.einsum("nd,edf->enf", x_NxD, up)
-    y_ExNxD = jnp.einsum("enf,efd->end", h_ExNxF, down)
+    y_ExNxD = _swiglu(x_NxD, experts)  # [N, D] rows shared by every expert
     return jnp.einsum("end,ne->nd", y_ExNxD, combine_NxE.astype(y_ExNxD.dtype))
 
 
@@ -187,10 +223,10 @@ class MoeMlp(nn.Module):
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         init = nn.initializers.normal(stddev=0.02)
         router_DxE = self.param("router", init, (D, E), jnp.float32)
-        gate = self.param("gate_proj", init, (E, D, F), cfg.weights_dtype).astype(cfg.compute_dtype)
-        up = self.param("up_proj", init, (E, D, F), cfg.weights_dtype).astype(cfg.compute_dtype)
+        gate = self.param("gate_proj", init, (E, D, F), cfg.weights_dtype)
+        up = self.param("up_proj", init, (E, D, F), cfg.weights_dtype)
         down = self.param("down_proj", nn.initializers.normal(out_std), (E, F, D), cfg.weights_dtype)
-        down = down.astype(cfg.compute_dtype)
+        experts = Experts(*(self._proj(n, w) for n, w in zip(EXPERT_WEIGHTS, (gate, up, down), strict=True)))
 
         x_NxD = x_BxTxD.reshape(B * T, D).astype(cfg.compute_dtype)
         logits_NxE = jnp.dot(x_NxD.astype(jnp.float32), router_DxE, precision=jax.lax.Precision.HIGHEST)
@@ -199,7 +235,7 @@ class MoeMlp(nn.Module):
         impl, reason = choose(cfg, platform)
         _log_choice(platform, impl, reason)
         dropped = jnp.float32(0.0)
-        args = (x_NxD, weights_NxK, experts_NxK, gate, up, down)
+        args = (x_NxD, weights_NxK, experts_NxK, experts)
         if impl == "ragged":
             y_NxD = ragged_experts(*args)
         elif impl == "blocks":
@@ -219,6 +255,17 @@ class MoeMlp(nn.Module):
         self.sow(COLLECTION, ROUTER_STATS, stats)
         y_BxTxD = y_NxD.reshape(B, T, D).astype(cfg.compute_dtype)
         return nn.Dropout(cfg.dropout)(y_BxTxD, deterministic=deterministic)
+
+    def _proj(self, name: str, kernel) -> Proj:
+        """The stacked expert weight ``name`` in the compute dtype, with its adapter when the ``'lora'``
+        collection holds one (``{name: {'lora_a' [E, in, r], 'lora_b' [E, r, out]}}``, models/lora.py)."""
+        dtype = self.cfg.compute_dtype
+        if not self.has_variable("lora", name):
+            return Proj(kernel.astype(dtype))
+        entry: dict = self.get_variable("lora", name)
+        a, b = entry["lora_a"], entry["lora_b"]
+        scale = jnp.asarray(self.cfg.lora_alpha / a.shape[-1], jnp.float32)
+        return Proj(kernel.astype(dtype), a.astype(dtype), (b.astype(jnp.float32) * scale).astype(dtype))
 
 
 def layer_stats(collection) -> list[dict]:

@@ -35,7 +35,12 @@ def init_adapters(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig):
         return peft.import_peft(folder, model_cfg, cfg.lora.alpha, model_cfg.weights_dtype)
     rng = jax.random.fold_in(jax.random.key(cfg.seed), 2)
     return lora.init_lora(
-        base_shapes(model_cfg), cfg.lora.rank, cfg.lora.targets, rng, model_cfg.weights_dtype
+        base_shapes(model_cfg),
+        cfg.lora.rank,
+        cfg.lora.targets,
+        rng,
+        model_cfg.weights_dtype,
+        experts=cfg.lora.experts,
     )
 
 
@@ -46,6 +51,7 @@ def meta(cfg: ml_collections.ConfigDict, record: dict, adapter_shapes, model_cfg
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
         "targets": cfg.lora.targets,
+        "experts": cfg.lora.experts,
         "trainable_params": trainable,
         "frozen_params": frozen,
         "trainable_fraction": trainable / frozen,

@@ -24,7 +24,17 @@ from codex_jax.models.config import ModelConfig
 from codex_jax.setup.checkpoints import open_checkpoints
 
 # ModelConfig fields taken from the run config; every other field comes from config.json.
-RUNTIME_KEYS = ("dtype", "param_dtype", "dropout", "attention_impl", "remat", "grad_barriers", "loss_chunk")
+RUNTIME_KEYS = (
+    "dtype",
+    "param_dtype",
+    "dropout",
+    "attention_impl",
+    "remat",
+    "grad_barriers",
+    "loss_chunk",
+    "moe_impl",  # how the experts compute, not their shapes (models/moe.py)
+    "capacity_factor",
+)
 # Run-config keys that config.json overrides (named in the log when they differ).
 SHAPE_KEYS = (
     "family",

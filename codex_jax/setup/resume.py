@@ -36,6 +36,7 @@ _FIXED_KEYS = (
     "data.safety_policy",
     "lora.rank",
     "lora.targets",
+    "lora.experts",
     "lora.init_from",
 )
 _FREE_MODEL_KEYS = (

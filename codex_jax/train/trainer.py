@@ -78,7 +78,7 @@ def build_trainer(cfg: ml_collections.ConfigDict, workdir: Path, resume: int | N
     model = Transformer(model_config(cfg))
     check_model(cfg, model.cfg)
     if adapters.enabled(cfg) and not cfg.lora.init_from:  # lora.targets, before any data work
-        lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets)
+        lora.target_paths(adapters.base_shapes(model.cfg), cfg.lora.targets, cfg.lora.experts)
     data = prepare_data(cfg, workdir)
     check_vocab(data.tokenizer, model.cfg, data.manifest["tokenizer"]["path"])
     runner, tx = train_runner(cfg, model)

@@ -64,3 +64,20 @@ def test_compile_a_qlora_step_sizes_the_nf4_base():
         outs[dtype] = json.loads(proc.stdout)
     assert outs["nf4"]["lora_base_dtype"] == "nf4" and outs["nf4"]["fits"] is True
     assert outs["nf4"]["per_chip_argument_gb"] < outs["bfloat16"]["per_chip_argument_gb"]
+
+
+def test_compile_a_mixture_of_experts_with_an_expert_axis_and_expert_adapters():
+    """A MoE step for TPU: 'auto' resolves to TPU's 'ragged' path (not this CPU host's 'blocks'), the experts
+    sit on a 2-way expert axis, and expert LoRA adapters compile too."""
+    moe = ("--config.model.num_experts=4", "--config.model.moe_d_ff=64", "--config.parallel.mesh.expert=2")
+    proc = _compile(
+        "--config=configs/tiny.py",
+        *moe,
+        "--config.lora.rank=4",
+        "--config.lora.experts=true",
+        "--topology=v5e:2x2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["moe_impl"] == "ragged" and out["mesh"]["expert"] == 2 and out["chips"] == 4
+    assert out["fits"] is True and out["flops_per_chip_per_step"] > 0
