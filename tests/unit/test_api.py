@@ -24,6 +24,7 @@ def test_packaged_configs_resolve_by_name_and_a_real_file_wins(tmp_path, monkeyp
         "gpt2_small",
         "llama_1b",
         "qwen3_0_6b",
+        "qwen3_30b_a3b",
         "gemma3_1b",
         "starcoder2_3b",
     }
