@@ -97,7 +97,8 @@ def main(_):
     state = runner.init_state(fresh_state_fn(cfg, model.cfg, tx))
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     rss_before_steps = _status_gib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on: the steps (compile included)
+    # Peak RSS from here on (VmHWM, and ru_maxrss with it): the steps, their compile included.
+    Path("/proc/self/clear_refs").write_text("5")
     losses = []
     for batch in text_batches(cfg.data.batch_size, cfg.data.seq_len, FLAGS.steps):
         state, metrics = runner.train_step(state, runner.put_batch(batch))
@@ -107,8 +108,8 @@ def main(_):
         "base_dtype": record["dtype"],
         "quant_block_size": record.get("quant_block_size"),
         "base_gib": round(quant.nbytes(runner.frozen) / 2**30, 3),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3),
-        "peak_rss_after_load_gib": round(rss_after_load, 3),
+        "peak_rss_gib": round(max(rss_after_load, _status_gib("VmHWM")), 3),
+        "peak_rss_load_gib": round(rss_after_load, 3),
         "rss_before_steps_gib": round(rss_before_steps, 3),
         "peak_rss_steps_gib": round(_status_gib("VmHWM"), 3),
         "batch": cfg.data.batch_size,

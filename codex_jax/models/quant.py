@@ -188,10 +188,15 @@ def kernel_keys(params) -> list[str]:
     return sorted(k for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2)
 
 
+_quantize_jit = jax.jit(quantize, static_argnums=(1, 2))
+_cast_jit = jax.jit(lambda x, dtype: x.astype(dtype), static_argnums=1)
+
+
 def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
     """``params`` with every 2-D kernel quantized and every other leaf cast to ``other_dtype`` (None:
     kept) (works on arrays, and under :func:`jax.eval_shape` on shapes). UserError when ``block``
-    does not divide a kernel's input rows."""
+    does not divide a kernel's input rows. Called outside ``jit`` it quantizes one leaf per jitted
+    call, so that only one kernel's float32 intermediates exist at a time."""
     flat = traverse_util.flatten_dict(params, sep="/")
     for key in kernel_keys(params):
         check(fmt, block, flat[key].shape[0])
@@ -199,9 +204,9 @@ def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
     out = {}
     for key, leaf in flat.items():
         if key in kernels:
-            out.update({f"{key}/{name}": v for name, v in quantize(leaf, fmt, block).items()})
+            out.update({f"{key}/{name}": v for name, v in _quantize_jit(leaf, fmt, block).items()})
         else:
-            out[key] = leaf if other_dtype is None else leaf.astype(other_dtype)
+            out[key] = leaf if other_dtype is None else _cast_jit(leaf, jnp.dtype(other_dtype))
     return traverse_util.unflatten_dict(out, sep="/")
 
 

@@ -182,7 +182,7 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
     ``saved`` (the record of a resumed run) pins a workdir base to the step the run started from;
     a base whose checksum changed since is refused. No ``init_from``: the random init of ``seed``.
     ``form`` (``(function, target)``: e.g. a quantizer and the target of its output) is applied to the
-    weights; a random init is formed inside the jitted init, so the full-precision tree never exists whole.
+    weights one leaf at a time (a random init is made in full precision first, like a loaded base).
     """
     spec = RunSpec.from_config(cfg)
     record: dict = {"source": spec.init_from or f"random init (seed {cfg.seed})"}
@@ -195,21 +195,18 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
         params, record["step"] = load_params(cfg, target, (saved or {}).get("step"))
         record["sha256"] = sha256_files([spec.base_run / "checkpoints" / str(record["step"]) / MANIFEST])
     else:
-        fn, out = form or ((lambda p: p), target)
-        shardings = jax.tree.map(lambda t: t.sharding, out)
-        params = jax.jit(
-            lambda: fn(init_params(model_cfg, jax.random.key(cfg.seed))), out_shardings=shardings
-        )()
-        form, record["sha256"] = None, None
+        shardings = jax.tree.map(lambda t: t.sharding, target)
+        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)), out_shardings=shardings)()
+        record["sha256"] = None
     if saved is not None and saved.get("sha256") != record["sha256"]:
         raise UserError(
             f"the base model {record['source']} changed since this LoRA run started "
             f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
             "restore the original or start a new --workdir"
         )
-    if form is not None:
-        fn, out = form
-        params = jax.jit(fn, out_shardings=jax.tree.map(lambda t: t.sharding, out))(params)
+    if form is not None:  # leaf by leaf (quant.quantize_tree): one jitted call over the whole tree
+        fn, out = form  # had XLA quantize every kernel at once (26.9 GB of temporaries for a 1.1B base)
+        params = jax.device_put(fn(params), jax.tree.map(lambda t: t.sharding, out))
     return params, record
 
 
