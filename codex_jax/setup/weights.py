@@ -7,6 +7,8 @@ LoRA run with a base of its own), so they live in one module.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import sys
 from pathlib import Path
@@ -221,6 +223,14 @@ def base_form(cfg: ml_collections.ConfigDict):
     return None
 
 
+def _release_freed_memory() -> None:
+    """Hands the host memory of the full-precision base (freed once quantized or cast) back to the OS:
+    glibc keeps freed small blocks in its heap (measured: 2.8 GiB of RSS after placing a 1.1B NF4 base); elsewhere
+    a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, saved=None) -> dict:
     """Loads the base (``model.init_from``) in ``lora.base_dtype`` into ``runner``; returns its
     record for the checkpoint meta (``saved``: the record a resumed run's checkpoint holds)."""
@@ -229,6 +239,7 @@ def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, s
     form = None if fn is None else (fn, runner.frozen_target(jax.eval_shape(fn, shapes)))
     base, record = load_base(cfg, model_cfg, runner.frozen_target(shapes), saved, form)
     runner.set_frozen(base)
+    _release_freed_memory()
     record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
     if cfg.lora.base_dtype in quant.FORMATS:
         record["quant_block_size"] = cfg.lora.quant_block_size
