@@ -225,8 +225,8 @@ def base_form(cfg: ml_collections.ConfigDict):
 
 def _release_freed_memory() -> None:
     """Hands the host memory of the full-precision base (freed once quantized or cast) back to the OS:
-    glibc keeps freed small blocks in its heap (measured: 2.8 GiB of RSS after placing a 1.1B NF4 base); elsewhere
-    a no-op."""
+    glibc keeps freed small blocks in its heap (measured: 2.8 GiB of RSS after placing a 1.1B NF4 base);
+    elsewhere a no-op."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
