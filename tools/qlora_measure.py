@@ -6,7 +6,8 @@
 The frozen base is a random init (``model.init_from=''``) placed by ``setup/weights.place_base`` in
 ``lora.base_dtype``; batches are consecutive windows of the Python standard library's source read as
 bytes (token id = byte value, so any vocab >= 256 works without a tokenizer). Reports the loss of
-every step, the process's peak RSS (GiB) and the frozen base's bytes.
+every step, the process's peak RSS (GiB: over the whole run, and over the steps alone, reset after
+the base is placed through ``/proc/self/clear_refs``) and the frozen base's bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def text_batches(batch: int, seq_len: int, steps: int) -> list[np.ndarray]:
             break
     tokens = np.concatenate(chunks)[:need].astype(np.int32)
     return list(tokens.reshape(steps, batch, seq_len + 1))
+
+
+def _status_gib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since start or the last reset) of this process, GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024 / 2**30
+    raise KeyError(field)
 
 
 def step_memory(cfg, model, runner, tx) -> dict:
@@ -87,6 +96,9 @@ def main(_):
     record = weights.place_base(cfg, model.cfg, runner)
     state = runner.init_state(fresh_state_fn(cfg, model.cfg, tx))
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    rss_before_steps = _status_gib("VmRSS")
+    # Peak RSS from here on (VmHWM, and ru_maxrss with it): the steps, their compile included.
+    Path("/proc/self/clear_refs").write_text("5")
     losses = []
     for batch in text_batches(cfg.data.batch_size, cfg.data.seq_len, FLAGS.steps):
         state, metrics = runner.train_step(state, runner.put_batch(batch))
@@ -96,8 +108,10 @@ def main(_):
         "base_dtype": record["dtype"],
         "quant_block_size": record.get("quant_block_size"),
         "base_gib": round(quant.nbytes(runner.frozen) / 2**30, 3),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3),
-        "peak_rss_after_load_gib": round(rss_after_load, 3),
+        "peak_rss_gib": round(max(rss_after_load, _status_gib("VmHWM")), 3),
+        "peak_rss_load_gib": round(rss_after_load, 3),
+        "rss_before_steps_gib": round(rss_before_steps, 3),
+        "peak_rss_steps_gib": round(_status_gib("VmHWM"), 3),
         "batch": cfg.data.batch_size,
         "seq_len": cfg.data.seq_len,
         "steps": FLAGS.steps,

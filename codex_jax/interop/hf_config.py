@@ -129,7 +129,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     differ = [
         f"{f.name}={getattr(cfg, f.name)!r}"
         for f in dataclasses.fields(cfg)
-        if f.name not in _RUNTIME + ("lora_alpha", "lora_dropout")
+        if f.name not in _RUNTIME + ("lora_alpha", "lora_dropout", "frozen_base")
         and getattr(back, f.name) != getattr(cfg, f.name)
     ]
     if differ:

@@ -82,6 +82,9 @@ class ModelConfig:
     # LoRA (models/lora.py): adapter scale alpha / rank and dropout on the adapter input.
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    # The 'params' are a LoRA run's frozen base: kernels get no gradient, so models/quant.matmul may
+    # recompute their cast in the backward pass instead of keeping it (set from lora.rank > 0).
+    frozen_base: bool = False
     # Mixture of experts (models/moe.py); num_experts=0: every layer has a dense MLP.
     num_experts: int = 0
     experts_per_token: int = 2

@@ -126,34 +126,56 @@ def _dot(x, w):
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _quantized_matmul(x, q, dtype):
-    x, q = jax.lax.optimization_barrier((x, q))  # dequantize when x arrives, not all layers up front
-    return _dot(x, dequantize(q, dtype))
+def _guarded(guard: bool, fn, a, q):
+    """``fn(a, q)``; with ``guard``, inside a conditional on ``a``'s first value.
+
+    XLA's CPU pipeline drops optimization barriers before scheduling and CSE: it would dequantize every
+    layer's kernel up front and merge the backward's dequantization with the forward's, so that the
+    whole base lived in float32 from the forward to the backward pass. A conditional whose predicate is
+    unknown at compile time stops both: the kernel is dequantized when ``a`` arrives, in the forward and
+    again in the backward pass. The branches must differ as jaxprs or jax drops the cond."""
+    if not guard:
+        return fn(a, q)
+    known = jnp.isfinite(a.reshape(-1)[0])
+    return jax.lax.cond(known, fn, lambda a, q: fn(a * 1, q), a, q)
 
 
-def _quantized_matmul_fwd(x, q, dtype):
-    return _quantized_matmul(x, q, dtype), q
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _frozen_matmul(x, w, dtype, guard):
+    x, w = jax.lax.optimization_barrier((x, w))  # dequantize when x arrives, not all layers up front
+    return _guarded(guard, lambda x, w: _dot(x, dequantized_kernel(w, dtype)), x, w)
 
 
-def _quantized_matmul_bwd(dtype, q, g):
-    g, q = jax.lax.optimization_barrier((g, q))  # likewise: when the cotangent arrives
-    w = dequantize(q, dtype)
-    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    return dx, jax.tree.map(
-        lambda a: np.zeros(a.shape, jax.dtypes.float0 if a.dtype != np.float32 else a.dtype), q
-    )
+def _frozen_matmul_fwd(x, w, dtype, guard):
+    return _frozen_matmul(x, w, dtype, guard), w
 
 
-_quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
+def _backward_dot(g, w, dtype):
+    return jax.lax.dot_general(g, dequantized_kernel(w, dtype), (((g.ndim - 1,), (1,)), ((), ())))
 
 
-def matmul(x, kernel, dtype) -> jax.Array:
-    """``x @ kernel`` in ``dtype``. A quantized kernel (frozen: it gets a zero gradient) is dequantized
-    when ``x`` arrives, and again in the backward pass when the cotangent arrives: no full-precision copy
-    of it is kept between the two, and XLA cannot dequantize every layer's kernel ahead of time."""
-    if is_quantized(kernel):
-        return _quantized_matmul(x, kernel, jnp.dtype(dtype))
+def _zero_cotangent(a):
+    integer = not jnp.issubdtype(a.dtype, jnp.floating)
+    return np.zeros(a.shape, jax.dtypes.float0 if integer else a.dtype)
+
+
+def _frozen_matmul_bwd(dtype, guard, w, g):
+    g, w = jax.lax.optimization_barrier((g, w))  # likewise: when the cotangent arrives
+    dx = _guarded(guard, lambda g, w: _backward_dot(g, w, dtype), g, w)
+    return dx, jax.tree.map(_zero_cotangent, w)
+
+
+_frozen_matmul.defvjp(_frozen_matmul_fwd, _frozen_matmul_bwd)
+
+
+def matmul(x, kernel, dtype, guard: bool = True, frozen: bool = False) -> jax.Array:
+    """``x @ kernel`` in ``dtype``. A quantized kernel, or any kernel with ``frozen`` (a LoRA base: its
+    gradient is zero), is dequantized (cast) when ``x`` arrives, and again in the backward pass when the
+    cotangent arrives: no full-precision copy of it is kept between the two, and XLA cannot dequantize
+    every layer's kernel ahead of time. ``guard`` (for XLA's CPU pipeline, see :func:`_guarded`) puts
+    both inside a conditional so that XLA cannot hoist them or merge the backward's with the forward's."""
+    if is_quantized(kernel) or frozen:
+        return _frozen_matmul(x, kernel, jnp.dtype(dtype), bool(guard))
     return _dot(x, kernel.astype(dtype))
 
 
@@ -166,10 +188,15 @@ def kernel_keys(params) -> list[str]:
     return sorted(k for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2)
 
 
+_quantize_jit = jax.jit(quantize, static_argnums=(1, 2))
+_cast_jit = jax.jit(lambda x, dtype: x.astype(dtype), static_argnums=1)
+
+
 def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
     """``params`` with every 2-D kernel quantized and every other leaf cast to ``other_dtype`` (None:
     kept) (works on arrays, and under :func:`jax.eval_shape` on shapes). UserError when ``block``
-    does not divide a kernel's input rows."""
+    does not divide a kernel's input rows. Called outside ``jit`` it quantizes one leaf per jitted
+    call, so that only one kernel's float32 intermediates exist at a time."""
     flat = traverse_util.flatten_dict(params, sep="/")
     for key in kernel_keys(params):
         check(fmt, block, flat[key].shape[0])
@@ -177,9 +204,9 @@ def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
     out = {}
     for key, leaf in flat.items():
         if key in kernels:
-            out.update({f"{key}/{name}": v for name, v in quantize(leaf, fmt, block).items()})
+            out.update({f"{key}/{name}": v for name, v in _quantize_jit(leaf, fmt, block).items()})
         else:
-            out[key] = leaf if other_dtype is None else leaf.astype(other_dtype)
+            out[key] = leaf if other_dtype is None else _cast_jit(leaf, jnp.dtype(other_dtype))
     return traverse_util.unflatten_dict(out, sep="/")
 
 

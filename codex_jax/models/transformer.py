@@ -88,7 +88,8 @@ class Linear(nn.Module):
                 "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
             )
         x = x.astype(cfg.compute_dtype)
-        y = quant.matmul(x, kernel, cfg.compute_dtype)
+        guard = grad_barrier.enabled(cfg, jax.default_backend())
+        y = quant.matmul(x, kernel, cfg.compute_dtype, guard, frozen=cfg.frozen_base)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), cfg.weights_dtype)
             y = y + bias.astype(cfg.compute_dtype)

@@ -68,7 +68,9 @@ def model_config(cfg: ml_collections.ConfigDict, saved: dict | None = None) -> M
         resolved = ModelConfig.from_dict({**(saved or registry.get(cfg.model.preset)), **runtime})
     else:
         resolved = ModelConfig.from_dict({**cfg.model.to_dict(), "max_seq_len": cfg.data.seq_len})
-    return resolved.replace(lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout)
+    return resolved.replace(
+        lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, frozen_base=cfg.lora.rank > 0
+    )
 
 
 def _base_run_model(spec: RunSpec) -> dict:

@@ -7,6 +7,8 @@ LoRA run with a base of its own), so they live in one module.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import sys
 from pathlib import Path
@@ -182,7 +184,7 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
     ``saved`` (the record of a resumed run) pins a workdir base to the step the run started from;
     a base whose checksum changed since is refused. No ``init_from``: the random init of ``seed``.
     ``form`` (``(function, target)``: e.g. a quantizer and the target of its output) is applied to the
-    weights; a random init is formed inside the jitted init, so the full-precision tree never exists whole.
+    weights one leaf at a time (a random init is made in full precision first, like a loaded base).
     """
     spec = RunSpec.from_config(cfg)
     record: dict = {"source": spec.init_from or f"random init (seed {cfg.seed})"}
@@ -195,21 +197,18 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
         params, record["step"] = load_params(cfg, target, (saved or {}).get("step"))
         record["sha256"] = sha256_files([spec.base_run / "checkpoints" / str(record["step"]) / MANIFEST])
     else:
-        fn, out = form or ((lambda p: p), target)
-        shardings = jax.tree.map(lambda t: t.sharding, out)
-        params = jax.jit(
-            lambda: fn(init_params(model_cfg, jax.random.key(cfg.seed))), out_shardings=shardings
-        )()
-        form, record["sha256"] = None, None
+        shardings = jax.tree.map(lambda t: t.sharding, target)
+        params = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)), out_shardings=shardings)()
+        record["sha256"] = None
     if saved is not None and saved.get("sha256") != record["sha256"]:
         raise UserError(
             f"the base model {record['source']} changed since this LoRA run started "
             f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
             "restore the original or start a new --workdir"
         )
-    if form is not None:
-        fn, out = form
-        params = jax.jit(fn, out_shardings=jax.tree.map(lambda t: t.sharding, out))(params)
+    if form is not None:  # leaf by leaf (quant.quantize_tree): one jitted call over the whole tree
+        fn, out = form  # had XLA quantize every kernel at once (26.9 GB of temporaries for a 1.1B base)
+        params = jax.device_put(fn(params), jax.tree.map(lambda t: t.sharding, out))
     return params, record
 
 
@@ -224,6 +223,14 @@ def base_form(cfg: ml_collections.ConfigDict):
     return None
 
 
+def _release_freed_memory() -> None:
+    """Hands the host memory of the full-precision base (freed once quantized or cast) back to the OS:
+    glibc keeps freed small blocks in its heap (measured: 2.8 GiB of RSS after placing a 1.1B NF4 base);
+    elsewhere a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, saved=None) -> dict:
     """Loads the base (``model.init_from``) in ``lora.base_dtype`` into ``runner``; returns its
     record for the checkpoint meta (``saved``: the record a resumed run's checkpoint holds)."""
@@ -232,6 +239,7 @@ def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, s
     form = None if fn is None else (fn, runner.frozen_target(jax.eval_shape(fn, shapes)))
     base, record = load_base(cfg, model_cfg, runner.frozen_target(shapes), saved, form)
     runner.set_frozen(base)
+    _release_freed_memory()
     record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
     if cfg.lora.base_dtype in quant.FORMATS:
         record["quant_block_size"] = cfg.lora.quant_block_size
