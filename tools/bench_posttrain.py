@@ -1,7 +1,11 @@
 """Our GRPO and DPO steps against TRL's ``GRPOTrainer`` and ``DPOTrainer``, side by side in one run on this
 machine's CPU, with the same tiny Llama-shaped model (the same weights: ours exported with
 ``--mode=export --config.export.format=hf`` and loaded by ``transformers.LlamaForCausalLM``), the same
-problems (``codex_jax.codeeval.synthetic``), G, lengths and sandbox. Prints one JSON object.
+problems (``codex_jax.codeeval.synthetic``), G, lengths and sandbox. Our side is the ``train`` command
+(``train.objective='grpo'`` / ``'dpo'``, a full fine-tune from the model by ``model.init_from``), timed by
+its own step timer (``train/step_time``, every step logged, so every step blocks) and its GRPO metrics
+(``train/seconds_sampling``, ``seconds_execution``, ``seconds_logps``) in ``metrics.ndjson``; TRL's trainers
+run in this process, timed per step by a callback. Prints one JSON object.
 
     .venv/bin/python tools/bench_posttrain.py --out=runs/bench-posttrain [--steps=10]
 
@@ -108,7 +112,7 @@ def ours_model(run: Path, step: int):
     return restored.model, restored.params, load_run_tokenizer(cfg, run)[0]
 
 
-WARMUP = 2  # steps left out of the means: train_grpo compiles at steps 1 and 2 here, TRL warms up at 1
+WARMUP = 2  # steps left out of the means: our step 1 compiles (step 2 may too), TRL warms up at 1
 
 
 def _split(seconds: list[dict]) -> dict:
@@ -387,7 +391,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dpo-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--only", default="grpo,dpo,loss", help="which parts: grpo, dpo, loss")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch's intra-op threads for TRL (0: torch's default). On a shared 2-core machine, 2 OpenMP "
+        "threads wait on each other whenever another process holds a core: TRL's steps then vary 10-100x",
+    )
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     data = prepare(args.out)
@@ -405,6 +420,7 @@ def main(argv=None) -> int:
                 "sandbox_workers": WORKERS,
             },
             "dpo": {"batch": args.dpo_batch, "seq_len": 64, "loss": "sigmoid", "beta": 0.1},
+            "torch_threads": args.torch_threads or "default",
             "timed_steps": args.steps,
         }
     }
