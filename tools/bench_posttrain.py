@@ -153,7 +153,7 @@ def _train_command(args, data, workdir: Path, keys: dict) -> dict[int, dict]:
         "logging.writers": "ndjson",
         "generate.max_new_tokens": 0,
     }
-    if not (workdir / "metrics.ndjson").is_file():
+    if not (workdir / "checkpoints" / str(args.steps + WARMUP)).is_dir():  # a rerun reads the finished run
         flags = [f"--config.{k}={v}" for k, v in {**common, **keys}.items()]
         _main(f"--config={data['run'] / 'config.json'}", f"--workdir={workdir}", *flags)
     return _train_records(workdir)
