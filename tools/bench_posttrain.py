@@ -1,7 +1,11 @@
 """Our GRPO and DPO steps against TRL's ``GRPOTrainer`` and ``DPOTrainer``, side by side in one run on this
 machine's CPU, with the same tiny Llama-shaped model (the same weights: ours exported with
 ``--mode=export --config.export.format=hf`` and loaded by ``transformers.LlamaForCausalLM``), the same
-problems (``codex_jax.codeeval.synthetic``), G, lengths and sandbox. Prints one JSON object.
+problems (``codex_jax.codeeval.synthetic``), G, lengths and sandbox. Our side is the ``train`` command
+(``train.objective='grpo'`` / ``'dpo'``, a full fine-tune from the model by ``model.init_from``), timed by
+its own step timer (``train/step_time``, every step logged, so every step blocks) and its GRPO metrics
+(``train/seconds_sampling``, ``seconds_execution``, ``seconds_logps``) in ``metrics.ndjson``; TRL's trainers
+run in this process, timed per step by a callback. Prints one JSON object.
 
     .venv/bin/python tools/bench_posttrain.py --out=runs/bench-posttrain [--steps=10]
 
@@ -108,7 +112,7 @@ def ours_model(run: Path, step: int):
     return restored.model, restored.params, load_run_tokenizer(cfg, run)[0]
 
 
-WARMUP = 2  # steps left out of the means: train_grpo compiles at steps 1 and 2 here, TRL warms up at 1
+WARMUP = 2  # steps left out of the means: our step 1 compiles (step 2 may too), TRL warms up at 1
 
 
 def _split(seconds: list[dict]) -> dict:
@@ -120,43 +124,76 @@ def _split(seconds: list[dict]) -> dict:
     return out
 
 
+def _train_records(workdir: Path) -> dict[int, dict]:
+    """``{step: train metrics}`` of a run's metrics.ndjson (the last record of a step wins)."""
+    records = {}
+    for line in (workdir / "metrics.ndjson").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "train" and "loss" in record:
+            records[record["step"]] = record
+    return records
+
+
+def _train_command(args, data, workdir: Path, keys: dict) -> dict[int, dict]:
+    """The ``train`` command from the bench's model (a full fine-tune of its step 80: ``model.init_from``)
+    with plain Adam at ``args.lr``, every step logged; the run's per-step train metrics."""
+    common = {
+        "model.init_from": f"workdir:{data['run']}",
+        "train.steps": args.steps + WARMUP,
+        "train.optimizer": "adamw",
+        "train.learning_rate": args.lr,
+        "train.weight_decay": 0.0,
+        "train.beta2": 0.999,
+        "train.grad_clip": 0.0,
+        "train.schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.log_every": 1,
+        "train.eval_every": args.steps + WARMUP,
+        "checkpoint.every_steps": args.steps + WARMUP,
+        "logging.writers": "ndjson",
+        "generate.max_new_tokens": 0,
+    }
+    if not (workdir / "checkpoints" / str(args.steps + WARMUP)).is_dir():  # a rerun reads the finished run
+        flags = [f"--config.{k}={v}" for k, v in {**common, **keys}.items()]
+        _main(f"--config={data['run'] / 'config.json'}", f"--workdir={workdir}", *flags)
+    return _train_records(workdir)
+
+
+def _loop_split(records: dict[int, dict], parts: tuple[str, ...]) -> dict:
+    """Mean seconds per step of each part over the steps after :data:`WARMUP` (``train/step_time``: the
+    loop's own step timer, which blocks on every logged step); 'update' is the rest of the step."""
+    timed = [records[s] for s in sorted(records) if s > WARMUP]
+    out = {"step": round(statistics.mean(r["step_time"] for r in timed), 4)}
+    for part in parts:
+        out[part] = round(statistics.mean(r[f"seconds_{part}"] for r in timed), 4)
+    if parts:
+        out["update"] = round(out["step"] - sum(out[p] for p in parts), 4)
+    out["steps_per_second"] = round(1.0 / out["step"], 3)
+    out["first_step_seconds"] = round(records[1]["compile_seconds"], 2)  # compiles
+    return out
+
+
 def bench_grpo_ours(args, data) -> dict:
-    import optax
-
-    from codex_jax.codeeval.problems import read_problems
-    from codex_jax.compute.grpo import GRPO
-    from codex_jax.posttrain.grpo import Sampling
-    from codex_jax.posttrain.grpo_run import train_grpo
-
-    model, params, tokenizer = ours_model(data["run"], 80)
-    problems = read_problems(str(data["train"])).problems
-    sampling = Sampling(
-        group=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, stop=STOP, workers=WORKERS
-    )
-    history = train_grpo(
-        model,
-        params,
-        tokenizer,
-        problems,
-        _sandbox(),
-        optax.adam(args.lr),
-        args.out / "ours_grpo",
-        steps=args.steps + WARMUP,
-        prompts_per_step=args.prompts,
-        iterations=1,
-        sampling=sampling,
-        grpo=GRPO(beta=0.0, aggregation="dapo"),
-    )
-    parts = [
-        {
-            "sampling": h["seconds_sampling"],
-            "execution": h["seconds_execution"],
-            "update": h["seconds_updates"],
-            "step": h["seconds_sampling"] + h["seconds_execution"] + h["seconds_updates"],
-        }
-        for h in history
-    ]
-    return _split(parts) | {"pass_rate": round(statistics.mean(h["pass_rate"] for h in history), 3)}
+    """GRPO through ``train.objective='grpo'`` (the same sandbox settings: stdlib-only programs, WORKERS
+    workers, every program judged)."""
+    keys = {
+        "train.objective": "grpo",
+        "train.grpo.problems": data["train"],
+        "train.grpo.prompts_per_step": args.prompts,
+        "train.grpo.group": args.group,
+        "train.grpo.max_new_tokens": args.max_new_tokens,
+        "train.grpo.temperature": 1.0,
+        "train.grpo.stop": json.dumps(STOP),
+        "train.grpo.iterations": 1,
+        "train.grpo.beta": 0.0,
+        "train.grpo.aggregation": "dapo",
+        "codeeval.workers": WORKERS,
+        "codeeval.site_packages": False,
+        "codeeval.timeout": 5.0,
+    }
+    records = _train_command(args, data, args.out / "ours_grpo", keys)
+    out = _loop_split(records, ("sampling", "execution", "logps"))
+    return out | {"pass_rate": round(statistics.mean(r["pass_rate"] for r in records.values()), 3)}
 
 
 class _Clock:
@@ -258,34 +295,17 @@ def bench_grpo_trl(args, data) -> dict:
 
 
 def bench_dpo_ours(args, data) -> dict:
-    import optax
-
-    from codex_jax.compute.preference import DPO
-    from codex_jax.data.preference import read_pairs
-    from codex_jax.posttrain.dpo_run import train_dpo
-
-    model, params, tokenizer = ours_model(data["run"], 80)
-    pairs = read_pairs(str(data["pairs"]), tokenizer, seq_len=64)
-    seconds = {}
-    for steps in (2, 2 + args.steps):
-        start = time.perf_counter()
-        train_dpo(
-            model,
-            params,
-            pairs,
-            optax.adam(args.lr),
-            args.out / f"ours_dpo{steps}",
-            steps=steps,
-            batch_size=args.dpo_batch,
-            dpo=DPO("sigmoid", beta=0.1),
-        )
-        seconds[steps] = time.perf_counter() - start
-    step = (seconds[2 + args.steps] - seconds[2]) / args.steps
-    return {
-        "step": round(step, 4),
-        "steps_per_second": round(1 / step, 2),
-        "first_2_steps": round(seconds[2], 2),
+    """DPO through ``train.objective='dpo'``: a full fine-tune (its reference log-probs computed once
+    before step 1), ``args.dpo_batch`` pairs a step of 64 tokens."""
+    keys = {
+        "train.objective": "dpo",
+        "train.dpo.data": data["pairs"],
+        "train.dpo.loss": "sigmoid",
+        "train.dpo.beta": 0.1,
+        "data.batch_size": args.dpo_batch,
+        "data.seq_len": 64,
     }
+    return _loop_split(_train_command(args, data, args.out / "ours_dpo", keys), ())
 
 
 def _trl_dpo(args, data, loss_type: str, lr: float, steps: int, batch: int, ref_step: int | None):
@@ -371,7 +391,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dpo-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--only", default="grpo,dpo,loss", help="which parts: grpo, dpo, loss")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch's intra-op threads for TRL (0: torch's default). On a shared 2-core machine, 2 OpenMP "
+        "threads wait on each other whenever another process holds a core: TRL's steps then vary 10-100x",
+    )
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     data = prepare(args.out)
@@ -389,6 +420,7 @@ def main(argv=None) -> int:
                 "sandbox_workers": WORKERS,
             },
             "dpo": {"batch": args.dpo_batch, "seq_len": 64, "loss": "sigmoid", "beta": 0.1},
+            "torch_threads": args.torch_threads or "default",
             "timed_steps": args.steps,
         }
     }

@@ -9,9 +9,10 @@ then GRPO with rewards from running its programs in the sandbox, and see held-ou
 2. SFT with the ``train`` command (``configs/tiny.py`` shape, a BPE tokenizer of 320 pieces trained on the
    noisy SFT records, ``data.format='prompt_completion'``) in ``OUT/sft``, ``--sft-steps`` steps.
 3. Held-out greedy pass@1 of that checkpoint with the ``eval-code`` command.
-4. GRPO on the train problems (:func:`grpo_phase`: the only place that calls the GRPO API), the held-out
-   greedy pass@1 measured every ``--eval-every`` steps with eval-code's own ``evaluate_model``; the run's
-   metrics in ``OUT/grpo/metrics.ndjson``, the curve in ``OUT/curve.json`` and the plot in ``--plot``.
+4. GRPO with the ``train`` command (:func:`grpo_run`: ``train.objective='grpo'``, a full fine-tune from
+   the SFT run by ``model.init_from``) on the train problems; the held-out greedy pass@1
+   (``train.grpo.eval_temperature=0``: ``eval/grpo/pass@1``) at step 0 and every ``--eval-every`` steps.
+   The curves come from the run's ``OUT/grpo/metrics.ndjson``; ``OUT/curve.json`` and the plot ``--plot``.
 
 Prints one JSON line: held-out pass@1 after SFT, after GRPO, the gain, and the seconds of each phase.
 """
@@ -19,7 +20,6 @@ Prints one JSON line: held-out pass@1 after SFT, after GRPO, the gain, and the s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -29,16 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import optax  # noqa: E402
 
-from codex_jax import api  # noqa: E402
-from codex_jax.codeeval.problems import read_problems  # noqa: E402
-from codex_jax.codeeval.run import evaluate_model  # noqa: E402
-from codex_jax.codeeval.settings import settings_from_config  # noqa: E402
 from codex_jax.codeeval.synthetic import write_family  # noqa: E402
-from codex_jax.data.pipeline import load_run_tokenizer  # noqa: E402
-from codex_jax.sandbox import Limits  # noqa: E402
 
 SFT_KEYS = {  # the SFT run: --config.KEY=VALUE over configs/tiny.py
     "data.format": "prompt_completion",
@@ -58,8 +50,6 @@ SFT_KEYS = {  # the SFT run: --config.KEY=VALUE over configs/tiny.py
     "logging.progress": False,
 }
 EVAL_KEYS = {"codeeval.max_new_tokens": 24, "codeeval.workers": 4}  # held-out greedy pass@1
-# the problems need only the standard library: their programs start without site (-S), faster
-LIMITS = Limits(timeout_s=3.0, site_packages=False)
 
 
 def run_command(out: Path, *args: str) -> dict:
@@ -88,47 +78,63 @@ def eval_code(out: Path, data: dict) -> dict:
     return run_command(out, f"--config={wd / 'config.json'}", f"--workdir={wd}", "--mode=eval-code", *flags)
 
 
-def grpo_phase(model, params, tokenizer, problems, workdir: Path, args, evaluate) -> list[dict]:
-    """``args.steps`` GRPO steps on ``problems`` (the :mod:`codex_jax.posttrain.grpo` building blocks, as
-    ``posttrain.grpo_run.train_grpo`` runs them, with ``evaluate(step, params)`` every ``args.eval_every``
-    steps); returns the per-step metrics."""
-    from codex_jax.compute.grpo import GRPO
-    from codex_jax.metrics.ndjson import NdjsonWriter
-    from codex_jax.posttrain.grpo import Sampling, grpo_step, make_update, rollout
-    from codex_jax.posttrain.grpo_run import usable_problems
-    from codex_jax.posttrain.state import step_indices
-    from codex_jax.sandbox import make_sandbox
+def grpo_run(out: Path, data: dict, args) -> None:
+    """The ``train`` command with ``train.objective='grpo'``: a full fine-tune of the SFT run
+    (``model.init_from``) on the train problems, held-out greedy pass@1 (``eval/grpo/pass@1``) at step 0,
+    every ``args.eval_every`` steps and the end; its metrics in ``OUT/grpo/metrics.ndjson``."""
+    keys = {
+        "model.init_from": f"workdir:{out / 'sft'}",
+        "train.objective": "grpo",
+        "train.grpo.problems": data["train"],
+        "train.grpo.eval_problems": data["heldout"],
+        "train.grpo.eval_temperature": 0.0,  # greedy: one completion a held-out problem
+        "train.grpo.prompts_per_step": args.prompts,
+        "train.grpo.group": args.group,
+        "train.grpo.temperature": args.temperature,
+        "train.grpo.iterations": args.iterations,
+        "train.grpo.max_new_tokens": EVAL_KEYS["codeeval.max_new_tokens"],
+        "train.grpo.beta": args.beta,
+        "train.grpo.epsilon": 0.2,
+        "train.grpo.aggregation": "grpo",
+        "train.grpo.remember_verdicts": True,  # each distinct program is judged once
+        "codeeval.workers": EVAL_KEYS["codeeval.workers"],
+        "codeeval.site_packages": False,  # the problems need only the standard library: start with -S
+        "codeeval.timeout": 3.0,
+        # plain Adam at a constant rate: adamw without decay, clipping or warmup, Adam's beta2
+        "train.optimizer": "adamw",
+        "train.learning_rate": args.lr,
+        "train.weight_decay": 0.0,
+        "train.beta1": 0.9,
+        "train.beta2": 0.999,
+        "train.grad_clip": 0.0,
+        "train.schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.steps": args.steps,
+        "train.eval_every": args.eval_every,
+        "train.log_every": 1,
+        "checkpoint.every_steps": args.steps,
+        "logging.writers": "ndjson",
+        "logging.progress": False,
+        "generate.max_new_tokens": 0,
+        "seed": args.seed,
+    }
+    flags = [f"--config.{k}={v}" for k, v in keys.items()]
+    run_command(out, f"--config={out / 'sft' / 'config.json'}", f"--workdir={out / 'grpo'}", *flags)
 
-    sampling = Sampling(
-        group=args.group,
-        max_new_tokens=EVAL_KEYS["codeeval.max_new_tokens"],
-        temperature=args.temperature,
-        stop=("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
-        workers=EVAL_KEYS["codeeval.workers"],
-    )
-    grpo = GRPO(epsilon=0.2, beta=args.beta, aggregation="grpo")
-    tx = optax.adam(args.lr)
-    sandbox = make_sandbox(LIMITS, remember_verdicts=True)  # each distinct program is judged once
-    problems, _ = usable_problems(problems, tokenizer, model.cfg.max_seq_len, sampling.max_new_tokens)
-    width = max(len(tokenizer.encode(p.prompt)) for p in problems)
-    update, reference, opt_state = make_update(model, tx, grpo), params, tx.init(params)
-    writer, history = NdjsonWriter(workdir / "metrics.ndjson"), []
-    evaluate(0, params)
-    for step in range(1, args.steps + 1):
-        chosen = [problems[i] for i in step_indices(len(problems), args.prompts, args.seed, step)]
-        rng = jax.random.fold_in(jax.random.key(args.seed), step)
-        batch = rollout(model, {"params": params}, tokenizer, chosen, sampling, sandbox, rng, grpo, width)
-        params, opt_state, updated = grpo_step(
-            model, params, opt_state, reference, update, batch, args.iterations
-        )
-        metrics = {**batch.metrics, **updated}
-        writer.write_scalars(step, {f"grpo/{k}": v for k, v in metrics.items()})
-        history.append({"step": step, **metrics})
-        print(f"grpo {step}: " + " ".join(f"{k}={v:.3g}" for k, v in metrics.items()), file=sys.stderr)
-        if step % args.eval_every == 0 or step == args.steps:
-            evaluate(step, params)
-    writer.close()
-    return history
+
+def read_run(workdir: Path) -> tuple[list[dict], list[dict]]:
+    """``(held-out curve [{step, pass@1}], train metrics of each step)`` from the run's metrics.ndjson
+    (the last record of a step wins)."""
+    train: dict[int, dict] = {}
+    heldout: dict[int, float] = {}
+    for line in (workdir / "metrics.ndjson").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "train" and "reward" in record:
+            train[record["step"]] = record
+        elif "grpo/pass@1" in record:
+            heldout[record["step"]] = record["grpo/pass@1"]
+    curve = [{"step": s, "pass@1": v} for s, v in sorted(heldout.items())]
+    return curve, [{**train[s], "step": s} for s in sorted(train)]
 
 
 def plot(curve: list[dict], history: list[dict], path: Path, title: str) -> None:
@@ -147,7 +153,7 @@ def plot(curve: list[dict], history: list[dict], path: Path, title: str) -> None
     left.plot(steps, smooth, "-", label=f"reward ({window}-step mean)")
     left.set_title("train reward (pass rate of G samples)")
     right.plot([c["step"] for c in curve], [c["pass@1"] for c in curve], "o-", label="held-out pass@1")
-    right.set_title("held-out greedy pass@1 (eval-code)")
+    right.set_title("held-out greedy pass@1 (eval/grpo/pass@1)")
     for ax in (left, right):
         ax.set_xlabel("GRPO step")
         ax.set_ylim(-0.02, 1.02)
@@ -185,33 +191,10 @@ def main(argv=None) -> int:
     seconds["eval_code"] = time.perf_counter() - start - seconds["sft"]
     print(f"after SFT: held-out {json.dumps(after_sft)}", file=sys.stderr)
 
-    cfg = api.workdir_config(out / "sft", {**EVAL_KEYS, "codeeval.problems": data["heldout"]})
-    from codex_jax.setup.weights import load_checkpoint
-
-    restored = load_checkpoint(cfg, out / "sft")
-    tokenizer, _ = load_run_tokenizer(cfg, out / "sft")
-    settings = dataclasses.replace(settings_from_config(cfg), limits=LIMITS)
-    heldout = read_problems(data["heldout"])
-    curve: list[dict] = []
-
-    def evaluate(step, params):
-        res = evaluate_model(
-            restored.model, params, tokenizer, heldout, settings, out / "grpo" / "heldout" / str(step)
-        )
-        curve.append({"step": step, "pass@1": res["pass@1"]})
-        print(f"grpo {step}: held-out pass@1 {res['pass@1']:.3f}", file=sys.stderr)
-
     grpo_start = time.perf_counter()
-    (out / "grpo").mkdir(exist_ok=True)
-    history = grpo_phase(
-        restored.model,
-        restored.params,
-        tokenizer,
-        read_problems(data["train"]).problems,
-        out / "grpo",
-        args,
-        evaluate,
-    )
+    if not (out / "grpo" / "checkpoints" / str(args.steps)).is_dir():  # a rerun reads the finished run
+        grpo_run(out, data, args)
+    curve, history = read_run(out / "grpo")
     seconds["grpo"] = time.perf_counter() - grpo_start
     (out / "curve.json").write_text(json.dumps({"heldout": curve, "train": history}, indent=1))
     summary = {
@@ -222,8 +205,9 @@ def main(argv=None) -> int:
         "grpo_steps": args.steps,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "seconds_grpo_split": {
-            k: round(sum(h[f"seconds_{k}"] for h in history), 1) for k in ("sampling", "execution", "updates")
-        },
+            k: round(sum(h[f"seconds_{k}"] for h in history), 1) for k in ("sampling", "execution", "logps")
+        }
+        | {"steps": round(sum(h.get("step_time", h.get("compile_seconds", 0.0)) for h in history), 1)},
     }
     title = (
         f"GRPO demo: held-out pass@1 {summary['heldout_pass@1_before_grpo']:.2f} -> "

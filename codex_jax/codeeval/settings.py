@@ -109,7 +109,13 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> Settings:
         prompt_format = "chat" if cfg.data.format == "chat" else "raw"
     if c.long_prompts not in LONG_PROMPTS:
         raise _fail("long_prompts", f"must be one of {', '.join(LONG_PROMPTS)}", c.long_prompts)
-    limits = Limits(float(c.timeout), int(c.memory_mb), int(c.file_size_mb), int(c.max_procs))
+    limits = Limits(
+        float(c.timeout),
+        int(c.memory_mb),
+        int(c.file_size_mb),
+        int(c.max_procs),
+        site_packages=bool(c.get("site_packages", True)),
+    )
     return Settings(
         problems=c.problems,
         max_problems=int(c.max_problems),

@@ -228,6 +228,11 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "codeeval.file_size_mb": (16, "Largest file a program may write, its captured output included (MiB)."),
     "codeeval.max_procs": (16, "Processes and threads a program may have (RLIMIT_NPROC)."),
     "codeeval.workers": (2, "Programs run at once."),
+    "codeeval.site_packages": (
+        True,
+        "Programs start with site-packages (False: with python -S, the standard library only, without "
+        "site: starts faster, for problems that need no installed package).",
+    ),
     "codeeval.python": (
         "",
         "Interpreter that runs the programs ('': this one, or /usr/bin/python3 when the sandbox user "

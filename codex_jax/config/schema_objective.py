@@ -41,6 +41,11 @@ OBJECTIVE_SCHEMA: dict[str, tuple[Any, str]] = {
         "pass@n on them ('': none).",
     ),
     "train.grpo.eval_samples": (4, "GRPO: completions sampled per held-out problem (n of pass@n)."),
+    "train.grpo.eval_temperature": (
+        -1.0,
+        "GRPO: sampling temperature of the held-out evaluation (-1: train.grpo.temperature; 0: greedy, "
+        "one completion per problem, eval/grpo/pass@1 only).",
+    ),
     "train.grpo.group": (4, "GRPO: completions sampled per prompt (G >= 2)."),
     "train.grpo.prompts_per_step": (2, "GRPO: prompts per step (each step samples prompts x group rows)."),
     "train.grpo.max_new_tokens": (64, "GRPO: tokens sampled per completion."),
@@ -62,6 +67,12 @@ OBJECTIVE_SCHEMA: dict[str, tuple[Any, str]] = {
     "train.grpo.length_penalty": (
         0.0,
         "GRPO: reward -= this * completion tokens / train.grpo.max_new_tokens.",
+    ),
+    "train.grpo.remember_verdicts": (
+        False,
+        "GRPO: judge each distinct (prompt, completion, tests) once in the sandbox and reuse its verdict "
+        "(timeouts judged again; at most 20,000 kept): faster as completions repeat, but a program whose "
+        "tests pass only sometimes keeps its first verdict.",
     ),
     "train.grpo.rewards": (
         "",
@@ -93,6 +104,7 @@ def check_objective(flat: dict[str, Any], num_devices: int = 1, num_processes: i
         "train.grpo.group": (lambda v: v >= 2, "must be >= 2 (advantages compare a group's completions)"),
         "train.grpo.prompts_per_step": (lambda v: v > 0, "must be > 0"),
         "train.grpo.eval_samples": (lambda v: v > 0, "must be > 0"),
+        "train.grpo.eval_temperature": (lambda v: v >= 0 or v == -1, "must be >= 0, or -1"),
         "train.grpo.max_new_tokens": (lambda v: v > 0, "must be > 0"),
         "train.grpo.temperature": (lambda v: v > 0, "must be > 0 (GRPO samples)"),
         "train.grpo.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),

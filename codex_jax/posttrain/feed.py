@@ -108,7 +108,11 @@ class Rollouts(grain.DatasetIterator):
         )
         self.reward_fns = reward_functions(g.rewards)
         # process 0 judges every completion (judge_once): the others never start a sandboxed program
-        self.sandbox = make_sandbox(settings.limits, settings.python) if jax.process_index() == 0 else None
+        self.sandbox = (
+            make_sandbox(settings.limits, settings.python, remember_verdicts=g.remember_verdicts)
+            if jax.process_index() == 0
+            else None
+        )
         self.width = max(len(tokenizer.encode(p.prompt)) for p in self.problems)  # fixed: one compile
         self.logps = jax.jit(lambda variables, tokens: token_logps(model, variables, tokens))
         self.reference = None  # the starting weights of a full fine-tune (None: the LoRA base)
@@ -161,11 +165,15 @@ class Rollouts(grain.DatasetIterator):
 
     def evaluate(self, params) -> dict[str, float]:
         """``grpo/pass@1`` (and ``grpo/pass@n``) of ``params`` on ``train.grpo.eval_problems``: n =
-        ``train.grpo.eval_samples`` completions of each, sampled as in training with a fixed key."""
+        ``train.grpo.eval_samples`` completions of each, sampled as in training (at
+        ``train.grpo.eval_temperature`` when it is not -1) with a fixed key; at temperature 0 the one
+        greedy completion of each (pass@1 only)."""
         if not self.eval_problems:
             return {}
-        n = self.cfg.train.grpo.eval_samples
-        sampling = dataclasses.replace(self.sampling, group=n, length_penalty=0.0)
+        g = self.cfg.train.grpo
+        temperature = g.temperature if g.eval_temperature == -1 else g.eval_temperature
+        n = 1 if temperature == 0 else g.eval_samples
+        sampling = dataclasses.replace(self.sampling, group=n, temperature=temperature, length_penalty=0.0)
         width = max(len(self.tokenizer.encode(p.prompt)) for p in self.eval_problems)
         rng = jax.random.fold_in(jax.random.key(self.cfg.seed), 0)  # steps count from 1: no step draws this
         r = rollout(

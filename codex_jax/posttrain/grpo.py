@@ -133,9 +133,11 @@ def rollout(
         reward_fns, [problems[i // G].prompt for i in range(len(rows))], completions, passed
     )
     rewards = (rewards + extra).astype(np.float32)
-    advantages = np.asarray(
-        group_advantages(jnp.asarray(rewards.reshape(-1, G)), grpo.scale_rewards)
-    ).reshape(-1)
+    advantages = np.zeros_like(rewards)  # one completion a prompt (a greedy evaluation): nothing to compare
+    if G > 1:
+        advantages = np.asarray(
+            group_advantages(jnp.asarray(rewards.reshape(-1, G)), grpo.scale_rewards)
+        ).reshape(-1)
     metrics = {
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.reshape(-1, G).std(axis=1, ddof=1).mean()) if G > 1 else 0.0,

@@ -199,10 +199,13 @@ def test_bad_post_training_inputs_are_one_error_line(tmp_path):
 
 def test_grpo_on_two_processes_matches_one_process(tmp_path):
     """Two processes (2 devices each) sample the same rows, process 0 judges them for both, each trains on
-    its share: the same run as one process on 4 devices."""
+    its share: the same run as one process on 4 devices. Held out: greedy pass@1 (eval_temperature 0),
+    with the demo's sandbox keys (programs without site, remembered verdicts)."""
     from test_multihost import _run_two_processes
 
-    args = [*_grpo(tmp_path), "--config.train.steps=2", "--config.train.eval_every=2"]
+    args = [*_grpo(tmp_path), "--config.train.steps=2", "--config.train.eval_every=2",
+            "--config.train.grpo.eval_temperature=0", "--config.train.grpo.remember_verdicts=True",
+            "--config.codeeval.site_packages=False"]  # fmt: skip
     run_cli(tmp_path / "one", *args, devices=4)
     _run_two_processes(tmp_path / "two", *args)
     a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -211,3 +214,4 @@ def test_grpo_on_two_processes_matches_one_process(tmp_path):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
     evals = [read_metrics(w, "eval")[2] for w in (tmp_path / "one", tmp_path / "two")]
     assert evals[0]["grpo/pass@1"] == evals[1]["grpo/pass@1"]
+    assert "grpo/pass@2" not in evals[0]  # greedy: one completion a problem

@@ -40,3 +40,22 @@ def test_batch_must_divide_devices():
     cfg.data.batch_size = 6
     with pytest.raises(UserError, match="'data.batch_size': must be divisible by the 4 devices"):
         validate(cfg, num_devices=4)
+
+
+def test_grpo_eval_temperature_is_zero_or_more_or_minus_one():
+    cfg = default_config()
+    for ok in (-1.0, 0.0, 0.7):
+        cfg.train.grpo.eval_temperature = ok
+        validate(cfg)
+    cfg.train.grpo.eval_temperature = -0.5
+    with pytest.raises(UserError, match="'train.grpo.eval_temperature': must be >= 0, or -1"):
+        validate(cfg)
+
+
+def test_codeeval_site_packages_reaches_the_sandbox_limits():
+    from codex_jax.codeeval.settings import settings_from_config
+
+    cfg = default_config()
+    assert settings_from_config(cfg).limits.site_packages is True
+    cfg.codeeval.site_packages = False
+    assert settings_from_config(cfg).limits.site_packages is False
