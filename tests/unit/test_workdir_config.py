@@ -91,8 +91,8 @@ def test_command_help_lists_flags_and_every_key_of_its_sections(command, capsys)
 def test_missing_config_lists_packaged_and_suggests():
     why = missing_config("configs/stf.py")
     assert (
-        "packaged configs: base, dpo, gemma3_1b, gpt2_small, grpo, llama_1b, lora, qwen3_0_6b, qwen3_30b_a3b, "
-        "sft, starcoder2_3b, tiny" in why
+        "packaged configs: base, dpo, gemma3_1b, gpt2_small, grpo, llama_1b, lora, qwen3_0_6b, "
+        "qwen3_30b_a3b, sft, starcoder2_3b, tiny" in why
     )
     assert why.startswith("no such config file; did you mean configs/sft.py? (packaged configs: base")
     assert missing_config("zzzz.py").startswith("no such config file (packaged configs: base")
