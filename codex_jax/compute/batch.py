@@ -30,8 +30,8 @@ def is_masked(batch) -> bool:
 
 
 def token_rows(batch):
-    """The token rows of a batch (bare rows, a masked or GRPO batch's ``'tokens'``, a DPO batch's
-    ``'chosen'``)."""
+    """The token rows of a batch (bare rows, a masked, GRPO or packed DPO batch's ``'tokens'``, a DPO
+    batch's ``'chosen'``)."""
     if not is_masked(batch):
         return batch
     return batch[TOKENS] if TOKENS in batch else batch["chosen"]

@@ -6,7 +6,9 @@ Batches are dicts of device arrays, split over the batch axis like masked LM bat
 
     DPO   'chosen', 'rejected'  int32 [B, L]; 'chosen_weights', 'rejected_weights' float32 [B, L - 1];
           a full fine-tune adds the cached reference log-probs 'ref_chosen', 'ref_rejected' [B]
-          (a LoRA run's reference is its base with the adapters off: :mod:`codex_jax.compute.preference`)
+          (a LoRA run's reference is its base with the adapters off: :mod:`codex_jax.compute.preference`);
+          packed (``train.dpo.packing``): 'tokens', 'segments' [R, L], 'weights' [R, L - 1], 'slots'
+          [R, S] and each pair's 'chosen_at', 'rejected_at' [B] (:mod:`codex_jax.data.pair_packing`)
     GRPO  'tokens' int32 [N, L]; 'completion_mask', 'old_logps', 'ref_logps' float32 [N, L - 1];
           'advantages' float32 [N]
 """
@@ -20,11 +22,11 @@ from codex_jax.compute.grpo import GRPO, grpo_loss, token_logps
 from codex_jax.compute.preference import (
     CHOSEN,
     DPO,
-    REJECTED,
-    completion_logps,
     dpo_losses,
     dpo_metrics,
     dpo_objective,
+    is_packed,
+    pair_logps,
     reference_logps,
 )
 
@@ -69,8 +71,7 @@ def pair_eval_sums(params, frozen, batch, *, model, dpo: DPO, axis_name=None) ->
     """Sums over held-out pairs of the DPO loss and metrics (``'pairs'``: how many), for means across
     batches (the reference as in training: the batch's cached log-probs, or the LoRA base)."""
     v = _variables(params, frozen)
-    chosen_B, chosen_n_B = completion_logps(model, v, batch[CHOSEN], batch[f"{CHOSEN}_weights"])
-    rejected_B, rejected_n_B = completion_logps(model, v, batch[REJECTED], batch[f"{REJECTED}_weights"])
+    chosen_B, chosen_n_B, rejected_B, rejected_n_B = pair_logps(model, v, batch)
     ref_chosen_B, ref_rejected_B = reference_logps(model, frozen, batch)
     losses_B, (chosen_r_B, rejected_r_B) = dpo_losses(
         chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, chosen_n_B, rejected_n_B, dpo
@@ -85,4 +86,4 @@ def pair_eval_sums(params, frozen, batch, *, model, dpo: DPO, axis_name=None) ->
 
 def is_pairs(batch) -> bool:
     """Whether ``batch`` is a DPO batch of preference pairs."""
-    return isinstance(batch, dict) and CHOSEN in batch
+    return isinstance(batch, dict) and (CHOSEN in batch or is_packed(batch))

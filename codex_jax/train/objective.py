@@ -6,6 +6,8 @@ and what the reference is. The loop itself is the same for 'lm', 'dpo' and 'grpo
   full fine-tune's reference is the starting weights' log-probs of every pair, computed once and cached in
   ``dpo_reference.safetensors`` (keyed by the pairs, the model, seed and ``model.init_from``); a LoRA run's
   is its base with the adapters off. Held-out pairs (``train.dpo.eval_data``) add ``eval/dpo/*``.
+  ``train.dpo.packing`` packs each training micro-batch's pairs into rows of segments (the cache holds
+  one value per pair either way; held-out pairs stay unpacked).
 - ``grpo``: each step's rollout from the current params (:class:`~codex_jax.posttrain.feed.Rollouts`);
   a full fine-tune's reference is the starting weights, rebuilt on every start.
 """
@@ -69,7 +71,13 @@ def train_feed(cfg: ml_collections.ConfigDict, data, runner, model, lm_feed) -> 
         return rollouts, Posttrain(rollouts=rollouts)
     d, pi, pc = cfg.train.dpo, jax.process_index(), jax.process_count()
     pairs = PairBatches(
-        _pairs(cfg, d.data, data.tokenizer, "train.dpo.data").arrays, cfg.data.batch_size, cfg.seed, pi, pc
+        _pairs(cfg, d.data, data.tokenizer, "train.dpo.data").arrays,
+        cfg.data.batch_size,
+        cfg.seed,
+        pi,
+        pc,
+        packing=bool(d.packing),
+        row_multiple=jax.local_device_count(),
     )
     post = Posttrain(pairs=pairs)
     if d.eval_data:
