@@ -143,7 +143,7 @@ class Server:
                 assert choice.request is not None
                 self.engine.submit(choice.request)
             except QueueFull as e:
-                _cancel(choices[:i])
+                self.engine.withdraw([c.request for c in choices[:i] if c.request is not None])
                 raise ApiError(429, f"the server is busy ({e}); retry later", None, "queue_full") from None
             except ValueError as e:
                 _cancel(choices[:i])

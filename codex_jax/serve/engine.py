@@ -137,6 +137,15 @@ class Engine:
             self._queue.append(request)
             self._wake.notify()
 
+    def withdraw(self, requests: list[Request]) -> None:
+        """Cancels ``requests`` and takes those still waiting out of the queue now, so that a request refused
+        as a whole (QueueFull after some of its choices were queued) frees its places at once."""
+        with self._wake:
+            for request in requests:
+                request.cancel()
+            withdrawn = {id(r) for r in requests}
+            self._queue = collections.deque(r for r in self._queue if id(r) not in withdrawn)
+
     def stats(self) -> dict:
         """Slots in use, requests waiting, steps run and compiles (in all, and since warm-up)."""
         after = None if self.compiles_at_warm_up is None else self.compiles - self.compiles_at_warm_up
