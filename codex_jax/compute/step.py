@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -151,16 +152,10 @@ def train_step(
     next-token loss.
     """
     rng = jax.random.wrap_key_data(state.rng)
-    rng, loss, grads, grad_norm, finite, extra = _micro_grads(
-        state.params,
-        frozen,
-        batch_BxL,
-        rng,
-        model=model,
-        axis_name=axis_name,
-        z_loss=z_loss,
-        objective=objective,
+    grads_of = functools.partial(
+        _micro_grads, model=model, axis_name=axis_name, z_loss=z_loss, objective=objective
     )
+    rng, loss, grads, grad_norm, finite, extra = grads_of(state.params, frozen, batch_BxL, rng)
     if skip_nonfinite:
         grads = _zero_unless(finite, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -202,18 +197,13 @@ def train_step_scan(
     ``skip_nonfinite`` a non-finite micro-step contributes a zero gradient, as with MultiSteps.
     """
 
+    grads_of = functools.partial(
+        _micro_grads, model=model, axis_name=axis_name, z_loss=z_loss, objective=objective
+    )
+
     def micro(carry, batch_BxL):
         rng, grads_sum = carry
-        rng, loss, grads, grad_norm, finite, extra = _micro_grads(
-            state.params,
-            frozen,
-            batch_BxL,
-            rng,
-            model=model,
-            axis_name=axis_name,
-            z_loss=z_loss,
-            objective=objective,
-        )
+        rng, loss, grads, grad_norm, finite, extra = grads_of(state.params, frozen, batch_BxL, rng)
         if skip_nonfinite:
             grads = _zero_unless(finite, grads)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)

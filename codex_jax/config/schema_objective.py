@@ -92,37 +92,47 @@ def _fail(key: str, reason: str, value) -> UserError:
     return UserError(f"config key '{key}': {reason} (got {value!r})")
 
 
+CHOICES = {  # key: its allowed values
+    "train.objective": OBJECTIVES,
+    "train.dpo.loss": DPO_LOSSES,
+    "train.grpo.aggregation": GRPO_AGGREGATIONS,
+}
+
+RANGES = {  # key: (whether a value is allowed, why not)
+    "train.dpo.beta": (lambda v: v > 0, "must be > 0"),
+    "train.dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    "train.grpo.group": (lambda v: v >= 2, "must be >= 2 (advantages compare a group's completions)"),
+    "train.grpo.prompts_per_step": (lambda v: v > 0, "must be > 0"),
+    "train.grpo.eval_samples": (lambda v: v > 0, "must be > 0"),
+    "train.grpo.eval_temperature": (lambda v: v >= 0 or v == -1, "must be >= 0, or -1"),
+    "train.grpo.max_new_tokens": (lambda v: v > 0, "must be > 0"),
+    "train.grpo.temperature": (lambda v: v > 0, "must be > 0 (GRPO samples)"),
+    "train.grpo.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "train.grpo.iterations": (lambda v: v > 0, "must be > 0"),
+    "train.grpo.epsilon": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "train.grpo.epsilon_high": (lambda v: v >= 0, "must be >= 0"),
+    "train.grpo.beta": (lambda v: v >= 0, "must be >= 0"),
+    "train.grpo.length_penalty": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
 def check_objective(flat: dict[str, Any], num_devices: int = 1, num_processes: int = 1) -> None:
     """UserError naming the first ``train.objective`` / ``train.dpo.*`` / ``train.grpo.*`` key that cannot
     work (alone or with the others)."""
-    objective = flat["train.objective"]
-    choices = {
-        "train.objective": OBJECTIVES,
-        "train.dpo.loss": DPO_LOSSES,
-        "train.grpo.aggregation": GRPO_AGGREGATIONS,
-    }
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise _fail(key, f"must be one of {', '.join(allowed)}", flat[key])
-    ranges = {
-        "train.dpo.beta": (lambda v: v > 0, "must be > 0"),
-        "train.dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
-        "train.grpo.group": (lambda v: v >= 2, "must be >= 2 (advantages compare a group's completions)"),
-        "train.grpo.prompts_per_step": (lambda v: v > 0, "must be > 0"),
-        "train.grpo.eval_samples": (lambda v: v > 0, "must be > 0"),
-        "train.grpo.eval_temperature": (lambda v: v >= 0 or v == -1, "must be >= 0, or -1"),
-        "train.grpo.max_new_tokens": (lambda v: v > 0, "must be > 0"),
-        "train.grpo.temperature": (lambda v: v > 0, "must be > 0 (GRPO samples)"),
-        "train.grpo.top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-        "train.grpo.iterations": (lambda v: v > 0, "must be > 0"),
-        "train.grpo.epsilon": (lambda v: 0 < v < 1, "must be in (0, 1)"),
-        "train.grpo.epsilon_high": (lambda v: v >= 0, "must be >= 0"),
-        "train.grpo.beta": (lambda v: v >= 0, "must be >= 0"),
-        "train.grpo.length_penalty": (lambda v: v >= 0, "must be >= 0"),
-    }
-    for key, (ok, reason) in ranges.items():
+    for key, (ok, reason) in RANGES.items():
         if not ok(flat[key]):
             raise _fail(key, reason, flat[key])
+    _check_dpo(flat)
+    if flat["train.objective"] == "grpo":
+        _check_grpo(flat, num_devices, num_processes)
+
+
+def _check_dpo(flat: dict[str, Any]) -> None:
+    """The DPO keys against the objective and the runner."""
+    objective = flat["train.objective"]
     if objective == "dpo" and not flat["train.dpo.data"]:
         raise _fail("train.dpo.data", "train.objective='dpo' needs the preference pairs file", "")
     if flat["train.dpo.packing"] and objective != "dpo":
@@ -134,8 +144,10 @@ def check_objective(flat: dict[str, Any], num_devices: int = 1, num_processes: i
             f"parallel.mode={flat['parallel.mode']!r})",
             True,
         )
-    if objective != "grpo":
-        return
+
+
+def _check_grpo(flat: dict[str, Any], num_devices: int, num_processes: int) -> None:
+    """A GRPO run's problems, accumulation, runner and rows per step against the devices and processes."""
     if not flat["train.grpo.problems"]:
         raise _fail("train.grpo.problems", "train.objective='grpo' needs the problems file", "")
     if flat["train.grad_accum_steps"] != 1:

@@ -101,25 +101,8 @@ def rollout(
     G, N = sampling.group, sampling.max_new_tokens
     prompts = [list(tokenizer.encode(p.prompt)) for p in problems]
     rows = [p for p in prompts for _ in range(G)]
-    left, row_lengths = left_pad(rows, width=prompt_width)
-    T = left.shape[1]
-    eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
-    new_BxN = generate(
-        model,
-        variables,
-        left,
-        N,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        eos_id=eos_id,
-        rng=rng,
-        prompt_lengths=row_lengths,
-    )
-    new_BxN = np.asarray(new_BxN)
+    completions, T = _sample(model, variables, tokenizer, rows, sampling, rng, prompt_width)
     sampled = time.perf_counter()
-    completions = [
-        _completion_ids(tokenizer, new_BxN[i].tolist(), eos_id, sampling.stop) for i in range(len(rows))
-    ]
     jobs = [
         Attempt(problems[i // G].prompt, text, problems[i // G].test, problems[i // G].entry_point)
         for i, (_, text) in enumerate(completions)
@@ -133,11 +116,6 @@ def rollout(
         reward_fns, [problems[i // G].prompt for i in range(len(rows))], completions, passed
     )
     rewards = (rewards + extra).astype(np.float32)
-    advantages = np.zeros_like(rewards)  # one completion a prompt (a greedy evaluation): nothing to compare
-    if G > 1:
-        advantages = np.asarray(
-            group_advantages(jnp.asarray(rewards.reshape(-1, G)), grpo.scale_rewards)
-        ).reshape(-1)
     metrics = {
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.reshape(-1, G).std(axis=1, ddof=1).mean()) if G > 1 else 0.0,
@@ -148,7 +126,38 @@ def rollout(
         "seconds_sampling": sampled - start,
         "seconds_execution": executed - sampled,
     }
+    advantages = _advantages(rewards, G, grpo)
     return Rollout(tokens, mask, rewards, advantages, [t for _, t in completions], metrics, passed)
+
+
+def _sample(model, variables, tokenizer, rows, sampling: Sampling, rng, prompt_width: int):
+    """Each row's completion ``(ids, text)`` drawn by the KV-cache generator, and the prompt columns."""
+    left, row_lengths = left_pad(rows, width=prompt_width)
+    eos_id = tokenizer.eos_id if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 else None
+    new_BxN = generate(
+        model,
+        variables,
+        left,
+        sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        eos_id=eos_id,
+        rng=rng,
+        prompt_lengths=row_lengths,
+    )
+    new_BxN = np.asarray(new_BxN)
+    completions = [
+        _completion_ids(tokenizer, new_BxN[i].tolist(), eos_id, sampling.stop) for i in range(len(rows))
+    ]
+    return completions, left.shape[1]
+
+
+def _advantages(rewards_N: np.ndarray, G: int, grpo: GRPO) -> np.ndarray:
+    """Each completion's advantage within its group of G; zeros for groups of one (a greedy evaluation:
+    nothing to compare)."""
+    if G == 1:
+        return np.zeros_like(rewards_N)
+    return np.asarray(group_advantages(jnp.asarray(rewards_N.reshape(-1, G)), grpo.scale_rewards)).reshape(-1)
 
 
 def _extra_rewards(reward_fns: Sequence, prompts: list[str], completions, passed) -> tuple[np.ndarray, int]:
