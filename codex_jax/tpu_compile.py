@@ -33,7 +33,7 @@ from codex_jax.models.transformer import Transformer
 from codex_jax.setup import adapters
 from codex_jax.setup.model import model_config
 from codex_jax.setup.runners import fresh_state_fn, optimizer_spec
-from codex_jax.setup.weights import base_form
+from codex_jax.setup.weights import held_base_shapes
 
 # Per chip: HBM bytes and bandwidth (bytes/s), public figures of each generation.
 TPU_HBM = {"v4": (32e9, 1.2e12), "v5e": (16e9, 8.19e11), "v5p": (95e9, 2.765e12), "v6e": (32e9, 1.64e12)}
@@ -85,9 +85,7 @@ def _abstract_step_args(cfg, runner: JitRunner, model_cfg, tx):
     """ShapeDtypeStructs (with shardings) of the state, the batch and the frozen base (LoRA) of one step."""
     frozen = None
     if adapters.enabled(cfg):  # the base as place_base holds it: cast, or quantized (QLoRA)
-        shapes = adapters.base_shapes(model_cfg)
-        form = base_form(cfg)
-        shapes = shapes if form is None else jax.eval_shape(form, shapes)
+        shapes = held_base_shapes(cfg, model_cfg)
         runner.frozen_sharding = runner.shardings_for(shapes)  # as set_frozen does, without the arrays
         frozen = runner.frozen_target(shapes)
     state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model_cfg, tx)))

@@ -57,13 +57,10 @@ def step_memory(cfg, model, runner, tx) -> dict:
 
     from codex_jax.compute import aot
     from codex_jax.models import quant
-    from codex_jax.setup import adapters
     from codex_jax.setup.runners import fresh_state_fn
-    from codex_jax.setup.weights import base_form
+    from codex_jax.setup.weights import held_base_shapes
 
-    shapes = adapters.base_shapes(model.cfg)
-    form = base_form(cfg)
-    shapes = shapes if form is None else jax.eval_shape(form, shapes)
+    shapes = held_base_shapes(cfg, model.cfg)
     runner.frozen_sharding = runner.shardings_for(shapes)
     frozen = runner.frozen_target(shapes)
     state = runner.abstract_state(jax.eval_shape(fresh_state_fn(cfg, model.cfg, tx)))

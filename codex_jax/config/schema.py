@@ -55,6 +55,12 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "Rows of a kernel that share one scale when lora.base_dtype is 'int8' or 'nf4' (must divide "
         "d_model and d_ff).",
     ),
+    "lora.quantize_embeddings": (
+        False,
+        "With lora.base_dtype 'int8' or 'nf4': also quantize the token embedding and the untied output "
+        "head (lm_head), block-wise along d_model (lora.quant_block_size must divide it). Off: they stay "
+        "in bfloat16, as in the QLoRA paper.",
+    ),
     "lora.init_from": (
         "",
         "'peft:/path/to/adapter': start the adapters of a fresh LoRA run from a PEFT LoRA folder "

@@ -235,6 +235,12 @@ def _check_cross_keys(flat: dict[str, Any], num_devices: int, num_processes: int
         "expert adapters refuse dropout too)",
         flat["lora.dropout"],
     )
+    _check(
+        not flat["lora.quantize_embeddings"] or flat["lora.base_dtype"] in ("int8", "nf4"),
+        "lora.quantize_embeddings",
+        "needs lora.base_dtype 'int8' or 'nf4' (a quantized base)",
+        flat["lora.quantize_embeddings"],
+    )
     for count, what in ((num_devices, "devices in use"), (num_processes, "processes")):
         _check(
             flat["data.batch_size"] % count == 0,

@@ -203,11 +203,14 @@ def _strip_base(name: str) -> str:
 # -------------------------------------------------------------------------------------- public API
 
 
-def import_checkpoint(path, dtype=jnp.float32, **overrides):
+def import_checkpoint(path, dtype=jnp.float32, form=None, **overrides):
     """``(Transformer, params)`` from a Hugging Face folder (local or ``gs://``); params and compute in
     ``dtype``.
 
-    ``overrides`` set other ModelConfig fields (``remat='full'``, ``dtype='bfloat16'`` compute...).
+    ``form`` (``(key, array) -> leaf``, ``key`` the flat ``'a/b/kernel'`` path) turns each weight, as
+    it is read, into what the params tree holds (e.g. a quantized kernel); one tensor exists in
+    ``dtype`` at a time. ``overrides`` set other ModelConfig fields (``remat='full'``, ``dtype='bfloat16'``
+    compute...).
     """
     folder = as_path(path)
     if not folder.is_dir():
@@ -223,12 +226,17 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
     moe = _moe_prefixes(cfg, reader.where)
     _check_names(folder, cfg, {r[0] for r in rows}, set(reader.where), moe)
     params: dict = {}
+
+    def leaf(key: str, array: np.ndarray):
+        weight = jnp.asarray(array.astype(cfg.weights_dtype))
+        return weight if form is None else form(key, weight)
+
     for hf_name, paths, transpose in rows:
         parts = _table_row(
             folder, reader.get(hf_name), hf_name, [_get(expected, p).shape for p in paths], transpose
         )
         for p, part in zip(paths, parts, strict=True):
-            _put(params, p, jnp.asarray(part.astype(cfg.weights_dtype)))
+            _put(params, p, leaf("/".join(p), part))
     style = HF_TYPES[export_model_type(cfg)].names.expert_style
     for i, prefix in moe.items():
         layer = hf_experts.layer_params(
@@ -240,7 +248,7 @@ def import_checkpoint(path, dtype=jnp.float32, **overrides):
                 raise UserError(
                     f"{folder}: {prefix} {name} has shape {array.shape}; config.json implies {want}"
                 )
-            params[f"layers_{i}"].setdefault("mlp", {})[name] = jnp.asarray(array.astype(cfg.weights_dtype))
+            params[f"layers_{i}"].setdefault("mlp", {})[name] = leaf(f"layers_{i}/mlp/{name}", array)
     return Transformer(cfg), params
 
 

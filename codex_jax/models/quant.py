@@ -12,6 +12,11 @@ the QLoRA paper (Dettmers et al. 2023), the quantiles of a standard normal scale
 zero; int8 codes are ``round(127 * w / absmax)``. The format and block size are read back from the
 codes' dtype and the shapes, so a quantized tree describes itself.
 
+An embedding table ``[V, D]`` (``embed/embedding``, and an untied ``lm_head``: ``TABLE_KEYS``) is
+quantized as the kernel ``[D, V]`` it is in the output head (``logits = x @ table.T``): blocks run along
+D, one scale per block of each token's row, and a lookup dequantizes only the looked-up columns
+(:func:`take`).
+
     q = quantize(w_IxO, 'nf4', 64)
     w_approx = dequantize(q, jnp.bfloat16)            # [in, out]
     y = matmul(x, q, jnp.bfloat16)                    # the dequantized kernel is recomputed, never saved
@@ -122,8 +127,8 @@ def dequantized_kernel(kernel, dtype) -> jax.Array:
     return dequantize(kernel, dtype) if is_quantized(kernel) else kernel.astype(dtype)
 
 
-def _dot(x, w):
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+def _dot(x, w, out_dtype=None):
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=out_dtype)
 
 
 def _guarded(guard: bool, fn, a, q):
@@ -140,18 +145,63 @@ def _guarded(guard: bool, fn, a, q):
     return jax.lax.cond(known, fn, lambda a, q: fn(a * 1, q), a, q)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _frozen_matmul(x, w, dtype, guard):
+def _width(w) -> int:
+    """Output columns of a kernel, plain or quantized."""
+    return kernel_shape(w)[1] if is_quantized(w) else w.shape[1]
+
+
+def _columns(w, start, size: int):
+    """Columns ``[start, start + size)`` of a kernel, plain or quantized (codes and scales alike)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1), w)
+
+
+def column_chunks(d_out: int, most: int) -> int:
+    """The fewest equal chunks of ``d_out`` columns with at most ``most`` columns each; one (no chunking)
+    for ``most`` 0, or when that takes more than 4x the fewest possible (``d_out`` with no divisor near)."""
+    fewest = -(-d_out // most) if most > 0 else 1
+    return next((n for n in range(fewest, 4 * fewest + 1) if d_out % n == 0), 1) if fewest > 1 else 1
+
+
+def _forward_dot(x, w, dtype, out_dtype, chunks: int):
+    """``x @ w`` with ``w`` dequantized (cast) ``chunks`` column blocks at a time."""
+    if chunks == 1:
+        return _dot(x, dequantized_kernel(w, dtype), out_dtype)
+    size = _width(w) // chunks
+    y = jnp.zeros((*x.shape[:-1], _width(w)), out_dtype or dtype)
+
+    def one(i, y):
+        y_c = _dot(x, dequantized_kernel(_columns(w, i * size, size), dtype), out_dtype)
+        return jax.lax.dynamic_update_slice_in_dim(y, y_c.astype(y.dtype), i * size, axis=y.ndim - 1)
+
+    return jax.lax.fori_loop(0, chunks, one, y)
+
+
+def _backward_dot(g, w, dtype, chunks: int):
+    """``g @ w.T`` (the input's gradient) with ``w`` dequantized (cast) ``chunks`` column blocks at a time;
+    a float32 output's cotangent (the LM head's) is multiplied in ``dtype``."""
+    g = g.astype(dtype)
+    dims = (((g.ndim - 1,), (1,)), ((), ()))
+    if chunks == 1:
+        return jax.lax.dot_general(g, dequantized_kernel(w, dtype), dims)
+    size = _width(w) // chunks
+
+    def one(i, dx):
+        g_c = jax.lax.dynamic_slice_in_dim(g, i * size, size, axis=g.ndim - 1)
+        w_c = dequantized_kernel(_columns(w, i * size, size), dtype)
+        return dx + jax.lax.dot_general(g_c, w_c, dims, preferred_element_type=jnp.float32)
+
+    dx = jnp.zeros((*g.shape[:-1], kernel_shape(w)[0] if is_quantized(w) else w.shape[0]), jnp.float32)
+    return jax.lax.fori_loop(0, chunks, one, dx).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _frozen_matmul(x, w, dtype, guard, out_dtype, chunks):
     x, w = jax.lax.optimization_barrier((x, w))  # dequantize when x arrives, not all layers up front
-    return _guarded(guard, lambda x, w: _dot(x, dequantized_kernel(w, dtype)), x, w)
+    return _guarded(guard, lambda x, w: _forward_dot(x, w, dtype, out_dtype, chunks), x, w)
 
 
-def _frozen_matmul_fwd(x, w, dtype, guard):
-    return _frozen_matmul(x, w, dtype, guard), w
-
-
-def _backward_dot(g, w, dtype):
-    return jax.lax.dot_general(g, dequantized_kernel(w, dtype), (((g.ndim - 1,), (1,)), ((), ())))
+def _frozen_matmul_fwd(x, w, dtype, guard, out_dtype, chunks):
+    return _frozen_matmul(x, w, dtype, guard, out_dtype, chunks), w
 
 
 def _zero_cotangent(a):
@@ -159,55 +209,85 @@ def _zero_cotangent(a):
     return np.zeros(a.shape, jax.dtypes.float0 if integer else a.dtype)
 
 
-def _frozen_matmul_bwd(dtype, guard, w, g):
+def _frozen_matmul_bwd(dtype, guard, out_dtype, chunks, w, g):
     g, w = jax.lax.optimization_barrier((g, w))  # likewise: when the cotangent arrives
-    dx = _guarded(guard, lambda g, w: _backward_dot(g, w, dtype), g, w)
+    dx = _guarded(guard, lambda g, w: _backward_dot(g, w, dtype, chunks), g, w)
     return dx, jax.tree.map(_zero_cotangent, w)
 
 
 _frozen_matmul.defvjp(_frozen_matmul_fwd, _frozen_matmul_bwd)
 
 
-def matmul(x, kernel, dtype, guard: bool = True, frozen: bool = False) -> jax.Array:
-    """``x @ kernel`` in ``dtype``. A quantized kernel, or any kernel with ``frozen`` (a LoRA base: its
-    gradient is zero), is dequantized (cast) when ``x`` arrives, and again in the backward pass when the
-    cotangent arrives: no full-precision copy of it is kept between the two, and XLA cannot dequantize
-    every layer's kernel ahead of time. ``guard`` (for XLA's CPU pipeline, see :func:`_guarded`) puts
-    both inside a conditional so that XLA cannot hoist them or merge the backward's with the forward's."""
+def matmul(
+    x, kernel, dtype, guard: bool = True, frozen: bool = False, out_dtype=None, most_columns: int = 0
+) -> jax.Array:
+    """``x @ kernel`` in ``dtype`` (the result in ``out_dtype``, e.g. float32 logits; None: ``dtype``).
+
+    A quantized kernel, or any kernel with ``frozen`` (a LoRA base: its gradient is zero), is dequantized
+    (cast) when ``x`` arrives, and again in the backward pass when the cotangent arrives: no
+    full-precision copy of it is kept between the two, and XLA cannot dequantize every layer's kernel
+    ahead of time. ``guard`` (for XLA's CPU pipeline, see :func:`_guarded`) puts both inside a
+    conditional so that XLA cannot hoist them or merge the backward's with the forward's.
+    ``most_columns`` (> 0) dequantizes a wide kernel (the LM head) in chunks of at most that many
+    output columns (:func:`column_chunks`), so only one chunk exists in ``dtype`` at a time."""
+    out_dtype = None if out_dtype is None else jnp.dtype(out_dtype)
     if is_quantized(kernel) or frozen:
-        return _frozen_matmul(x, kernel, jnp.dtype(dtype), bool(guard))
-    return _dot(x, kernel.astype(dtype))
+        chunks = column_chunks(_width(kernel), most_columns)
+        return _frozen_matmul(x, kernel, jnp.dtype(dtype), bool(guard), out_dtype, chunks)
+    return _dot(x, kernel.astype(dtype), out_dtype)
+
+
+def take(q, ids, dtype) -> jax.Array:
+    """Rows ``ids`` (any shape) of a quantized embedding table, ``[*ids.shape, D]`` in ``dtype``: only
+    the looked-up columns of its ``[D, V]`` codes and scales are dequantized."""
+    ids_N = ids.reshape(-1)
+    columns = {name: jnp.take(q[name], ids_N, axis=1) for name in ("codes", "scales")}
+    rows_NxD = dequantize(columns, dtype).T
+    return rows_NxD.reshape(*ids.shape, rows_NxD.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------ trees
 
-
-def kernel_keys(params) -> list[str]:
-    """Flat ``'a/b/kernel'`` keys of the 2-D kernels of a full-precision tree (arrays or shapes)."""
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return sorted(k for k, v in flat.items() if k.endswith("/kernel") and len(v.shape) == 2)
+# Embedding tables [V, D], quantized (with ``tables``) as the kernel [D, V] of the output head.
+TABLE_KEYS = ("embed/embedding", "lm_head")
 
 
 _quantize_jit = jax.jit(quantize, static_argnums=(1, 2))
 _cast_jit = jax.jit(lambda x, dtype: x.astype(dtype), static_argnums=1)
 
 
-def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16):
-    """``params`` with every 2-D kernel quantized and every other leaf cast to ``other_dtype`` (None:
-    kept) (works on arrays, and under :func:`jax.eval_shape` on shapes). UserError when ``block``
-    does not divide a kernel's input rows. Called outside ``jit`` it quantizes one leaf per jitted
-    call, so that only one kernel's float32 intermediates exist at a time."""
+def leaf_form(fmt: str, block: int, other_dtype=jnp.bfloat16, tables: bool = False):
+    """``(key, leaf) -> leaf``: a 2-D ``.../kernel`` leaf (and with ``tables`` an embedding table of
+    ``TABLE_KEYS``) quantized, any other cast to ``other_dtype`` (None: kept); ``key`` is the leaf's flat
+    ``'a/b/kernel'`` path. Outside ``jit`` each leaf is one jitted call (arrays, numpy arrays, or under
+    :func:`jax.eval_shape` shapes). UserError when ``block`` does not divide the rows a scale covers."""
+
+    def form(key: str, leaf):
+        table = tables and key in TABLE_KEYS
+        if table or (key.endswith("/kernel") and len(leaf.shape) == 2):
+            kernel = leaf.T if table else leaf
+            check(fmt, block, kernel.shape[0])
+            return _quantize_jit(kernel, fmt, block)
+        return leaf if other_dtype is None else _cast_jit(leaf, jnp.dtype(other_dtype))
+
+    return form
+
+
+def map_leaves(form, params):
+    """``params`` with every leaf ``x`` (flat key ``k``) replaced by ``form(k, x)`` (e.g. a
+    :func:`leaf_form`), one leaf at a time."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    for key in kernel_keys(params):
-        check(fmt, block, flat[key].shape[0])
-    kernels = set(kernel_keys(params))
-    out = {}
-    for key, leaf in flat.items():
-        if key in kernels:
-            out.update({f"{key}/{name}": v for name, v in _quantize_jit(leaf, fmt, block).items()})
-        else:
-            out[key] = leaf if other_dtype is None else _cast_jit(leaf, jnp.dtype(other_dtype))
-    return traverse_util.unflatten_dict(out, sep="/")
+    return traverse_util.unflatten_dict({k: form(k, x) for k, x in flat.items()}, sep="/")
+
+
+def quantize_tree(params, fmt: str, block: int, other_dtype=jnp.bfloat16, tables: bool = False):
+    """``params`` with every 2-D kernel (and with ``tables`` the embedding tables of ``TABLE_KEYS``)
+    quantized and every other leaf cast to ``other_dtype`` (None: kept), one leaf at a time, so that only
+    one kernel's float32 intermediates exist at a time: :func:`map_leaves` of a :func:`leaf_form`.
+    Every block size is checked (UserError) before anything is quantized."""
+    form = leaf_form(fmt, block, other_dtype, tables)
+    jax.eval_shape(lambda p: map_leaves(form, p), params)
+    return map_leaves(form, params)
 
 
 def quantized_format(params) -> str | None:
@@ -220,16 +300,18 @@ def quantized_format(params) -> str | None:
 
 
 def dequantize_tree(params, dtype=jnp.float32):
-    """``params`` with every quantized kernel back to a ``dtype`` array (other leaves untouched)."""
-
-    def walk(node):
-        if not isinstance(node, Mapping):
-            return node
-        return {
-            k: dequantize(v, dtype) if k == "kernel" and is_quantized(v) else walk(v) for k, v in node.items()
-        }
-
-    return walk(params)
+    """``params`` with every quantized kernel and table back to a ``dtype`` array (other leaves
+    untouched)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    out: dict = {}
+    for key, leaf in flat.items():
+        path, _, name = key.rpartition("/")
+        if name not in ("codes", "scales") or not path.endswith(("kernel", *TABLE_KEYS)):
+            out[key] = leaf
+        elif name == "codes":
+            w = dequantize({"codes": leaf, "scales": flat[f"{path}/scales"]}, dtype)
+            out[path] = w.T if path in TABLE_KEYS else w
+    return traverse_util.unflatten_dict(out, sep="/")
 
 
 def nbytes(params) -> int:

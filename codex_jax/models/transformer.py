@@ -66,6 +66,51 @@ class Norm(nn.Module):
         return y.astype(cfg.compute_dtype)
 
 
+def _param_or_quantized(module: nn.Module, name: str, std: float, shape: tuple[int, ...]) -> Any:
+    """``module``'s param ``name``: the quantized one a QLoRA base holds (a dict, models/quant.py), or
+    an array of ``shape`` (created at init with a normal(``std``) draw)."""
+    if module.has_variable("params", name) and quant.is_quantized(module.get_variable("params", name)):
+        return module.get_variable("params", name)
+    return module.param(name, _init_normal(std), shape, module.cfg.weights_dtype)  # type: ignore[attr-defined]
+
+
+class Embed(nn.Module):
+    """Token embedding ``[V, D]`` under ``nn.Embed``'s param name and init (``embedding``), in the compute
+    dtype; the table may be a quantized one (``lora.quantize_embeddings``, models/quant.py), which
+    :meth:`logits` also serves as a tied output head."""
+
+    cfg: ModelConfig
+    num_embeddings: int
+    std: float = 0.02
+
+    def setup(self):
+        self.table = _param_or_quantized(self, "embedding", self.std, (self.num_embeddings, self.cfg.d_model))
+
+    def __call__(self, tokens_BxT):
+        dtype = self.cfg.compute_dtype
+        if quant.is_quantized(self.table):
+            return quant.take(self.table, tokens_BxT, dtype)
+        return jnp.take(self.table.astype(dtype), tokens_BxT, axis=0)
+
+
+# A quantized head is dequantized in chunks of at most this many vocabulary columns (a Llama-1B-shaped
+# head's 32,000 x 2048 would otherwise be a 0.13 GB bfloat16 temporary, and XLA's CPU float32 copy 0.26).
+_HEAD_COLUMNS = 8192
+
+
+def head_logits(cfg: ModelConfig, x_BxTxD, head) -> jax.Array:
+    """Float32 logits ``softcap(x @ head.T)`` of the output head ``[V, D]`` (an array, or quantized:
+    dequantized inside the matmul chunk by chunk, as a frozen kernel)."""
+    if quant.is_quantized(head):
+        guard = grad_barrier.enabled(cfg, jax.default_backend())
+        logits_BxTxV = quant.matmul(
+            x_BxTxD, head, cfg.compute_dtype, guard, out_dtype=jnp.float32, most_columns=_HEAD_COLUMNS
+        )
+    else:
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head, preferred_element_type=jnp.float32)
+    return softcap(logits_BxTxV, cfg.final_softcap)
+
+
 class Linear(nn.Module):
     """``x @ kernel + bias`` with ``nn.Dense``'s param names and init, plus a LoRA adapter when the
     ``'lora'`` collection holds ``lora_a [in, r]`` and ``lora_b [r, out]`` for this module:
@@ -79,14 +124,7 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         cfg = self.cfg
-        if self.has_variable("params", "kernel") and quant.is_quantized(
-            self.get_variable("params", "kernel")
-        ):
-            kernel: Any = self.get_variable("params", "kernel")  # a quantized base (models/quant.py)
-        else:
-            kernel = self.param(
-                "kernel", _init_normal(self.std), (x.shape[-1], self.features), cfg.weights_dtype
-            )
+        kernel = _param_or_quantized(self, "kernel", self.std, (x.shape[-1], self.features))
         x = x.astype(cfg.compute_dtype)
         guard = grad_barrier.enabled(cfg, jax.default_backend())
         y = quant.matmul(x, kernel, cfg.compute_dtype, guard, frozen=cfg.frozen_base)
@@ -281,13 +319,12 @@ class Transformer(nn.Module):
             x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS, segments_BxT
         )
         x_BxTxD = Norm(self.cfg, name="final_norm")(x)
-        head_VxD = self._head(embed)
-        if hidden:
+        head = self._head(embed)
+        if hidden:  # the chunked loss multiplies by the head itself: a quantized one is dequantized first
+            is_q = quant.is_quantized(head)
+            head_VxD = quant.dequantize(head, self.cfg.compute_dtype).T if is_q else head
             return x_BxTxD, head_VxD
-        logits_BxTxV = softcap(
-            jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32),
-            self.cfg.final_softcap,
-        )
+        logits_BxTxV = head_logits(self.cfg, x_BxTxD, head)
         if kv_cache is None:
             return logits_BxTxV
         return logits_BxTxV, new_cache
@@ -296,27 +333,12 @@ class Transformer(nn.Module):
         """``(the token embedding module, embedded tokens [B, T, D])``: scaled by ``sqrt(d_model)`` with
         ``embed_scale`` (in the compute dtype, as Gemma), plus learned positions (``positions='learned'``)."""
         cfg = self.cfg
-        embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.d_model,
-            embedding_init=_init_normal(),
-            param_dtype=cfg.weights_dtype,
-            dtype=cfg.compute_dtype,
-            name="embed",
-        )
+        embed = Embed(cfg, cfg.vocab_size, name="embed")
         x = embed(tokens_BxT)
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), cfg.compute_dtype)
         if cfg.positions == "learned":
-            pos = nn.Embed(
-                cfg.max_seq_len,
-                cfg.d_model,
-                embedding_init=_init_normal(0.01),
-                param_dtype=cfg.weights_dtype,
-                dtype=cfg.compute_dtype,
-                name="pos_embed",
-            )
-            x = x + pos(positions_BxT)
+            x = x + Embed(cfg, cfg.max_seq_len, 0.01, name="pos_embed")(positions_BxT)
         return embed, nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
     def _blocks(self, x, positions_BxT, deterministic, kv_cache, cache_index, mask_BxTxS, segments_BxT):
@@ -342,15 +364,15 @@ class Transformer(nn.Module):
             new_cache[f"layers_{i}"] = layer_new
         return x, new_cache
 
-    def _head(self, embed):
-        """The output projection ``[V, D]`` in the compute dtype: the token embedding when tied, else
-        ``lm_head``."""
+    def _head(self, embed: Embed):
+        """The output projection ``[V, D]`` in the compute dtype (the token embedding when tied, else
+        ``lm_head``), or its quantized form (models/quant.py, as the kernel ``[D, V]``)."""
         cfg = self.cfg
         if cfg.tie_embeddings:
-            return embed.embedding.astype(cfg.compute_dtype)
-        return self.param("lm_head", _init_normal(), (cfg.vocab_size, cfg.d_model), cfg.weights_dtype).astype(
-            cfg.compute_dtype
-        )
+            head = embed.table
+        else:
+            head = _param_or_quantized(self, "lm_head", 0.02, (cfg.vocab_size, cfg.d_model))
+        return head if quant.is_quantized(head) else head.astype(cfg.compute_dtype)
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None):

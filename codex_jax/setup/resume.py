@@ -51,7 +51,7 @@ _FREE_MODEL_KEYS = (
 _OTHER_MODES = ("codeeval.", "export.", "generate.")
 
 
-_QUANT_KEYS = ("lora.base_dtype", "lora.quant_block_size")
+_QUANT_KEYS = ("lora.base_dtype", "lora.quant_block_size", "lora.quantize_embeddings")
 
 
 def _quantized(saved: dict) -> bool:

@@ -124,13 +124,15 @@ def _placed(cfg: ml_collections.ConfigDict, model: Transformer, shapes):
 # ------------------------------------------------------------------------------ model.init_from
 
 
-def import_params(cfg: ml_collections.ConfigDict, folder: Path, like):
+def import_params(cfg: ml_collections.ConfigDict, folder: Path, like, form=None):
     """The folder's weights (in ``model.param_dtype``) placed like the arrays of ``like``.
 
     ``like`` is a freshly initialised params tree as a runner holds it (sharded over a mesh, or
-    stacked per device for pmap); every process reads the files and keeps its shards.
+    stacked per device for pmap); every process reads the files and keeps its shards. ``form``
+    (``(key, array) -> leaf``, :func:`base_form`) is applied to each weight as it is read, so a
+    quantized base never exists in full precision (``like`` is then the formed tree's target).
     """
-    _, imported = hf.import_checkpoint(folder, dtype=jnp.dtype(cfg.model.param_dtype))
+    _, imported = hf.import_checkpoint(folder, dtype=jnp.dtype(cfg.model.param_dtype), form=form)
 
     def place(old, new):
         host = np.asarray(new)
@@ -183,13 +185,17 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
 
     ``saved`` (the record of a resumed run) pins a workdir base to the step the run started from;
     a base whose checksum changed since is refused. No ``init_from``: the random init of ``seed``.
-    ``form`` (``(function, target)``: e.g. a quantizer and the target of its output) is applied to the
-    weights one leaf at a time (a random init is made in full precision first, like a loaded base).
+    ``form`` (``(function, target)``: a :func:`base_form` and the target of its output) is applied to
+    the weights one leaf at a time: to a Hugging Face folder's as each is read, to a workdir's or a
+    random init's once they are all made in full precision.
     """
     spec = RunSpec.from_config(cfg)
     record: dict = {"source": spec.init_from or f"random init (seed {cfg.seed})"}
     if spec.hf_folder is not None:
-        params, _ = load_params(cfg, target)
+        if form is None:
+            params = import_params(cfg, spec.hf_folder, target)
+        else:  # formed tensor by tensor as it is read: the full-precision base never exists whole
+            params, form = import_params(cfg, spec.hf_folder, form[1], form[0]), None
         record["sha256"] = sha256_files(
             [*hf.safetensors_files(spec.hf_folder), spec.hf_folder / "config.json"]
         )
@@ -206,21 +212,32 @@ def load_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, target, sa
             f"(sha256 {record['sha256']}, checkpoints recorded {saved.get('sha256')}); "
             "restore the original or start a new --workdir"
         )
-    if form is not None:  # leaf by leaf (quant.quantize_tree): one jitted call over the whole tree
-        fn, out = form  # had XLA quantize every kernel at once (26.9 GB of temporaries for a 1.1B base)
-        params = jax.device_put(fn(params), jax.tree.map(lambda t: t.sharding, out))
+    if form is not None:  # leaf by leaf: one jitted call over the whole tree had XLA quantize every
+        fn, out = form  # kernel at once (26.9 GB of temporaries for a 1.1B base)
+        params = jax.device_put(quant.map_leaves(fn, params), jax.tree.map(lambda t: t.sharding, out))
     return params, record
 
 
 def base_form(cfg: ml_collections.ConfigDict):
-    """The function that turns a full-precision base into ``lora.base_dtype``'s (None: keep it):
-    a cast, or :func:`quant.quantize_tree` (other leaves in bfloat16) for ``'int8'``/``'nf4'``."""
+    """The per-leaf function ``(key, array) -> leaf`` (:func:`quant.map_leaves`) that turns a
+    full-precision base into ``lora.base_dtype``'s (None: keep it): a cast, or :func:`quant.leaf_form`
+    (other leaves in bfloat16; the embedding tables too with ``lora.quantize_embeddings``) for
+    ``'int8'``/``'nf4'``."""
     dtype = cfg.lora.base_dtype
     if dtype in quant.FORMATS:
-        return lambda p: quant.quantize_tree(p, dtype, cfg.lora.quant_block_size)
+        tables = bool(cfg.lora.get("quantize_embeddings", False))
+        return quant.leaf_form(dtype, cfg.lora.quant_block_size, tables=tables)
     if dtype:
-        return lambda p: jax.tree.map(lambda x: x.astype(dtype), p)
+        return lambda key, x: x.astype(dtype)
     return None
+
+
+def held_base_shapes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig):
+    """The shapes of a LoRA run's frozen base as :func:`place_base` holds it: cast or quantized
+    (``lora.base_dtype``); UserError for a block size that does not fit, before anything is loaded."""
+    shapes = adapters.base_shapes(model_cfg)
+    fn = base_form(cfg)
+    return shapes if fn is None else jax.eval_shape(lambda s: quant.map_leaves(fn, s), shapes)
 
 
 def _release_freed_memory() -> None:
@@ -234,15 +251,16 @@ def _release_freed_memory() -> None:
 def place_base(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, runner, saved=None) -> dict:
     """Loads the base (``model.init_from``) in ``lora.base_dtype`` into ``runner``; returns its
     record for the checkpoint meta (``saved``: the record a resumed run's checkpoint holds)."""
-    shapes = adapters.base_shapes(model_cfg)
     fn = base_form(cfg)
-    form = None if fn is None else (fn, runner.frozen_target(jax.eval_shape(fn, shapes)))
-    base, record = load_base(cfg, model_cfg, runner.frozen_target(shapes), saved, form)
+    form = None if fn is None else (fn, runner.frozen_target(held_base_shapes(cfg, model_cfg)))
+    target = runner.frozen_target(adapters.base_shapes(model_cfg))
+    base, record = load_base(cfg, model_cfg, target, saved, form)
     runner.set_frozen(base)
     _release_freed_memory()
     record["dtype"] = cfg.lora.base_dtype or model_cfg.param_dtype
     if cfg.lora.base_dtype in quant.FORMATS:
         record["quant_block_size"] = cfg.lora.quant_block_size
+        record["quantize_embeddings"] = bool(cfg.lora.get("quantize_embeddings", False))
         record["bytes"] = quant.nbytes(base)
     print(f"LoRA: frozen {record['dtype']} base from {record['source']}", file=sys.stderr)
     return record

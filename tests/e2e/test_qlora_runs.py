@@ -11,7 +11,11 @@ import pytest
 from conftest import read_metrics, run_cli
 from test_lora import LLAMA_TINY, LORA, TOKENS, _peft_logits, base_run  # noqa: F401 (base_run: a fixture)
 
-QLORA = [*[o for o in LORA if "base_dtype" not in o], "--config.lora.base_dtype=nf4"]
+QLORA = [
+    *[o for o in LORA if "base_dtype" not in o],
+    "--config.lora.base_dtype=nf4",
+    "--config.lora.quantize_embeddings=True",  # the embedding and head in NF4 too
+]
 
 
 def test_cli_qlora_learns_resumes_and_exports(base_run, tmp_path):
@@ -31,11 +35,16 @@ def test_cli_qlora_learns_resumes_and_exports(base_run, tmp_path):
     step = full / "checkpoints" / "12"
     assert (step / "lora").is_dir() and not (step / "params").exists()
     meta = json.loads((step / "meta" / "metadata").read_text())["lora"]["base"]
-    assert meta["dtype"] == "nf4" and meta["quant_block_size"] == 64
+    assert meta["dtype"] == "nf4" and meta["quant_block_size"] == 64 and meta["quantize_embeddings"]
 
     # a quantized run resumed with a full-precision base: refused before anything runs
     result = run_cli(
-        part, *common, "--config.lora.base_dtype=bfloat16", "--config.train.steps=14", check=False
+        part,
+        *common,
+        "--config.lora.base_dtype=bfloat16",
+        "--config.lora.quantize_embeddings=False",
+        "--config.train.steps=14",
+        check=False,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -61,13 +70,17 @@ def test_cli_qlora_learns_resumes_and_exports(base_run, tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("--config.lora.base_dtype=int4", "lora.base_dtype"),
-        ("--config.lora.quant_block_size=48", "48 does not divide a kernel's 64 input rows"),
+        (["--config.lora.base_dtype=int4"], "lora.base_dtype"),
+        (["--config.lora.quant_block_size=48"], "48 does not divide a kernel's 64 input rows"),
+        (
+            ["--config.lora.base_dtype=bfloat16", "--config.lora.quantize_embeddings=True"],
+            "config key 'lora.quantize_embeddings': needs lora.base_dtype 'int8' or 'nf4'",
+        ),
     ],
 )
 def test_qlora_config_errors(tmp_path, override, message):
     result = run_cli(
-        tmp_path, *LLAMA_TINY, "--config.lora.rank=4", "--config.lora.base_dtype=nf4", override, check=False
+        tmp_path, *LLAMA_TINY, "--config.lora.rank=4", "--config.lora.base_dtype=nf4", *override, check=False
     )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
