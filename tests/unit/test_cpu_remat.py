@@ -10,7 +10,6 @@ import pytest
 
 from codex_jax.compute import loss as loss_lib
 from codex_jax.models import lora as lora_lib
-from codex_jax.models import moe
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 
@@ -72,26 +71,25 @@ def test_full_remat_is_bit_equal_to_none(case):
         trained, frozen = jax.tree.map(lambda a: a + 0.01, adapters), params  # lora_b != 0
     ref_loss, ref_grads = _grad_fn(trained, frozen, tokens_BxT, segments_BxT, cfg)
     got_loss, got_grads = _grad_fn(trained, frozen, tokens_BxT, segments_BxT, cfg.replace(remat="full"))
-    assert cfg.num_experts == 0 or moe.COLLECTION  # the MoE case differentiates the router penalty too
     np.testing.assert_array_equal(got_loss, ref_loss)
     jax.tree.map(np.testing.assert_array_equal, got_grads, ref_grads)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(got_grads))
 
 
 def test_full_remat_cuts_temporaries_and_adds_no_weight_gradients_for_a_frozen_base():
-    cfg = ModelConfig(**{**TINY, "num_layers": 6, "d_model": 128, "d_ff": 512, "max_seq_len": 256})
+    cfg = ModelConfig(**{**TINY, "num_layers": 4, "d_model": 128, "d_ff": 512, "max_seq_len": 128})
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    tokens_BxT = jax.ShapeDtypeStruct((1, 256), jnp.int32)
+    tokens_BxT = jax.ShapeDtypeStruct((1, 128), jnp.int32)
 
     def temp_and_flops(cfg, trained, frozen):
         compiled = _grad_fn.lower(trained, frozen, tokens_BxT, None, cfg).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        print(cfg.remat, cfg.frozen_base, compiled.memory_analysis().temp_size_in_bytes, cost["flops"])
         return compiled.memory_analysis().temp_size_in_bytes, cost["flops"]
 
     none_temp, none_flops = temp_and_flops(cfg, shapes, None)
     full_temp, full_flops = temp_and_flops(cfg.replace(remat="full"), shapes, None)
+    # Measured 2026-12-07: 2.37 MB against 6.58 MB (nn.remat's jax.checkpoint on CPU: 5.95 MB).
     assert full_temp < 0.5 * none_temp, (full_temp, none_temp)
     assert full_flops > none_flops  # the forward is recomputed
     # A LoRA run recomputes the forward but computes no weight gradient of the frozen base: its step
@@ -100,7 +98,7 @@ def test_full_remat_cuts_temporaries_and_adds_no_weight_gradients_for_a_frozen_b
         lambda p: lora_lib.init_lora(p, 4, lora_lib.DEFAULT_TARGETS, jax.random.key(1)), shapes
     )
     lora_cfg = cfg.replace(frozen_base=True)
-    _, lora_none = temp_and_flops(lora_cfg, adapters, shapes)
+    lora_none_temp, lora_none = temp_and_flops(lora_cfg, adapters, shapes)
     lora_temp, lora_full = temp_and_flops(lora_cfg.replace(remat="full"), adapters, shapes)
-    assert lora_full - lora_none < 1.25 * (full_flops - none_flops)
-    assert lora_temp < 0.5 * none_temp
+    assert lora_full - lora_none < 1.25 * (full_flops - none_flops)  # with the base's: about 2x
+    assert lora_temp < 0.5 * lora_none_temp
