@@ -45,7 +45,13 @@ MODEL_SCHEMA: dict[str, tuple[Any, str]] = {
         "least 32, each against only the keys before it, about half of XLA's work; beyond: blocks of 256 "
         "queries in a loop, probabilities recomputed in backward, far less memory than 'xla').",
     ),
-    "model.remat": ("none", "Rematerialisation per block: 'none', 'full' or 'dots_saveable'."),
+    "model.remat": (
+        "none",
+        "Rematerialisation per block: 'none', 'full' or 'dots_saveable'. Where model.grad_barriers is on "
+        "(CPU by default) 'full' recomputes each block inside a conditional on its gradient "
+        "(models/cpu_remat.py), which XLA's CPU pipeline cannot merge with the forward pass; elsewhere it "
+        "is Flax's nn.remat.",
+    ),
     "model.grad_barriers": (
         "auto",
         "'on': backward computes the residual stream's gradient once at each residual add, where XLA's CPU "

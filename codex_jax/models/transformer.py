@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from codex_jax.models import grad_barrier, quant
+from codex_jax.models import cpu_remat, grad_barrier, quant
 from codex_jax.models.attention import causal_attention, masked_attention, softcap
 from codex_jax.models.config import ModelConfig
 from codex_jax.models.moe import MoeMlp
@@ -346,7 +346,9 @@ class Transformer(nn.Module):
         cfg = self.cfg
         T = x.shape[1]
         block_cls = Block
-        if cfg.remat != "none" and kv_cache is None:
+        if cfg.remat == "full" and kv_cache is None and grad_barrier.enabled(cfg, jax.default_backend()):
+            block_cls = cpu_remat.lifted(Block, static_argnums=(3,))  # nn.remat's does not hold on CPU
+        elif cfg.remat != "none" and kv_cache is None:
             block_cls = nn.remat(Block, static_argnums=(3,), policy=_REMAT_POLICIES[cfg.remat])
         masks = None  # one per distinct window (a dict keeps remat's arguments hashable-free)
         if kv_cache is not None or mask_BxTxS is not None:
