@@ -3,9 +3,10 @@
     python tools/qlora_measure.py --config=configs/llama_1b.py --config.lora.rank=16 \\
         --config.lora.base_dtype=nf4 --config.data.batch_size=1 --config.data.seq_len=256 --steps=50
 
-The frozen base is a random init (``model.init_from=''``) placed by ``setup/weights.place_base`` in
-``lora.base_dtype``; batches are consecutive windows of the Python standard library's source read as
-bytes (token id = byte value, so any vocab >= 256 works without a tokenizer). Reports the loss of
+The frozen base (a random init with ``model.init_from=''``, or ``hf:FOLDER`` / ``workdir:RUN``) is placed
+by ``setup/weights.place_base`` in ``lora.base_dtype`` (``lora.quantize_embeddings`` too); batches are
+consecutive windows of the Python standard library's source read as bytes (token id = byte value, so any
+vocab >= 256 works without a tokenizer). Reports the loss of
 every step, the process's peak RSS (GiB: over the whole run, and over the steps alone, reset after
 the base is placed through ``/proc/self/clear_refs``) and the frozen base's bytes.
 """
@@ -69,6 +70,7 @@ def step_memory(cfg, model, runner, tx) -> dict:
     compiled = runner.lower_train_step(state, batch, frozen).compile()
     return {
         "base_dtype": cfg.lora.base_dtype,
+        "quantize_embeddings": cfg.lora.quantize_embeddings,
         "base_gib": round(quant.nbytes(shapes) / 2**30, 3),
         **{f"step_{k}": v for k, v in aot.memory_report(compiled).items()},
         "compile_s": round(time.perf_counter() - start, 1),
@@ -104,6 +106,7 @@ def main(_):
     out = {
         "base_dtype": record["dtype"],
         "quant_block_size": record.get("quant_block_size"),
+        "quantize_embeddings": record.get("quantize_embeddings", False),
         "base_gib": round(quant.nbytes(runner.frozen) / 2**30, 3),
         "peak_rss_gib": round(max(rss_after_load, _status_gib("VmHWM")), 3),
         "peak_rss_load_gib": round(rss_after_load, 3),
