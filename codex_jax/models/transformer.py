@@ -71,7 +71,7 @@ def _param_or_quantized(module: nn.Module, name: str, std: float, shape: tuple[i
     an array of ``shape`` (created at init with a normal(``std``) draw)."""
     if module.has_variable("params", name) and quant.is_quantized(module.get_variable("params", name)):
         return module.get_variable("params", name)
-    return module.param(name, _init_normal(std), shape, module.cfg.weights_dtype)  # type: ignore[attr-defined]
+    return module.param(name, _init_normal(std), shape, module.cfg.weights_dtype)
 
 
 class Embed(nn.Module):
