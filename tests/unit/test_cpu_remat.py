@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_model import random_params
 
 from codex_jax.compute import loss as loss_lib
 from codex_jax.models import lora as lora_lib
@@ -14,18 +15,6 @@ from codex_jax.models.config import ModelConfig
 from codex_jax.models.transformer import Transformer, init_params
 
 TINY = dict(family="llama", num_layers=2, num_heads=4, num_kv_heads=2, d_model=64, d_ff=128, vocab_size=256)
-
-
-def _params(cfg, seed=0):
-    """Parameters from numpy (no RNG compile); norm scales near 1."""
-    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(base + rng.normal(0.0, 0.05, s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _loss(trained, frozen, tokens_BxT, segments_BxT, cfg):
@@ -61,7 +50,7 @@ CASES = {
 def test_full_remat_is_bit_equal_to_none(case):
     extra, use_lora, packed = CASES[case]
     cfg = ModelConfig(**{**TINY, **extra, "max_seq_len": 16, "frozen_base": use_lora})
-    params = _params(cfg)
+    params = random_params(cfg)
     rng = np.random.default_rng(1)
     tokens_BxT = jnp.asarray(rng.integers(0, 256, (2, 16)), jnp.int32)
     segments_BxT = jnp.asarray(np.repeat([[1, 2, 3, 3]], 2, 0).repeat(4, 1)) if packed else None
