@@ -92,8 +92,9 @@ def _leaves(tree):
 
 
 def test_dpo_lora_from_a_run_on_one_device_and_on_eight_fsdp_devices(pairs, dpo_full, tmp_path):
+    """DPO over an NF4 base (QLoRA): the reference is the quantized base with the adapters off."""
     lora = _dpo(pairs, f"--config.model.init_from=workdir:{dpo_full}", "--config.lora.rank=4",
-                "--config.train.learning_rate=0.01")  # fmt: skip
+                "--config.lora.base_dtype=nf4", "--config.train.learning_rate=0.01")  # fmt: skip
     run_cli(tmp_path / "one", *lora)
     fsdp = [
         "--config.parallel.mesh.data=1",
@@ -200,10 +201,12 @@ def test_bad_post_training_inputs_are_one_error_line(tmp_path):
 def test_grpo_on_two_processes_matches_one_process(tmp_path):
     """Two processes (2 devices each) sample the same rows, process 0 judges them for both, each trains on
     its share: the same run as one process on 4 devices. Held out: greedy pass@1 (eval_temperature 0),
-    with the demo's sandbox keys (programs without site, remembered verdicts)."""
+    with the demo's sandbox keys (programs without site, remembered verdicts). LoRA over an NF4 base
+    (QLoRA), its reference the quantized base with the adapters off."""
     from test_multihost import _run_two_processes
 
-    args = [*_grpo(tmp_path), "--config.train.steps=2", "--config.train.eval_every=2",
+    args = [*_grpo(tmp_path), "--config.lora.rank=4", "--config.lora.base_dtype=nf4",
+            "--config.train.steps=2", "--config.train.eval_every=2",
             "--config.train.grpo.eval_temperature=0", "--config.train.grpo.remember_verdicts=True",
             "--config.codeeval.site_packages=False"]  # fmt: skip
     run_cli(tmp_path / "one", *args, devices=4)
