@@ -76,8 +76,8 @@ def _param_or_quantized(module: nn.Module, name: str, std: float, shape: tuple[i
 
 class Embed(nn.Module):
     """Token embedding ``[V, D]`` under ``nn.Embed``'s param name and init (``embedding``), in the compute
-    dtype; the table may be a quantized one (``lora.quantize_embeddings``, models/quant.py), which
-    :meth:`logits` also serves as a tied output head."""
+    dtype. ``table`` may be a quantized one (``lora.quantize_embeddings``, models/quant.py); a tied
+    output head reads it too (``Transformer._head``)."""
 
     cfg: ModelConfig
     num_embeddings: int
