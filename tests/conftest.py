@@ -54,13 +54,27 @@ from zygote import Zygote  # noqa: E402 (tests/e2e is on sys.path from here)
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-# The longest tests (tens of seconds each) run first, so that the 2 workers do not end with one of them alone.
+# The longest tests (tens of seconds each, a minute or more under load) run first, so that the 2 workers do
+# not end with one of them alone; longest first, by a full-suite profile (--durations, 2026-12-07). A file
+# named whole keeps its tests together, so its module fixtures are built on one worker.
 LONGEST_FIRST = (
     "tests/e2e/test_docs_commands.py::test_documented_commands_run",
-    "tests/e2e/test_chaos.py",
-    "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
-    "tests/e2e/test_faults.py::test_kill_9_at_any_moment_resumes_to_the_same_params",
+    "tests/e2e/test_posttrain_runs.py",
+    "tests/e2e/test_workdir_commands.py",
+    "tests/e2e/test_train.py",
+    "tests/e2e/test_serve.py",
+    "tests/e2e/test_qlora_runs.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_notebooks.py",
+    "tests/e2e/test_sft_run.py",
+    "tests/e2e/test_multihost.py",
+    "tests/e2e/test_lora_runs.py",
     "tests/e2e/test_gcs_workdir.py",
+    "tests/e2e/test_moe_cli.py",
+    "tests/e2e/test_preemption.py",
+    "tests/e2e/test_init_from_runs.py",
+    "tests/e2e/test_chaos.py",
+    "tests/e2e/test_codeeval_lm_eval.py",
 )
 
 
