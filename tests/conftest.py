@@ -111,6 +111,32 @@ def tiny_llama(**fields):
     return ModelConfig(**{**base, **fields})
 
 
+LLAMA_TINY = [  # configs/tiny.py as a Llama (untied): the base of the LoRA and QLoRA runs
+    "--config.model.family=llama",
+    "--config.model.tie_embeddings=False",
+    "--config.logging.writers=ndjson",
+    "--config.generate.max_new_tokens=0",
+]
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory):
+    """A tiny llama trained by configs/tiny.py (20 steps): the base the LoRA and QLoRA runs fine-tune
+    (tests/unit/test_lora.py, tests/e2e/test_lora_runs.py, test_qlora_runs.py), trained once per worker.
+    Tests read it and may add eval files; none changes its checkpoints or metrics."""
+    wd = tmp_path_factory.mktemp("base")
+    run_cli(wd, *LLAMA_TINY)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def base_run_hf(base_run, tmp_path_factory):
+    """``base_run`` exported in Hugging Face form (the base the PEFT adapters of the LoRA tests load on)."""
+    out = tmp_path_factory.mktemp("base_hf") / "hf"
+    run_cli(base_run, *LLAMA_TINY, "--config.export.format=hf", f"--config.export.dir={out}", mode="export")
+    return out
+
+
 def run_cli(
     workdir,
     *overrides,
