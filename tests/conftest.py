@@ -54,13 +54,27 @@ from zygote import Zygote  # noqa: E402 (tests/e2e is on sys.path from here)
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-# The longest tests (tens of seconds each) run first, so that the 2 workers do not end with one of them alone.
+# The longest tests (tens of seconds each, a minute or more under load) run first, so that the 2 workers do
+# not end with one of them alone; longest first, by a full-suite profile (--durations, 2026-12-07). A file
+# named whole keeps its tests together, so its module fixtures are built on one worker.
 LONGEST_FIRST = (
     "tests/e2e/test_docs_commands.py::test_documented_commands_run",
-    "tests/e2e/test_chaos.py",
-    "tests/e2e/test_multihost.py::test_two_processes_match_one_process_and_resume",
-    "tests/e2e/test_faults.py::test_kill_9_at_any_moment_resumes_to_the_same_params",
+    "tests/e2e/test_posttrain_runs.py",
+    "tests/e2e/test_workdir_commands.py",
+    "tests/e2e/test_train.py",
+    "tests/e2e/test_serve.py",
+    "tests/e2e/test_qlora_runs.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_notebooks.py",
+    "tests/e2e/test_sft_run.py",
+    "tests/e2e/test_multihost.py",
+    "tests/e2e/test_lora_runs.py",
     "tests/e2e/test_gcs_workdir.py",
+    "tests/e2e/test_moe_cli.py",
+    "tests/e2e/test_preemption.py",
+    "tests/e2e/test_init_from_runs.py",
+    "tests/e2e/test_chaos.py",
+    "tests/e2e/test_codeeval_lm_eval.py",
 )
 
 
@@ -95,6 +109,32 @@ def tiny_llama(**fields):
         tie_embeddings=False,
     )
     return ModelConfig(**{**base, **fields})
+
+
+LLAMA_TINY = [  # configs/tiny.py as a Llama (untied): the base of the LoRA and QLoRA runs
+    "--config.model.family=llama",
+    "--config.model.tie_embeddings=False",
+    "--config.logging.writers=ndjson",
+    "--config.generate.max_new_tokens=0",
+]
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory):
+    """A tiny llama trained by configs/tiny.py (20 steps): the base the LoRA and QLoRA runs fine-tune
+    (tests/unit/test_lora.py, tests/e2e/test_lora_runs.py, test_qlora_runs.py), trained once per worker.
+    Tests read it and may add eval files; none changes its checkpoints or metrics."""
+    wd = tmp_path_factory.mktemp("base")
+    run_cli(wd, *LLAMA_TINY)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def base_run_hf(base_run, tmp_path_factory):
+    """``base_run`` exported in Hugging Face form (the base the PEFT adapters of the LoRA tests load on)."""
+    out = tmp_path_factory.mktemp("base_hf") / "hf"
+    run_cli(base_run, *LLAMA_TINY, "--config.export.format=hf", f"--config.export.dir={out}", mode="export")
+    return out
 
 
 def run_cli(

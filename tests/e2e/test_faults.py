@@ -72,6 +72,7 @@ def test_resume_on_fewer_devices_continues_the_8_device_run(tmp_path):
     """Saved FSDP-sharded on 8 devices, resumed on 4 and on 1: same data position, same losses."""
     common = [
         *QUICK,
+        "--config.model.num_layers=1",  # a layer less to compile; resharding is the same for any depth
         "--config.train.steps=12",
         "--config.checkpoint.every_steps=6",
         "--config.train.eval_every=100",
@@ -96,7 +97,8 @@ def test_resume_on_fewer_devices_continues_the_8_device_run(tmp_path):
             restore_params(wd, 12),
         )
 
-    ev = run_cli(full, "--config.parallel.mesh.fsdp=1", mode="eval", devices=1)  # params only
+    one_layer = "--config.model.num_layers=1"
+    ev = run_cli(full, one_layer, "--config.parallel.mesh.fsdp=1", mode="eval", devices=1)  # params only
     loss = json.loads(ev.stdout.splitlines()[-1])["loss"]
     assert loss == pytest.approx(read_metrics(full, "eval")[12]["loss"], rel=1e-5)
 
@@ -108,6 +110,7 @@ def test_kill_9_at_any_moment_resumes_to_the_same_params(tmp_path):
     """SIGKILL after a checkpoint appears, while a save is in flight and at a random moment: every
     rerun resumes from a complete checkpoint, and the final params equal an uninterrupted run's."""
     common = [*QUICK, "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=2"]
+    common += ["--config.model.num_layers=1"]  # a layer less to compile; kills hit the same code
     reference = tmp_path / "reference"
     run_cli(reference, *common)
     wd, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoints"

@@ -1,7 +1,6 @@
 """LoRA through the CLI, for real: a fine-tune of a tiny llama that resumes bit-exactly and exports
 (hf, peft, merged), its config errors, and tools/bench.py on a shrunken llama_1b."""
 
-# ruff: noqa: F811 (the unit module's fixtures, imported here, are the tests' parameters)
 from __future__ import annotations
 
 import json
@@ -9,11 +8,11 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import read_metrics, run_cli, xla_flags
-from test_lora import LLAMA_TINY, LORA, TOKENS, _peft_logits, base_run  # noqa: F401 (base_run: a fixture)
+from conftest import LLAMA_TINY, read_metrics, run_cli, xla_flags
+from test_lora import LORA, TOKENS, _peft_logits
 
 
-def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, tmp_path):
+def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, base_run_hf, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("peft")
@@ -41,14 +40,7 @@ def test_cli_lora_finetune_resumes_bit_exactly_and_exports(base_run, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, *adapters)
 
     # export: the base (hf), the adapters (peft) and the merged model (hf) agree in transformers
-    outs = {k: tmp_path / k for k in ("base_hf", "peft", "merged_hf")}
-    run_cli(
-        base_run,
-        *LLAMA_TINY,
-        "--config.export.format=hf",
-        f"--config.export.dir={outs['base_hf']}",
-        mode="export",
-    )
+    outs = {"base_hf": base_run_hf, **{k: tmp_path / k for k in ("peft", "merged_hf")}}
     for fmt, out in (("peft", outs["peft"]), ("hf", outs["merged_hf"])):
         run_cli(
             full,

@@ -9,6 +9,7 @@ import numpy as np
 from conftest import CONFIGS, REPO, read_metrics, run_cli, xla_flags
 
 COMMON = [
+    "--config.model.num_layers=1",  # one process or two, the same run: any depth shows it
     "--config.train.steps=8",
     "--config.checkpoint.every_steps=4",
     "--config.train.log_every=1",

@@ -16,6 +16,7 @@ import pytest
 from conftest import CONFIGS, ForkedRun, read_metrics, restore_params, run_cli, xla_flags
 
 COMMON = [
+    "--config.model.num_layers=1",  # what these runs check holds for any depth; a layer less compiles sooner
     "--config.train.steps=4",
     "--config.train.warmup_steps=1",
     "--config.train.log_every=1",

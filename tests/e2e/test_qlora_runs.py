@@ -1,15 +1,14 @@
 """QLoRA through the CLI, for real: a LoRA fine-tune over an NF4 base that learns, resumes bit-exactly and
 exports (PEFT adapters over the full-precision base; a merged HF model), and its config errors."""
 
-# ruff: noqa: F811 (the unit module's fixtures, imported here, are the tests' parameters)
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-from conftest import read_metrics, run_cli
-from test_lora import LLAMA_TINY, LORA, TOKENS, _peft_logits, base_run  # noqa: F401 (base_run: a fixture)
+from conftest import LLAMA_TINY, read_metrics, run_cli
+from test_lora import LORA, TOKENS, _peft_logits
 
 QLORA = [
     *[o for o in LORA if "base_dtype" not in o],
@@ -18,7 +17,7 @@ QLORA = [
 ]
 
 
-def test_cli_qlora_learns_resumes_and_exports(base_run, tmp_path):
+def test_cli_qlora_learns_resumes_and_exports(base_run, base_run_hf, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("peft")
@@ -51,14 +50,7 @@ def test_cli_qlora_learns_resumes_and_exports(base_run, tmp_path):
     assert len(errors) == 1 and "lora.base_dtype='nf4'" in errors[0], result.stderr[-2000:]
 
     # export: PEFT adapters over the full-precision base, and the merged model, agree in transformers
-    outs = {k: tmp_path / k for k in ("base_hf", "peft", "merged_hf")}
-    run_cli(
-        base_run,
-        *LLAMA_TINY,
-        "--config.export.format=hf",
-        f"--config.export.dir={outs['base_hf']}",
-        mode="export",
-    )
+    outs = {"base_hf": base_run_hf, **{k: tmp_path / k for k in ("peft", "merged_hf")}}
     for fmt, out in (("peft", outs["peft"]), ("hf", outs["merged_hf"])):
         run_cli(full, *common, f"--config.export.format={fmt}", f"--config.export.dir={out}", mode="export")
     merged = transformers.AutoModelForCausalLM.from_pretrained(outs["merged_hf"]).eval()

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli, tiny_llama
+from conftest import tiny_llama
 
 from codex_jax.compute.optim import OptimizerSpec, make_optimizer
 from codex_jax.compute.parallel import JitRunner, PmapRunner, make_mesh
@@ -283,20 +283,6 @@ LORA = [
     "--config.train.grad_accum_steps=2",
     "--config.lora.base_dtype=bfloat16",
 ]
-LLAMA_TINY = [
-    "--config.model.family=llama",
-    "--config.model.tie_embeddings=False",
-    "--config.logging.writers=ndjson",
-    "--config.generate.max_new_tokens=0",
-]
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    """A tiny llama trained by configs/tiny.py: the base the LoRA runs fine-tune."""
-    wd = tmp_path_factory.mktemp("base")
-    run_cli(wd, *LLAMA_TINY)
-    return wd
 
 
 def test_workdir_init_from_and_peft_init_from(base_run, tmp_path):
