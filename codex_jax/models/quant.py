@@ -306,7 +306,7 @@ def dequantize_tree(params, dtype=jnp.float32):
     out: dict = {}
     for key, leaf in flat.items():
         path, _, name = key.rpartition("/")
-        if name not in ("codes", "scales") or not path.endswith(("kernel", *TABLE_KEYS)):
+        if name not in ("codes", "scales") or not (path.endswith("/kernel") or path in TABLE_KEYS):
             out[key] = leaf
         elif name == "codes":
             w = dequantize({"codes": leaf, "scales": flat[f"{path}/scales"]}, dtype)
